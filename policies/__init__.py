@@ -1,0 +1,60 @@
+"""autoexp's decision logic: bandit policies, safety wrappers and (later) sequential tests.
+
+Pure: numpy, scipy and numba only; no I/O. Every policy follows :class:`policies.base.Policy`.
+
+>>> sorted(REGISTRY)[:3]
+['discounted-thompson', 'epsilon-greedy', 'exp3']
+"""
+
+from __future__ import annotations
+
+from .base import ArmStats, Decision, Policy, PolicyBase, Stats, draw
+from .exp3 import EXP3, EXP3IX
+from .greedy import EpsilonGreedy
+from .nonstationary import DiscountedThompson, SlidingWindowUCB
+from .safety import ConservativeBudget, TrafficCap
+from .thompson import ThompsonBeta, ThompsonGaussian
+from .ucb import KLUCB, MOSS, UCB1
+
+#: Registered policies by their kebab-case name.
+REGISTRY: dict[str, type[PolicyBase]] = {
+    "epsilon-greedy": EpsilonGreedy,
+    "ucb1": UCB1,
+    "kl-ucb": KLUCB,
+    "moss": MOSS,
+    "thompson-beta": ThompsonBeta,
+    "thompson-gaussian": ThompsonGaussian,
+    "exp3": EXP3,
+    "exp3-ix": EXP3IX,
+    "discounted-thompson": DiscountedThompson,
+    "sliding-window-ucb": SlidingWindowUCB,
+}
+
+#: Safety wrappers: each wraps any policy (arm 0 is control).
+SAFETY: dict[str, type[PolicyBase]] = {
+    "traffic-cap": TrafficCap,
+    "conservative-budget": ConservativeBudget,
+}
+
+__all__ = [
+    "EXP3",
+    "EXP3IX",
+    "KLUCB",
+    "MOSS",
+    "REGISTRY",
+    "SAFETY",
+    "UCB1",
+    "ArmStats",
+    "ConservativeBudget",
+    "Decision",
+    "DiscountedThompson",
+    "EpsilonGreedy",
+    "Policy",
+    "PolicyBase",
+    "SlidingWindowUCB",
+    "Stats",
+    "ThompsonBeta",
+    "ThompsonGaussian",
+    "TrafficCap",
+    "draw",
+]

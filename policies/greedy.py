@@ -1,0 +1,70 @@
+"""Epsilon-greedy: the baseline every other policy must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import (
+    ArmStats,
+    Decision,
+    FloatArray,
+    PolicyBase,
+    argmax_allocation,
+    check_context_free,
+    check_params,
+)
+
+__all__ = ["EpsilonGreedy", "empirical_mean"]
+
+
+def empirical_mean(stats: ArmStats, unpulled: float = np.inf) -> FloatArray:
+    """Per-arm mean reward, ``unpulled`` where an arm has no observation yet."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = stats.sum_reward / stats.n
+    return np.where(stats.n > 0, mean, unpulled)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpsilonGreedy(PolicyBase):
+    """Play the best empirical mean, and a uniformly random arm with probability epsilon.
+
+    A baseline only: with a constant epsilon its regret grows linearly.
+
+    Parameters
+    ----------
+    epsilon : float in [0, 1]
+        Probability of a uniform exploration step.
+
+    Notes
+    -----
+    Regret: linear, epsilon (K-1)/K mean-gap T for constant epsilon (baseline only; Auer et al. 2002 analyse decaying epsilon)
+
+    Unpulled arms count as best, so every arm is tried once; ties share the greedy mass
+    uniformly. Allocation: ``epsilon / K + (1 - epsilon) * greedy``.
+    """
+
+    name: ClassVar[str] = "epsilon-greedy"
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_params(
+            self.name, epsilon=(0.0 <= self.epsilon <= 1.0, self.epsilon, "in [0, 1]")
+        )
+
+    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
+        return ArmStats.zeros(n_arms, batch)
+
+    def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
+        check_context_free(self.name, context)
+        k = stats.n.shape[1]
+        greedy = argmax_allocation(empirical_mean(stats))
+        return self.epsilon / k + (1.0 - self.epsilon) * greedy
+
+    def increment(
+        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
+    ) -> ArmStats:
+        check_context_free(self.name, context)
+        return ArmStats.of(decision, self.check(decision, reward))

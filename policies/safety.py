@@ -1,0 +1,244 @@
+"""Safety wrappers: a traffic cap and a conservative budget around any policy.
+
+Arm 0 is control. Both wrappers are policies themselves: they transform the wrapped
+policy's allocation, so propensities stay exact, and their state is additive whenever the
+wrapped policy's is. They compose: ``TrafficCap(policy=ConservativeBudget(policy=p))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import ArmStats, Decision, FloatArray, PolicyBase, Stats, check_params
+from .greedy import empirical_mean
+
+__all__ = ["BudgetStats", "ConservativeBudget", "TrafficCap", "conservative_slack"]
+
+
+def _check_wrapped(where: str, policy: object) -> None:
+    if not isinstance(policy, PolicyBase):
+        raise TypeError(f"{where}.policy: must be a policy (got {type(policy).__name__})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficCap(PolicyBase):
+    """All alternatives together get at most ``explore_share`` of the allocation.
+
+    If the wrapped allocation gives the alternatives (arms 1..K-1) more than
+    ``explore_share`` in total, their probabilities are scaled down proportionally and
+    control takes the rest; otherwise the allocation is unchanged. The cap holds until the
+    runtime promotes an alternative (it then becomes the new control).
+
+    Parameters
+    ----------
+    policy : a policy
+    explore_share : float in (0, 1]
+
+    Notes
+    -----
+    Regret: the wrapped policy's bound is not kept: with a better alternative, regret grows as (1 - explore_share) gap T until promotion, by design
+    """
+
+    name: ClassVar[str] = "traffic-cap"
+    policy: Any
+    explore_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_wrapped(self.name, self.policy)
+        check_params(
+            self.name,
+            explore_share=(
+                0.0 < self.explore_share <= 1.0,
+                self.explore_share,
+                "in (0, 1]",
+            ),
+        )
+
+    @property
+    def additive(self) -> bool:  # type: ignore[override]
+        return bool(self.policy.additive)
+
+    @property
+    def reward_range(self) -> tuple[float | None, float | None]:  # type: ignore[override]
+        return self.policy.reward_range  # type: ignore[no-any-return]
+
+    def init(self, n_arms: int, batch: int = 1) -> Any:
+        return self.policy.init(n_arms, batch)
+
+    def allocation(self, stats: Any, context: FloatArray | None = None) -> FloatArray:
+        return cap_allocation(self.policy.allocation(stats, context), self.explore_share)
+
+    def increment(
+        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
+    ) -> Any:
+        return self.policy.increment(decision, reward, context)
+
+    def update(
+        self, stats: Any, decision: Decision, reward: FloatArray, context: FloatArray | None = None
+    ) -> Any:
+        return self.policy.update(stats, decision, reward, context)
+
+    @classmethod
+    def example(cls) -> TrafficCap:
+        from .thompson import ThompsonBeta
+
+        return cls(policy=ThompsonBeta(), explore_share=0.2)
+
+
+def cap_allocation(p: FloatArray, share: float) -> FloatArray:
+    """Scale arms 1.. down to ``share`` in total where they exceed it; control gets the rest.
+
+    >>> cap_allocation(np.array([[0.1, 0.6, 0.3], [0.9, 0.05, 0.05]]), 0.3)
+    array([[0.7 , 0.2 , 0.1 ],
+           [0.9 , 0.05, 0.05]])
+    """
+    alt = p[:, 1:].sum(axis=1, keepdims=True)
+    scale = np.where(alt > share, share / np.where(alt > 0, alt, 1.0), 1.0)
+    out = p.copy()
+    out[:, 1:] = p[:, 1:] * scale
+    out[:, 0] = 1.0 - out[:, 1:].sum(axis=1)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStats(Stats):
+    """The wrapped policy's state and the budget's own per-arm counts and reward sums."""
+
+    base: Any
+    budget: ArmStats
+
+    @property
+    def additive(self) -> bool:  # type: ignore[override]
+        return bool(self.base.additive)
+
+
+def confidence_radius(n: FloatArray, n_arms: int, delta: float) -> FloatArray:
+    """Anytime Hoeffding radius for a mean of ``n`` rewards in [0, 1], union over arms.
+
+    ``sqrt(ln(pi^2 K n^2 / (3 delta)) / (2 n))``: the failure probabilities
+    ``6 delta / (pi^2 K n^2)`` sum to ``delta`` over every arm and every ``n >= 1``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.sqrt(np.log(math.pi**2 * n_arms * n**2 / (3.0 * delta)) / (2.0 * n))
+    return np.where(n > 0, r, np.inf)
+
+
+def conservative_slack(budget: ArmStats, alpha: float, delta: float) -> FloatArray:
+    """Lower confidence bound on ``served - (1 - alpha) * control`` if each arm is played next.
+
+    For candidate arm ``k``, with ``t`` the next round (rewards so far + 1):
+    ``sum_{i>0} n_i L_i + L_k + (n_0 - (1 - alpha) t) M_0`` where ``L`` are lower confidence
+    bounds and ``M_0`` is control's lower bound when its coefficient is positive, its
+    upper bound when negative. (Wu et al. 2016, Conservative UCB with the baseline mean
+    unknown.) Returns (B, K); column 0 is 0 (playing control is always allowed).
+    """
+    b, k = budget.n.shape
+    mean = empirical_mean(budget, 0.0)
+    rad = confidence_radius(budget.n, k, delta)
+    lower = np.clip(mean - rad, 0.0, 1.0)
+    upper = np.clip(mean + rad, 0.0, 1.0)
+    t = budget.n.sum(axis=1) + 1.0
+    served = (budget.n[:, 1:] * lower[:, 1:]).sum(axis=1)
+    coef0 = budget.n[:, 0] - (1.0 - alpha) * t
+    control = np.where(coef0 >= 0, coef0 * lower[:, 0], coef0 * upper[:, 0])
+    slack = (served + control)[:, None] + lower
+    slack[:, 0] = 0.0
+    return np.asarray(slack)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConservativeBudget(PolicyBase):
+    """Play the wrapped policy's choice only while the conservative constraint allows it.
+
+    The constraint (Wu, Shariff, Lattimore, Szepesvari 2016): the expected reward served
+    up to every round ``t`` stays at least ``(1 - alpha)`` times what control alone would
+    have earned, ``sum_{s<=t} mu_{I_s} >= (1 - alpha) t mu_0``, with probability at least
+    ``1 - delta``. The wrapped policy's probability for an alternative whose lower
+    confidence bound (see :func:`conservative_slack`) would break the constraint goes to
+    control instead, so propensities stay exact.
+
+    Parameters
+    ----------
+    policy : a policy
+    alpha : float in (0, 1)
+        The share of control's reward that exploration may cost.
+    delta : float in (0, 1)
+        The probability that the constraint may fail.
+
+    Notes
+    -----
+    Regret: the wrapped policy's regret plus O(sum_i H_i ln(K/delta) / (alpha mu_0)) rounds of forced control (Wu et al. 2016, Thm 4, for UCB)
+
+    Rewards must lie in [0, 1] (the confidence bounds are Hoeffding's). The state is the
+    wrapped policy's plus per-arm counts and sums, additive when the wrapped one is.
+    """
+
+    name: ClassVar[str] = "conservative-budget"
+    policy: Any
+    alpha: float = 0.05
+    delta: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_wrapped(self.name, self.policy)
+        check_params(
+            self.name,
+            alpha=(0.0 < self.alpha < 1.0, self.alpha, "in (0, 1)"),
+            delta=(0.0 < self.delta < 1.0, self.delta, "in (0, 1)"),
+        )
+        low, high = self.policy.reward_range
+        if low is None or high is None or low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{self.name}.policy: rewards must be bounded in [0, 1] "
+                f"(got {self.policy.name} with reward range {self.policy.reward_range!r})"
+            )
+
+    @property
+    def additive(self) -> bool:  # type: ignore[override]
+        return bool(self.policy.additive)
+
+    def init(self, n_arms: int, batch: int = 1) -> BudgetStats:
+        return BudgetStats(
+            base=self.policy.init(n_arms, batch), budget=ArmStats.zeros(n_arms, batch)
+        )
+
+    def allowed(self, stats: BudgetStats) -> np.ndarray:
+        """(B, K) bool: which arms the budget allows next (control always)."""
+        return conservative_slack(stats.budget, self.alpha, self.delta) >= 0.0
+
+    def allocation(self, stats: BudgetStats, context: FloatArray | None = None) -> FloatArray:
+        p = self.policy.allocation(stats.base, context)
+        ok = self.allowed(stats)
+        out = np.where(ok, p, 0.0)
+        out[:, 0] += (p * ~ok).sum(axis=1)
+        return np.asarray(out)
+
+    def increment(
+        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
+    ) -> BudgetStats:
+        r = self.check(decision, reward)
+        return BudgetStats(
+            base=self.policy.increment(decision, r, context), budget=ArmStats.of(decision, r)
+        )
+
+    def update(
+        self,
+        stats: BudgetStats,
+        decision: Decision,
+        reward: FloatArray,
+        context: FloatArray | None = None,
+    ) -> BudgetStats:
+        r = self.check(decision, reward)
+        return BudgetStats(
+            base=self.policy.update(stats.base, decision, r, context),
+            budget=stats.budget + ArmStats.of(decision, r),
+        )
+
+    @classmethod
+    def example(cls) -> ConservativeBudget:
+        from .ucb import UCB1
+
+        return cls(policy=UCB1(), alpha=0.1, delta=0.05)
