@@ -6,14 +6,15 @@ each arm has the largest mean:
     P_k = integral f_k(x) prod_{j != k} F_j(x) dx.
 
 This is Thompson sampling's allocation. It is computed by composite Gauss-Legendre
-quadrature on panels no wider than ``_C_IN`` standard deviations of any arm whose mean is
-near (growing to half the distance to the mean in the tails), so a narrow posterior beside
-a wide one is still resolved; each arm's CDF is carried along the grid by integrating its own density with the same
-rule (spectral integration inside a panel). Posterior mass beyond ``Z_LO`` standard
-deviations below or ``Z_HI`` above an arm's mean is dropped, and the result is normalised
-to sum to one. ``tests/policies/test_kernels.py`` checks the error against adaptive
-quadrature with SciPy's exact Beta and Normal CDFs: at most ``PROB_BEST_ATOL`` (absolute,
-per arm) over randomised posteriors from one observation to millions.
+quadrature (8 points a panel) on panels no wider than ``_C_IN`` standard deviations of any
+arm whose mean is near, growing to ``_C_TAIL`` times the distance to the mean in the
+tails, so a narrow posterior beside a wide one is still resolved. Each arm's CDF is carried
+along the grid by integrating its own density with the same rule (spectral integration
+inside a panel). Posterior mass beyond 12 standard deviations of a Beta arm's mean (8 for
+a Normal arm) is dropped, and the result is normalised to sum to one.
+``tests/policies/test_kernels.py`` checks the error against adaptive quadrature with
+SciPy's exact Beta and Normal CDFs and against closed forms: at most ``PROB_BEST_ATOL``
+(absolute, per arm) over randomised posteriors from no data to millions of observations.
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ def _prob_best_row(fam, p1, p2, out, nodes, weights, wmat, c_in, c_tail):  # typ
         else:
             mean[k] = p1[k]
             sd[k] = p2[k]
-            lnorm[k] = -math.log(sd[k]) - 0.5 * math.log(2.0 * math.pi) - 0.5 * (
-                mean[k] / sd[k]
-            ) ** 2
+            lnorm[k] = (
+                -math.log(sd[k]) - 0.5 * math.log(2.0 * math.pi) - 0.5 * (mean[k] / sd[k]) ** 2
+            )
             lo[k] = mean[k] - _Z_LO * sd[k]
             hi[k] = mean[k] + _Z_LO * sd[k]
             # -(x - m)^2 / (2 s^2) = (m / s^2) x - x^2 / (2 s^2) - m^2 / (2 s^2)

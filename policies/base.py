@@ -36,6 +36,7 @@ __all__ = [
     "check_context_free",
     "check_reward",
     "draw",
+    "ratio",
     "uniforms",
 ]
 
@@ -73,9 +74,7 @@ class Stats:
                 f"{type(self).__name__}: this state is not additive; "
                 "apply observations in order with the policy's update()"
             )
-        return type(self)(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _fields(self)}
-        )
+        return type(self)(*[getattr(self, f.name) + getattr(other, f.name) for f in _fields(self)])
 
     def merge(self, other: Self) -> Self:
         """The state of the two streams taken together (``self + other``)."""
@@ -98,11 +97,12 @@ class Stats:
                 out[f.name] = np.array(value, copy=True)
         return out
 
-    def like(self, data: Mapping[str, npt.ArrayLike]) -> Self:
+    def like(self, data: Mapping[str, npt.ArrayLike], *, copy: bool = True) -> Self:
         """A state of this one's structure holding ``data`` (the output of ``to_dict``).
 
         ``self`` only supplies the structure (field names, nesting, dtypes); batch and arm
-        counts come from ``data``. Policies expose this as ``state_from_dict``.
+        counts come from ``data``. Policies expose this as ``state_from_dict``. With
+        ``copy=False`` arrays of the right dtype are shared, not copied.
 
         Raises
         ------
@@ -117,12 +117,12 @@ class Stats:
                 f"{type(self).__name__}: state fields do not match "
                 f"(missing {missing!r}, unexpected {extra!r}); accepted: {sorted(flat)!r}"
             )
-        arrays = {k: np.array(data[k], dtype=flat[k].dtype, copy=True) for k in flat}
+        arrays = {
+            k: np.array(data[k], dtype=flat[k].dtype, copy=True if copy else None) for k in flat
+        }
         bad = {k: a.shape for k, a in arrays.items() if a.ndim != flat[k].ndim}
         if bad:
-            raise ValueError(
-                f"{type(self).__name__}: wrong number of dimensions (got {bad!r})"
-            )
+            raise ValueError(f"{type(self).__name__}: wrong number of dimensions (got {bad!r})")
         batches = {a.shape[0] for a in arrays.values()}
         if len(batches) != 1:
             raise ValueError(
@@ -154,6 +154,20 @@ class Stats:
             }
         )
 
+    def sum_rows(self) -> Self:
+        """One row holding the sum over the batch axis (for additive states: the
+        combined effect of B observations on one stream)."""
+        return type(self)(
+            **{
+                f.name: (
+                    getattr(self, f.name).sum_rows()
+                    if isinstance(getattr(self, f.name), Stats)
+                    else getattr(self, f.name).sum(axis=0, keepdims=True)
+                )
+                for f in _fields(self)
+            }
+        )
+
     @classmethod
     def stack(cls, states: Sequence[Self]) -> Self:
         """Concatenate states along the batch axis."""
@@ -170,8 +184,15 @@ class Stats:
         )
 
 
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+
+
 def _fields(obj: Stats) -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(obj)
+    kind = type(obj)
+    found = _FIELDS.get(kind)
+    if found is None:
+        found = _FIELDS[kind] = dataclasses.fields(obj)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +224,18 @@ class ArmStats(Stats):
         onehot = _onehot(decision.arm, decision.propensity.shape[1])
         r = reward[:, None]
         return cls(n=onehot, sum_reward=onehot * r, sum_sq=onehot * (r * r))
+
+
+def arm_stats_sparse(reward: FloatArray) -> dict[str, FloatArray]:
+    """:meth:`ArmStats.of` as amounts added at each observation's arm (see ``sparse_increment``)."""
+    return {"n": np.ones_like(reward), "sum_reward": reward, "sum_sq": reward * reward}
+
+
+def ratio(num: FloatArray, den: FloatArray, empty: float) -> FloatArray:
+    """``num / den`` where ``den > 0``, ``empty`` elsewhere (no warnings, no errstate)."""
+    out = np.full(np.broadcast_shapes(num.shape, den.shape), empty)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
 
 
 def _onehot(arm: IntArray, n_arms: int) -> FloatArray:
@@ -273,9 +306,10 @@ def draw(propensity: FloatArray, u: FloatArray) -> IntArray:
     # An arm with zero probability is never drawn, even at the edges of float rounding.
     arm = np.minimum(arm, propensity.shape[1] - 1)
     bad = propensity[np.arange(arm.shape[0]), arm] <= 0.0
-    if bad.any():
-        arm[bad] = np.argmax(propensity[bad] > 0.0, axis=1)  # pragma: no cover - rounding
-    return arm.astype(np.int64)
+    if bad.any():  # u * total rounded up to total: take the last arm with mass
+        last = propensity.shape[1] - 1 - np.argmax(propensity[bad, ::-1] > 0.0, axis=1)
+        arm[bad] = last
+    return np.asarray(arm, dtype=np.int64)
 
 
 def argmax_allocation(index: FloatArray) -> FloatArray:
@@ -287,7 +321,7 @@ def argmax_allocation(index: FloatArray) -> FloatArray:
     """
     top = index.max(axis=1, keepdims=True)
     hit = (index == top).astype(np.float64)
-    return hit / hit.sum(axis=1, keepdims=True)
+    return np.asarray(hit / hit.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def check_reward(
@@ -304,7 +338,9 @@ def check_reward(
     if not np.isfinite(r).all():
         raise ValueError(f"{where}: reward must be finite (got {r[~np.isfinite(r)][:3]!r})")
     if (low is not None and (r < low).any()) or (high is not None and (r > high).any()):
-        bad = r[((r < low) if low is not None else False) | ((r > high) if high is not None else False)]
+        bad = r[
+            ((r < low) if low is not None else False) | ((r > high) if high is not None else False)
+        ]
         raise ValueError(
             f"{where}: reward out of range (got {bad[:3]!r}); accepted: [{low}, {high}]"
         )
@@ -328,6 +364,9 @@ class PolicyBase:
     name: ClassVar[str]
     additive: ClassVar[bool] = True
     reward_range: ClassVar[tuple[float | None, float | None]] = (0.0, 1.0)
+
+    def init(self, n_arms: int, batch: int = 1) -> Any:
+        raise NotImplementedError
 
     def allocation(self, stats: Any, context: FloatArray | None = None) -> FloatArray:
         raise NotImplementedError
@@ -356,6 +395,20 @@ class PolicyBase:
         """An instance with typical hyperparameters (used by the contract tests)."""
         return cls()
 
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray] | None:
+        """The increment of P observations as ``{field: (P,) amounts}`` added at ``arm``.
+
+        For additive, context-free policies whose increment touches only the played
+        arm's entries: adding ``amount[i]`` at ``[0, arm[i]]`` of each flat field equals
+        adding ``increment`` summed over the P observations. ``propensity`` is the (P,)
+        probability each arm was played with, out of ``n_arms``. ``None`` when the
+        increment has another form; the serving path then uses ``increment``. Rewards
+        must be validated first.
+        """
+        return None
+
     def sample_arm(
         self, stats: Any, rng: np.random.Generator, context: FloatArray | None = None
     ) -> IntArray:
@@ -379,10 +432,15 @@ class PolicyBase:
 
     def regret_bound(self) -> str:
         """One line: the policy's worst-case regret bound and its source."""
-        doc = type(self).__doc__ or ""
-        for line in doc.splitlines():
-            if line.strip().startswith("Regret:"):
-                return line.strip()[len("Regret:") :].strip()
+        lines = [line.strip() for line in (type(self).__doc__ or "").splitlines()]
+        for i, line in enumerate(lines):
+            if line.startswith("Regret:"):
+                parts = [line[len("Regret:") :].strip()]
+                for more in lines[i + 1 :]:
+                    if not more:
+                        break
+                    parts.append(more)
+                return " ".join(parts)
         return "no bound stated"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from .base import (
     Decision,
     FloatArray,
+    IntArray,
     PolicyBase,
     Stats,
     check_context_free,
@@ -75,6 +76,12 @@ class _Exp3Base(PolicyBase):
         loss[rows, decision.arm] = (1.0 - r) / (p + self._gamma(k))
         return LossStats(n=n, sum_loss=loss)
 
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        loss = (1.0 - reward) / (propensity + self._gamma(n_arms))
+        return {"n": np.ones_like(reward), "sum_loss": loss}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EXP3(_Exp3Base):
@@ -84,7 +91,8 @@ class EXP3(_Exp3Base):
 
     Notes
     -----
-    Regret: pseudo-regret <= 2 sqrt(T K ln K) against any oblivious adversary (Bubeck & Cesa-Bianchi 2012, Thm 3.1; Auer et al. 2002)
+    Regret: pseudo-regret <= 2 sqrt(T K ln K) against any oblivious adversary (Bubeck & Cesa-Bianchi
+      2012, Thm 3.1; Auer et al. 2002)
 
     Makes no stochastic assumption; the price is its slower learning on easy instances.
     """
@@ -110,7 +118,8 @@ class EXP3IX(_Exp3Base):
 
     Notes
     -----
-    Regret: <= 2 sqrt(2 K T ln K) + (sqrt(2 K T / ln K) + 1) ln(2 / delta) with probability 1 - delta (Neu 2015, Thm 1)
+    Regret: <= 2 sqrt(2 K T ln K) + (sqrt(2 K T / ln K) + 1) ln(2 / delta) with probability 1 -
+      delta (Neu 2015, Thm 1)
 
     The implicit-exploration bias makes the loss estimates optimistic and gives the
     high-probability bound without explicit uniform exploration.

@@ -11,10 +11,13 @@ from .base import (
     ArmStats,
     Decision,
     FloatArray,
+    IntArray,
     PolicyBase,
     argmax_allocation,
+    arm_stats_sparse,
     check_context_free,
     check_params,
+    ratio,
 )
 
 __all__ = ["EpsilonGreedy", "empirical_mean"]
@@ -22,9 +25,7 @@ __all__ = ["EpsilonGreedy", "empirical_mean"]
 
 def empirical_mean(stats: ArmStats, unpulled: float = np.inf) -> FloatArray:
     """Per-arm mean reward, ``unpulled`` where an arm has no observation yet."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = stats.sum_reward / stats.n
-    return np.where(stats.n > 0, mean, unpulled)
+    return ratio(stats.sum_reward, stats.n, unpulled)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +41,8 @@ class EpsilonGreedy(PolicyBase):
 
     Notes
     -----
-    Regret: linear, epsilon (K-1)/K mean-gap T for constant epsilon (baseline only; Auer et al. 2002 analyse decaying epsilon)
+    Regret: linear, epsilon (K-1)/K mean-gap T for constant epsilon (baseline only; Auer et al. 2002
+      analyse decaying epsilon)
 
     Unpulled arms count as best, so every arm is tried once; ties share the greedy mass
     uniformly. Allocation: ``epsilon / K + (1 - epsilon) * greedy``.
@@ -50,9 +52,7 @@ class EpsilonGreedy(PolicyBase):
     epsilon: float = 0.1
 
     def __post_init__(self) -> None:
-        check_params(
-            self.name, epsilon=(0.0 <= self.epsilon <= 1.0, self.epsilon, "in [0, 1]")
-        )
+        check_params(self.name, epsilon=(0.0 <= self.epsilon <= 1.0, self.epsilon, "in [0, 1]"))
 
     def init(self, n_arms: int, batch: int = 1) -> ArmStats:
         return ArmStats.zeros(n_arms, batch)
@@ -61,10 +61,15 @@ class EpsilonGreedy(PolicyBase):
         check_context_free(self.name, context)
         k = stats.n.shape[1]
         greedy = argmax_allocation(empirical_mean(stats))
-        return self.epsilon / k + (1.0 - self.epsilon) * greedy
+        return np.asarray(self.epsilon / k + (1.0 - self.epsilon) * greedy, dtype=np.float64)
 
     def increment(
         self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
     ) -> ArmStats:
         check_context_free(self.name, context)
         return ArmStats.of(decision, self.check(decision, reward))
+
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        return arm_stats_sparse(reward)

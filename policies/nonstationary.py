@@ -25,7 +25,9 @@ from .base import (
     argmax_allocation,
     check_context_free,
     check_params,
+    ratio,
 )
+from .thompson import sample_argmax
 
 __all__ = ["DiscountedStats", "DiscountedThompson", "SlidingWindowUCB", "WindowStats"]
 
@@ -68,7 +70,8 @@ class DiscountedThompson(_OrderedPolicy):
 
     Notes
     -----
-    Regret: no finite-time bound proved; empirically competitive in piecewise-stationary and drifting environments (Raj & Kalyani 2017)
+    Regret: no finite-time bound proved; empirically competitive in piecewise-stationary and
+      drifting environments (Raj & Kalyani 2017)
 
     Not additive: the state depends on the order of observations.
     """
@@ -92,17 +95,16 @@ class DiscountedThompson(_OrderedPolicy):
 
     def allocation(self, stats: DiscountedStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
-        return prob_best(
-            BETA, self.prior_alpha + stats.success, self.prior_beta + stats.failure
-        )
+        return prob_best(BETA, self.prior_alpha + stats.success, self.prior_beta + stats.failure)
 
     def sample_arm(
         self, stats: DiscountedStats, rng: np.random.Generator, context: FloatArray | None = None
     ) -> IntArray:
         """Posterior draw and argmax: same law as ``select(...).arm``."""
         check_context_free(self.name, context)
-        draws = rng.beta(self.prior_alpha + stats.success, self.prior_beta + stats.failure)
-        return np.argmax(draws, axis=1).astype(np.int64)
+        return sample_argmax(
+            rng.beta(self.prior_alpha + stats.success, self.prior_beta + stats.failure)
+        )
 
     def update(
         self,
@@ -161,7 +163,8 @@ class SlidingWindowUCB(_OrderedPolicy):
 
     Notes
     -----
-    Regret: O(sqrt(Y T ln T)) with Y abrupt changes and a tuned window (Garivier & Moulines 2011, Thm 2)
+    Regret: O(sqrt(Y T ln T)) with Y abrupt changes and a tuned window (Garivier & Moulines 2011,
+      Thm 2)
 
     Not additive: the window forgets in order. Arms absent from the window are tried first.
     """
@@ -195,13 +198,14 @@ class SlidingWindowUCB(_OrderedPolicy):
     def allocation(self, stats: WindowStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
         t = np.minimum(stats.t, self.window).astype(np.float64)[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = stats.sum_reward / stats.n
-            bonus = self.scale * np.sqrt(self.xi * np.log(np.maximum(t, 1.0)) / stats.n)
         # Window sums are kept by adding and subtracting, so round-off may leave a tiny
         # non-zero count; counts are integers, and an empty arm's index is infinite.
-        present = stats.n > 0.5
-        return argmax_allocation(np.where(present, mean + bonus, math.inf))
+        n = np.where(stats.n > 0.5, stats.n, 0.0)
+        level = self.xi * np.log(np.maximum(t, 1.0))
+        index = ratio(stats.sum_reward, n, math.inf) + self.scale * np.sqrt(
+            ratio(level, n, math.inf)
+        )
+        return argmax_allocation(index)
 
     def update(
         self,

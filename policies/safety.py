@@ -13,7 +13,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import ArmStats, Decision, FloatArray, PolicyBase, Stats, check_params
+from .base import (
+    ArmStats,
+    Decision,
+    FloatArray,
+    IntArray,
+    PolicyBase,
+    Stats,
+    arm_stats_sparse,
+    check_params,
+    ratio,
+)
 from .greedy import empirical_mean
 
 __all__ = ["BudgetStats", "ConservativeBudget", "TrafficCap", "conservative_slack"]
@@ -40,7 +50,8 @@ class TrafficCap(PolicyBase):
 
     Notes
     -----
-    Regret: the wrapped policy's bound is not kept: with a better alternative, regret grows as (1 - explore_share) gap T until promotion, by design
+    Regret: the wrapped policy's bound is not kept: with a better alternative, regret grows as (1 -
+      explore_share) gap T until promotion, by design
     """
 
     name: ClassVar[str] = "traffic-cap"
@@ -82,6 +93,11 @@ class TrafficCap(PolicyBase):
     ) -> Any:
         return self.policy.update(stats, decision, reward, context)
 
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray] | None:
+        return self.policy.sparse_increment(arm, reward, propensity, n_arms)  # type: ignore[no-any-return]
+
     @classmethod
     def example(cls) -> TrafficCap:
         from .thompson import ThompsonBeta
@@ -122,9 +138,8 @@ def confidence_radius(n: FloatArray, n_arms: int, delta: float) -> FloatArray:
     ``sqrt(ln(pi^2 K n^2 / (3 delta)) / (2 n))``: the failure probabilities
     ``6 delta / (pi^2 K n^2)`` sum to ``delta`` over every arm and every ``n >= 1``.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.sqrt(np.log(math.pi**2 * n_arms * n**2 / (3.0 * delta)) / (2.0 * n))
-    return np.where(n > 0, r, np.inf)
+    level = np.log(math.pi**2 * n_arms * np.maximum(n, 1.0) ** 2 / (3.0 * delta))
+    return np.sqrt(ratio(level, 2.0 * n, np.inf))
 
 
 def conservative_slack(budget: ArmStats, alpha: float, delta: float) -> FloatArray:
@@ -136,7 +151,7 @@ def conservative_slack(budget: ArmStats, alpha: float, delta: float) -> FloatArr
     upper bound when negative. (Wu et al. 2016, Conservative UCB with the baseline mean
     unknown.) Returns (B, K); column 0 is 0 (playing control is always allowed).
     """
-    b, k = budget.n.shape
+    k = budget.n.shape[1]
     mean = empirical_mean(budget, 0.0)
     rad = confidence_radius(budget.n, k, delta)
     lower = np.clip(mean - rad, 0.0, 1.0)
@@ -171,7 +186,8 @@ class ConservativeBudget(PolicyBase):
 
     Notes
     -----
-    Regret: the wrapped policy's regret plus O(sum_i H_i ln(K/delta) / (alpha mu_0)) rounds of forced control (Wu et al. 2016, Thm 4, for UCB)
+    Regret: the wrapped policy's regret plus O(sum_i H_i ln(K/delta) / (alpha mu_0)) rounds of
+      forced control (Wu et al. 2016, Thm 4, for UCB)
 
     Rewards must lie in [0, 1] (the confidence bounds are Hoeffding's). The state is the
     wrapped policy's plus per-arm counts and sums, additive when the wrapped one is.
@@ -192,7 +208,7 @@ class ConservativeBudget(PolicyBase):
         low, high = self.policy.reward_range
         if low is None or high is None or low < 0.0 or high > 1.0:
             raise ValueError(
-                f"{self.name}.policy: rewards must be bounded in [0, 1] "
+                f"{self.name}.policy: must take rewards bounded in [0, 1] "
                 f"(got {self.policy.name} with reward range {self.policy.reward_range!r})"
             )
 
@@ -236,6 +252,18 @@ class ConservativeBudget(PolicyBase):
             base=self.policy.update(stats.base, decision, r, context),
             budget=stats.budget + ArmStats.of(decision, r),
         )
+
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray] | None:
+        base = self.policy.sparse_increment(arm, reward, propensity, n_arms)
+        if base is None:
+            return None
+        own = arm_stats_sparse(reward)
+        return {
+            **{f"base.{k}": v for k, v in base.items()},
+            **{f"budget.{k}": v for k, v in own.items()},
+        }
 
     @classmethod
     def example(cls) -> ConservativeBudget:

@@ -17,6 +17,7 @@ from .base import (
     FloatArray,
     IntArray,
     PolicyBase,
+    arm_stats_sparse,
     check_context_free,
     check_params,
 )
@@ -26,7 +27,7 @@ __all__ = ["ThompsonBeta", "ThompsonGaussian", "sample_argmax"]
 
 def sample_argmax(draws: FloatArray) -> IntArray:
     """Argmax per row; exact ties (probability zero for continuous posteriors) go first."""
-    return np.argmax(draws, axis=1).astype(np.int64)
+    return np.asarray(np.argmax(draws, axis=1), dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +44,8 @@ class ThompsonBeta(PolicyBase):
 
     Notes
     -----
-    Regret: sum_i gap_i ln T / kl(mu_i, mu*) (1 + o(1)), asymptotically optimal; worst case O(sqrt(K T ln T)) (Kaufmann et al. 2012; Agrawal & Goyal 2017)
+    Regret: sum_i gap_i ln T / kl(mu_i, mu*) (1 + o(1)), asymptotically optimal; worst case O(sqrt(K
+      T ln T)) (Kaufmann et al. 2012; Agrawal & Goyal 2017)
 
     The allocation is computed by :func:`policies._kernels.prob_best` (absolute error
     below ``PROB_BEST_ATOL`` per arm). :meth:`sample_arm` is the cheap equivalent for
@@ -90,6 +92,11 @@ class ThompsonBeta(PolicyBase):
         check_context_free(self.name, context)
         return ArmStats.of(decision, self.check(decision, reward))
 
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        return arm_stats_sparse(reward)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ThompsonGaussian(PolicyBase):
@@ -107,7 +114,8 @@ class ThompsonGaussian(PolicyBase):
 
     Notes
     -----
-    Regret: O(sqrt(K T ln K)) worst case, sum_i O(ln T / gap_i) instance-dependent (Agrawal & Goyal 2013/2017, Gaussian priors)
+    Regret: O(sqrt(K T ln K)) worst case, sum_i O(ln T / gap_i) instance-dependent (Agrawal & Goyal
+      2013/2017, Gaussian priors)
 
     Rewards may be any finite real number.
     """
@@ -155,3 +163,8 @@ class ThompsonGaussian(PolicyBase):
     ) -> ArmStats:
         check_context_free(self.name, context)
         return ArmStats.of(decision, self.check(decision, reward))
+
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        return arm_stats_sparse(reward)

@@ -18,10 +18,13 @@ from .base import (
     ArmStats,
     Decision,
     FloatArray,
+    IntArray,
     PolicyBase,
     argmax_allocation,
+    arm_stats_sparse,
     check_context_free,
     check_params,
+    ratio,
 )
 from .greedy import empirical_mean
 
@@ -39,14 +42,19 @@ class _IndexPolicy(PolicyBase):
 
     def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
-        idx = self.index(stats)
-        return argmax_allocation(np.where(stats.n > 0, idx, np.inf))
+        # index() is infinite for unpulled arms: they are tried first.
+        return argmax_allocation(self.index(stats))
 
     def increment(
         self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
     ) -> ArmStats:
         check_context_free(self.name, context)
         return ArmStats.of(decision, self.check(decision, reward))
+
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        return arm_stats_sparse(reward)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +68,8 @@ class UCB1(_IndexPolicy):
 
     Notes
     -----
-    Regret: sum_i 8 ln T / gap_i + (1 + pi^2/3) sum_i gap_i; worst case O(sqrt(K T ln T)) (Auer, Cesa-Bianchi, Fischer 2002, Thm 1)
+    Regret: sum_i 8 ln T / gap_i + (1 + pi^2/3) sum_i gap_i; worst case O(sqrt(K T ln T)) (Auer,
+      Cesa-Bianchi, Fischer 2002, Thm 1)
 
     Assumes i.i.d. rewards in [0, 1]. ``t`` is the number of rewards observed so far.
     """
@@ -76,9 +85,8 @@ class UCB1(_IndexPolicy):
 
     def index(self, stats: ArmStats) -> FloatArray:
         t = stats.n.sum(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bonus = np.sqrt(self.exploration * np.log(np.maximum(t, 1.0)) / stats.n)
-        return empirical_mean(stats) + bonus
+        level = self.exploration * np.log(np.maximum(t, 1.0))
+        return empirical_mean(stats) + np.sqrt(ratio(level, stats.n, np.inf))
 
 
 @numba.njit(cache=True)
@@ -133,7 +141,8 @@ class KLUCB(_IndexPolicy):
 
     Notes
     -----
-    Regret: sum_i gap_i (1+e) ln T / kl(mu_i, mu*) + O(ln ln T); asymptotically optimal for Bernoulli (Garivier & Cappe 2011, Thm 2)
+    Regret: sum_i gap_i (1+e) ln T / kl(mu_i, mu*) + O(ln ln T); asymptotically optimal for
+      Bernoulli (Garivier & Cappe 2011, Thm 2)
 
     Valid for rewards bounded in [0, 1] (the Bernoulli KL is then a lower bound).
     """
@@ -165,7 +174,8 @@ class MOSS(_IndexPolicy):
 
     Notes
     -----
-    Regret: minimax 49 sqrt(K T) with a known horizon (Audibert & Bubeck 2009, Thm 5); anytime variant O(sqrt(K T)) (Degenne & Perchet 2016)
+    Regret: minimax 49 sqrt(K T) with a known horizon (Audibert & Bubeck 2009, Thm 5); anytime
+      variant O(sqrt(K T)) (Degenne & Perchet 2016)
 
     Assumes i.i.d. rewards in [0, 1].
     """
@@ -190,6 +200,6 @@ class MOSS(_IndexPolicy):
             t = np.maximum(stats.n.sum(axis=1, keepdims=True), 1.0)
         else:
             t = np.full((stats.n.shape[0], 1), float(self.horizon))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bonus = np.sqrt(np.maximum(np.log(t / (k * stats.n)), 0.0) / stats.n)
+        ratio_t = ratio(t, k * stats.n, np.inf)
+        bonus = np.sqrt(ratio(np.log(np.maximum(ratio_t, 1.0)), stats.n, np.inf))
         return empirical_mean(stats) + bonus

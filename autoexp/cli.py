@@ -1,0 +1,52 @@
+"""The ``autoexp`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    from policies import REGISTRY, SAFETY
+
+    rows = [(name, cls.example()) for name, cls in {**REGISTRY, **SAFETY}.items()]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'policy':<{width}}  additive  regret bound")
+    for name, policy in rows:
+        kind = "yes" if policy.additive else "no "
+        print(f"{name:<{width}}  {kind}       {policy.regret_bound()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoexp",
+        description="Autonomous experimentation: safe bandits, anytime-valid tests.",
+    )
+    parser.add_argument("--version", action="version", version=f"autoexp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("policies", help="list the registered policies and their regret bounds")
+    p.set_defaults(func=_cmd_policies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `autoexp policies | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The dependency flows one way: policies <- simulators, policies <- autoexp."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+RUNTIME = ("autoexp", "aiohttp", "redis")
+
+
+@pytest.mark.parametrize("package", ["policies", "simulators"])
+def test_pure_packages_load_no_runtime(package: str) -> None:
+    code = (
+        f"import sys, {package}\n"
+        f"import {package}.__init__\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {RUNTIME!r})\n"
+        "print(','.join(loaded))\n"
+    )
+    if package == "policies":
+        # Every policy module, not just the package facade.
+        code = (
+            "import pkgutil, importlib, policies\n"
+            "for m in pkgutil.iter_modules(policies.__path__):\n"
+            "    importlib.import_module('policies.' + m.name)\n" + code
+        )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "", f"{package} loaded {out.stdout.strip()}"
+
+
+def test_the_check_can_fail() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, autoexp; print('autoexp' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "True"
