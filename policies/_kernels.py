@@ -23,10 +23,22 @@ import math
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
-from .base import FloatArray
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
-__all__ = ["BETA", "NORMAL", "PROB_BEST_ATOL", "prob_best"]
+__all__ = [
+    "BETA",
+    "NORMAL",
+    "PROB_BEST_ATOL",
+    "argmax_ties",
+    "arm_stats_add",
+    "beta_prob_best",
+    "beta_sample_argmax",
+    "prob_best",
+    "ucb_index",
+]
 
 BETA = 0
 NORMAL = 1
@@ -60,7 +72,7 @@ _C_IN = 3.0  # panel width near a mean, in that arm's standard deviations
 _C_TAIL = 0.75  # panel width in the tails, as a fraction of the distance to the mean
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True)
 def _prob_best_row(fam, p1, p2, out, nodes, weights, wmat, c_in, c_tail):  # type: ignore[no-untyped-def]
     k_arms = p1.shape[0]
     if k_arms == 1:
@@ -218,4 +230,134 @@ def prob_best(family: int, p1: FloatArray, p2: FloatArray) -> FloatArray:
     p2 = np.ascontiguousarray(p2, dtype=np.float64)
     out = np.empty_like(p1)
     _prob_best_batch(family, p1, p2, out, _NODES, _WEIGHTS, _WMAT, _C_IN, _C_TAIL)
+    return out
+
+
+@numba.njit(cache=True)
+def _beta_prob_best_batch(n, s, a0, b0, out, nodes, weights, wmat, c_in, c_tail):  # type: ignore[no-untyped-def]
+    k_arms = n.shape[1]
+    a = np.empty(k_arms)
+    b = np.empty(k_arms)
+    for r in range(n.shape[0]):
+        for k in range(k_arms):
+            a[k] = a0 + s[r, k]
+            b[k] = b0 + n[r, k] - s[r, k]
+        _prob_best_row(BETA, a, b, out[r], nodes, weights, wmat, c_in, c_tail)
+
+
+def beta_prob_best(n: FloatArray, s: FloatArray, a0: float, b0: float) -> FloatArray:
+    """:func:`prob_best` for ``Beta(a0 + s, b0 + n - s)`` posteriors, from the counts."""
+    out = np.empty(n.shape)
+    _beta_prob_best_batch(n, s, a0, b0, out, _NODES, _WEIGHTS, _WMAT, _C_IN, _C_TAIL)
+    return out
+
+
+@numba.njit(cache=True)
+def _beta_sample_argmax(rng, n, s, a0, b0, out):  # type: ignore[no-untyped-def]
+    for r in range(n.shape[0]):
+        best = -1.0
+        arg = 0
+        for k in range(n.shape[1]):
+            # Beta(a, b) = X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b) independent.
+            x = rng.standard_gamma(a0 + s[r, k])
+            y = rng.standard_gamma(b0 + n[r, k] - s[r, k])
+            v = x / (x + y)
+            if v > best:
+                best = v
+                arg = k
+        out[r] = arg
+
+
+def beta_sample_argmax(
+    rng: np.random.Generator, n: FloatArray, s: FloatArray, a0: float, b0: float
+) -> IntArray:
+    """One draw from each ``Beta(a0 + s, b0 + n - s)`` posterior and the argmax, per row.
+
+    Uses ``rng`` itself (numba compiles NumPy's Generator methods), so results follow the
+    caller's seed. Exact ties have probability zero.
+    """
+    out = np.empty(n.shape[0], dtype=np.int64)
+    _beta_sample_argmax(rng, n, s, a0, b0, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _arm_stats_add(n, s, sq, arm, reward):  # type: ignore[no-untyped-def]
+    n2 = n.copy()
+    s2 = s.copy()
+    sq2 = sq.copy()
+    for r in range(arm.shape[0]):
+        k = arm[r]
+        n2[r, k] += 1.0
+        s2[r, k] += reward[r]
+        sq2[r, k] += reward[r] * reward[r]
+    return n2, s2, sq2
+
+
+def arm_stats_add(
+    n: FloatArray, s: FloatArray, sq: FloatArray, arm: IntArray, reward: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """New count, sum and sum-of-squares arrays with one observation per row added."""
+    return _arm_stats_add(n, s, sq, arm, reward)  # type: ignore[no-any-return]
+
+
+@numba.njit(cache=True)
+def _argmax_ties(index, u, out):  # type: ignore[no-untyped-def]
+    for r in range(index.shape[0]):
+        top = -np.inf
+        count = 0
+        for k in range(index.shape[1]):
+            v = index[r, k]
+            if v > top:
+                top = v
+                count = 1
+            elif v == top:
+                count += 1
+        pick = min(int(u[r] * count), count - 1)
+        for k in range(index.shape[1]):
+            if index[r, k] == top:
+                if pick == 0:
+                    out[r] = k
+                    break
+                pick -= 1
+
+
+def argmax_ties(index: FloatArray, u: FloatArray) -> IntArray:
+    """Argmax per row, ties broken by the uniform ``u`` (the law of a one-hot allocation)."""
+    out = np.empty(index.shape[0], dtype=np.int64)
+    _argmax_ties(index, u, out)
+    return out
+
+
+UCB1_INDEX = 0
+MOSS_INDEX = 1
+
+
+@numba.njit(cache=True)
+def _ucb_index(kind, n, s, param, out):  # type: ignore[no-untyped-def]
+    k_arms = n.shape[1]
+    for r in range(n.shape[0]):
+        t = 0.0
+        for k in range(k_arms):
+            t += n[r, k]
+        for k in range(k_arms):
+            m = n[r, k]
+            if m <= 0.0:
+                out[r, k] = np.inf
+            elif kind == UCB1_INDEX:
+                # param = exploration: mean + sqrt(c ln t / n)
+                out[r, k] = s[r, k] / m + math.sqrt(param * math.log(max(t, 1.0)) / m)
+            else:
+                # param = horizon (0: anytime, use t): mean + sqrt(ln+(H / (K n)) / n)
+                h = param if param > 0.0 else max(t, 1.0)
+                out[r, k] = s[r, k] / m + math.sqrt(max(math.log(h / (k_arms * m)), 0.0) / m)
+
+
+def ucb_index(kind: int, n: FloatArray, s: FloatArray, param: float) -> FloatArray:
+    """UCB1 (``param`` = exploration) or MOSS (``param`` = horizon, 0 for anytime) indices.
+
+    Unpulled arms get ``inf``.
+    """
+    out = np.empty(n.shape)
+    _ucb_index(kind, n, s, float(param), out)
     return out

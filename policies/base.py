@@ -22,11 +22,11 @@ from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+from ._kernels import FloatArray, IntArray, arm_stats_add
 
 __all__ = [
     "ArmStats",
+    "ArmStatsPolicy",
     "Decision",
     "FloatArray",
     "IntArray",
@@ -217,6 +217,11 @@ class ArmStats(Stats):
     def zeros(cls, n_arms: int, batch: int) -> ArmStats:
         shape = (batch, n_arms)
         return cls(n=np.zeros(shape), sum_reward=np.zeros(shape), sum_sq=np.zeros(shape))
+
+    def with_observations(self, arm: IntArray, reward: FloatArray) -> ArmStats:
+        """``self + ArmStats.of(...)`` for one observation per row, in one compiled pass."""
+        n, s, sq = arm_stats_add(self.n, self.sum_reward, self.sum_sq, arm, reward)
+        return ArmStats(n=n, sum_reward=s, sum_sq=sq)
 
     @classmethod
     def of(cls, decision: Decision, reward: FloatArray) -> ArmStats:
@@ -452,3 +457,33 @@ def check_params(where: str, **checks: tuple[bool, object, str]) -> None:
     for name, (ok, value, accepted) in checks.items():
         if not ok:
             raise ValueError(f"{where}.{name}: must be {accepted} (got {value!r})")
+
+
+class ArmStatsPolicy(PolicyBase):
+    """Mixin for the context-free policies whose state is :class:`ArmStats`."""
+
+    __slots__ = ()
+
+    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
+        return ArmStats.zeros(n_arms, batch)
+
+    def increment(
+        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
+    ) -> ArmStats:
+        check_context_free(self.name, context)
+        return ArmStats.of(decision, self.check(decision, reward))
+
+    def update(
+        self,
+        stats: ArmStats,
+        decision: Decision,
+        reward: FloatArray,
+        context: FloatArray | None = None,
+    ) -> ArmStats:
+        check_context_free(self.name, context)
+        return stats.with_observations(decision.arm, self.check(decision, reward))
+
+    def sparse_increment(
+        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
+    ) -> dict[str, FloatArray]:
+        return arm_stats_sparse(reward)

@@ -9,12 +9,9 @@ import numpy as np
 
 from .base import (
     ArmStats,
-    Decision,
+    ArmStatsPolicy,
     FloatArray,
-    IntArray,
-    PolicyBase,
     argmax_allocation,
-    arm_stats_sparse,
     check_context_free,
     check_params,
     ratio,
@@ -29,7 +26,7 @@ def empirical_mean(stats: ArmStats, unpulled: float = np.inf) -> FloatArray:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EpsilonGreedy(PolicyBase):
+class EpsilonGreedy(ArmStatsPolicy):
     """Play the best empirical mean, and a uniformly random arm with probability epsilon.
 
     A baseline only: with a constant epsilon its regret grows linearly.
@@ -54,22 +51,8 @@ class EpsilonGreedy(PolicyBase):
     def __post_init__(self) -> None:
         check_params(self.name, epsilon=(0.0 <= self.epsilon <= 1.0, self.epsilon, "in [0, 1]"))
 
-    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
-        return ArmStats.zeros(n_arms, batch)
-
     def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
         k = stats.n.shape[1]
         greedy = argmax_allocation(empirical_mean(stats))
         return np.asarray(self.epsilon / k + (1.0 - self.epsilon) * greedy, dtype=np.float64)
-
-    def increment(
-        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
-    ) -> ArmStats:
-        check_context_free(self.name, context)
-        return ArmStats.of(decision, self.check(decision, reward))
-
-    def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
-        return arm_stats_sparse(reward)

@@ -10,14 +10,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._kernels import BETA, NORMAL, prob_best
+from ._kernels import NORMAL, beta_prob_best, beta_sample_argmax, prob_best
 from .base import (
     ArmStats,
-    Decision,
+    ArmStatsPolicy,
     FloatArray,
     IntArray,
-    PolicyBase,
-    arm_stats_sparse,
     check_context_free,
     check_params,
 )
@@ -31,7 +29,7 @@ def sample_argmax(draws: FloatArray) -> IntArray:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ThompsonBeta(PolicyBase):
+class ThompsonBeta(ArmStatsPolicy):
     """Beta-Bernoulli Thompson sampling.
 
     The posterior of arm k is ``Beta(prior_alpha + S_k, prior_beta + n_k - S_k)``. Rewards
@@ -63,9 +61,6 @@ class ThompsonBeta(PolicyBase):
             prior_beta=(self.prior_beta >= 1.0, self.prior_beta, ">= 1"),
         )
 
-    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
-        return ArmStats.zeros(n_arms, batch)
-
     def posterior(self, stats: ArmStats) -> tuple[FloatArray, FloatArray]:
         """Beta parameters ``(alpha, beta)``, each (B, K)."""
         return (
@@ -75,31 +70,18 @@ class ThompsonBeta(PolicyBase):
 
     def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
-        a, b = self.posterior(stats)
-        return prob_best(BETA, a, b)
+        return beta_prob_best(stats.n, stats.sum_reward, self.prior_alpha, self.prior_beta)
 
     def sample_arm(
         self, stats: ArmStats, rng: np.random.Generator, context: FloatArray | None = None
     ) -> IntArray:
         """One posterior draw per arm and the argmax: same law as ``select(...).arm``."""
         check_context_free(self.name, context)
-        a, b = self.posterior(stats)
-        return sample_argmax(rng.beta(a, b))
-
-    def increment(
-        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
-    ) -> ArmStats:
-        check_context_free(self.name, context)
-        return ArmStats.of(decision, self.check(decision, reward))
-
-    def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
-        return arm_stats_sparse(reward)
+        return beta_sample_argmax(rng, stats.n, stats.sum_reward, self.prior_alpha, self.prior_beta)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ThompsonGaussian(PolicyBase):
+class ThompsonGaussian(ArmStatsPolicy):
     """Gaussian Thompson sampling with known noise scale.
 
     Posterior of arm k: ``N(m_k, v_k)`` with ``1 / v_k = 1 / prior_sd^2 + n_k / noise_sd^2``
@@ -134,9 +116,6 @@ class ThompsonGaussian(PolicyBase):
             noise_sd=(self.noise_sd > 0 and np.isfinite(self.noise_sd), self.noise_sd, "> 0"),
         )
 
-    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
-        return ArmStats.zeros(n_arms, batch)
-
     def posterior(self, stats: ArmStats) -> tuple[FloatArray, FloatArray]:
         """Posterior ``(mean, sd)``, each (B, K)."""
         prec0 = 1.0 / self.prior_sd**2
@@ -157,14 +136,3 @@ class ThompsonGaussian(PolicyBase):
         check_context_free(self.name, context)
         mean, sd = self.posterior(stats)
         return sample_argmax(rng.normal(mean, sd))
-
-    def increment(
-        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
-    ) -> ArmStats:
-        check_context_free(self.name, context)
-        return ArmStats.of(decision, self.check(decision, reward))
-
-    def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
-        return arm_stats_sparse(reward)

@@ -14,47 +14,39 @@ from typing import ClassVar
 import numba
 import numpy as np
 
+from ._kernels import MOSS_INDEX, UCB1_INDEX, argmax_ties, ucb_index
 from .base import (
     ArmStats,
-    Decision,
+    ArmStatsPolicy,
     FloatArray,
     IntArray,
-    PolicyBase,
     argmax_allocation,
-    arm_stats_sparse,
     check_context_free,
     check_params,
-    ratio,
 )
 from .greedy import empirical_mean
 
 __all__ = ["KLUCB", "MOSS", "UCB1", "kl_ucb_index"]
 
 
-class _IndexPolicy(PolicyBase):
+class _IndexPolicy(ArmStatsPolicy):
     __slots__ = ()
 
-    def init(self, n_arms: int, batch: int = 1) -> ArmStats:
-        return ArmStats.zeros(n_arms, batch)
-
     def index(self, stats: ArmStats) -> FloatArray:
+        """(B, K) indices; ``inf`` for unpulled arms."""
         raise NotImplementedError
+
+    def sample_arm(
+        self, stats: ArmStats, rng: np.random.Generator, context: FloatArray | None = None
+    ) -> IntArray:
+        """The largest index, ties broken uniformly: the law of ``select(...).arm``."""
+        check_context_free(self.name, context)
+        return argmax_ties(self.index(stats), rng.random((stats.n.shape[0],)))
 
     def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
         # index() is infinite for unpulled arms: they are tried first.
         return argmax_allocation(self.index(stats))
-
-    def increment(
-        self, decision: Decision, reward: FloatArray, context: FloatArray | None = None
-    ) -> ArmStats:
-        check_context_free(self.name, context)
-        return ArmStats.of(decision, self.check(decision, reward))
-
-    def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
-        return arm_stats_sparse(reward)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,9 +76,7 @@ class UCB1(_IndexPolicy):
         )
 
     def index(self, stats: ArmStats) -> FloatArray:
-        t = stats.n.sum(axis=1, keepdims=True)
-        level = self.exploration * np.log(np.maximum(t, 1.0))
-        return empirical_mean(stats) + np.sqrt(ratio(level, stats.n, np.inf))
+        return ucb_index(UCB1_INDEX, stats.n, stats.sum_reward, self.exploration)
 
 
 @numba.njit(cache=True)
@@ -100,6 +90,7 @@ def _kl_bern(p: float, q: float) -> float:
 @numba.njit(cache=True)
 def _kl_ucb_index(mean, n, level, out):  # type: ignore[no-untyped-def]
     rows, arms = mean.shape
+    top = 1.0 - 1e-15
     for r in range(rows):
         for k in range(arms):
             if n[r, k] <= 0:
@@ -107,18 +98,24 @@ def _kl_ucb_index(mean, n, level, out):  # type: ignore[no-untyped-def]
                 continue
             p = min(max(mean[r, k], 0.0), 1.0)
             target = level[r] / n[r, k]
-            lo = p
-            hi = 1.0
-            if _kl_bern(p, hi) <= target:
-                out[r, k] = 1.0
+            # q -> kl(p, q) is convex and increasing on [p, 1]. Pinsker, kl >= 2 (q - p)^2,
+            # puts the root left of p + sqrt(target / 2), so Newton's method started there
+            # decreases monotonically onto it.
+            q = min(p + math.sqrt(target / 2.0), top)
+            if _kl_bern(p, q) <= target:
+                out[r, k] = q
                 continue
-            for _ in range(50):  # bisection: 2^-50 is below float resolution near 1
-                mid = 0.5 * (lo + hi)
-                if _kl_bern(p, mid) > target:
-                    hi = mid
-                else:
-                    lo = mid
-            out[r, k] = lo
+            for _ in range(60):
+                f = _kl_bern(p, q) - target
+                qc = min(max(q, 1e-15), top)
+                pc = min(max(p, 1e-15), top)
+                step = f / ((qc - pc) / (qc * (1.0 - qc)))
+                q_new = max(q - step, p)
+                if q - q_new <= 1e-14:
+                    q = q_new
+                    break
+                q = q_new
+            out[r, k] = q
 
 
 def kl_ucb_index(mean: FloatArray, n: FloatArray, level: FloatArray) -> FloatArray:
@@ -195,11 +192,4 @@ class MOSS(_IndexPolicy):
         )
 
     def index(self, stats: ArmStats) -> FloatArray:
-        k = stats.n.shape[1]
-        if self.horizon is None:
-            t = np.maximum(stats.n.sum(axis=1, keepdims=True), 1.0)
-        else:
-            t = np.full((stats.n.shape[0], 1), float(self.horizon))
-        ratio_t = ratio(t, k * stats.n, np.inf)
-        bonus = np.sqrt(ratio(np.log(np.maximum(ratio_t, 1.0)), stats.n, np.inf))
-        return empirical_mean(stats) + bonus
+        return ucb_index(MOSS_INDEX, stats.n, stats.sum_reward, self.horizon or 0)

@@ -14,7 +14,7 @@ argmax, as in the papers (the project computes the allocation instead).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_expit, rel_entr, xlogy
+from scipy.special import rel_entr, xlogy
 
 from .common import FloatArray, IntArray, argmax_random_ties
 
@@ -66,7 +66,8 @@ class _IndexPolicy(ArmCounts):
 
     def choose(self, rng: np.random.Generator) -> IntArray:
         pulled = self.pulls > 0
-        # The index is only evaluated where it is defined (at least one pull).
+        # index() is computed for every arm (with n floored at 1) but used only where the
+        # arm has been pulled at least once, which is where the papers define it.
         index = np.full((self.n_runs, self.n_arms), np.inf)
         index[pulled] = self.index()[pulled]
         return argmax_random_ties(index, rng)
@@ -114,12 +115,18 @@ def bernoulli_kl(p: FloatArray, q: FloatArray) -> FloatArray:
 def kl_ucb_index(p: FloatArray, level: FloatArray) -> FloatArray:
     """``max{q in [p, 1] : kl(p, q) <= level}`` for Bernoulli KL, elementwise.
 
-    Solved by Newton's method in ``x = logit(q)``: ``g(x) = kl(p, expit(x))`` is convex
-    (``g'' = q (1 - q) > 0``) and increasing for ``q > p`` (``g' = q - p``), so Newton's
-    iterates started to the right of the root decrease monotonically to it. The start
-    ``q0`` has ``kl(p, q0) >= level`` because ``kl(p, q) >= p ln p + (1 - p) ln((1 - p) /
-    (1 - q))``; solving that lower bound for equality gives
-    ``ln(1 - q0) = ln(1 - p) - (level - p ln p) / (1 - p)``.
+    Newton's method on ``f(q) = kl(p, q) - level``, which is increasing
+    (``f' = (q - p) / (q (1 - q)) > 0``) and convex (``f'' = p / q^2 + (1 - p) / (1 - q)^2``)
+    on ``(p, 1)``: started at any ``q0`` with ``f(q0) >= 0`` the iterates decrease
+    monotonically to the root. Two such starts, the smaller is used:
+
+    - ``kl(p, q) >= (q - p)^2 / (2 q)`` for ``q >= p`` (Taylor in ``p`` about ``q``, with
+      ``d^2 kl / dp^2 = 1 / (p (1 - p)) >= 1 / q`` between ``p`` and ``q``); equality at
+      ``q0 = p + level + sqrt(level^2 + 2 p level)``. Tight for small means; it may exceed 1.
+    - ``kl(p, q) >= p ln p + (1 - p) ln((1 - p) / (1 - q))``; equality at
+      ``ln(1 - q0) = ln(1 - p) - (level - p ln p) / (1 - p)``. Always at most 1.
+
+    A start that rounds to 1 is the answer (the whole of ``[p, 1]`` is plausible).
     """
     p = np.asarray(p, dtype=np.float64)
     level = np.broadcast_to(np.asarray(level, dtype=np.float64), p.shape)
@@ -128,22 +135,24 @@ def kl_ucb_index(p: FloatArray, level: FloatArray) -> FloatArray:
     todo = (p < 1.0) & (level > 0.0)
     pt = p[todo]
     dt = level[todo]
-    log_1mq0 = np.log1p(-pt) - (dt - xlogy(pt, pt)) / (1.0 - pt)
-    q0 = -np.expm1(log_1mq0)
-    x = np.log(q0) - log_1mq0
-    # kl(p, expit(x)) = p ln p + (1 - p) ln(1 - p) - p ln expit(x) - (1 - p) ln expit(-x),
-    # written with log_expit so that it stays exact when q is within rounding of 1.
-    entropy_part = xlogy(pt, pt) + xlogy(1.0 - pt, 1.0 - pt)
+    q_quadratic = pt + dt + np.sqrt(dt * dt + 2.0 * pt * dt)
+    q_entropy = -np.expm1(np.log1p(-pt) - (dt - xlogy(pt, pt)) / (1.0 - pt))
+    q = np.minimum(q_quadratic, q_entropy)
+    at_one = q >= 1.0
+    q[at_one] = 1.0
+    inside = ~at_one
+    p_in, d_in, q_in = pt[inside], dt[inside], q[inside]
     for _ in range(100):
-        g = entropy_part - pt * log_expit(x) - (1.0 - pt) * log_expit(-x)
-        step = (g - dt) / (expit(x) - pt)
-        x = x - step
-        # Quadratic convergence: once the step is below 1e-9 the error is far below it.
-        if np.all(np.abs(step) <= 1e-9 * np.maximum(1.0, np.abs(x))):
+        f = bernoulli_kl(p_in, q_in) - d_in
+        step = f * q_in * (1.0 - q_in) / (q_in - p_in)
+        q_in = q_in - step
+        # Quadratic convergence: once the step is below 1e-10 the error is far below it.
+        if np.all(np.abs(step) <= 1e-10):
             break
     else:
         raise RuntimeError("kl_ucb_index: Newton's method did not converge in 100 steps")
-    out[todo] = expit(x)
+    q[inside] = q_in
+    out[todo] = q
     return out
 
 
