@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from ._kernels import FloatArray, IntArray, arm_stats_add
+from ._kernels import FloatArray, IntArray, arm_stats_add, first_bad
 
 __all__ = [
     "ArmStats",
@@ -205,35 +205,33 @@ class ArmStats(Stats):
         Number of rewards observed per arm (float so that stores can add it).
     sum_reward : (B, K) float64
         Sum of rewards per arm.
-    sum_sq : (B, K) float64
-        Sum of squared rewards per arm.
     """
 
     n: FloatArray
     sum_reward: FloatArray
-    sum_sq: FloatArray
 
     @classmethod
     def zeros(cls, n_arms: int, batch: int) -> ArmStats:
         shape = (batch, n_arms)
-        return cls(n=np.zeros(shape), sum_reward=np.zeros(shape), sum_sq=np.zeros(shape))
+        return cls(n=np.zeros(shape), sum_reward=np.zeros(shape))
 
     def with_observations(self, arm: IntArray, reward: FloatArray) -> ArmStats:
         """``self + ArmStats.of(...)`` for one observation per row, in one compiled pass."""
-        n, s, sq = arm_stats_add(self.n, self.sum_reward, self.sum_sq, arm, reward)
-        return ArmStats(n=n, sum_reward=s, sum_sq=sq)
+        n, s = arm_stats_add(self.n, self.sum_reward, arm, reward)
+        return ArmStats(n=n, sum_reward=s)
 
     @classmethod
     def of(cls, decision: Decision, reward: FloatArray) -> ArmStats:
         """The increment of observing ``reward`` (B,) for ``decision.arm``."""
         onehot = _onehot(decision.arm, decision.propensity.shape[1])
         r = reward[:, None]
-        return cls(n=onehot, sum_reward=onehot * r, sum_sq=onehot * (r * r))
+        return cls(n=onehot, sum_reward=onehot * r)
 
 
-def arm_stats_sparse(reward: FloatArray) -> dict[str, FloatArray]:
+def arm_stats_sparse(reward: Any) -> dict[str, Any]:
     """:meth:`ArmStats.of` as amounts added at each observation's arm (see ``sparse_increment``)."""
-    return {"n": np.ones_like(reward), "sum_reward": reward, "sum_sq": reward * reward}
+    # reward * 0 + 1 rather than ones_like: the serving path passes plain floats.
+    return {"n": reward * 0.0 + 1.0, "sum_reward": reward}
 
 
 def ratio(num: FloatArray, den: FloatArray, empty: float) -> FloatArray:
@@ -337,17 +335,16 @@ def check_reward(
     high: float | None = 1.0,
 ) -> FloatArray:
     """Validate a reward vector: shape (B,), finite, within ``[low, high]``."""
-    r = np.asarray(reward, dtype=np.float64)
+    r = np.ascontiguousarray(reward, dtype=np.float64)
     if r.shape != (batch,):
         raise ValueError(f"{where}: reward must have shape ({batch},) (got {r.shape!r})")
-    if not np.isfinite(r).all():
-        raise ValueError(f"{where}: reward must be finite (got {r[~np.isfinite(r)][:3]!r})")
-    if (low is not None and (r < low).any()) or (high is not None and (r > high).any()):
-        bad = r[
-            ((r < low) if low is not None else False) | ((r > high) if high is not None else False)
-        ]
+    bad = first_bad(r, -np.inf if low is None else low, np.inf if high is None else high)
+    if bad >= 0:
+        value = float(r[bad])
+        if not np.isfinite(value):
+            raise ValueError(f"{where}: reward must be finite (got {value!r} in row {bad})")
         raise ValueError(
-            f"{where}: reward out of range (got {bad[:3]!r}); accepted: [{low}, {high}]"
+            f"{where}: reward out of range (got {value!r} in row {bad}); accepted: [{low}, {high}]"
         )
     return r
 
@@ -401,14 +398,15 @@ class PolicyBase:
         return cls()
 
     def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray] | None:
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any] | None:
         """The increment of P observations as ``{field: (P,) amounts}`` added at ``arm``.
 
         For additive, context-free policies whose increment touches only the played
         arm's entries: adding ``amount[i]`` at ``[0, arm[i]]`` of each flat field equals
         adding ``increment`` summed over the P observations. ``propensity`` is the (P,)
-        probability each arm was played with, out of ``n_arms``. ``None`` when the
+        probability each arm was played with, out of ``n_arms``. Scalars (an int arm,
+        float reward and propensity) give scalar amounts. ``None`` when the
         increment has another form; the serving path then uses ``increment``. Rewards
         must be validated first.
         """
@@ -484,6 +482,6 @@ class ArmStatsPolicy(PolicyBase):
         return stats.with_observations(decision.arm, self.check(decision, reward))
 
     def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any]:
         return arm_stats_sparse(reward)

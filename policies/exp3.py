@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .base import (
     Decision,
     FloatArray,
-    IntArray,
     PolicyBase,
     Stats,
     check_context_free,
@@ -77,10 +76,10 @@ class _Exp3Base(PolicyBase):
         return LossStats(n=n, sum_loss=loss)
 
     def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray]:
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any]:
         loss = (1.0 - reward) / (propensity + self._gamma(n_arms))
-        return {"n": np.ones_like(reward), "sum_loss": loss}
+        return {"n": reward * 0.0 + 1.0, "sum_loss": loss}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

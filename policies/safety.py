@@ -17,7 +17,6 @@ from .base import (
     ArmStats,
     Decision,
     FloatArray,
-    IntArray,
     PolicyBase,
     Stats,
     arm_stats_sparse,
@@ -94,8 +93,8 @@ class TrafficCap(PolicyBase):
         return self.policy.update(stats, decision, reward, context)
 
     def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray] | None:
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any] | None:
         return self.policy.sparse_increment(arm, reward, propensity, n_arms)  # type: ignore[no-any-return]
 
     @classmethod
@@ -254,8 +253,8 @@ class ConservativeBudget(PolicyBase):
         )
 
     def sparse_increment(
-        self, arm: IntArray, reward: FloatArray, propensity: FloatArray, n_arms: int
-    ) -> dict[str, FloatArray] | None:
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any] | None:
         base = self.policy.sparse_increment(arm, reward, propensity, n_arms)
         if base is None:
             return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from itertools import accumulate
 from typing import Any, final
 
 import numpy as np
@@ -42,6 +43,7 @@ class Server:
 
     __slots__ = (
         "_arms",
+        "_cache",
         "_cdf",
         "_flat",
         "_high",
@@ -52,6 +54,7 @@ class Server:
         "_rewards",
         "_rng",
         "_rows",
+        "_sparse",
         "_state",
         "_total",
         "_u",
@@ -97,23 +100,35 @@ class Server:
         self.allocation: FloatArray = np.empty(0)
         self._cdf: list[float] = []
         self._total = 1.0
-        self._recompute()
+        # A policy that can update its allocation one arm at a time (Thompson sampling)
+        # offers a cache: after a single reward only that arm is recomputed.
+        # Additive policies whose increment touches only the played arm take a reward
+        # straight into the state when nothing is buffered.
+        self._sparse = policy.additive and (
+            policy.sparse_increment(np.zeros(1, dtype=np.int64), np.zeros(1), np.ones(1), n_arms)
+            is not None
+        )
+        make_cache = getattr(policy, "allocation_cache", None)
+        self._cache = make_cache(self._state) if make_cache is not None else None
+        self._recompute(None)
 
     @property
     def stats(self) -> Any:
         """A copy of the current state (buffered observations not yet applied)."""
         return self._state.like(self._state.to_dict())
 
-    def _recompute(self) -> None:
-        row = self._policy.allocation(self._state)[0]
+    def _recompute(self, changed: int | None) -> None:
+        if self._cache is not None:
+            row = self._cache.refresh(self._state, changed).copy()
+        else:
+            row = self._policy.allocation(self._state)[0]
         self.version += 1
         self.allocation = row
         self._rows[self.version] = row
-        while len(self._rows) > _KEEP_VERSIONS:  # rewards may arrive late, but not forever
+        if len(self._rows) > _KEEP_VERSIONS:  # rewards may arrive late, but not forever
             del self._rows[next(iter(self._rows))]
-        cdf = np.cumsum(row)
-        self._total = float(cdf[-1])
-        self._cdf = cdf.tolist()
+        self._cdf = list(accumulate(row.tolist()))
+        self._total = self._cdf[-1]
 
     def select(self) -> tuple[int, float, int]:
         """Draw an arm: ``(arm, propensity, allocation version)``."""
@@ -145,6 +160,13 @@ class Server:
                 f"Server.update: reward must be finite and in [{self._low}, {self._high}] "
                 f"(got {reward!r})"
             )
+        if self.refresh_every == 1 and self._sparse:
+            # Strict online play: add this reward's increment and recompute at once.
+            amounts = self._policy.sparse_increment(arm, reward, row[arm], self._n_arms)
+            for key, amount in amounts.items():  # type: ignore[union-attr]
+                self._flat[key][0, arm] += amount
+            self._recompute(arm)
+            return
         self._arms.append(arm)
         self._rewards.append(reward)
         self._props.append(row[arm])
@@ -154,12 +176,13 @@ class Server:
 
     def refresh(self) -> None:
         """Apply the buffered observations and recompute the allocation."""
-        if self._arms:
-            self._apply()
-        self._recompute()
+        changed = self._apply() if self._arms else None
+        self._recompute(changed)
 
-    def _apply(self) -> None:
+    def _apply(self) -> int | None:
+        """Apply the buffer; the one arm whose entries changed, if that is all that did."""
         policy = self._policy
+        changed = None
         arms = np.array(self._arms, dtype=np.int64)
         rewards = np.array(self._rewards)
         sparse = (
@@ -169,9 +192,9 @@ class Server:
         )
         if sparse is not None:
             if arms.shape[0] == 1:
-                arm = self._arms[0]
+                changed = self._arms[0]
                 for key, amount in sparse.items():
-                    self._flat[key][0, arm] += amount[0]
+                    self._flat[key][0, changed] += amount[0]
             else:
                 for key, amount in sparse.items():
                     self._flat[key][0] += np.bincount(arms, weights=amount, minlength=self._n_arms)
@@ -191,3 +214,4 @@ class Server:
         self._rewards.clear()
         self._props.clear()
         self._versions.clear()
+        return changed

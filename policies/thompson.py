@@ -10,7 +10,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._kernels import NORMAL, beta_prob_best, beta_sample_argmax, prob_best
+from ._kernels import (
+    BETA,
+    NORMAL,
+    ProbBestCache,
+    beta_prob_best,
+    beta_sample_argmax,
+    prob_best,
+)
 from .base import (
     ArmStats,
     ArmStatsPolicy,
@@ -72,6 +79,15 @@ class ThompsonBeta(ArmStatsPolicy):
         check_context_free(self.name, context)
         return beta_prob_best(stats.n, stats.sum_reward, self.prior_alpha, self.prior_beta)
 
+    def allocation_cache(self, stats: ArmStats) -> ProbBestCache:
+        """An allocation for one stream (batch 1) that is updated one arm at a time."""
+
+        def arm_posterior(stats: ArmStats, arm: int) -> tuple[float, float]:
+            s = float(stats.sum_reward[0, arm])
+            return self.prior_alpha + s, self.prior_beta + float(stats.n[0, arm]) - s
+
+        return ProbBestCache(BETA, self.posterior, arm_posterior, stats)
+
     def sample_arm(
         self, stats: ArmStats, rng: np.random.Generator, context: FloatArray | None = None
     ) -> IntArray:
@@ -128,6 +144,15 @@ class ThompsonGaussian(ArmStatsPolicy):
         check_context_free(self.name, context)
         mean, sd = self.posterior(stats)
         return prob_best(NORMAL, mean, sd)
+
+    def allocation_cache(self, stats: ArmStats) -> ProbBestCache:
+        """An allocation for one stream (batch 1) that is updated one arm at a time."""
+
+        def arm_posterior(stats: ArmStats, arm: int) -> tuple[float, float]:
+            mean, sd = self.posterior(stats.rows([0]))
+            return float(mean[0, arm]), float(sd[0, arm])
+
+        return ProbBestCache(NORMAL, self.posterior, arm_posterior, stats)
 
     def sample_arm(
         self, stats: ArmStats, rng: np.random.Generator, context: FloatArray | None = None

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numba
 import numpy as np
 
-from ._kernels import MOSS_INDEX, UCB1_INDEX, argmax_ties, ucb_index
+from ._kernels import MOSS_INDEX, UCB1_INDEX, argmax_ties, ucb_index, ucb_sample
 from .base import (
     ArmStats,
     ArmStatsPolicy,
@@ -32,16 +32,27 @@ __all__ = ["KLUCB", "MOSS", "UCB1", "kl_ucb_index"]
 class _IndexPolicy(ArmStatsPolicy):
     __slots__ = ()
 
+    def _ucb(self) -> tuple[int, float] | None:
+        """The compiled index family and its parameter, if the index is one of them."""
+        return None
+
     def index(self, stats: ArmStats) -> FloatArray:
         """(B, K) indices; ``inf`` for unpulled arms."""
-        raise NotImplementedError
+        ucb = self._ucb()
+        if ucb is None:
+            raise NotImplementedError
+        return ucb_index(ucb[0], stats.n, stats.sum_reward, ucb[1])
 
     def sample_arm(
         self, stats: ArmStats, rng: np.random.Generator, context: FloatArray | None = None
     ) -> IntArray:
         """The largest index, ties broken uniformly: the law of ``select(...).arm``."""
         check_context_free(self.name, context)
-        return argmax_ties(self.index(stats), rng.random((stats.n.shape[0],)))
+        u = rng.random((stats.n.shape[0],))
+        ucb = self._ucb()
+        if ucb is None:
+            return argmax_ties(self.index(stats), u)
+        return ucb_sample(ucb[0], stats.n, stats.sum_reward, ucb[1], u)
 
     def allocation(self, stats: ArmStats, context: FloatArray | None = None) -> FloatArray:
         check_context_free(self.name, context)
@@ -75,8 +86,8 @@ class UCB1(_IndexPolicy):
             exploration=(self.exploration > 0, self.exploration, "> 0"),
         )
 
-    def index(self, stats: ArmStats) -> FloatArray:
-        return ucb_index(UCB1_INDEX, stats.n, stats.sum_reward, self.exploration)
+    def _ucb(self) -> tuple[int, float]:
+        return UCB1_INDEX, self.exploration
 
 
 @numba.njit(cache=True)
@@ -191,5 +202,5 @@ class MOSS(_IndexPolicy):
             ),
         )
 
-    def index(self, stats: ArmStats) -> FloatArray:
-        return ucb_index(MOSS_INDEX, stats.n, stats.sum_reward, self.horizon or 0)
+    def _ucb(self) -> tuple[int, float]:
+        return MOSS_INDEX, float(self.horizon or 0)

@@ -206,6 +206,8 @@ def test_bad_rewards_and_contexts_are_refused(policy: PolicyBase) -> None:
     d = policy.select(state, np.random.default_rng(10))
     with pytest.raises(ValueError, match="finite"):
         policy.update(state, d, np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match="finite"):
+        policy.update(state, d, np.array([0.0, -np.inf]))
     with pytest.raises(ValueError, match="shape"):
         policy.update(state, d, np.array([1.0]))
     high = policy.reward_range[1]

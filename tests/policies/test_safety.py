@@ -95,7 +95,7 @@ def test_slack_formula() -> None:
     # Hand-computed: control 100 x mean 0.5, alternative 10 x mean 0.2, K=2, delta=0.1.
     n = np.array([[100.0, 10.0]])
     s = np.array([[50.0, 2.0]])
-    budget = ArmStats(n=n, sum_reward=s, sum_sq=s)
+    budget = ArmStats(n=n, sum_reward=s)
     rad = np.sqrt(np.log(math.pi**2 * 2 * n**2 / 0.3) / (2 * n))
     lower = np.clip(s / n - rad, 0, 1)
     upper = np.clip(s / n + rad, 0, 1)
