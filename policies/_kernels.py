@@ -37,7 +37,6 @@ __all__ = [
     "argmax_ties",
     "arm_stats_add",
     "beta_prob_best",
-    "beta_sample_argmax",
     "first_bad",
     "prob_best",
     "ucb_index",
@@ -332,34 +331,6 @@ def beta_prob_best(n: FloatArray, s: FloatArray, a0: float, b0: float) -> FloatA
     """:func:`prob_best` for ``Beta(a0 + s, b0 + n - s)`` posteriors, from the counts."""
     out = np.empty(n.shape)
     _beta_prob_best_batch(n, s, a0, b0, out, _NODES, _WEIGHTS, _WMAT, _C_IN, _C_TAIL)
-    return out
-
-
-@numba.njit(cache=True)
-def _beta_sample_argmax(rng, n, s, a0, b0, out):  # type: ignore[no-untyped-def]
-    for r in range(n.shape[0]):
-        best = -1.0
-        arg = 0
-        for k in range(n.shape[1]):
-            # Beta(a, b) = X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b) independent.
-            x = rng.standard_gamma(a0 + s[r, k])
-            v = x / (x + rng.standard_gamma(b0 + n[r, k] - s[r, k]))
-            if v > best:
-                best = v
-                arg = k
-        out[r] = arg
-
-
-def beta_sample_argmax(
-    rng: np.random.Generator, n: FloatArray, s: FloatArray, a0: float, b0: float
-) -> IntArray:
-    """One draw from each ``Beta(a0 + s, b0 + n - s)`` posterior and the argmax, per row.
-
-    Uses ``rng`` itself (numba compiles NumPy's Generator methods), so results follow the
-    caller's seed. Exact ties have probability zero.
-    """
-    out = np.empty(n.shape[0], dtype=np.int64)
-    _beta_sample_argmax(rng, n, s, a0, b0, out)
     return out
 
 

@@ -15,7 +15,6 @@ from ._kernels import (
     NORMAL,
     ProbBestCache,
     beta_prob_best,
-    beta_sample_argmax,
     prob_best,
 )
 from .base import (
@@ -93,7 +92,8 @@ class ThompsonBeta(ArmStatsPolicy):
     ) -> IntArray:
         """One posterior draw per arm and the argmax: same law as ``select(...).arm``."""
         check_context_free(self.name, context)
-        return beta_sample_argmax(rng, stats.n, stats.sum_reward, self.prior_alpha, self.prior_beta)
+        a, b = self.posterior(stats)
+        return sample_argmax(rng.beta(a, b))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
