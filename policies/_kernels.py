@@ -369,14 +369,11 @@ def first_bad(x: FloatArray, low: float, high: float) -> int:
 def _argmax_row(index, u):  # type: ignore[no-untyped-def]
     """Argmax of one row, ties broken by the uniform ``u``: the one-hot allocation's law."""
     top = -np.inf
+    for k in range(index.shape[0]):
+        top = max(top, index[k])
     count = 0
     for k in range(index.shape[0]):
-        v = index[k]
-        if v > top:
-            top = v
-            count = 1
-        elif v == top:
-            count += 1
+        count += index[k] == top
     pick = min(int(u * count), count - 1)
     for k in range(index.shape[0]):
         if index[k] == top:
