@@ -174,10 +174,11 @@ def _grid_nodes(fam, edges, nodes):  # type: ignore[no-untyped-def]
 @numba.njit(cache=True)
 def _arm_on_grid(edges, uu, vv, c1, c2, lnorm, lo, hi, alive, weights, wmat, dens, fnode, k):  # type: ignore[no-untyped-def]
     """Density and CDF of arm k at every node, into ``[:, :, k]``; a dead arm is 0 and 1."""
+    ck1, ck2, lnk, lok, hik, live = c1[k], c2[k], lnorm[k], lo[k], hi[k], alive[k]
     g = weights.shape[0]
-    cdf = 0.0 if alive else 1.0
+    cdf = 0.0 if live else 1.0
     for p in range(edges.shape[0] - 1):
-        if not alive or lo >= edges[p + 1] or hi <= edges[p]:
+        if not live or lok >= edges[p + 1] or hik <= edges[p]:
             # No mass of the arm in this panel: its CDF is flat here.
             for m in range(g):
                 dens[p, m, k] = 0.0
@@ -186,7 +187,7 @@ def _arm_on_grid(edges, uu, vv, c1, c2, lnorm, lo, hi, alive, weights, wmat, den
         half = 0.5 * (edges[p + 1] - edges[p])
         total = 0.0
         for m in range(g):
-            dens[p, m, k] = math.exp(c1 * uu[p, m] + c2 * vv[p, m] + lnorm)
+            dens[p, m, k] = math.exp(ck1 * uu[p, m] + ck2 * vv[p, m] + lnk)
             total += weights[m] * dens[p, m, k]
         for m in range(g):
             s = 0.0
@@ -258,22 +259,7 @@ def _build(fam, p1, p2, nodes, weights, wmat, c_in, c_tail):  # type: ignore[no-
     dens = np.empty((n_panels, g, k_arms))  # arms last: the product over arms is contiguous
     fnode = np.empty((n_panels, g, k_arms))
     for k in range(k_arms):
-        _arm_on_grid(
-            edges,
-            uu,
-            vv,
-            c1[k],
-            c2[k],
-            lnorm[k],
-            lo[k],
-            hi[k],
-            alive[k],
-            weights,
-            wmat,
-            dens,
-            fnode,
-            k,
-        )
+        _arm_on_grid(edges, uu, vv, c1, c2, lnorm, lo, hi, alive, weights, wmat, dens, fnode, k)
     out = np.empty(k_arms)
     _combine(edges, weights, dens, fnode, mean, out)
     return out, mean, sd, lo, hi, lnorm, c1, c2, alive, edges, uu, vv, dens, fnode
@@ -511,22 +497,7 @@ def _refresh_arm(  # type: ignore[no-untyped-def]
             return False
     mean[k], sd[k], lo[k], hi[k] = m1[0], s1[0], lo1[0], hi1[0]
     lnorm[k], c1[k], c2[k] = ln1[0], a1[0], b1[0]
-    _arm_on_grid(
-        edges,
-        uu,
-        vv,
-        c1[k],
-        c2[k],
-        lnorm[k],
-        lo[k],
-        hi[k],
-        alive[k],
-        weights,
-        wmat,
-        dens,
-        fnode,
-        k,
-    )
+    _arm_on_grid(edges, uu, vv, c1, c2, lnorm, lo, hi, alive, weights, wmat, dens, fnode, k)
     _combine(edges, weights, dens, fnode, mean, out)
     return True
 
