@@ -100,14 +100,14 @@ class Server:
         self.allocation: FloatArray = np.empty(0)
         self._cdf: list[float] = []
         self._total = 1.0
-        # A policy that can update its allocation one arm at a time (Thompson sampling)
-        # offers a cache: after a single reward only that arm is recomputed.
         # Additive policies whose increment touches only the played arm take a reward
         # straight into the state when nothing is buffered.
         self._sparse = policy.additive and (
             policy.sparse_increment(np.zeros(1, dtype=np.int64), np.zeros(1), np.ones(1), n_arms)
             is not None
         )
+        # A policy that can update its allocation one arm at a time (Thompson sampling)
+        # offers a cache: after a single reward only that arm is recomputed.
         make_cache = getattr(policy, "allocation_cache", None)
         self._cache = make_cache(self._state) if make_cache is not None else None
         self._recompute(None)

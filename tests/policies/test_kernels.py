@@ -148,5 +148,5 @@ def test_incremental_cache_matches_fresh_allocation(family: str) -> None:
             got = cache.refresh(state, arm)
             if t % 7 == 0:
                 worst = max(worst, float(np.abs(got - policy.allocation(state)[0]).max()))
-        assert 1 <= cache.rebuilds < steps // 5
+        assert 0 < cache.rebuilds < steps // 5
     assert worst <= PROB_BEST_ATOL
