@@ -31,9 +31,12 @@ __all__ = [
     "FloatArray",
     "IntArray",
     "Policy",
+    "PolicyBase",
     "Stats",
     "argmax_allocation",
+    "arm_stats_sparse",
     "check_context_free",
+    "check_params",
     "check_reward",
     "draw",
     "ratio",
@@ -277,6 +280,16 @@ class Policy(Protocol[S]):
     def update(
         self, stats: S, decision: Decision, reward: FloatArray, context: FloatArray | None = None
     ) -> S: ...
+
+    def sample_arm(
+        self, stats: S, rng: np.random.Generator, context: FloatArray | None = None
+    ) -> IntArray: ...
+
+    def sparse_increment(
+        self, arm: Any, reward: Any, propensity: Any, n_arms: int
+    ) -> dict[str, Any] | None: ...
+
+    def state_from_dict(self, data: Mapping[str, npt.ArrayLike]) -> S: ...
 
     def regret_bound(self) -> str: ...
 

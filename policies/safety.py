@@ -107,12 +107,14 @@ class TrafficCap(PolicyBase):
 def cap_allocation(p: FloatArray, share: float) -> FloatArray:
     """Scale arms 1.. down to ``share`` in total where they exceed it; control gets the rest.
 
-    >>> cap_allocation(np.array([[0.1, 0.6, 0.3], [0.9, 0.05, 0.05]]), 0.3)
+    >>> cap_allocation(np.array([[0.1, 0.6, 0.3], [0.9, 0.05, 0.05]]), 0.3).round(12)
     array([[0.7 , 0.2 , 0.1 ],
            [0.9 , 0.05, 0.05]])
     """
     alt = p[:, 1:].sum(axis=1, keepdims=True)
-    scale = np.where(alt > share, share / np.where(alt > 0, alt, 1.0), 1.0)
+    # 1e-12 below the exact factor, so that the scaled probabilities still sum to at most
+    # ``share`` after rounding (the cap holds exactly, not to within an ulp).
+    scale = np.where(alt > share, share * (1.0 - 1e-12) / np.where(alt > 0, alt, 1.0), 1.0)
     out = p.copy()
     out[:, 1:] = p[:, 1:] * scale
     out[:, 0] = 1.0 - out[:, 1:].sum(axis=1)

@@ -31,9 +31,10 @@ def test_cap_allocation_is_exact() -> None:
     p = np.array([[0.1, 0.6, 0.3], [0.9, 0.05, 0.05], [0.0, 0.0, 1.0]])
     out = cap_allocation(p, 0.2)
     np.testing.assert_allclose(out.sum(axis=1), 1.0)
-    np.testing.assert_allclose(out[0], [0.8, 0.6 * 0.2 / 0.9, 0.3 * 0.2 / 0.9])
+    np.testing.assert_allclose(out[0], [0.8, 0.6 * 0.2 / 0.9, 0.3 * 0.2 / 0.9], rtol=1e-11)
+    assert out[0, 1:].sum() <= 0.2
     np.testing.assert_array_equal(out[1], p[1])
-    np.testing.assert_allclose(out[2], [0.8, 0.0, 0.2])
+    np.testing.assert_allclose(out[2], [0.8, 0.0, 0.2], rtol=1e-11)
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ def test_traffic_cap_is_never_exceeded() -> None:
     share, steps, reps = 0.1, 2_000, 200
     means = np.array([0.3, 0.6, 0.1])
     arms, alt = play(TrafficCap(policy=ThompsonBeta(), explore_share=share), means, steps, reps, 1)
-    assert alt.max() <= share + 1e-12
+    assert alt.max() <= share
     sent = (arms > 0).sum(axis=0)
     assert sent.max() <= share * steps + 4.5 * math.sqrt(steps * share * (1 - share))
     # The cap binds: the alternatives got (close to) all of it once the winner was clear.
