@@ -143,48 +143,24 @@ class Stats:
                 kwargs[f.name] = arrays[prefix + f.name]
         return type(self)(**kwargs)
 
+    def _map(self, fn: Any) -> Self:
+        """The state with ``fn`` applied to every array, nested states included."""
+        return type(self)(
+            *[
+                value._map(fn) if isinstance(value, Stats) else fn(value)
+                for value in (getattr(self, f.name) for f in _fields(self))
+            ]
+        )
+
     def rows(self, index: npt.ArrayLike) -> Self:
         """The sub-state of the given batch rows (a slice keeps the batch axis)."""
         idx = np.atleast_1d(np.asarray(index))
-        return type(self)(
-            **{
-                f.name: (
-                    getattr(self, f.name).rows(idx)
-                    if isinstance(getattr(self, f.name), Stats)
-                    else getattr(self, f.name)[idx]
-                )
-                for f in _fields(self)
-            }
-        )
+        return self._map(lambda a: a[idx])
 
     def sum_rows(self) -> Self:
         """One row holding the sum over the batch axis (for additive states: the
         combined effect of B observations on one stream)."""
-        return type(self)(
-            **{
-                f.name: (
-                    getattr(self, f.name).sum_rows()
-                    if isinstance(getattr(self, f.name), Stats)
-                    else getattr(self, f.name).sum(axis=0, keepdims=True)
-                )
-                for f in _fields(self)
-            }
-        )
-
-    @classmethod
-    def stack(cls, states: Sequence[Self]) -> Self:
-        """Concatenate states along the batch axis."""
-        first = states[0]
-        return cls(
-            **{
-                f.name: (
-                    type(getattr(first, f.name)).stack([getattr(s, f.name) for s in states])
-                    if isinstance(getattr(first, f.name), Stats)
-                    else np.concatenate([getattr(s, f.name) for s in states], axis=0)
-                )
-                for f in _fields(first)
-            }
-        )
+        return self._map(lambda a: a.sum(axis=0, keepdims=True))
 
 
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}

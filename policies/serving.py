@@ -191,13 +191,10 @@ class Server:
             else None
         )
         if sparse is not None:
-            if arms.shape[0] == 1:
+            for key, amount in sparse.items():
+                self._flat[key][0] += np.bincount(arms, weights=amount, minlength=self._n_arms)
+            if len(set(self._arms)) == 1:
                 changed = self._arms[0]
-                for key, amount in sparse.items():
-                    self._flat[key][0, changed] += amount[0]
-            else:
-                for key, amount in sparse.items():
-                    self._flat[key][0] += np.bincount(arms, weights=amount, minlength=self._n_arms)
         else:
             decision = Decision(arms, np.stack([self._rows[v] for v in self._versions]))
             if policy.additive:
