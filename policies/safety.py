@@ -1,17 +1,19 @@
-"""Safety wrappers: a traffic cap and a conservative budget around any policy.
+"""Safety: a traffic cap and a conservative budget around any policy, and guardrails.
 
 Arm 0 is control. Both wrappers are policies themselves: they transform the wrapped
 policy's allocation, so propensities stay exact, and their state is additive whenever the
 wrapped policy's is. They compose: ``TrafficCap(policy=ConservativeBudget(policy=p))``.
+:class:`Guardrail` watches a harm metric and tells the promotion rule to roll back.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import (
     ArmStats,
@@ -25,7 +27,18 @@ from .base import (
 )
 from .greedy import empirical_mean
 
-__all__ = ["BudgetStats", "ConservativeBudget", "TrafficCap", "conservative_slack"]
+__all__ = [
+    "HARM",
+    "LIMIT",
+    "NO_BREACH",
+    "BudgetStats",
+    "ConservativeBudget",
+    "Guardrail",
+    "GuardrailEvidence",
+    "TrafficCap",
+    "conservative_slack",
+    "over_slo",
+]
 
 
 def _check_wrapped(where: str, policy: object) -> None:
@@ -271,3 +284,130 @@ class ConservativeBudget(PolicyBase):
         from .ucb import UCB1
 
         return cls(policy=UCB1(), alpha=0.1, delta=0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# Guardrails
+# ---------------------------------------------------------------------------------------
+
+#: Why a guardrail fired, per entry of :attr:`GuardrailEvidence.breach`.
+NO_BREACH, HARM, LIMIT = 0, 1, 2
+
+
+class GuardrailEvidence(NamedTuple):
+    """A guardrail's verdict per alternative; every field is (B, K), column 0 is control.
+
+    Attributes
+    ----------
+    breach : int8, :data:`NO_BREACH`, :data:`HARM` (worse than control by more than
+        ``margin``) or :data:`LIMIT` (the alternative's own metric past ``limit``)
+    harm_lower, harm_upper : confidence sequence for the harm, the difference against
+        control signed so that positive is worse
+    arm_lower, arm_upper : the alternative's own metric, bounds at ``1 - alpha / 2``
+    statistic, threshold : what crossed what: the harm's lower bound against ``margin``,
+        or (for a hard-limit breach) the metric's bound against ``limit``
+    n : observations of the metric per arm
+    """
+
+    breach: npt.NDArray[np.int8]
+    harm_lower: FloatArray
+    harm_upper: FloatArray
+    arm_lower: FloatArray
+    arm_upper: FloatArray
+    statistic: FloatArray
+    threshold: FloatArray
+    n: FloatArray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Guardrail:
+    """A one-sided sequential test for harm on a guardrail metric (arm 0 is control).
+
+    The metric (error rate, share of requests over a latency SLO via :func:`over_slo`, any
+    bounded metric) is tracked per arm by a per-arm confidence sequence from
+    :mod:`policies.sequential`, valid under any allocation and from the first observation
+    (no minimum sample size, no normal approximation). An alternative breaches when
+
+    * **harm**: the lower bound of its harm against control exceeds ``margin``, or
+    * **hard limit** (``limit`` set): its own metric is past ``limit`` with confidence
+      (its lower bound above ``limit`` for ``harm="increase"``).
+
+    :class:`policies.promotion.PromotionRule` rolls a breaching alternative back at once.
+    Each side is checked with the two-sided sequences, so the error of a false breach is
+    at most ``test.alpha`` (conservative by up to a factor 2).
+
+    Parameters
+    ----------
+    name : the metric's name (it appears in the evidence of a rollback)
+    test : a per-arm sequence, :class:`~policies.sequential.BetaBinomialCS` (rates, the
+        default) or :class:`~policies.sequential.EmpiricalBernsteinCS` (bounded metrics)
+    harm : "increase" (larger is worse: errors, latency) or "decrease"
+    margin : float >= 0, harm tolerated against control, in metric units
+    limit : float or None, the hard limit on the alternative's metric
+    """
+
+    name: str
+    test: Any = None
+    harm: str = "increase"
+    margin: float = 0.0
+    limit: float | None = None
+
+    def __post_init__(self) -> None:
+        from .sequential import BetaBinomialCS, EmpiricalBernsteinCS
+
+        if self.test is None:
+            object.__setattr__(self, "test", BetaBinomialCS())
+        where = f"guardrail {self.name!r}"
+        check_params(
+            where,
+            test=(
+                isinstance(self.test, BetaBinomialCS | EmpiricalBernsteinCS),
+                type(self.test).__name__,
+                "a BetaBinomialCS or EmpiricalBernsteinCS",
+            ),
+            harm=(self.harm in ("increase", "decrease"), self.harm, "'increase' or 'decrease'"),
+            margin=(self.margin >= 0.0, self.margin, ">= 0"),
+        )
+        lo, hi = self.test.low, self.test.high
+        if self.limit is not None and not lo <= self.limit <= hi:
+            raise ValueError(f"{where}.limit: must be in [{lo}, {hi}] (got {self.limit!r})")
+
+    def init(self, n_arms: int, batch: int = 1) -> Any:
+        return self.test.init(n_arms, batch)
+
+    def update(self, stats: Any, arm: npt.ArrayLike, value: npt.ArrayLike) -> Any:
+        """The state after observing the metric ``value`` (B,) or (B, N) at ``arm``."""
+        return self.test.update(stats, arm, value)
+
+    def observe(self, stats: Any, arm: int, value: float, *, row: int = 0) -> None:
+        """One observation applied in place (the serving path)."""
+        self.test.observe(stats, arm, value, row=row)
+
+    def evaluate(self, stats: Any) -> GuardrailEvidence:
+        ev = self.test.evaluate(stats)
+        _, arm_lower, arm_upper = self.test.arm_bounds(stats)
+        if self.harm == "increase":
+            harm_lower, harm_upper, bound = ev.lower, ev.upper, arm_lower
+        else:
+            harm_lower, harm_upper, bound = -ev.upper, -ev.lower, arm_upper
+        breach = np.where(harm_lower > self.margin, HARM, NO_BREACH).astype(np.int8)
+        statistic = harm_lower.copy()
+        threshold = np.full_like(harm_lower, self.margin)
+        if self.limit is not None:
+            past = bound > self.limit if self.harm == "increase" else bound < self.limit
+            breach[past] = LIMIT
+            statistic[past] = bound[past]
+            threshold[past] = self.limit
+        breach[:, 0] = NO_BREACH
+        return GuardrailEvidence(
+            breach, harm_lower, harm_upper, arm_lower, arm_upper, statistic, threshold, ev.n
+        )
+
+
+def over_slo(latency_ms: npt.ArrayLike, slo_ms: float) -> FloatArray:
+    """1.0 where a request took longer than ``slo_ms``, else 0.0 (a rate guardrail's input).
+
+    >>> over_slo([120.0, 250.0, 300.5], 250.0)
+    array([0., 0., 1.])
+    """
+    return (np.asarray(latency_ms, dtype=np.float64) > slo_ms).astype(np.float64)

@@ -1,0 +1,249 @@
+"""numba kernels of the sequential tests (:mod:`policies.sequential`).
+
+Every kernel adds the contribution of a batch of observations into ``out`` arrays while
+reading the *predictable* quantities (running means, variances, bet sizes) from ``st``,
+the state before the batch. Passing the same arrays as ``st`` and ``out`` applies the
+observations one by one in place (the serving path): each observation then sees every
+earlier one, which is just as predictable and so just as valid.
+
+The empirical-Bernstein step (:func:`_eb_add`) is the core of two sequences: per arm on
+rewards in ``[0, 1]``, and off-policy on doubly robust pseudo-outcomes whose range is known
+before the reward arrives (it depends on the propensities only). With predictable
+``lam_i`` in ``[0, cbar / c_i)``, ``c_i = hi_i - lo_i``, and predictable ``xhat_i`` in
+``[lo_i, hi_i]``,
+
+    exp( sum lam_i (x_i - mu) - sum psi_i(lam_i) (x_i - xhat_i)^2 ),
+    psi_i(lam) = (-log(1 - c_i lam) - c_i lam) / c_i^2,
+
+is a non-negative supermartingale when every ``x_i`` has conditional mean ``mu`` (Fan,
+Grama and Liu 2015; Howard et al. 2021, Thm 4, with time-varying ranges as in
+Waudby-Smith and Ramdas 2023, Thm 2). Its state is five sums and a count, all additive.
+"""
+
+from __future__ import annotations
+
+import math
+import numba
+import numpy as np
+
+from ._kernels import FloatArray, IntArray
+
+__all__ = [
+    "CBAR",
+    "beta_binomial_bounds",
+    "eb_arm_add",
+    "eb_one",
+    "moments_add",
+    "off_policy_add",
+    "off_policy_one",
+]
+
+#: Largest ``lam * c``: bets stay at most half the way to ruin (Waudby-Smith and Ramdas use
+#: 1/2 or 3/4).
+CBAR = 0.5
+
+
+@numba.njit(cache=True)
+def _moments_add(arm, reward, o_n, o_s, o_q):  # type: ignore[no-untyped-def]
+    for b in range(arm.shape[0]):
+        for i in range(arm.shape[1]):
+            a = arm[b, i]
+            r = reward[b, i]
+            o_n[b, a] += 1.0
+            o_s[b, a] += r
+            if o_q is not None:
+                o_q[b, a] += r * r
+
+
+def moments_add(
+    arm: IntArray, reward: FloatArray, out: tuple[FloatArray, FloatArray, FloatArray | None]
+) -> None:
+    """Add counts, sums and (unless ``out[2]`` is None) squares of ``reward`` (B, N) at
+    ``arm`` (B, N)."""
+    _moments_add(arm, reward, out[0], out[1], out[2])
+
+
+@numba.njit(cache=True, inline="always")
+def _eb_add(  # type: ignore[no-untyped-def]
+    st_t, st_s1, st_s2, b, j, x, lo, hi, log_a, n_tune, o_t, o_s1, o_s2, o_sl, o_slx, o_spv
+):
+    t = st_t[b, j]
+    c = hi - lo
+    # Predictable mean and variance of the stream; the variance is shrunk towards the
+    # largest a variable in [lo, hi] can have, with the weight of one observation.
+    mean = st_s1[b, j] / t if t > 0.0 else 0.5 * (lo + hi)
+    dev = st_s2[b, j] - t * mean * mean
+    var = (max(dev, 0.0) + 0.25 * c * c) / (t + 1.0)
+    # n_tune > 0: tightest near n_tune observations; else WS&R's t log(1 + t) schedule.
+    h = n_tune if n_tune > 0.0 else (t + 1.0) * math.log(t + 2.0)
+    lam = math.sqrt(2.0 * log_a / (var * h)) if var > 0.0 else CBAR / c
+    lam = min(lam, CBAR / c)
+    psi = (-math.log1p(-c * lam) - c * lam) / (c * c)
+    xhat = min(max(mean, lo), hi)
+    o_t[b, j] += 1.0
+    o_s1[b, j] += x
+    o_s2[b, j] += x * x
+    o_sl[b, j] += lam
+    o_slx[b, j] += lam * x
+    o_spv[b, j] += psi * (x - xhat) * (x - xhat)
+
+
+@numba.njit(cache=True)
+def _eb_arm_add(st, arm, x, log_a, n_tune, out):  # type: ignore[no-untyped-def]
+    for b in range(arm.shape[0]):
+        for i in range(arm.shape[1]):
+            _eb_add(
+                st[0], st[1], st[2], b, arm[b, i], x[b, i], 0.0, 1.0, log_a, n_tune,
+                out[0], out[1], out[2], out[3], out[4], out[5],
+            )  # fmt: skip
+
+
+def eb_arm_add(
+    st: tuple[FloatArray, ...],
+    arm: IntArray,
+    x: FloatArray,
+    log_a: float,
+    n_tune: float,
+    out: tuple[FloatArray, ...],
+) -> None:
+    """Per-arm empirical-Bernstein sums of ``x`` (B, N) in [0, 1] observed at ``arm``.
+
+    ``st`` and ``out`` are ``(t, s1, s2, sl, slx, spv)``, each (B, K).
+    """
+    _eb_arm_add(st, arm, x, log_a, n_tune, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _off_policy_obs(st, b, a, r, prop, log_a, n_tune, dr, out):  # type: ignore[no-untyped-def]
+    # st / out: (n, sum) of the arms' model, then (t, s1, s2, sl, slx, spv) per stream.
+    p0 = prop[0]
+    # Predictable model of each arm's mean (zero for inverse propensity weighting).
+    m0 = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
+    for k in range(1, prop.shape[0]):
+        pk = prop[k]
+        if pk <= 0.0 or p0 <= 0.0:
+            continue  # alternative k (or control) could not be drawn: skip, predictably
+        mk = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
+        d = mk - m0
+        # The pseudo-outcome's range before the reward is seen: y in [0, 1].
+        lo = d - max(mk / pk, (1.0 - m0) / p0)
+        hi = d + max((1.0 - mk) / pk, m0 / p0)
+        phi = d
+        if a == k:
+            phi += (r - mk) / pk
+        elif a == 0:
+            phi -= (r - m0) / p0
+        _eb_add(
+            st[2], st[3], st[4], b, k, phi, lo, hi, log_a, n_tune,
+            out[2], out[3], out[4], out[5], out[6], out[7],
+        )  # fmt: skip
+    out[0][b, a] += 1.0
+    out[1][b, a] += r
+
+
+@numba.njit(cache=True)
+def _off_policy_add(st, arm, y, prop, log_a, n_tune, dr, out):  # type: ignore[no-untyped-def]
+    for b in range(arm.shape[0]):
+        for i in range(arm.shape[1]):
+            _off_policy_obs(st, b, arm[b, i], y[b, i], prop[b, i], log_a, n_tune, dr, out)
+
+
+@numba.njit(cache=True)
+def off_policy_one(st, b, a, y, prop, log_a, n_tune, dr):  # type: ignore[no-untyped-def]
+    """One observation applied in place; returns 1 (and changes nothing) if ``prop`` (K,)
+    is not a probability row or gives the played arm probability 0."""
+    for k in range(prop.shape[0]):
+        if not (0.0 <= prop[k] <= 1.0):
+            return 1
+    if prop[a] <= 0.0:
+        return 1
+    _off_policy_obs(st, b, a, y, prop, log_a, n_tune, dr, st)
+    return 0
+
+
+@numba.njit(cache=True)
+def eb_one(st, b, a, x, log_a, n_tune):  # type: ignore[no-untyped-def]
+    """One observation of stream ``(b, a)`` applied in place."""
+    _eb_add(
+        st[0], st[1], st[2], b, a, x, 0.0, 1.0, log_a, n_tune,
+        st[0], st[1], st[2], st[3], st[4], st[5],
+    )  # fmt: skip
+
+
+def off_policy_add(
+    st: tuple[FloatArray, ...],
+    arm: IntArray,
+    y: FloatArray,
+    prop: FloatArray,
+    log_a: float,
+    n_tune: float,
+    dr: bool,
+    out: tuple[FloatArray, ...],
+) -> None:
+    """Off-policy sums for each alternative ``k >= 1`` against control (arm 0).
+
+    ``y`` (B, N) are rewards scaled to [0, 1]; ``prop`` (B, N, K) the allocation each
+    observation's arm was drawn from. ``st``/``out`` are ``(n, sum, t, s1, s2, sl, slx,
+    spv)``, each (B, K).
+    """
+    _off_policy_add(st, arm, y, prop, log_a, n_tune, dr, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _bb_excess(p, a, b, s, f, log_norm, log_inv_alpha):  # type: ignore[no-untyped-def]
+    # log of the beta-binomial mixture likelihood ratio at p, minus log(1 / alpha).
+    return log_norm - s * math.log(p) - f * math.log1p(-p) - log_inv_alpha
+
+
+@numba.njit(cache=True)
+def _beta_binomial_bounds(n, s, a, b, log_inv_alpha, lower, upper):  # type: ignore[no-untyped-def]
+    for r in range(n.shape[0]):
+        for k in range(n.shape[1]):
+            nn = n[r, k]
+            ss = min(max(s[r, k], 0.0), nn)
+            ff = nn - ss
+            log_norm = (
+                math.lgamma(a + ss) + math.lgamma(b + ff) - math.lgamma(a + b + nn)
+                - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+            )  # fmt: skip
+            # -s log p - f log(1 - p) is convex with its minimum at s / n, where the mixture
+            # (a marginal likelihood, at most the maximum one) is below 1 / alpha: each bound
+            # is the one root on its side. 60 bisections; the rejected end is reported, so
+            # the interval is never narrower than the exact one.
+            mid = min(max(ss / nn, 1e-300), 1.0 - 1e-16) if nn > 0.0 else 0.5
+            lo, hi = 0.0, mid
+            if _bb_excess(1e-300, a, b, ss, ff, log_norm, log_inv_alpha) < 0.0:
+                lower[r, k] = 0.0
+            else:
+                for _ in range(60):
+                    m = 0.5 * (lo + hi)
+                    if _bb_excess(m, a, b, ss, ff, log_norm, log_inv_alpha) >= 0.0:
+                        lo = m
+                    else:
+                        hi = m
+                lower[r, k] = lo
+            lo, hi = mid, 1.0
+            if _bb_excess(1.0 - 1e-16, a, b, ss, ff, log_norm, log_inv_alpha) < 0.0:
+                upper[r, k] = 1.0
+            else:
+                for _ in range(60):
+                    m = 0.5 * (lo + hi)
+                    if _bb_excess(m, a, b, ss, ff, log_norm, log_inv_alpha) >= 0.0:
+                        hi = m
+                    else:
+                        lo = m
+                upper[r, k] = hi
+
+
+def beta_binomial_bounds(
+    n: FloatArray, s: FloatArray, a: float, b: float, alpha: float
+) -> tuple[FloatArray, FloatArray]:
+    """Bounds ``{p : mixture likelihood ratio < 1 / alpha}`` per entry of ``n``, ``s``.
+
+    The Beta(a, b) mixture of Bernoulli likelihood ratios (Howard et al. 2021, the
+    conjugate "sub-Bernoulli" mixture); valid for any observations in [0, 1].
+    """
+    lower = np.empty_like(n)
+    upper = np.empty_like(n)
+    _beta_binomial_bounds(n, s, a, b, math.log(1.0 / alpha), lower, upper)
+    return lower, upper
