@@ -12,14 +12,20 @@ __all__ = ["main"]
 
 
 def _cmd_policies(args: argparse.Namespace) -> int:
-    from policies import REGISTRY, SAFETY
+    from policies import REGISTRY, SAFETY, TESTS
 
     rows = [(name, cls.example()) for name, cls in {**REGISTRY, **SAFETY}.items()]
-    width = max(len(name) for name, _ in rows)
+    width = max(len(name) for name in [*REGISTRY, *SAFETY, *TESTS])
     print(f"{'policy':<{width}}  additive  regret bound")
     for name, policy in rows:
         kind = "yes" if policy.additive else "no "
         print(f"{name:<{width}}  {kind}       {policy.regret_bound()}")
+    print()
+    print(f"{'sequential test':<{width}}  adaptive  what it is")
+    for name, cls in TESTS.items():
+        kind = "yes" if cls.adaptive else "no "
+        summary = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+        print(f"{name:<{width}}  {kind}       {summary}")
     return 0
 
 
@@ -30,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoexp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("policies", help="list the registered policies and their regret bounds")
+    p = sub.add_parser(
+        "policies",
+        help="list the registered policies (with their regret bounds) and sequential tests",
+    )
     p.set_defaults(func=_cmd_policies)
     return parser
 

@@ -1,6 +1,8 @@
-"""autoexp's decision logic: bandit policies, safety wrappers and (later) sequential tests.
+"""autoexp's decision logic: bandit policies, safety wrappers, guardrails, anytime-valid
+sequential tests and the promotion rule.
 
-Pure: numpy, scipy and numba only; no I/O. Every policy follows :class:`policies.base.Policy`.
+Pure: numpy, scipy and numba only; no I/O. Every policy follows :class:`policies.base.Policy`;
+every test in :data:`TESTS` follows :class:`policies.sequential.SequentialTest`.
 
 >>> sorted(REGISTRY)[:3]
 ['discounted-thompson', 'epsilon-greedy', 'exp3']
@@ -12,7 +14,17 @@ from .base import ArmStats, Decision, Policy, PolicyBase, Stats, draw
 from .exp3 import EXP3, EXP3IX
 from .greedy import EpsilonGreedy
 from .nonstationary import DiscountedThompson, SlidingWindowUCB
-from .safety import ConservativeBudget, TrafficCap
+from .promotion import PromotionRule, Transition
+from .safety import ConservativeBudget, Guardrail, TrafficCap
+from .sequential import (
+    TESTS,
+    AsymptoticCS,
+    BetaBinomialCS,
+    EmpiricalBernsteinCS,
+    Evidence,
+    MixtureSPRT,
+    OffPolicyCS,
+)
 from .thompson import ThompsonBeta, ThompsonGaussian
 from .ucb import KLUCB, MOSS, UCB1
 
@@ -43,18 +55,28 @@ __all__ = [
     "MOSS",
     "REGISTRY",
     "SAFETY",
+    "TESTS",
     "UCB1",
     "ArmStats",
+    "AsymptoticCS",
+    "BetaBinomialCS",
     "ConservativeBudget",
     "Decision",
     "DiscountedThompson",
+    "EmpiricalBernsteinCS",
     "EpsilonGreedy",
+    "Evidence",
+    "Guardrail",
+    "MixtureSPRT",
+    "OffPolicyCS",
     "Policy",
     "PolicyBase",
+    "PromotionRule",
     "SlidingWindowUCB",
     "Stats",
     "ThompsonBeta",
     "ThompsonGaussian",
     "TrafficCap",
+    "Transition",
     "draw",
 ]

@@ -23,6 +23,7 @@ Waudby-Smith and Ramdas 2023, Thm 2). Its state is five sums and a count, all ad
 from __future__ import annotations
 
 import math
+
 import numba
 import numpy as np
 
@@ -64,9 +65,8 @@ def moments_add(
 
 
 @numba.njit(cache=True, inline="always")
-def _eb_add(  # type: ignore[no-untyped-def]
-    st_t, st_s1, st_s2, b, j, x, lo, hi, log_a, n_tune, o_t, o_s1, o_s2, o_sl, o_slx, o_spv
-):
+def _eb_bet(st_t, st_s1, st_s2, b, j, lo, hi, log_a, n_tune):  # type: ignore[no-untyped-def]
+    # The predictable bet ``lam``, its penalty ``psi`` and centre ``xhat`` for stream (b, j).
     t = st_t[b, j]
     c = hi - lo
     # Predictable mean and variance of the stream; the variance is shrunk towards the
@@ -76,26 +76,35 @@ def _eb_add(  # type: ignore[no-untyped-def]
     var = (max(dev, 0.0) + 0.25 * c * c) / (t + 1.0)
     # n_tune > 0: tightest near n_tune observations; else WS&R's t log(1 + t) schedule.
     h = n_tune if n_tune > 0.0 else (t + 1.0) * math.log(t + 2.0)
-    lam = math.sqrt(2.0 * log_a / (var * h)) if var > 0.0 else CBAR / c
-    lam = min(lam, CBAR / c)
+    lam = min(math.sqrt(2.0 * log_a / (var * h)), CBAR / c)
     psi = (-math.log1p(-c * lam) - c * lam) / (c * c)
-    xhat = min(max(mean, lo), hi)
-    o_t[b, j] += 1.0
-    o_s1[b, j] += x
-    o_s2[b, j] += x * x
-    o_sl[b, j] += lam
-    o_slx[b, j] += lam * x
-    o_spv[b, j] += psi * (x - xhat) * (x - xhat)
+    return lam, psi, min(max(mean, lo), hi)
+
+
+@numba.njit(cache=True, inline="always")
+def _eb_put(out, b, j, x, lam, psi, xhat):  # type: ignore[no-untyped-def]
+    # out: (t, s1, s2, sl, slx, spv)
+    out[0][b, j] += 1.0
+    out[1][b, j] += x
+    out[2][b, j] += x * x
+    out[3][b, j] += lam
+    out[4][b, j] += lam * x
+    out[5][b, j] += psi * (x - xhat) * (x - xhat)
 
 
 @numba.njit(cache=True)
 def _eb_arm_add(st, arm, x, log_a, n_tune, out):  # type: ignore[no-untyped-def]
+    # st is the state before the batch (never ``out``): bets are the same for a whole row.
+    n_arms = st[0].shape[1]
+    lam = np.empty(n_arms)
+    psi = np.empty(n_arms)
+    xhat = np.empty(n_arms)
     for b in range(arm.shape[0]):
+        for j in range(n_arms):
+            lam[j], psi[j], xhat[j] = _eb_bet(st[0], st[1], st[2], b, j, 0.0, 1.0, log_a, n_tune)
         for i in range(arm.shape[1]):
-            _eb_add(
-                st[0], st[1], st[2], b, arm[b, i], x[b, i], 0.0, 1.0, log_a, n_tune,
-                out[0], out[1], out[2], out[3], out[4], out[5],
-            )  # fmt: skip
+            a = arm[b, i]
+            _eb_put(out, b, a, x[b, i], lam[a], psi[a], xhat[a])
 
 
 def eb_arm_add(
@@ -108,66 +117,92 @@ def eb_arm_add(
 ) -> None:
     """Per-arm empirical-Bernstein sums of ``x`` (B, N) in [0, 1] observed at ``arm``.
 
-    ``st`` and ``out`` are ``(t, s1, s2, sl, slx, spv)``, each (B, K).
+    ``st`` and ``out`` are ``(t, s1, s2, sl, slx, spv)``, each (B, K); ``st`` is read only.
     """
     _eb_arm_add(st, arm, x, log_a, n_tune, out)
 
 
+@numba.njit(cache=True)
+def eb_one(st, b, a, x, log_a, n_tune):  # type: ignore[no-untyped-def]
+    """One observation of stream ``(b, a)`` applied in place."""
+    lam, psi, xhat = _eb_bet(st[0], st[1], st[2], b, a, 0.0, 1.0, log_a, n_tune)
+    _eb_put(st, b, a, x, lam, psi, xhat)
+
+
 @numba.njit(cache=True, inline="always")
-def _off_policy_obs(st, b, a, r, prop, log_a, n_tune, dr, out):  # type: ignore[no-untyped-def]
-    # st / out: (n, sum) of the arms' model, then (t, s1, s2, sl, slx, spv) per stream.
+def _off_policy_bets(st, b, prop, log_a, n_tune, dr, ok, mk, d, lam, psi, xhat):  # type: ignore[no-untyped-def]
+    # Per alternative k: the model means, the pseudo-outcome's range before the reward is
+    # seen (y in [0, 1]) and the bet, all predictable. ok[k] = False skips k (pi_k or pi_0
+    # is 0: k could not be compared on this observation).
     p0 = prop[0]
     # Predictable model of each arm's mean (zero for inverse propensity weighting).
-    m0 = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
+    mk[0] = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
     for k in range(1, prop.shape[0]):
         pk = prop[k]
-        if pk <= 0.0 or p0 <= 0.0:
-            continue  # alternative k (or control) could not be drawn: skip, predictably
-        mk = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
-        d = mk - m0
-        # The pseudo-outcome's range before the reward is seen: y in [0, 1].
-        lo = d - max(mk / pk, (1.0 - m0) / p0)
-        hi = d + max((1.0 - mk) / pk, m0 / p0)
-        phi = d
+        ok[k] = pk > 0.0 and p0 > 0.0
+        if not ok[k]:
+            continue
+        mk[k] = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
+        d[k] = mk[k] - mk[0]
+        lo = d[k] - max(mk[k] / pk, (1.0 - mk[0]) / p0)
+        hi = d[k] + max((1.0 - mk[k]) / pk, mk[0] / p0)
+        lam[k], psi[k], xhat[k] = _eb_bet(st[2], st[3], st[4], b, k, lo, hi, log_a, n_tune)
+
+
+@numba.njit(cache=True, inline="always")
+def _off_policy_put(out, b, a, r, prop, ok, mk, d, lam, psi, xhat):  # type: ignore[no-untyped-def]
+    for k in range(1, prop.shape[0]):
+        if not ok[k]:
+            continue
+        phi = d[k]
         if a == k:
-            phi += (r - mk) / pk
+            phi += (r - mk[k]) / prop[k]
         elif a == 0:
-            phi -= (r - m0) / p0
-        _eb_add(
-            st[2], st[3], st[4], b, k, phi, lo, hi, log_a, n_tune,
-            out[2], out[3], out[4], out[5], out[6], out[7],
-        )  # fmt: skip
+            phi -= (r - mk[0]) / prop[0]
+        _eb_put(out[2:], b, k, phi, lam[k], psi[k], xhat[k])
     out[0][b, a] += 1.0
     out[1][b, a] += r
 
 
 @numba.njit(cache=True)
 def _off_policy_add(st, arm, y, prop, log_a, n_tune, dr, out):  # type: ignore[no-untyped-def]
+    # st / out: (n, sum) of the arms' model, then (t, s1, s2, sl, slx, spv) per stream.
+    # st is the state before the batch (never ``out``), so the bets only change when the
+    # propensity row does.
+    n_arms = prop.shape[2]
+    ok = np.zeros(n_arms, dtype=np.bool_)
+    buf = np.zeros((5, n_arms))
+    mk, d, lam, psi, xhat = buf[0], buf[1], buf[2], buf[3], buf[4]
     for b in range(arm.shape[0]):
         for i in range(arm.shape[1]):
-            _off_policy_obs(st, b, arm[b, i], y[b, i], prop[b, i], log_a, n_tune, dr, out)
+            row = prop[b, i]
+            same = i > 0
+            if same:
+                for k in range(n_arms):
+                    if row[k] != prop[b, i - 1, k]:
+                        same = False
+                        break
+            if not same:
+                _off_policy_bets(st, b, row, log_a, n_tune, dr, ok, mk, d, lam, psi, xhat)
+            _off_policy_put(out, b, arm[b, i], y[b, i], row, ok, mk, d, lam, psi, xhat)
 
 
 @numba.njit(cache=True)
 def off_policy_one(st, b, a, y, prop, log_a, n_tune, dr):  # type: ignore[no-untyped-def]
     """One observation applied in place; returns 1 (and changes nothing) if ``prop`` (K,)
     is not a probability row or gives the played arm probability 0."""
-    for k in range(prop.shape[0]):
+    n_arms = prop.shape[0]
+    for k in range(n_arms):
         if not (0.0 <= prop[k] <= 1.0):
             return 1
     if prop[a] <= 0.0:
         return 1
-    _off_policy_obs(st, b, a, y, prop, log_a, n_tune, dr, st)
+    ok = np.zeros(n_arms, dtype=np.bool_)
+    buf = np.zeros((5, n_arms))
+    mk, d, lam, psi, xhat = buf[0], buf[1], buf[2], buf[3], buf[4]
+    _off_policy_bets(st, b, prop, log_a, n_tune, dr, ok, mk, d, lam, psi, xhat)
+    _off_policy_put(st, b, a, y, prop, ok, mk, d, lam, psi, xhat)
     return 0
-
-
-@numba.njit(cache=True)
-def eb_one(st, b, a, x, log_a, n_tune):  # type: ignore[no-untyped-def]
-    """One observation of stream ``(b, a)`` applied in place."""
-    _eb_add(
-        st[0], st[1], st[2], b, a, x, 0.0, 1.0, log_a, n_tune,
-        st[0], st[1], st[2], st[3], st[4], st[5],
-    )  # fmt: skip
 
 
 def off_policy_add(
@@ -196,6 +231,35 @@ def _bb_excess(p, a, b, s, f, log_norm, log_inv_alpha):  # type: ignore[no-untyp
 
 
 @numba.njit(cache=True)
+def _bb_root(lo, hi, x, rising, s, f, log_norm, log_inv_alpha):  # type: ignore[no-untyped-def]
+    # The root of _bb_excess in [lo, hi] (where its sign changes once), by Newton steps
+    # kept inside a shrinking bracket (bisection when a step leaves it). ``rising``: the
+    # excess is negative at lo and positive at hi (the upper bound), else the reverse.
+    # Returns a point on the rejected side that has been checked to be rejected, so the
+    # set is never made narrower than the exact one.
+    for _ in range(200):
+        g = _bb_excess(x, 0.0, 0.0, s, f, log_norm, log_inv_alpha)
+        if (g >= 0.0) == rising:
+            hi = x
+        else:
+            lo = x
+        if hi - lo <= 1e-14 * hi:
+            break
+        slope = -s / x + f / (1.0 - x)
+        step = x - g / slope if slope != 0.0 else 0.5 * (lo + hi)
+        if abs(step - x) <= 1e-15 * x:
+            break
+        x = step if lo < step < hi else 0.5 * (lo + hi)
+    out = hi if rising else lo
+    near = x * (1.0 + 1e-12) if rising else x * (1.0 - 1e-12)
+    if (near < out if rising else near > out) and _bb_excess(
+        near, 0.0, 0.0, s, f, log_norm, log_inv_alpha
+    ) >= 0.0:
+        out = near
+    return out
+
+
+@numba.njit(cache=True)
 def _beta_binomial_bounds(n, s, a, b, log_inv_alpha, lower, upper):  # type: ignore[no-untyped-def]
     for r in range(n.shape[0]):
         for k in range(n.shape[1]):
@@ -208,31 +272,20 @@ def _beta_binomial_bounds(n, s, a, b, log_inv_alpha, lower, upper):  # type: ign
             )  # fmt: skip
             # -s log p - f log(1 - p) is convex with its minimum at s / n, where the mixture
             # (a marginal likelihood, at most the maximum one) is below 1 / alpha: each bound
-            # is the one root on its side. 60 bisections; the rejected end is reported, so
-            # the interval is never narrower than the exact one.
+            # is the one root on its side.
             mid = min(max(ss / nn, 1e-300), 1.0 - 1e-16) if nn > 0.0 else 0.5
-            lo, hi = 0.0, mid
+            # Start Newton near the normal approximation of each bound.
+            sd = math.sqrt(max(mid * (1.0 - mid), 1.0 / (nn + 1.0)) / (nn + 1.0))
             if _bb_excess(1e-300, a, b, ss, ff, log_norm, log_inv_alpha) < 0.0:
                 lower[r, k] = 0.0
             else:
-                for _ in range(60):
-                    m = 0.5 * (lo + hi)
-                    if _bb_excess(m, a, b, ss, ff, log_norm, log_inv_alpha) >= 0.0:
-                        lo = m
-                    else:
-                        hi = m
-                lower[r, k] = lo
-            lo, hi = mid, 1.0
+                x0 = min(max(mid - 3.0 * sd, 0.5 * mid), mid)
+                lower[r, k] = _bb_root(0.0, mid, x0, False, ss, ff, log_norm, log_inv_alpha)
             if _bb_excess(1.0 - 1e-16, a, b, ss, ff, log_norm, log_inv_alpha) < 0.0:
                 upper[r, k] = 1.0
             else:
-                for _ in range(60):
-                    m = 0.5 * (lo + hi)
-                    if _bb_excess(m, a, b, ss, ff, log_norm, log_inv_alpha) >= 0.0:
-                        hi = m
-                    else:
-                        lo = m
-                upper[r, k] = hi
+                x0 = max(min(mid + 3.0 * sd, 0.5 * (1.0 + mid)), mid)
+                upper[r, k] = _bb_root(mid, 1.0, x0, True, ss, ff, log_norm, log_inv_alpha)
 
 
 def beta_binomial_bounds(

@@ -340,7 +340,9 @@ class Guardrail:
     ----------
     name : the metric's name (it appears in the evidence of a rollback)
     test : a per-arm sequence, :class:`~policies.sequential.BetaBinomialCS` (rates, the
-        default) or :class:`~policies.sequential.EmpiricalBernsteinCS` (bounded metrics)
+        default) or :class:`~policies.sequential.EmpiricalBernsteinCS` (bounded metrics);
+        or :class:`~policies.sequential.OffPolicyCS` (tighter on the difference, needs the
+        propensities, no hard limit)
     harm : "increase" (larger is worse: errors, latency) or "decrease"
     margin : float >= 0, harm tolerated against control, in metric units
     limit : float or None, the hard limit on the alternative's metric
@@ -353,39 +355,51 @@ class Guardrail:
     limit: float | None = None
 
     def __post_init__(self) -> None:
-        from .sequential import BetaBinomialCS, EmpiricalBernsteinCS
+        from .sequential import BetaBinomialCS, EmpiricalBernsteinCS, OffPolicyCS
 
         if self.test is None:
             object.__setattr__(self, "test", BetaBinomialCS())
         where = f"guardrail {self.name!r}"
+        per_arm = isinstance(self.test, BetaBinomialCS | EmpiricalBernsteinCS)
         check_params(
             where,
             test=(
-                isinstance(self.test, BetaBinomialCS | EmpiricalBernsteinCS),
+                per_arm or isinstance(self.test, OffPolicyCS),
                 type(self.test).__name__,
-                "a BetaBinomialCS or EmpiricalBernsteinCS",
+                "a BetaBinomialCS, EmpiricalBernsteinCS or OffPolicyCS",
             ),
             harm=(self.harm in ("increase", "decrease"), self.harm, "'increase' or 'decrease'"),
             margin=(self.margin >= 0.0, self.margin, ">= 0"),
         )
         lo, hi = self.test.low, self.test.high
+        if self.limit is not None and not per_arm:
+            raise ValueError(f"{where}.limit: a hard limit needs a per-arm test (got OffPolicyCS)")
         if self.limit is not None and not lo <= self.limit <= hi:
             raise ValueError(f"{where}.limit: must be in [{lo}, {hi}] (got {self.limit!r})")
 
     def init(self, n_arms: int, batch: int = 1) -> Any:
         return self.test.init(n_arms, batch)
 
-    def update(self, stats: Any, arm: npt.ArrayLike, value: npt.ArrayLike) -> Any:
-        """The state after observing the metric ``value`` (B,) or (B, N) at ``arm``."""
-        return self.test.update(stats, arm, value)
+    def update(
+        self, stats: Any, arm: npt.ArrayLike, value: npt.ArrayLike, propensity: Any = None
+    ) -> Any:
+        """The state after observing the metric ``value`` (B,) or (B, N) at ``arm``
+        (``propensity`` as for the test: required by ``OffPolicyCS``)."""
+        return self.test.update(stats, arm, value, propensity)
 
-    def observe(self, stats: Any, arm: int, value: float, *, row: int = 0) -> None:
+    def observe(
+        self, stats: Any, arm: int, value: float, propensity: Any = None, *, row: int = 0
+    ) -> None:
         """One observation applied in place (the serving path)."""
-        self.test.observe(stats, arm, value, row=row)
+        self.test.observe(stats, arm, value, propensity, row=row)
 
     def evaluate(self, stats: Any) -> GuardrailEvidence:
         ev = self.test.evaluate(stats)
-        _, arm_lower, arm_upper = self.test.arm_bounds(stats)
+        if hasattr(self.test, "arm_bounds"):
+            _, arm_lower, arm_upper = self.test.arm_bounds(stats)
+        else:  # OffPolicyCS: a difference only
+            arm_lower = np.full_like(ev.lower, np.nan)
+            arm_upper = np.full_like(ev.lower, np.nan)
         if self.harm == "increase":
             harm_lower, harm_upper, bound = ev.lower, ev.upper, arm_lower
         else:

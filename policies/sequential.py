@@ -42,8 +42,8 @@ from ._cs_kernels import (
     off_policy_add,
     off_policy_one,
 )
+from ._kernels import first_bad as _first_bad
 from .base import ArmStats, FloatArray, IntArray, Stats, check_params, ratio
-from .base import first_bad as _first_bad
 
 __all__ = [
     "TESTS",
@@ -171,7 +171,9 @@ class SequentialTest:
     def init(self, n_arms: int, batch: int = 1) -> Any:
         raise NotImplementedError
 
-    def _add(self, st: Any, arm: IntArray, y: FloatArray, prop: FloatArray | None, out: Any) -> None:
+    def _add(
+        self, st: Any, arm: IntArray, y: FloatArray, prop: FloatArray | None, out: Any
+    ) -> None:
         raise NotImplementedError
 
     def evaluate(self, stats: Any) -> Evidence:
@@ -204,7 +206,9 @@ class SequentialTest:
             raise ValueError(f"{where}: reward shape {r.shape!r} differs from arm's {a.shape!r}")
         if a.size and (a.min() < 0 or a.max() >= n_arms):
             bad = a[(a < 0) | (a >= n_arms)][0]
-            raise ValueError(f"{where}: arm out of range (got {int(bad)}); accepted: 0..{n_arms - 1}")
+            raise ValueError(
+                f"{where}: arm out of range (got {int(bad)}); accepted: 0..{n_arms - 1}"
+            )
         lo = -np.inf if self.low is None else self.low
         hi = np.inf if self.high is None else self.high
         flat = r.ravel()
@@ -213,26 +217,29 @@ class SequentialTest:
             what = "finite" if not np.isfinite(flat[i]) else f"in [{self.low}, {self.high}]"
             raise ValueError(f"{where}: reward must be {what} (got {float(flat[i])!r})")
         y = r if self.low is None or self.high is None else (r - self.low) / self.scale
-        if propensity is None:
-            if self.needs_propensity:
-                raise ValueError(f"{where}: propensity is required (the logged allocation rows)")
+        if not self.needs_propensity:
             return a, y, None
+        if propensity is None:
+            raise ValueError(f"{where}: propensity is required (the logged allocation rows)")
         p = np.asarray(propensity, dtype=np.float64)
         if p.ndim == 1 and batch == 1:
             p = p[None, :]
-        if p.ndim == 2:
-            p = np.broadcast_to(p[:, None, :], (a.shape[0], a.shape[1], p.shape[-1]))
-        if p.shape != (*a.shape, n_arms):
+        if p.shape not in ((batch, n_arms), (*a.shape, n_arms)):
             raise ValueError(
                 f"{where}: propensity must have shape ({batch}, {n_arms}) or "
                 f"({batch}, N, {n_arms}) (got {np.shape(propensity)!r})"
             )
         if not (np.all(p >= 0.0) and np.all(p <= 1.0)):
             raise ValueError(f"{where}: propensities must be in [0, 1] (and not NaN)")
-        played = np.take_along_axis(p, a[:, :, None], axis=2)
+        if p.ndim == 2:
+            played = np.take_along_axis(p, a, axis=1)
+            # one row for all N observations: a zero-stride view, not a copy
+            p = np.broadcast_to(p[:, None, :], (*a.shape, n_arms))
+        else:
+            played = np.take_along_axis(p, a[:, :, None], axis=2)
         if np.any(played <= 0.0):
             raise ValueError(f"{where}: an observation's arm had propensity 0 (it cannot be drawn)")
-        return a, y, np.ascontiguousarray(p)
+        return a, y, p
 
     @property
     def needs_propensity(self) -> bool:
@@ -639,7 +646,7 @@ class OffPolicyStats(Stats):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OffPolicyCS(SequentialTest):
-    """Off-policy confidence sequence for ``mean_k - mean_0`` on adaptively allocated data.
+    """Off-policy confidence sequence for alternative minus control, on bandit-allocated data.
 
     Every user contributes a doubly robust pseudo-outcome per alternative,
 

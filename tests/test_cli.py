@@ -11,7 +11,7 @@ import pytest
 
 from autoexp import __version__
 from autoexp.cli import main
-from policies import REGISTRY, SAFETY
+from policies import REGISTRY, SAFETY, TESTS
 
 
 def test_version_from_the_installed_script() -> None:
@@ -27,9 +27,12 @@ def test_version_from_the_installed_script() -> None:
 
 def test_policies_lists_every_policy_with_its_bound(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policies"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line for line in lines[1:]}
+    out = capsys.readouterr().out
+    policies, tests = out.split("\n\n")
+    rows = {line.split()[0]: line for line in policies.splitlines()[1:]}
     assert set(rows) == set(REGISTRY) | set(SAFETY)
+    listed = {line.split()[0]: line.split()[1] for line in tests.strip().splitlines()[1:]}
+    assert listed == {name: "yes" if cls.adaptive else "no" for name, cls in TESTS.items()}
     for name, line in rows.items():
         bound = line.split(maxsplit=2)[2]
         assert bound != "no bound stated" and len(bound) > 10, name
