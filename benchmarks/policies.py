@@ -219,6 +219,13 @@ def us_per_pull(row: dict[str, Any]) -> float:
     return float(row["us_per_decision"]["median"])
 
 
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (creating its folder) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -541,9 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": checks,
         "elapsed_s": elapsed,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

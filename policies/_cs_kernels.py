@@ -190,18 +190,35 @@ def _off_policy_add(st, arm, y, prop, log_a, n_tune, dr, out):  # type: ignore[n
 @numba.njit(cache=True)
 def off_policy_one(st, b, a, y, prop, log_a, n_tune, dr):  # type: ignore[no-untyped-def]
     """One observation applied in place; returns 1 (and changes nothing) if ``prop`` (K,)
-    is not a probability row or gives the played arm probability 0."""
+    is not a probability row or gives the played arm probability 0.
+
+    The same arithmetic as :func:`_off_policy_bets` then :func:`_off_policy_put`, fused
+    per alternative (stream k's bet reads only stream k, written right after)."""
     n_arms = prop.shape[0]
     for k in range(n_arms):
         if not (0.0 <= prop[k] <= 1.0):
             return 1
     if prop[a] <= 0.0:
         return 1
-    ok = np.zeros(n_arms, dtype=np.bool_)
-    buf = np.zeros((5, n_arms))
-    mk, d, lam, psi, xhat = buf[0], buf[1], buf[2], buf[3], buf[4]
-    _off_policy_bets(st, b, prop, log_a, n_tune, dr, ok, mk, d, lam, psi, xhat)
-    _off_policy_put(st, b, a, y, prop, ok, mk, d, lam, psi, xhat)
+    p0 = prop[0]
+    m0 = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
+    for k in range(1, n_arms):
+        pk = prop[k]
+        if pk <= 0.0 or p0 <= 0.0:
+            continue
+        mk = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
+        d = mk - m0
+        lo = d - max(mk / pk, (1.0 - m0) / p0)
+        hi = d + max((1.0 - mk) / pk, m0 / p0)
+        lam, psi, xhat = _eb_bet(st[2], st[3], st[4], b, k, lo, hi, log_a, n_tune)
+        phi = d
+        if a == k:
+            phi += (y - mk) / pk
+        elif a == 0:
+            phi -= (y - m0) / p0
+        _eb_put(st[2:], b, k, phi, lam, psi, xhat)
+    st[0][b, a] += 1.0
+    st[1][b, a] += y
     return 0
 
 
@@ -300,3 +317,103 @@ def beta_binomial_bounds(
     upper = np.empty_like(n)
     _beta_binomial_bounds(n, s, a, b, math.log(1.0 / alpha), lower, upper)
     return lower, upper
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation: Evidence fields (estimate, lower, upper, statistic, boundary, p_value) per
+# alternative against control, in one pass; column 0 (control) is NaN.
+# ---------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, inline="always")
+def _nan_control(out, b):  # type: ignore[no-untyped-def]
+    for f in range(6):
+        out[f][b, 0] = np.nan
+
+
+@numba.njit(cache=True)
+def mixture_evaluate(n, s, q, tau2, rho2, log_inv_alpha, min_n, out):  # type: ignore[no-untyped-def]
+    """Normal-mixture evidence on the difference of means from per-arm moments.
+
+    ``tau2 > 0``: a fixed mixing variance (mSPRT); else ``rho2`` scales it with the data
+    (``tau2 = V (n_0 + n_k) rho2``, the asymptotic CS). Johari et al. 2017, eq. 8.
+    """
+    for b in range(n.shape[0]):
+        _nan_control(out, b)
+        n0 = n[b, 0]
+        m0 = s[b, 0] / n0 if n0 > 0.0 else 0.0
+        v0 = max(q[b, 0] / n0 - m0 * m0, 0.0) / n0 if n0 > 0.0 else 0.0
+        for k in range(1, n.shape[1]):
+            nk = n[b, k]
+            mk = s[b, k] / nk if nk > 0.0 else 0.0
+            vk = max(q[b, k] / nk - mk * mk, 0.0) / nk if nk > 0.0 else 0.0
+            var = v0 + vk if (n0 > 0.0 and nk > 0.0) else 0.0
+            est = mk - m0
+            t2 = tau2 if tau2 > 0.0 else var * (n0 + nk) * rho2
+            log_lr, radius = 0.0, np.inf
+            if var > 0.0 and t2 > 0.0:
+                tot = var + t2
+                log_lr = 0.5 * math.log(var / tot) + est * est * t2 / (2.0 * var * tot)
+                radius = math.sqrt(var * tot / t2 * (math.log(tot / var) + 2.0 * log_inv_alpha))
+            ready = n0 >= min_n and nk >= min_n
+            out[0][b, k] = est
+            out[1][b, k] = est - radius if ready else -np.inf
+            out[2][b, k] = est + radius if ready else np.inf
+            out[3][b, k] = log_lr
+            out[4][b, k] = log_inv_alpha
+            out[5][b, k] = min(1.0, math.exp(-log_lr)) if ready else 1.0
+
+
+@numba.njit(cache=True)
+def eb_evaluate(n, t, s1, sl, slx, spv, log_a, scale, min_n, out):  # type: ignore[no-untyped-def]
+    """Off-policy evidence: the EB sequence of each alternative's pseudo-outcome stream,
+    clipped to [-1, 1] and scaled to reward units; ``n`` the per-arm counts."""
+    for b in range(n.shape[0]):
+        _nan_control(out, b)
+        for k in range(1, n.shape[1]):
+            est = s1[b, k] / t[b, k] if t[b, k] > 0.0 else np.nan
+            lo, hi = -np.inf, np.inf
+            if sl[b, k] > 0.0:
+                lo = max((slx[b, k] - spv[b, k] - log_a) / sl[b, k], -1.0) * scale
+                hi = min((slx[b, k] + spv[b, k] + log_a) / sl[b, k], 1.0) * scale
+            if not (n[b, 0] >= min_n and n[b, k] >= min_n):
+                lo, hi = -np.inf, np.inf
+            out[0][b, k] = est * scale
+            out[1][b, k] = lo
+            out[2][b, k] = hi
+            out[3][b, k] = abs(est * scale)
+            out[4][b, k] = 0.5 * (hi - lo)
+            out[5][b, k] = np.nan
+
+
+@numba.njit(cache=True)
+def eb_arm_bounds(t, s1, sl, slx, spv, log_a, mean, lower, upper):  # type: ignore[no-untyped-def]
+    """Each arm's EB mean and sequence on [0, 1] (``log_a`` per side)."""
+    for b in range(t.shape[0]):
+        for k in range(t.shape[1]):
+            mean[b, k] = s1[b, k] / t[b, k] if t[b, k] > 0.0 else np.nan
+            if sl[b, k] > 0.0:
+                lower[b, k] = min(max((slx[b, k] - spv[b, k] - log_a) / sl[b, k], 0.0), 1.0)
+                upper[b, k] = min(max((slx[b, k] + spv[b, k] + log_a) / sl[b, k], 0.0), 1.0)
+            else:
+                lower[b, k] = 0.0
+                upper[b, k] = 1.0
+
+
+@numba.njit(cache=True)
+def per_arm_evaluate(n, mean, lower, upper, min_n, out):  # type: ignore[no-untyped-def]
+    """The difference against control from per-arm sequences (each at ``alpha / 2``)."""
+    for b in range(n.shape[0]):
+        _nan_control(out, b)
+        for k in range(1, n.shape[1]):
+            est = mean[b, k] - mean[b, 0]
+            lo = lower[b, k] - upper[b, 0]
+            hi = upper[b, k] - lower[b, 0]
+            if not (n[b, 0] >= min_n and n[b, k] >= min_n):
+                lo, hi = -np.inf, np.inf
+            out[0][b, k] = est
+            out[1][b, k] = lo
+            out[2][b, k] = hi
+            out[3][b, k] = abs(est)
+            out[4][b, k] = 0.5 * (hi - lo)
+            out[5][b, k] = np.nan

@@ -142,6 +142,14 @@ class PromotionRule:
             )
         users = evidence.n.sum(axis=1) if t is None else np.asarray(t, dtype=np.float64)
         new = status.copy()
+        # Fast exit, the common case when checking after every reward: nothing crosses.
+        crossing = (evidence.lower > self.margin) | (evidence.upper < 0.0)
+        if not (
+            crossing.any()
+            or any(g.breach.any() for _, g in guardrails)
+            or (self.horizon is not None and users.max() >= self.horizon)
+        ):
+            return new, []
         live = new == EXPLORING
         live[:, 0] = False
         changes: list[Transition] = []

@@ -37,10 +37,14 @@ import numpy.typing as npt
 from ._cs_kernels import (
     beta_binomial_bounds,
     eb_arm_add,
+    eb_arm_bounds,
+    eb_evaluate,
     eb_one,
+    mixture_evaluate,
     moments_add,
     off_policy_add,
     off_policy_one,
+    per_arm_evaluate,
 )
 from ._kernels import first_bad as _first_bad
 from .base import ArmStats, FloatArray, IntArray, Stats, check_params, ratio
@@ -323,20 +327,17 @@ def _n_arms(stats: Stats) -> int:
     return int(value.shape[1])
 
 
-def _control_diff(
-    est: FloatArray, lower: FloatArray, upper: FloatArray, stat: FloatArray, bound: FloatArray,
-    p: FloatArray, n: FloatArray, ready: npt.NDArray[np.bool_],
-) -> Evidence:  # fmt: skip
-    lower = np.where(ready, lower, -np.inf)
-    upper = np.where(ready, upper, np.inf)
-    p = np.where(ready, p, 1.0)
-    for a in (est, lower, upper, stat, bound, p):
-        a[:, 0] = np.nan
-    return Evidence(est, lower, upper, stat, bound, p, n)
+_Fields = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
 
 
-def _ready(n: FloatArray, min_samples: int) -> npt.NDArray[np.bool_]:
-    return (n >= max(min_samples, 1)) & (n[:, :1] >= max(min_samples, 1))
+def _evidence(n: FloatArray) -> tuple[_Fields, FloatArray]:
+    """Six empty (B, K) fields for a kernel to fill, and a copy of the counts."""
+    e = np.empty
+    return (e(n.shape), e(n.shape), e(n.shape), e(n.shape), e(n.shape), e(n.shape)), n.copy()
+
+
+def _min_n(min_samples: int) -> float:
+    return float(max(min_samples, 1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,19 +352,6 @@ class MomentStats(Stats):
     n: FloatArray
     sum_reward: FloatArray
     sum_sq: FloatArray
-
-
-def _normal_mixture(
-    est: FloatArray, var: FloatArray, tau2: FloatArray | float, alpha: float
-) -> tuple[FloatArray, FloatArray]:
-    """Log likelihood ratio of N(0, tau2) against 0 for ``est ~ N(delta, var)``, and the
-    radius where it reaches ``log(1 / alpha)`` (Robbins 1970; Johari et al. 2017, eq. 8)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = var + tau2
-        log_lr = 0.5 * np.log(var / s) + est * est * tau2 / (2.0 * var * s)
-        radius = np.sqrt(var * s / tau2 * (np.log(s / var) + 2.0 * math.log(1.0 / alpha)))
-    ok = var > 0.0
-    return np.where(ok, log_lr, 0.0), np.where(ok, radius, np.inf)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -390,21 +378,18 @@ class _FixedSplit(SequentialTest):
         stats.sum_reward[row, arm] += y
         stats.sum_sq[row, arm] += y * y
 
-    def _tau2(self, var: FloatArray, n_pair: FloatArray) -> FloatArray | float:
+    def _mixing(self) -> tuple[float, float]:
+        """``(tau2, rho2)``: a fixed mixing variance, or 0 and a precision scaled by data."""
         raise NotImplementedError
 
     def evaluate(self, stats: MomentStats) -> Evidence:
-        n = stats.n
-        mean = ratio(stats.sum_reward, n, 0.0)
-        v = np.maximum(ratio(stats.sum_sq, n, 0.0) - mean * mean, 0.0)
-        var = ratio(v, n, 0.0) + ratio(v[:, :1], n[:, :1], 0.0)  # var of the difference
-        var = np.where((n > 0) & (n[:, :1] > 0), var, 0.0)
-        est = mean - mean[:, :1]
-        log_lr, radius = _normal_mixture(est, var, self._tau2(var, n + n[:, :1]), self.alpha)
-        p = np.minimum(1.0, np.exp(-log_lr))
-        bound = np.full_like(est, math.log(1.0 / self.alpha))
-        ready = _ready(n, self.min_samples)
-        return _control_diff(est, est - radius, est + radius, log_lr, bound, p, n, ready)
+        out, n = _evidence(stats.n)
+        tau2, rho2 = self._mixing()
+        mixture_evaluate(
+            stats.n, stats.sum_reward, stats.sum_sq, tau2, rho2,
+            math.log(1.0 / self.alpha), _min_n(self.min_samples), out,
+        )  # fmt: skip
+        return Evidence(*out, n)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,7 +409,9 @@ class MixtureSPRT(_FixedSplit):
     mde : float > 0
         The mixing width, in reward units: the smallest effect you care about. A smaller
         ``mde`` gives more power against small effects, late; a larger one decides large
-        effects sooner and small ones later or never.
+        effects sooner and small ones later or never. Measured (5% base, 200k users): for a
+        +5% lift (0.0025) power 43% at ``mde=0.0025`` and 32% at 0.02; for +20%, 29k mean
+        users at 0.0025 and 18k at 0.02.
     min_samples : int
         Observations per arm before the test may reject.
     """
@@ -436,8 +423,8 @@ class MixtureSPRT(_FixedSplit):
         super(MixtureSPRT, self).__post_init__()
         check_params(self.name, mde=(self.mde > 0.0, self.mde, "> 0"))
 
-    def _tau2(self, var: FloatArray, n_pair: FloatArray) -> float:
-        return self.mde * self.mde
+    def _mixing(self) -> tuple[float, float]:
+        return self.mde * self.mde, 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -455,8 +442,10 @@ class AsymptoticCS(_FixedSplit):
     n_expected : float > 0
         Users (both arms) at which you expect to decide; the sequence is tightest there
         (:func:`mixture_rho2`). :func:`n_expected_for` gives the fixed-design size for a
-        minimum effect. Power hardly depends on it: on a 5% base rate with a +10% lift,
-        ``n_expected`` from 20k to 80k changed power by under 1 point.
+        minimum effect. Power hardly depends on it; speed does. On a 5% base, 50/50, checked
+        every 100 users to 200k (``benchmarks/sequential_tuning.py``): for a +10% lift,
+        ``n_expected`` from 15k to 240k gave 98.2-98.7% power and 66-76k mean users (least
+        near the true decision time); for +20%, 17k users at 15k against 28k at 240k.
     min_samples : int
         Observations per arm before the sequence is reported (the asymptotic regime).
     """
@@ -468,8 +457,8 @@ class AsymptoticCS(_FixedSplit):
         super(AsymptoticCS, self).__post_init__()
         check_params(self.name, n_expected=(self.n_expected > 0.0, self.n_expected, "> 0"))
 
-    def _tau2(self, var: FloatArray, n_pair: FloatArray) -> FloatArray:
-        return np.asarray(var * n_pair * mixture_rho2(self.alpha, self.n_expected))
+    def _mixing(self) -> tuple[float, float]:
+        return 0.0, mixture_rho2(self.alpha, self.n_expected)
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,13 +485,6 @@ class EBStats(Stats):
     def arrays(self) -> tuple[FloatArray, ...]:
         return (self.t, self.s1, self.s2, self.sl, self.slx, self.spv)
 
-    def bounds(self, log_a: float) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Mean and the bounds each at level ``exp(-log_a)`` per side."""
-        mean = ratio(self.s1, self.t, np.nan)
-        lower = ratio(self.slx - self.spv - log_a, self.sl, -np.inf)
-        upper = ratio(self.slx + self.spv + log_a, self.sl, np.inf)
-        return mean, lower, upper
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _PerArm(SequentialTest):
@@ -513,13 +495,9 @@ class _PerArm(SequentialTest):
 
     def evaluate(self, stats: Any) -> Evidence:
         mean, lower, upper = self.arm_bounds(stats)
-        est = mean - mean[:, :1]
-        lo = lower - upper[:, :1]
-        hi = upper - lower[:, :1]
-        n = self._counts(stats)
-        half = 0.5 * (hi - lo)
-        ready = _ready(n, self.min_samples)
-        return _control_diff(est, lo, hi, np.abs(est), half, np.full_like(est, np.nan), n, ready)
+        out, n = _evidence(self._counts(stats))
+        per_arm_evaluate(n, mean, lower, upper, _min_n(self.min_samples), out)
+        return Evidence(*out, n)
 
     def _counts(self, stats: Any) -> FloatArray:
         raise NotImplementedError
@@ -630,9 +608,11 @@ class EmpiricalBernsteinCS(_PerArm):
 
     def arm_bounds(self, stats: EBStats) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Each arm's mean and sequence at ``1 - alpha / 2``, in reward units, (B, K)."""
-        mean, lower, upper = stats.bounds(self._log_a)
+        mean, lower, upper = (np.empty(stats.t.shape) for _ in range(3))
+        eb_arm_bounds(
+            stats.t, stats.s1, stats.sl, stats.slx, stats.spv, self._log_a, mean, lower, upper
+        )
         lo = 0.0 if self.low is None else self.low
-        lower, upper = np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0)
         return lo + mean * self.scale, lo + lower * self.scale, lo + upper * self.scale
 
 
@@ -670,6 +650,10 @@ class OffPolicyCS(SequentialTest):
     low, high : the reward range
     n_expected : float > 0
         Users at which you expect to decide (the bets are tuned to be tightest there).
+        Err on the high side: bets sized for too few users are too bold and cost power.
+        Measured on a 5% base, +10% lift, 50/50, 200k users: power 53% at 15k, 91% at 30k,
+        98.4% at 60k (the fixed design's size), 99.3% at 240k; mean users 62k at 60k, 80k
+        at 240k.
     estimator : "dr" or "ipw"
     """
 
@@ -733,15 +717,13 @@ class OffPolicyCS(SequentialTest):
         return self.estimator == "dr"
 
     def evaluate(self, stats: OffPolicyStats) -> Evidence:
-        est, lower, upper = stats.eb.bounds(self._log_a)
-        s = self.scale
-        est, lower, upper = est * s, np.clip(lower, -1.0, 1.0) * s, np.clip(upper, -1.0, 1.0) * s
-        n = stats.arms.n
-        ready = _ready(n, self.min_samples)
-        half = 0.5 * (upper - lower)
-        return _control_diff(
-            est, lower, upper, np.abs(est), half, np.full_like(est, np.nan), n, ready
-        )
+        out, n = _evidence(stats.arms.n)
+        eb = stats.eb
+        eb_evaluate(
+            n, eb.t, eb.s1, eb.sl, eb.slx, eb.spv, self._log_a, self.scale,
+            _min_n(self.min_samples), out,
+        )  # fmt: skip
+        return Evidence(*out, n)
 
 
 #: Sequential tests by their kebab-case name.

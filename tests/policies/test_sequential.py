@@ -106,8 +106,9 @@ def lift() -> dict[str, Outcome]:
 def test_power_and_users_until_decision(lift: dict[str, Outcome]) -> None:
     # +10% relative on a 5% base, 50/50, horizon 200k, checked every 100 users. The issue's
     # bar: power >= 98% and mean users until a decision <= 76k (runs that never decide
-    # count as the full 200k). Measured here: asymptotic-cs 98.4% and 66.6k, msprt 98.7%
-    # and 66.9k (seed 33).
+    # count as the full 200k). Measured here (seed 33): asymptotic-cs 98.35% and 67.6k,
+    # msprt 98.5% and 67.8k; off-policy-cs 97.55% and 63.2k (not held to the bar: the
+    # issue sets it for the fixed-split tests).
     for name in FIXED:
         o = lift[name]
         power = float(np.isfinite(o.promote).mean())
@@ -165,7 +166,8 @@ def test_guardrail_rolls_back_a_harmful_alternative() -> None:
     # -5% relative on a 5% base (a difference of 0.0025), horizon 1M users, 200 runs.
     # The guardrail's false-rollback rate is bounded by alpha (tested above); here we check
     # that it has the power to act, and that a bandit in charge sends far fewer users to
-    # the harmful arm. Measured (seeds 41/42): see the README's sequential table.
+    # the harmful arm. Measured (seeds 41/42): 50/50 rolled back in 99.5% of runs, 112k
+    # users on the harmful arm on average; bandit 11.5%, 39k users.
     split = run_harm(bandit=False, replicates=200, horizon=1_000_000, seed=41)
     bandit = run_harm(bandit=True, replicates=200, horizon=1_000_000, seed=42)
     for out in (split, bandit):
