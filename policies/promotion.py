@@ -75,8 +75,9 @@ class PromotionRule:
     1. a guardrail breach (harm or hard limit) rolls it back at once;
     2. the primary test's upper bound below 0 (worse than control) rolls it back;
     3. its lower bound above ``margin`` promotes it; when several qualify in one row, the
-       one with the largest lower bound is promoted and the others keep exploring (the
-       promoted arm becomes the new control and the runtime starts a new comparison);
+       one with the largest lower bound is promoted (an exact tie goes to the lower arm
+       index: the rule is deterministic) and the others keep exploring (the promoted arm
+       becomes the new control and the runtime starts a new comparison);
     4. at ``horizon`` users, whatever still explores is ``inconclusive``.
 
     The primary test's own ``min_samples`` guards its early, asymptotic part: its bounds

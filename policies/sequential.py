@@ -118,11 +118,6 @@ def n_expected_for(mde: float, variance: float, alpha: float = 0.05, power: floa
     return float(2.0 * 2.0 * variance * z * z / (mde * mde))
 
 
-def _check_alpha(where: str, alpha: float) -> tuple[bool, object, str]:
-    del where
-    return (0.0 < alpha < 1.0, alpha, "in (0, 1)")
-
-
 def _rows(where: str, value: npt.ArrayLike, batch: int, dtype: Any) -> npt.NDArray[Any]:
     a = np.asarray(value)
     if a.ndim == 0:
@@ -157,7 +152,7 @@ class SequentialTest:
         hi = math.inf if self.high is None else self.high
         check_params(
             self.name,
-            alpha=_check_alpha(self.name, self.alpha),
+            alpha=(0.0 < self.alpha < 1.0, self.alpha, "in (0, 1)"),
             high=(lo < hi, self.high, f"greater than low ({self.low!r})"),
             min_samples=(
                 isinstance(self.min_samples, int) and self.min_samples >= 0,
@@ -220,7 +215,7 @@ class SequentialTest:
         if i >= 0:
             what = "finite" if not np.isfinite(flat[i]) else f"in [{self.low}, {self.high}]"
             raise ValueError(f"{where}: reward must be {what} (got {float(flat[i])!r})")
-        y = r if self.low is None or self.high is None else (r - self.low) / self.scale
+        y = self._scaled(r)
         if not self.needs_propensity:
             return a, y, None
         if propensity is None:
@@ -244,6 +239,12 @@ class SequentialTest:
         if np.any(played <= 0.0):
             raise ValueError(f"{where}: an observation's arm had propensity 0 (it cannot be drawn)")
         return a, y, p
+
+    def _scaled(self, reward: Any) -> Any:
+        """Rewards mapped to [0, 1] (unbounded tests keep them as they are)."""
+        if self.low is None or self.high is None:
+            return reward
+        return (reward - self.low) / self.scale
 
     @property
     def needs_propensity(self) -> bool:
@@ -301,8 +302,7 @@ class SequentialTest:
                 f"{self.name}: arm {a!r} or row {row!r} out of range; accepted: arm in 0..{k - 1}, "
                 f"row in 0..{b - 1}"
             )
-        y = r if self.low is None else (r - self.low) / self.scale
-        self._one(stats, row, a, y, propensity)
+        self._one(stats, row, a, self._scaled(r), propensity)
 
     def _first(self, stats: Any) -> FloatArray:
         raise NotImplementedError

@@ -24,7 +24,7 @@ from policies.sequential import (
     OffPolicyCS,
     n_expected_for,
 )
-from tests.policies.monitoring import Outcome, monitor
+from tests.policies.monitoring import Outcome, monitor, naive_z_reject
 
 ALPHA = 0.05
 REPLICATES = 2000
@@ -182,3 +182,18 @@ def test_guardrail_rolls_back_a_harmful_alternative() -> None:
     a, c = split["users_on_harmful"], bandit["users_on_harmful"]
     se = math.sqrt(a.var() / a.size + c.var() / c.size)
     assert c.mean() + 4 * se < a.mean(), (a.mean(), c.mean(), se)
+
+
+def test_the_naive_z_test_is_statsmodels_proportions_ztest() -> None:
+    # The peeked z-test above is vectorised; it must be the test people actually run.
+    from statsmodels.stats.proportion import proportions_ztest
+
+    rng = np.random.default_rng(8)
+    n = rng.integers(50, 5_000, (40, 2)).astype(np.float64)
+    rate = np.stack([np.full(40, 0.05), rng.uniform(0.03, 0.08, 40)], axis=1)
+    s = rng.binomial(n.astype(np.int64), rate).astype(np.float64)
+    mine = naive_z_reject(n, s, ALPHA)
+    assert 0 < mine.sum() < 40  # both outcomes are exercised
+    for row in range(40):
+        _, p = proportions_ztest(s[row, ::-1], n[row, ::-1])
+        assert mine[row] == (p < ALPHA)

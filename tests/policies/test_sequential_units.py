@@ -311,3 +311,30 @@ def test_beta_binomial_on_bounded_rewards_is_rescaled() -> None:
     mean, lower, upper = test.arm_bounds(state)
     np.testing.assert_allclose(mean, [[5.0, 5.0]])
     assert np.all(lower >= 0.0) and np.all(upper <= 10.0)
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        MixtureSPRT(mde=0.5, low=-2.0),
+        EmpiricalBernsteinCS(low=-1.0, high=3.0),
+        BetaBinomialCS(low=10.0, high=20.0),
+        OffPolicyCS(low=-5.0, high=5.0),
+    ],
+    ids=lambda t: t.name,
+)
+def test_observe_and_update_scale_rewards_alike(test: object) -> None:
+    # The serving path (observe) and the batch path (update) see rewards on the same scale,
+    # whatever the declared range.
+    lo = test.low if test.low is not None else -2.0  # type: ignore[attr-defined]
+    hi = test.high if test.high is not None else 8.0  # type: ignore[attr-defined]
+    rng = np.random.default_rng(6)
+    arm = rng.integers(0, 2, 40)
+    reward = rng.uniform(lo, hi, 40)
+    prop = np.array([0.6, 0.4])
+    live, pure = test.init(2, 1), test.init(2, 1)  # type: ignore[attr-defined]
+    for a, r in zip(arm, reward, strict=True):
+        test.observe(live, int(a), float(r), prop)  # type: ignore[attr-defined]
+        pure = test.update(pure, [[a]], [[r]], prop[None, :])  # type: ignore[attr-defined]
+    for key, value in live.to_dict().items():
+        np.testing.assert_allclose(value, pure.to_dict()[key], rtol=1e-12, err_msg=key)
