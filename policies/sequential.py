@@ -285,7 +285,7 @@ class SequentialTest:
     ) -> None:
         """Apply one observation to row ``row`` of ``stats`` **in place** (the serving path).
 
-        Costs one to two microseconds (``benchmarks/sequential.py``); ``propensity`` is the
+        Costs one to three microseconds (``benchmarks/sequential.py``); ``propensity`` is the
         (K,) allocation row the arm was drawn from (required by :class:`OffPolicyCS`).
         Nothing is changed on a bad input.
         """
