@@ -18,13 +18,12 @@ def test_pure_packages_load_no_runtime(package: str) -> None:
         f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {RUNTIME!r})\n"
         "print(','.join(loaded))\n"
     )
-    if package == "policies":
-        # Every policy module, not just the package facade.
-        code = (
-            "import pkgutil, importlib, policies\n"
-            "for m in pkgutil.iter_modules(policies.__path__):\n"
-            "    importlib.import_module('policies.' + m.name)\n" + code
-        )
+    # Every module of the package, not just its facade.
+    code = (
+        f"import pkgutil, importlib, {package}\n"
+        f"for m in pkgutil.iter_modules({package}.__path__):\n"
+        f"    importlib.import_module('{package}.' + m.name)\n" + code
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
