@@ -2,8 +2,9 @@
 
 Imports :mod:`policies` and numpy/scipy only, never the runtime (:mod:`autoexp`).
 :mod:`simulators.envs` holds the environments (where rewards come from),
-:mod:`simulators.ope` off-policy evaluation of logged decisions; the runner, sweeps and
-reports follow.
+:mod:`simulators.runner` runs B replicates x T steps of the whole decision stack,
+:mod:`simulators.ope` evaluates candidate policies on logged decisions; sweeps, reports
+and the CLI follow.
 """
 
 from __future__ import annotations
