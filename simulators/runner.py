@@ -8,7 +8,7 @@ arrival after the environment's delay. Arrived rewards update the policy, the se
 test and the guardrails through the same ``policies`` code the runtime runs; every
 ``check_every`` steps the promotion rule reads the evidence.
 
-Recorded per replicate: pseudo-regret against the best available arm, reward lost
+Recorded per replicate: pseudo-regret against the best arm present (entered), reward lost
 against control alone, whether the conservative constraint ``served >= (1 - alpha)
 control`` ever broke, when (and which arm) was promoted, when each arm was rolled back,
 pulls of arms worse than control, pulls per arm; and, over time, the mean allocation and
@@ -194,7 +194,8 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         reward = env.sample(t, arm, rng, context)
         means = np.broadcast_to(env.means(t, context), (b, k))
         got = means[np.arange(b), arm]
-        best = np.where(live, means, -np.inf).max(axis=1)
+        # against the best arm that exists now, whatever the lifecycle did with it
+        best = np.where(entry <= t, means, -np.inf).max(axis=1)
         regret += best - got
         loss += means[:, 0] - got
         served += got

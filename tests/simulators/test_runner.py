@@ -192,3 +192,26 @@ def test_bad_scenarios_are_refused() -> None:
         Scenario(env=env, policy=UCB1(), steps=10, guardrails=(Guardrail(name="x"),))
     with pytest.raises(ValueError, match="additive"):
         run(Scenario(env=Delayed(env=env, mean_delay=2.0), policy=DiscountedThompson(), steps=10))
+
+
+def test_regret_counts_a_wrongly_rolled_back_best_arm() -> None:
+    # A hard limit that the best arm (0.5) breaks on purpose: once it is rolled back every
+    # pull is control (0.3), and regret keeps growing by the gap 0.2 a step; it is measured
+    # against the best arm present, not the best one still allowed.
+    env = Bernoulli(p=[0.3, 0.5])
+    guard = Guardrail(name="cap", limit=0.1)
+    res = run(
+        Scenario(
+            env=env,
+            policy=ThompsonBeta(),
+            steps=1_000,
+            replicates=50,
+            seed=6,
+            test=guard.test,
+            guardrails=(guard,),
+            check_every=10,
+        )
+    )
+    at = res.rolled_back_at[:, 1]
+    assert np.all(np.isfinite(at))
+    np.testing.assert_array_less(0.2 * (1_000 - at) - 1e-9, res.regret)
