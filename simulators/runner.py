@@ -132,7 +132,8 @@ def _restrict(
     alloc: FloatArray, live: BoolArray, status: npt.NDArray[np.int8], done: BoolArray
 ) -> FloatArray:
     out = np.where(live, alloc, 0.0)
-    out[:, 0] += 1.0 - out.sum(axis=1)
+    # control takes what masked arms had; never below 0 from rounding (tests check [0, 1])
+    out[:, 0] = np.maximum(out[:, 0] + 1.0 - out.sum(axis=1), 0.0)
     if done.any():  # a promoted arm takes all of its row's traffic
         out[done] = (status[done] == PROMOTED).astype(np.float64)
     return out
