@@ -130,36 +130,51 @@ def eb_one(st, b, a, x, log_a, n_tune):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, inline="always")
+def _model_mean(st, b, k, dr):  # type: ignore[no-untyped-def]
+    # Predictable model of arm k's mean (zero for inverse propensity weighting).
+    return (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _dr_range(mk, m0, pk, p0):  # type: ignore[no-untyped-def]
+    # The pseudo-outcome's centre d and its range [lo, hi] before the reward (in [0, 1]).
+    d = mk - m0
+    return d, d - max(mk / pk, (1.0 - m0) / p0), d + max((1.0 - mk) / pk, m0 / p0)
+
+
+@numba.njit(cache=True, inline="always")
+def _dr_phi(d, a, k, r, mk, m0, pk, p0):  # type: ignore[no-untyped-def]
+    # phi = (m_k - m_0) + 1[a = k] (r - m_k) / p_k - 1[a = 0] (r - m_0) / p_0
+    if a == k:
+        return d + (r - mk) / pk
+    if a == 0:
+        return d - (r - m0) / p0
+    return d
+
+
+@numba.njit(cache=True, inline="always")
 def _off_policy_bets(st, b, prop, log_a, n_tune, dr, ok, mk, d, lam, psi, xhat):  # type: ignore[no-untyped-def]
-    # Per alternative k: the model means, the pseudo-outcome's range before the reward is
-    # seen (y in [0, 1]) and the bet, all predictable. ok[k] = False skips k (pi_k or pi_0
-    # is 0: k could not be compared on this observation).
+    # Per alternative k: the model means, the pseudo-outcome's range and the bet, all
+    # predictable. ok[k] = False skips k (pi_k or pi_0 is 0: k could not be compared on
+    # this observation).
     p0 = prop[0]
-    # Predictable model of each arm's mean (zero for inverse propensity weighting).
-    mk[0] = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
+    mk[0] = _model_mean(st, b, 0, dr)
     for k in range(1, prop.shape[0]):
         pk = prop[k]
         ok[k] = pk > 0.0 and p0 > 0.0
         if not ok[k]:
             continue
-        mk[k] = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
-        d[k] = mk[k] - mk[0]
-        lo = d[k] - max(mk[k] / pk, (1.0 - mk[0]) / p0)
-        hi = d[k] + max((1.0 - mk[k]) / pk, mk[0] / p0)
+        mk[k] = _model_mean(st, b, k, dr)
+        d[k], lo, hi = _dr_range(mk[k], mk[0], pk, p0)
         lam[k], psi[k], xhat[k] = _eb_bet(st[2], st[3], st[4], b, k, lo, hi, log_a, n_tune)
 
 
 @numba.njit(cache=True, inline="always")
 def _off_policy_put(out, b, a, r, prop, ok, mk, d, lam, psi, xhat):  # type: ignore[no-untyped-def]
     for k in range(1, prop.shape[0]):
-        if not ok[k]:
-            continue
-        phi = d[k]
-        if a == k:
-            phi += (r - mk[k]) / prop[k]
-        elif a == 0:
-            phi -= (r - mk[0]) / prop[0]
-        _eb_put(out[2:], b, k, phi, lam[k], psi[k], xhat[k])
+        if ok[k]:
+            phi = _dr_phi(d[k], a, k, r, mk[k], mk[0], prop[k], prop[0])
+            _eb_put(out[2:], b, k, phi, lam[k], psi[k], xhat[k])
     out[0][b, a] += 1.0
     out[1][b, a] += r
 
@@ -192,8 +207,8 @@ def off_policy_one(st, b, a, y, prop, log_a, n_tune, dr):  # type: ignore[no-unt
     """One observation applied in place; returns 1 (and changes nothing) if ``prop`` (K,)
     is not a probability row or gives the played arm probability 0.
 
-    The same arithmetic as :func:`_off_policy_bets` then :func:`_off_policy_put`, fused
-    per alternative (stream k's bet reads only stream k, written right after)."""
+    The arithmetic of :func:`_off_policy_bets` then :func:`_off_policy_put`, per
+    alternative and without scratch arrays (stream k's bet reads only stream k)."""
     n_arms = prop.shape[0]
     for k in range(n_arms):
         if not (0.0 <= prop[k] <= 1.0):
@@ -201,22 +216,15 @@ def off_policy_one(st, b, a, y, prop, log_a, n_tune, dr):  # type: ignore[no-unt
     if prop[a] <= 0.0:
         return 1
     p0 = prop[0]
-    m0 = (st[1][b, 0] + 0.5) / (st[0][b, 0] + 1.0) if dr else 0.0
+    m0 = _model_mean(st, b, 0, dr)
     for k in range(1, n_arms):
         pk = prop[k]
         if pk <= 0.0 or p0 <= 0.0:
             continue
-        mk = (st[1][b, k] + 0.5) / (st[0][b, k] + 1.0) if dr else 0.0
-        d = mk - m0
-        lo = d - max(mk / pk, (1.0 - m0) / p0)
-        hi = d + max((1.0 - mk) / pk, m0 / p0)
+        mk = _model_mean(st, b, k, dr)
+        d, lo, hi = _dr_range(mk, m0, pk, p0)
         lam, psi, xhat = _eb_bet(st[2], st[3], st[4], b, k, lo, hi, log_a, n_tune)
-        phi = d
-        if a == k:
-            phi += (y - mk) / pk
-        elif a == 0:
-            phi -= (y - m0) / p0
-        _eb_put(st[2:], b, k, phi, lam, psi, xhat)
+        _eb_put(st[2:], b, k, _dr_phi(d, a, k, y, mk, m0, pk, p0), lam, psi, xhat)
     st[0][b, a] += 1.0
     st[1][b, a] += y
     return 0

@@ -26,6 +26,7 @@ from .base import (
     ratio,
 )
 from .greedy import empirical_mean
+from .sequential import BetaBinomialCS, EmpiricalBernsteinCS, OffPolicyCS
 
 __all__ = [
     "HARM",
@@ -355,8 +356,6 @@ class Guardrail:
     limit: float | None = None
 
     def __post_init__(self) -> None:
-        from .sequential import BetaBinomialCS, EmpiricalBernsteinCS, OffPolicyCS
-
         if self.test is None:
             object.__setattr__(self, "test", BetaBinomialCS())
         where = f"guardrail {self.name!r}"
@@ -394,12 +393,12 @@ class Guardrail:
         self.test.observe(stats, arm, value, propensity, row=row)
 
     def evaluate(self, stats: Any) -> GuardrailEvidence:
-        ev = self.test.evaluate(stats)
-        if hasattr(self.test, "arm_bounds"):
-            _, arm_lower, arm_upper = self.test.arm_bounds(stats)
-        else:  # OffPolicyCS: a difference only
+        if isinstance(self.test, OffPolicyCS):  # a difference only
+            ev = self.test.evaluate(stats)
             arm_lower = np.full_like(ev.lower, np.nan)
             arm_upper = np.full_like(ev.lower, np.nan)
+        else:
+            ev, (_, arm_lower, arm_upper) = self.test.evaluate_with_bounds(stats)
         if self.harm == "increase":
             harm_lower, harm_upper, bound = ev.lower, ev.upper, arm_lower
         else:

@@ -28,7 +28,7 @@ import dataclasses
 import math
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Self
 
 import numpy as np
@@ -495,10 +495,16 @@ class _PerArm(SequentialTest):
         raise NotImplementedError
 
     def evaluate(self, stats: Any) -> Evidence:
-        mean, lower, upper = self.arm_bounds(stats)
+        return self.evaluate_with_bounds(stats)[0]
+
+    def evaluate_with_bounds(
+        self, stats: Any
+    ) -> tuple[Evidence, tuple[FloatArray, FloatArray, FloatArray]]:
+        """:meth:`evaluate` and :meth:`arm_bounds` from one computation of the bounds."""
+        bounds = self.arm_bounds(stats)
         out, n = _evidence(self._counts(stats))
-        per_arm_evaluate(n, mean, lower, upper, _min_n(self.min_samples), out)
-        return Evidence(*out, n)
+        per_arm_evaluate(n, *bounds, _min_n(self.min_samples), out)
+        return Evidence(*out, n), bounds
 
     def _counts(self, stats: Any) -> FloatArray:
         raise NotImplementedError
@@ -580,15 +586,17 @@ class EmpiricalBernsteinCS(_PerArm):
 
     name: ClassVar[str] = "empirical-bernstein-cs"
     n_expected: float | None = None
+    # Derived once (the serving path reads them on every observation).
+    _log_a: float = field(default=0.0, init=False, repr=False, compare=False)
+    _n_tune: float = field(default=0.0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super(EmpiricalBernsteinCS, self).__post_init__()
         ne = self.n_expected
         check_params(self.name, n_expected=(ne is None or ne > 0, ne, "> 0 or None"))
-
-    @property
-    def _log_a(self) -> float:
-        return math.log(4.0 / self.alpha)  # two sides, each arm at alpha / 2
+        # two sides, each arm at alpha / 2
+        object.__setattr__(self, "_log_a", math.log(4.0 / self.alpha))
+        object.__setattr__(self, "_n_tune", float(ne or 0.0))
 
     def init(self, n_arms: int, batch: int = 1) -> EBStats:
         return EBStats.zeros(n_arms, batch)
@@ -596,13 +604,13 @@ class EmpiricalBernsteinCS(_PerArm):
     def _add(
         self, st: EBStats, arm: IntArray, y: FloatArray, prop: FloatArray | None, out: Any
     ) -> None:
-        eb_arm_add(st.arrays(), arm, y, self._log_a, self.n_expected or 0.0, out.arrays())
+        eb_arm_add(st.arrays(), arm, y, self._log_a, self._n_tune, out.arrays())
 
     def _first(self, stats: EBStats) -> FloatArray:
         return stats.t
 
     def _one(self, stats: EBStats, row: int, arm: int, y: float, prop: Any) -> None:
-        eb_one(stats.arrays(), row, arm, y, self._log_a, self.n_expected or 0.0)
+        eb_one(stats.arrays(), row, arm, y, self._log_a, self._n_tune)
 
     def _counts(self, stats: EBStats) -> FloatArray:
         return stats.t
@@ -661,6 +669,9 @@ class OffPolicyCS(SequentialTest):
     name: ClassVar[str] = "off-policy-cs"
     n_expected: float = 10_000.0
     estimator: str = "dr"
+    # Derived once (the serving path reads them on every observation).
+    _log_a: float = field(default=0.0, init=False, repr=False, compare=False)
+    _dr: bool = field(default=True, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super(OffPolicyCS, self).__post_init__()
@@ -669,6 +680,8 @@ class OffPolicyCS(SequentialTest):
             n_expected=(self.n_expected > 0, self.n_expected, "> 0"),
             estimator=(self.estimator in ("dr", "ipw"), self.estimator, "'dr' or 'ipw'"),
         )
+        object.__setattr__(self, "_log_a", math.log(2.0 / self.alpha))
+        object.__setattr__(self, "_dr", self.estimator == "dr")
 
     @property
     def needs_propensity(self) -> bool:
@@ -708,14 +721,6 @@ class OffPolicyCS(SequentialTest):
             raise ValueError(
                 f"{self.name}: propensity must be in [0, 1] with the played arm's > 0 (got {p!r})"
             )
-
-    @property
-    def _log_a(self) -> float:
-        return math.log(2.0 / self.alpha)
-
-    @property
-    def _dr(self) -> bool:
-        return self.estimator == "dr"
 
     def evaluate(self, stats: OffPolicyStats) -> Evidence:
         out, n = _evidence(stats.arms.n)

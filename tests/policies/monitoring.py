@@ -47,6 +47,24 @@ def naive_z_reject(n: np.ndarray, s: np.ndarray, alpha: float) -> np.ndarray:
     return np.abs(np.nan_to_num(z)) > norm.ppf(1 - alpha / 2)
 
 
+def users(
+    rng: np.random.Generator,
+    pi: np.ndarray,
+    mu: np.ndarray,
+    n: np.ndarray,
+    s: np.ndarray,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``step`` users per row on two arms drawn from ``pi`` (B, 2), Bernoulli(``mu``)
+    rewards; the per-arm counts ``n`` and reward sums ``s`` (B, 2) are updated in place."""
+    arm = (rng.random((pi.shape[0], step)) >= pi[:, :1]).astype(np.int64)
+    reward = (rng.random((pi.shape[0], step)) < mu[arm]).astype(np.float64)
+    for k in (0, 1):
+        n[:, k] += (arm == k).sum(axis=1)
+        s[:, k] += (reward * (arm == k)).sum(axis=1)
+    return arm, reward
+
+
 def monitor(
     tests: dict[str, SequentialTest],
     means: tuple[float, float],
@@ -78,23 +96,20 @@ def monitor(
     }
     for t in range(step, horizon + 1, step):
         pi = policy.allocation(ArmStats(n=n, sum_reward=s)) if bandit else np.full((b, k), 0.5)
-        arm = (rng.random((b, step)) >= pi[:, :1]).astype(np.int64)  # two arms
-        reward = (rng.random((b, step)) < mu[arm]).astype(np.float64)
-        on_arm = (arm == 1).sum(axis=1)
-        n += np.stack([step - on_arm, on_arm], axis=1)
-        s += np.stack([(reward * (arm == 0)).sum(axis=1), (reward * (arm == 1)).sum(axis=1)], 1)
+        arm, reward = users(rng, pi, mu, n, s, step)
         for name, test in tests.items():
             states[name] = test.update(states[name], arm, reward, pi)
-            ev = test.evaluate(states[name])
+            if hasattr(test, "evaluate_with_bounds"):
+                ev, (_, lo, hi) = test.evaluate_with_bounds(states[name])
+                out[name].arm_miss |= (lo > mu) | (hi < mu)
+            else:
+                ev = test.evaluate(states[name])
             o = out[name]
             undecided = ~o.reject
             o.users_on_arm[undecided] = n[undecided, 1]
             o.promote[undecided & (ev.lower[:, 1] > 0)] = t
             o.rollback[undecided & (ev.upper[:, 1] < 0) & ~(ev.lower[:, 1] > 0)] = t
             o.miss |= (ev.lower[:, 1] > delta) | (ev.upper[:, 1] < delta)
-            if hasattr(test, "arm_bounds"):
-                _, lo, hi = test.arm_bounds(states[name])
-                o.arm_miss |= (lo > mu) | (hi < mu)
         o = out["naive-z"]
         undecided = ~o.reject
         o.users_on_arm[undecided] = n[undecided, 1]

@@ -24,7 +24,7 @@ from policies.sequential import (
     OffPolicyCS,
     n_expected_for,
 )
-from tests.policies.monitoring import Outcome, monitor, naive_z_reject
+from tests.policies.monitoring import Outcome, monitor, naive_z_reject, users
 
 ALPHA = 0.05
 REPLICATES = 2000
@@ -147,12 +147,7 @@ def run_harm(*, bandit: bool, replicates: int, horizon: int, seed: int) -> dict[
     for t in range(step, horizon + 1, step):
         pi = policy.allocation(ArmStats(n=n, sum_reward=s)) if bandit else np.full((b, 2), 0.5)
         pi[status[:, 1] == ROLLED_BACK] = (1.0, 0.0)
-        arm = (rng.random((b, step)) >= pi[:, :1]).astype(np.int64)
-        reward = (rng.random((b, step)) < mu[arm]).astype(np.float64)
-        n[:, 1] += (arm == 1).sum(axis=1)
-        n[:, 0] += (arm == 0).sum(axis=1)
-        s[:, 1] += (reward * (arm == 1)).sum(axis=1)
-        s[:, 0] += (reward * (arm == 0)).sum(axis=1)
+        arm, reward = users(rng, pi, mu, n, s, step)
         state = test.update(state, arm, reward, pi)
         status, changes = rule.step(
             status, test.evaluate(state), [(guard.name, guard.evaluate(state))], t=np.full(b, t)
