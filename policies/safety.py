@@ -157,25 +157,29 @@ def confidence_radius(n: FloatArray, n_arms: int, delta: float) -> FloatArray:
     return np.sqrt(ratio(level, 2.0 * n, np.inf))
 
 
-def conservative_slack(budget: ArmStats, alpha: float, delta: float) -> FloatArray:
-    """Lower confidence bound on ``served - (1 - alpha) * control`` if each arm is played next.
+def conservative_slack(budget: ArmStats, alpha: float, delta: float, rounds: int = 1) -> FloatArray:
+    """Lower confidence bound on ``served - (1 - alpha) * control`` if each arm is played
+    for the next ``rounds`` rounds.
 
-    For candidate arm ``k``, with ``t`` the next round (rewards so far + 1):
-    ``sum_{i>0} n_i L_i + L_k + (n_0 - (1 - alpha) t) M_0`` where ``L`` are lower confidence
-    bounds and ``M_0`` is control's lower bound when its coefficient is positive, its
-    upper bound when negative. (Wu et al. 2016, Conservative UCB with the baseline mean
-    unknown.) Returns (B, K); column 0 is 0 (playing control is always allowed).
+    For candidate arm ``k``, with ``t`` the last of those rounds (rewards so far +
+    ``rounds``): ``sum_{i>0} n_i L_i + rounds L_k + (n_0 - (1 - alpha) t) M_0`` where ``L``
+    are lower confidence bounds and ``M_0`` is control's lower bound when its coefficient
+    is positive, its upper bound when negative. (Wu et al. 2016, Conservative UCB with the
+    baseline mean unknown, for ``rounds = 1``; more rounds reserve budget for an
+    allocation that is reused until it is next recomputed: the worst case is that every
+    one of them plays an alternative, since each round of control only adds
+    ``alpha mu_0 >= 0``.) Returns (B, K); column 0 is 0 (control is always allowed).
     """
     k = budget.n.shape[1]
     mean = empirical_mean(budget, 0.0)
     rad = confidence_radius(budget.n, k, delta)
     lower = np.clip(mean - rad, 0.0, 1.0)
     upper = np.clip(mean + rad, 0.0, 1.0)
-    t = budget.n.sum(axis=1) + 1.0
+    t = budget.n.sum(axis=1) + float(rounds)
     served = (budget.n[:, 1:] * lower[:, 1:]).sum(axis=1)
     coef0 = budget.n[:, 0] - (1.0 - alpha) * t
     control = np.where(coef0 >= 0, coef0 * lower[:, 0], coef0 * upper[:, 0])
-    slack = (served + control)[:, None] + lower
+    slack = (served + control)[:, None] + rounds * lower
     slack[:, 0] = 0.0
     return np.asarray(slack)
 
@@ -198,6 +202,11 @@ class ConservativeBudget(PolicyBase):
         The share of control's reward that exploration may cost.
     delta : float in (0, 1)
         The probability that the constraint may fail.
+    refresh : int >= 1
+        Rounds an allocation is used for before it is recomputed (the runtime's and the
+        simulator's ``refresh_every``). An alternative is allowed only if the budget
+        covers that many rounds of it: with ``refresh = 1`` an allocation reused for 100
+        rounds could spend 100 rounds' worth of budget on one check.
 
     Notes
     -----
@@ -212,6 +221,7 @@ class ConservativeBudget(PolicyBase):
     policy: Any
     alpha: float = 0.05
     delta: float = 0.05
+    refresh: int = 1
 
     def __post_init__(self) -> None:
         _check_wrapped(self.name, self.policy)
@@ -219,6 +229,11 @@ class ConservativeBudget(PolicyBase):
             self.name,
             alpha=(0.0 < self.alpha < 1.0, self.alpha, "in (0, 1)"),
             delta=(0.0 < self.delta < 1.0, self.delta, "in (0, 1)"),
+            refresh=(
+                isinstance(self.refresh, int) and self.refresh >= 1,
+                self.refresh,
+                "an integer >= 1",
+            ),
         )
         low, high = self.policy.reward_range
         if low is None or high is None or low < 0.0 or high > 1.0:
@@ -238,7 +253,7 @@ class ConservativeBudget(PolicyBase):
 
     def allowed(self, stats: BudgetStats) -> np.ndarray:
         """(B, K) bool: which arms the budget allows next (control always)."""
-        return conservative_slack(stats.budget, self.alpha, self.delta) >= 0.0
+        return conservative_slack(stats.budget, self.alpha, self.delta, self.refresh) >= 0.0
 
     def allocation(self, stats: BudgetStats, context: FloatArray | None = None) -> FloatArray:
         p = self.policy.allocation(stats.base, context)

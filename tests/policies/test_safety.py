@@ -106,3 +106,12 @@ def test_slack_formula() -> None:
     got = conservative_slack(budget, alpha=0.1, delta=0.1)
     assert got[0, 0] == 0.0
     assert got[0, 1] == pytest.approx(expected, rel=1e-12)
+
+    # reserving for 20 rounds of the alternative: t is 130 and L_1 counts 20 times
+    t20 = 130.0
+    coef20 = 100 - 0.9 * t20
+    expected20 = 10 * lower[0, 1] + 20 * lower[0, 1] + coef20 * upper[0, 0]
+    got20 = conservative_slack(budget, alpha=0.1, delta=0.1, rounds=20)
+    assert coef20 < 0 and got20[0, 1] == pytest.approx(expected20, rel=1e-12)
+    with pytest.raises(ValueError, match=r"conservative-budget\.refresh"):
+        ConservativeBudget(policy=UCB1(), refresh=0)
