@@ -1,18 +1,29 @@
 """The runner: B replicates x T steps of the whole decision stack, in lockstep.
 
 At every step, for every replicate: the environment's context, the policy stack's
-allocation (recomputed every ``refresh_every`` steps, as a serving replica does; arms not
-yet entered or rolled back get nothing, their share goes to control; a promoted arm takes
-all traffic), one arm drawn from it with its exact propensity, the reward, and its
-arrival after the environment's delay. Arrived rewards update the policy, the sequential
-test and the guardrails through the same ``policies`` code the runtime runs; every
-``check_every`` steps the promotion rule reads the evidence.
+allocation (arms not yet entered or rolled back get nothing, their share goes to control;
+a promoted arm takes all traffic), one arm drawn from it with its exact propensity, the
+reward, and its arrival after the environment's delay. Rewards update the policy, the
+sequential test and the guardrails through the same ``policies`` code the runtime runs;
+every ``check_every`` steps the promotion rule reads the evidence.
+
+What the runtime reads from shared state, it reads every ``refresh_every`` steps (a
+serving replica recomputes its allocation on a cadence, not per request). So the runner
+works in segments between refreshes, looks of the rule and arrivals of new arms: inside
+one, the allocation is fixed, arms are drawn step by step, and the segment's observations
+are added to the policy and test states at once (additive states: the same sums as one at
+a time; the tests' predictable bets are those of the segment's start, as for a replica's
+increments). With ``refresh_every=1`` and nothing downstream needing propensities, arms
+come from ``policy.sample_arm`` (the same law, without computing the allocation). Delayed
+rewards are applied step by step as they arrive.
 
 Recorded per replicate: pseudo-regret against the best arm present (entered), reward lost
-against control alone, whether the conservative constraint ``served >= (1 - alpha)
-control`` ever broke, when (and which arm) was promoted, when each arm was rolled back,
-pulls of arms worse than control, pulls per arm; and, over time, the mean allocation and
-the regret's mean and quantiles.
+against control alone, control's own expected reward (the conservative budget's scale),
+whether the constraint ``served >= (1 - alpha) control`` ever broke, when (and which arm)
+was promoted and whether that arm was in fact no better than control (a false
+promotion), when each arm was rolled back and whether an arm worse than control was left
+live (a missed rollback), pulls of arms worse than control, pulls per arm; and, over time,
+the mean allocation and the regret's mean and quantiles.
 """
 
 from __future__ import annotations
@@ -23,12 +34,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from policies.base import Decision, FloatArray, IntArray, PolicyBase, draw
+from policies.base import ArmStatsPolicy, Decision, FloatArray, IntArray, PolicyBase, draw
+from policies.nonstationary import DiscountedThompson
 from policies.promotion import PROMOTED, ROLLED_BACK, PromotionRule, Transition
+from policies.safety import ConservativeBudget
 
 from .envs import Delayed
 
 BoolArray = npt.NDArray[np.bool_]
+
 
 __all__ = ["Result", "Scenario", "run"]
 
@@ -42,7 +56,8 @@ class Scenario:
     env : an environment from :mod:`simulators.envs`
     policy : the policy stack, e.g. ``TrafficCap(policy=ConservativeBudget(policy=...))``
     steps, replicates : T and B
-    seed : the replicates' streams come from ``SeedSequence(seed)``
+    seed, spawn_key : the replicates' streams come from ``SeedSequence(seed, spawn_key=...)``
+        (a sweep gives cell ``i`` the key ``(i,)``: ``SeedSequence(seed).spawn(n)[i]``)
     refresh_every : steps between allocation recomputes
     test : a sequential test from :mod:`policies.sequential` (``None``: no lifecycle)
     guardrails : guardrails fed the reward (harm on the primary metric)
@@ -65,6 +80,7 @@ class Scenario:
     check_every: int = 100
     budget_alpha: float | None = None
     snapshots: int = 100
+    spawn_key: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "replicates", "refresh_every", "check_every", "snapshots"):
@@ -79,6 +95,15 @@ class Scenario:
             )
         if (self.guardrails or self.rule is not None) and self.test is None:
             raise ValueError("scenario.test: guardrails and a rule need a sequential test")
+        layer: Any = self.policy
+        while layer is not None:
+            if isinstance(layer, ConservativeBudget) and layer.refresh < self.refresh_every:
+                raise ValueError(
+                    f"scenario.refresh_every: allocations are reused for {self.refresh_every} "
+                    f"steps but the conservative budget reserves for {layer.refresh}; "
+                    f"use ConservativeBudget(refresh={self.refresh_every}, ...)"
+                )
+            layer = getattr(layer, "policy", None)
 
 
 @dataclass(frozen=True)
@@ -87,10 +112,13 @@ class Result:
 
     regret: FloatArray
     loss_vs_control: FloatArray
+    control_reward: FloatArray
     violated: BoolArray
     promoted_at: FloatArray
     promoted_arm: IntArray
     rolled_back_at: FloatArray
+    false_promotion: BoolArray
+    missed_rollback: BoolArray
     harmful_pulls: FloatArray
     pulls: FloatArray
     steps: IntArray
@@ -109,11 +137,14 @@ class Result:
             "regret_p99": float(np.quantile(self.regret, 0.99)),
             "loss_vs_control_mean": float(self.loss_vs_control.mean()),
             "loss_vs_control_p99": float(np.quantile(self.loss_vs_control, 0.99)),
+            "control_reward_mean": float(self.control_reward.mean()),
             "violation_rate": float(self.violated.mean()),
             "promotion_rate": float(promoted.mean()),
             "steps_to_promotion_mean": float(self.promoted_at[promoted].mean())
             if promoted.any()
             else float("nan"),
+            "false_promotion_rate": float(self.false_promotion.mean()),
+            "missed_rollback_rate": float(self.missed_rollback.mean()),
             "harmful_pulls_mean": float(self.harmful_pulls.mean()),
         }
 
@@ -145,8 +176,52 @@ def _masked(inc: Any, rows: BoolArray) -> Any:
     return inc._map(lambda a: a * m.reshape((-1,) + (1,) * (a.ndim - 1)))
 
 
+def _draw_many(p: FloatArray, u: FloatArray) -> IntArray:
+    """``draw(p, u[i])`` for every row of ``u`` (L, B): L steps from one allocation."""
+    if u.shape[0] == 1:
+        return draw(p, u[0])[None, :]
+    return np.stack([draw(p, ui) for ui in u])
+
+
+def _sample_path(sc: Scenario) -> bool:
+    """Whether steps may draw arms with ``policy.sample_arm`` (same law, no propensities):
+    allocation read every step, nothing downstream needs the propensities, and a policy
+    whose update ignores them."""
+    policy = sc.policy
+    tests = ([sc.test] if sc.test is not None else []) + [g.test for g in sc.guardrails]
+    return (
+        sc.refresh_every == 1
+        and not isinstance(sc.env, Delayed)
+        and isinstance(policy, ArmStatsPolicy | DiscountedThompson)
+        and type(policy).sample_arm is not PolicyBase.sample_arm
+        and not any(t.needs_propensity for t in tests)
+    )
+
+
+def _add_sparse(state: Any, amounts: dict[str, Any], rows: IntArray, arms: IntArray, k: int) -> Any:
+    """``state`` plus amounts added at ``[rows[i], arms[i]]`` of each (B, K) field."""
+    flat = state.to_dict()
+    idx = rows * k + arms
+    b = state.batch
+    for name, amount in amounts.items():
+        flat[name] = flat[name] + np.bincount(idx, weights=amount, minlength=b * k).reshape(b, k)
+    return state.like(flat, copy=False)
+
+
+def _segment_end(t: int, sc: Scenario, entry: IntArray, steps: int, delayed: bool) -> int:
+    """The end of the segment starting at ``t``: nothing the policy stack reads changes
+    inside it (allocation refresh, lifecycle look, a new arm)."""
+    if delayed:
+        return t + 1
+    end = min(steps, (t // sc.refresh_every + 1) * sc.refresh_every)
+    end = min(end, (t // sc.check_every + 1) * sc.check_every)
+    later = entry[entry > t]
+    return int(min(end, later.min())) if later.size else end
+
+
 def run(scenario: Scenario, *, progress: Any = None) -> Result:
-    """Run the scenario; ``progress(step)`` is called every ``check_every`` steps if given."""
+    """Run the scenario; ``progress(step)`` is called after every look of the rule (or
+    every segment without one) if given."""
     sc, env, policy = scenario, scenario.env, scenario.policy
     b, k, steps = sc.replicates, env.n_arms, sc.steps
     delayed = isinstance(env, Delayed)
@@ -154,17 +229,24 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         raise ValueError(
             f"scenario.policy: delayed rewards need an additive policy ({policy.name} is not)"
         )
-    rng = np.random.default_rng(np.random.SeedSequence(sc.seed))
+    rng = np.random.default_rng(np.random.SeedSequence(sc.seed, spawn_key=sc.spawn_key))
     rule = (
         sc.rule
         if sc.rule is not None
         else (PromotionRule(test_name=sc.test.name) if sc.test is not None else None)
+    )
+    sampled = _sample_path(sc)
+    sparse = (
+        policy.additive
+        and not sampled
+        and policy.sparse_increment(np.zeros(1, np.int64), np.zeros(1), np.ones(1), k) is not None
     )
     state = policy.init(k, b)
     tstate = sc.test.init(k, b) if sc.test is not None else None
     gstates = [g.init(k, b) for g in sc.guardrails]
     status = np.zeros((b, k), dtype=np.int8)
     entry = np.asarray(env.entry)
+    rows_b = np.arange(b)
 
     regret = np.zeros(b)
     loss = np.zeros(b)
@@ -172,9 +254,10 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
     control = np.zeros(b)
     violated = np.zeros(b, dtype=bool)
     harmful = np.zeros(b)
-    pulls = np.zeros((b, k))
+    pulls = np.zeros(b * k)
     promoted_at = np.full(b, np.inf)
     promoted_arm = np.full(b, -1, dtype=np.int64)
+    false_promotion = np.zeros(b, dtype=bool)
     rolled_back_at = np.full((b, k), np.inf)
     marks = np.unique(np.linspace(0, steps - 1, min(sc.snapshots, steps)).astype(np.int64))
     alloc_curve = np.zeros((marks.size, k))
@@ -183,83 +266,151 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
     transitions: list[Transition] = []
     pending: dict[int, list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]] = {}
     alloc = np.empty((b, k))
+    last_means = np.zeros((1, k))
+    no_propensity = np.zeros((1, k))
     mark = 0
+    alpha = sc.budget_alpha
 
-    for t in range(steps):
-        context = env.context(t, rng, b)
+    t = 0
+    while t < steps:
+        end = _segment_end(t, sc, entry, steps, delayed)
+        n = end - t
         live, done = _live_mask(t, entry, status)
-        if t % sc.refresh_every == 0:
-            alloc = policy.allocation(state)
-        p = _restrict(alloc, live, status, done)
-        arm = draw(p, rng.random(b))
-        reward = env.sample(t, arm, rng, context)
-        means = np.broadcast_to(env.means(t, context), (b, k))
-        got = means[np.arange(b), arm]
-        # against the best arm that exists now, whatever the lifecycle did with it
-        best = np.where(entry <= t, means, -np.inf).max(axis=1)
-        regret += best - got
-        loss += means[:, 0] - got
-        served += got
-        control += means[:, 0]
-        harmful += got < means[:, 0]
-        pulls[np.arange(b), arm] += 1.0
-        if sc.budget_alpha is not None:
-            violated |= served < (1.0 - sc.budget_alpha) * control - 1e-9
-
-        # Rewards reach the learners now or after their delay.
-        if delayed:
-            delay = env.delay(t, rng, b)
-            for d in np.unique(delay):
-                rows = delay == d
-                pending.setdefault(t + int(d), []).append((rows, arm, reward, p))
-            arrivals = pending.pop(t, [])
+        if sampled:  # the law of the allocation, without computing it
+            p = no_propensity
+            arms = np.empty((n, b), dtype=np.int64)
         else:
-            arrivals = [(np.ones(b, dtype=bool), arm, reward, p)]
-        for rows, a, r, prop in arrivals:
-            decision = Decision(a, prop)
-            if rows.all():
-                state = policy.update(state, decision, r)
+            if t % sc.refresh_every == 0:
+                alloc = policy.allocation(state)
+            p = _restrict(alloc, live, status, done)
+            arms = _draw_many(p, rng.random((n, b)))
+            rewards = np.empty((n, b))
+        for i in range(n):
+            ti = t + i
+            context = env.context(ti, rng, b)
+            if sampled:
+                a = policy.sample_arm(state, rng)
+                a = np.where(live[rows_b, a], a, 0)
+                if done.any():
+                    a[done] = np.argmax(status[done] == PROMOTED, axis=1)
+                arms[i] = a
+            a = arms[i]
+            r = env.sample(ti, a, rng, context)
+            m = last_means = env.means(ti, context)
+            got = m[0, a] if m.shape[0] == 1 else m[rows_b, a]
+            ctrl = m[:, 0]
+            regret += np.where(entry <= ti, m, -np.inf).max(axis=1) - got
+            loss += ctrl - got
+            harmful += got < ctrl
+            served += got
+            control += ctrl
+            if alpha is not None:
+                violated |= served < (1.0 - alpha) * control - 1e-9
+            if mark < marks.size and ti == marks[mark]:
+                alloc_curve[mark] = np.bincount(a, minlength=k) / b if sampled else p.mean(axis=0)
+                regret_curve[mark] = regret.mean()
+                regret_q[mark] = np.quantile(regret, [0.05, 0.5, 0.95])
+                mark += 1
+            if sampled:
+                state = policy.update(state, Decision(a, no_propensity), r)
+                tstate, gstates = _feed(sc, tstate, gstates, a[:, None], r[:, None], None, None)
+            elif sparse and not delayed:
+                rewards[i] = r
             else:
-                state = state + _masked(policy.increment(decision, r), rows)
-            if tstate is not None:
-                inc = sc.test.increment(tstate, a[:, None], r[:, None], prop)
-                tstate = tstate + (inc if rows.all() else _masked(inc, rows))
-            for i, g in enumerate(sc.guardrails):
-                ginc = g.test.increment(gstates[i], a[:, None], r[:, None], prop)
-                gstates[i] = gstates[i] + (ginc if rows.all() else _masked(ginc, rows))
+                arrivals = _arrive(sc, ti, rng, a, r, p, pending)
+                for rows, aa, rr, prop in arrivals:
+                    decision = Decision(aa, prop)
+                    if rows.all():
+                        state = policy.update(state, decision, rr)
+                    else:
+                        state = state + _masked(policy.increment(decision, rr), rows)
+                    tstate, gstates = _feed(
+                        sc, tstate, gstates, aa[:, None], rr[:, None], prop, rows
+                    )
 
-        if rule is not None and ((t + 1) % sc.check_every == 0 or t == steps - 1):
+        # the segment's observations, added at once (nothing read them inside it)
+        if sparse and not delayed:
+            flat_arm = arms.ravel()
+            played = p[np.tile(rows_b, n), flat_arm]
+            amounts: Any = policy.sparse_increment(flat_arm, rewards.ravel(), played, k)
+            state = _add_sparse(state, amounts, np.tile(rows_b, n), flat_arm, k)
+            tstate, gstates = _feed(sc, tstate, gstates, arms.T, rewards.T, p, None)
+        pulls += np.bincount((rows_b * k + arms).ravel(), minlength=b * k)
+        t = end
+
+        if rule is not None and (t % sc.check_every == 0 or t == steps):
             ev = sc.test.evaluate(tstate)
             gev = [(g.name, g.evaluate(gs)) for g, gs in zip(sc.guardrails, gstates, strict=True)]
-            status, changes = rule.step(status, ev, gev, t=np.full(b, float(t + 1)))
+            status, changes = rule.step(status, ev, gev, t=np.full(b, float(t)))
             for c in changes:
                 if c.new == "promoted":
-                    promoted_at[c.row] = t + 1
+                    promoted_at[c.row] = t
                     promoted_arm[c.row] = c.arm
+                    population = last_means.mean(axis=0)
+                    false_promotion[c.row] = population[c.arm] <= population[0]
                 elif c.new == "rolled_back":
-                    rolled_back_at[c.row, c.arm] = t + 1
+                    rolled_back_at[c.row, c.arm] = t
             transitions.extend(changes)
-            if progress is not None:
-                progress(t + 1)
+        if progress is not None:
+            progress(t)
 
-        if mark < marks.size and t == marks[mark]:
-            alloc_curve[mark] = p.mean(axis=0)
-            regret_curve[mark] = regret.mean()
-            regret_q[mark] = np.quantile(regret, [0.05, 0.5, 0.95])
-            mark += 1
-
+    population = last_means.mean(axis=0)
+    # harmful arms (worse than control at the end, entered) still live at the end
+    worse = (population < population[0]) & (entry < steps)
+    missed = (worse[None, :] & ~np.isfinite(rolled_back_at)).any(axis=1)
     return Result(
         regret=regret,
         loss_vs_control=loss,
+        control_reward=control,
         violated=violated,
         promoted_at=promoted_at,
         promoted_arm=promoted_arm,
         rolled_back_at=rolled_back_at,
+        false_promotion=false_promotion,
+        missed_rollback=missed & (promoted_arm < 0),
         harmful_pulls=harmful,
-        pulls=pulls,
+        pulls=pulls.reshape(b, k),
         steps=marks + 1,
         allocation=alloc_curve,
         regret_curve=regret_curve,
         regret_quantiles=regret_q,
         transitions=transitions,
     )
+
+
+def _arrive(
+    sc: Scenario,
+    t: int,
+    rng: np.random.Generator,
+    arm: IntArray,
+    reward: FloatArray,
+    p: FloatArray,
+    pending: dict[int, list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]],
+) -> list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]:
+    """The observations (rows, arm, reward, propensity) that reach the learners at step
+    ``t``: this step's, or, with delays, those whose delay ends now."""
+    if not isinstance(sc.env, Delayed):
+        return [(np.ones(arm.shape[0], dtype=bool), arm, reward, p)]
+    delay = sc.env.delay(t, rng, arm.shape[0])
+    for d in np.unique(delay):
+        pending.setdefault(t + int(d), []).append((delay == d, arm, reward, p))
+    return pending.pop(t, [])
+
+
+def _feed(
+    sc: Scenario,
+    tstate: Any,
+    gstates: list[Any],
+    arm: IntArray,
+    reward: FloatArray,
+    p: FloatArray | None,
+    rows: BoolArray | None,
+) -> tuple[Any, list[Any]]:
+    """The sequential test's and guardrails' states after observations (B, N)."""
+    if tstate is not None:
+        inc = sc.test.increment(tstate, arm, reward, p)
+        tstate = tstate + (inc if rows is None or rows.all() else _masked(inc, rows))
+    for i, g in enumerate(sc.guardrails):
+        ginc = g.test.increment(gstates[i], arm, reward, p)
+        gstates[i] = gstates[i] + (ginc if rows is None or rows.all() else _masked(ginc, rows))
+    return tstate, gstates

@@ -58,13 +58,24 @@ CASES: dict[str, tuple[Any, Any]] = {
         Bernoulli(p=[0.3, 0.4, 0.7], entry=[0, 0, 60]),
         TrafficCap(policy=ThompsonBeta(), explore_share=0.5),
     ),
+    # allocation recomputed every 10 steps, as a serving replica does: the runner adds the
+    # segment's observations at once, the reference one at a time
+    "refresh-10": (
+        Bernoulli(p=[0.5, 0.3, 0.6], entry=[0, 0, 35]),
+        TrafficCap(
+            policy=ConservativeBudget(policy=ThompsonBeta(), alpha=0.2, delta=0.1, refresh=10),
+            explore_share=0.4,
+        ),
+    ),
 }
+REFRESH = {"refresh-10": 10}
 
 
 def reference(
-    env: Any, policy: Any, steps: int, replicates: int, seed: int
+    env: Any, policy: Any, steps: int, replicates: int, seed: int, refresh: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One replicate at a time, one step at a time: regret and pulls per arm."""
+    """One replicate at a time, one step at a time: regret and pulls per arm. The
+    allocation is recomputed every ``refresh`` steps from the state at that step."""
     k = env.n_arms
     regrets, pulls = np.zeros(replicates), np.zeros((replicates, k))
     for r in range(replicates):
@@ -73,7 +84,9 @@ def reference(
         pending: dict[int, list[tuple[int, float, np.ndarray]]] = {}
         for t in range(steps):
             context = env.context(t, rng, 1)
-            p = policy.allocation(state)[0].copy()
+            if t % refresh == 0:
+                alloc = policy.allocation(state)[0].copy()
+            p = alloc.copy()
             entered = np.asarray(env.entry) <= t
             p[~entered] = 0.0
             p[0] += 1.0 - p.sum()
@@ -103,8 +116,12 @@ def test_runner_agrees_with_the_reference_loop(case: str) -> None:
     # mean pulls of every arm agree within 4 SE of the difference (a 6e-5 chance of a false
     # alarm per comparison if both are right).
     env, policy = CASES[case]
-    res = run(Scenario(env=env, policy=policy, steps=STEPS, replicates=1000, seed=1))
-    regrets, pulls = reference(env, policy, STEPS, 150, seed=2)
+    refresh = REFRESH.get(case, 1)
+    scenario = Scenario(
+        env=env, policy=policy, steps=STEPS, replicates=1000, seed=1, refresh_every=refresh
+    )
+    res = run(scenario)
+    regrets, pulls = reference(env, policy, STEPS, 150, seed=2, refresh=refresh)
     assert close(res.regret, regrets), (res.regret.mean(), regrets.mean())
     for arm in range(env.n_arms):
         assert close(res.pulls[:, arm], pulls[:, arm]), (
@@ -190,6 +207,8 @@ def test_bad_scenarios_are_refused() -> None:
         Scenario(env=env, policy="ucb1", steps=10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"scenario\.test"):
         Scenario(env=env, policy=UCB1(), steps=10, guardrails=(Guardrail(name="x"),))
+    with pytest.raises(ValueError, match=r"scenario\.refresh_every.*refresh=10"):
+        Scenario(env=env, policy=ConservativeBudget(policy=UCB1()), steps=10, refresh_every=10)
     with pytest.raises(ValueError, match="additive"):
         run(Scenario(env=Delayed(env=env, mean_delay=2.0), policy=DiscountedThompson(), steps=10))
 
