@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._simulate import add_commands
 from ._version import __version__
+from .errors import ConfigError
 
 __all__ = ["main"]
 
@@ -32,7 +34,7 @@ def _cmd_policies(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoexp",
-        description="Autonomous experimentation: safe bandits, anytime-valid tests.",
+        description="Autonomous experimentation: safe bandits, anytime-valid tests, simulators.",
     )
     parser.add_argument("--version", action="version", version=f"autoexp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the registered policies (with their regret bounds) and sequential tests",
     )
     p.set_defaults(func=_cmd_policies)
+    add_commands(sub)
     return parser
 
 
@@ -52,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except ConfigError as e:
+        print(f"autoexp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoexp {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `autoexp policies | head`
         sys.stderr.close()
         return 0

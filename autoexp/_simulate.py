@@ -1,0 +1,230 @@
+"""``autoexp simulate``, ``autoexp sweep`` and ``autoexp ope``: the simulators from the
+command line (files in, report out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["add_commands"]
+
+
+def _bar(total: int, desc: str, unit: str, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "-"
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _config_error(e: ValueError) -> ConfigError:
+    return ConfigError(str(e))
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.config import ScenarioError, load_scenario
+    from simulators.report import write_report
+    from simulators.runner import run
+
+    try:
+        spec = load_scenario(args.scenario, replicates=args.replicates, seed=args.seed)
+    except ScenarioError as e:
+        raise _config_error(e) from None
+    sc = spec.scenario
+    out = Path(args.out) if args.out else Path("out") / spec.name
+    print(
+        f"simulating {spec.name}: {sc.replicates:,} replicates x {sc.steps:,} steps, "
+        f"{len(spec.arm_names)} arms ({', '.join(spec.arm_names)}), seed {sc.seed}",
+        file=sys.stderr,
+    )
+    with _bar(sc.steps, spec.name, "step", args.quiet) as bar:
+
+        def progress(t: int) -> None:
+            bar.update(t - bar.n)
+
+        result = run(sc, progress=progress)
+    summary = result.summary()
+    _print_outcome(spec, result, summary)
+    budget = None
+    if sc.budget_alpha is not None:
+        budget = sc.budget_alpha * float(result.control_reward.mean())
+    html = write_report(
+        out,
+        title=spec.name,
+        scenario=spec.raw,
+        results={spec.name: result},
+        arm_names=list(spec.arm_names),
+        budget=budget,
+    )
+    print(f"report: {html}")
+    return 0
+
+
+def _print_outcome(spec: Any, result: Any, summary: dict[str, float]) -> None:
+    import numpy as np
+
+    sc = spec.scenario
+    b = result.regret.shape[0]
+    print(f"{'arm':<16} {'share of users':>15} {'promoted':>9} {'rolled back':>12}")
+    share = result.pulls.sum(axis=0) / result.pulls.sum()
+    for k, name in enumerate(spec.arm_names):
+        promoted = float((result.promoted_arm == k).mean())
+        rolled = float(np.isfinite(result.rolled_back_at[:, k]).mean())
+        print(f"{name:<16} {share[k]:>14.2%} {promoted:>9.1%} {rolled:>12.1%}")
+    print()
+    for key, value in summary.items():
+        print(f"{key:<26} {_fmt(value)}")
+    if sc.budget_alpha is not None:
+        print(
+            f"conservative budget (alpha {sc.budget_alpha:g}) held in "
+            f"{b - int(result.violated.sum()):,} of {b:,} replicates "
+            f"({1.0 - summary['violation_rate']:.2%})"
+        )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from simulators.config import ScenarioError, load_sweep
+    from simulators.report import write_report
+    from simulators.sweep import run_sweep
+
+    try:
+        spec = load_sweep(args.sweep, replicates=args.replicates, seed=args.seed)
+    except ScenarioError as e:
+        raise _config_error(e) from None
+    out = Path(args.out) if args.out else Path("out") / spec.name
+    first = spec.spec(0).scenario
+    print(
+        f"sweep {spec.name}: {len(spec.cells)} cells x {first.replicates:,} replicates x "
+        f"{first.steps:,} steps ({', '.join(spec.params)}), executor {args.executor}",
+        file=sys.stderr,
+    )
+    with _bar(len(spec.cells), spec.name, "cell", args.quiet) as bar:
+
+        def progress(row: dict[str, Any]) -> None:
+            bar.set_postfix_str(f"cell {row['cell']}: {row['seconds']:.1f}s", refresh=False)
+            bar.update(1)
+
+        try:
+            result = run_sweep(
+                spec,
+                executor=args.executor,
+                workers=args.workers,
+                ray_address=args.ray_address,
+                progress=progress,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    keys = [
+        *spec.params,
+        "regret_mean",
+        "loss_vs_control_p99",
+        "steps_to_promotion_mean",
+        "violation_rate",
+        "seconds",
+    ]
+    print("  ".join(keys))
+    for row in result.rows:
+        print("  ".join(_fmt(row[k]) for k in keys))
+    pulls = sum(r["replicates"] for r in result.rows) * first.steps
+    print(
+        f"{len(result.rows)} cells in {result.seconds:.1f} s on {result.workers} "
+        f"worker(s): {pulls / result.seconds / 1e6:.2f} M arm-pulls/s"
+    )
+    html = write_report(
+        out,
+        title=f"sweep {spec.name}",
+        scenario=spec.base,
+        rows=result.rows,
+        params=list(spec.params),
+    )
+    print(f"report: {html}")
+    return 0
+
+
+def _cmd_ope(args: argparse.Namespace) -> int:
+    from simulators.ope import evaluate_log, read_any
+
+    try:
+        log = read_any(args.log)
+        report = evaluate_log(
+            log,
+            candidate=args.candidate,
+            split=args.split,
+            replicates=args.replicates or 1,
+            seed=args.seed or 0,
+            alpha=args.alpha,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    data = report.to_dict()
+    out = Path(args.out) if args.out else Path("out") / f"ope-{Path(args.log).stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "ope.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    print(report.table())
+    print(f"report: {path}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``simulate``, ``sweep`` and ``ope`` on the CLI's subparsers."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--replicates", type=_positive, help="override the file's replicates")
+        p.add_argument("--seed", type=int, help="override the file's seed")
+        p.add_argument("--out", metavar="DIR", help="report directory (default: out/NAME)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("simulate", help="run a scenario file offline and write its report")
+    p.add_argument("scenario", metavar="SCENARIO.toml")
+    common(p)
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("sweep", help="run a grid of scenarios and write the frontier report")
+    p.add_argument("sweep", metavar="SWEEP.toml")
+    common(p)
+    p.add_argument(
+        "--executor",
+        choices=("processes", "serial", "ray"),
+        default="processes",
+        help="where cells run (default: processes on this machine)",
+    )
+    p.add_argument("--workers", type=_positive, help="processes (default: one per CPU)")
+    p.add_argument("--ray-address", help="a running Ray cluster (default: start a local one)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("ope", help="evaluate a candidate policy on a decision log offline")
+    p.add_argument("log", metavar="LOG", help="decision log (.jsonl) or Open Bandit CSV (.csv)")
+    common(p)
+    p.add_argument(
+        "--candidate",
+        default="best-arm",
+        help="policy to evaluate: best-arm (chosen on the first part), uniform, logging",
+    )
+    p.add_argument("--split", type=float, default=0.5, help="share of the log to choose on")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level")
+    p.set_defaults(func=_cmd_ope)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})")
+    return value

@@ -1,0 +1,416 @@
+"""Scenario and sweep files (TOML) -> runnable :class:`~simulators.runner.Scenario` objects.
+
+A scenario file::
+
+    name = "harmful-alternative"
+    steps = 10_000
+    replicates = 1_000
+    seed = 1
+    refresh_every = 100        # allocation recomputed every 100 steps, as a serving replica does
+    check_every = 100          # the promotion rule looks every 100 steps
+
+    [env]                      # any kind in simulators.envs.ENVIRONMENTS, with its parameters
+    kind = "bernoulli"
+    p = [0.10, 0.07]
+    arms = ["control", "harmful"]   # names for reports (default: control, alt-1, ...)
+    # delay = { mean_delay = 50 }   # rewards arrive after a random delay (simulators.envs.Delayed)
+
+    [policy]                   # any name in policies.REGISTRY, with its hyperparameters
+    name = "thompson-beta"
+
+    [safety]                   # optional: traffic cap and conservative budget
+    explore_share = 0.2
+    conservative_alpha = 0.05
+    conservative_delta = 0.05
+
+    [test]                     # optional: a test in policies.TESTS (promotion and rollback)
+    name = "off-policy-cs"
+    n_expected = 10_000
+
+    [[guardrails]]             # optional: harm on the reward (see policies.safety.Guardrail)
+    name = "conversion"
+    harm = "decrease"
+    test = { name = "off-policy-cs", n_expected = 10_000 }
+
+    [rule]                     # optional: policies.promotion.PromotionRule
+    margin = 0.0
+
+The conservative constraint checked in the results is ``served >= (1 - alpha) control``
+with ``alpha = safety.conservative_alpha`` (or ``budget_alpha`` set at the top level).
+
+A sweep file holds a ``[base]`` scenario (inline, or ``base = "scenario.toml"``, relative
+to the sweep file) and a ``[grid]`` whose keys are dotted paths into the scenario and whose
+values are lists; every combination is a cell::
+
+    [grid]
+    "safety.explore_share" = [0.05, 0.1, 0.2]
+    "safety.conservative_alpha" = [0.02, 0.05]
+    test = [{ name = "off-policy-cs", n_expected = 10_000 }, { name = "msprt", mde = 0.01 }]
+
+Every error names the dotted path of the bad key (``env.p: ...``, ``grid."safety.x": ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies import REGISTRY, TESTS, ConservativeBudget, Guardrail, PromotionRule, TrafficCap
+
+from .envs import ENVIRONMENTS, Delayed
+from .runner import Scenario
+
+__all__ = ["ScenarioError", "ScenarioSpec", "SweepSpec", "load_scenario", "load_sweep", "scenario"]
+
+_TOP = {
+    "name": str,
+    "description": str,
+    "steps": int,
+    "replicates": int,
+    "seed": int,
+    "refresh_every": int,
+    "check_every": int,
+    "snapshots": int,
+    "budget_alpha": float,
+}
+_SECTIONS = ("env", "policy", "safety", "test", "guardrails", "rule")
+_SAFETY = ("explore_share", "conservative_alpha", "conservative_delta")
+
+
+class ScenarioError(ValueError):
+    """A scenario or sweep file that cannot be run; the message names the dotted path."""
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """A scenario ready to run, with what reports need to describe it."""
+
+    name: str
+    scenario: Scenario
+    arm_names: tuple[str, ...]
+    raw: dict[str, Any]
+
+    @property
+    def budget_alpha(self) -> float | None:
+        return self.scenario.budget_alpha
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The cells of a sweep: each a scenario dict (the base with the cell's overrides)."""
+
+    name: str
+    base: dict[str, Any]
+    params: tuple[str, ...]
+    cells: tuple[dict[str, Any], ...]
+    labels: tuple[dict[str, Any], ...]
+    base_dir: Path | None = None
+
+    def spec(self, i: int) -> ScenarioSpec:
+        """Cell ``i`` as a runnable scenario; its streams are ``SeedSequence(seed).spawn``'s
+        ``i``-th, whatever runs it and in whatever order."""
+        where = f"cell {i} ({_describe(self.labels[i])})"
+        return scenario(self.cells[i], where=where, base_dir=self.base_dir, spawn_key=(i,))
+
+
+def _fail(where: str, what: str) -> ScenarioError:
+    return ScenarioError(f"{where}: {what}")
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"{p}: no such file")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{p}: not valid TOML ({e})") from None
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise _fail(f"{where}{key}", f"must be a table (got {value!r})")
+    return dict(value)
+
+
+def _kwargs(cls: type, params: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
+    """``cls(**params)``, with unknown keys and the class's own errors under ``where``."""
+    accepted = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+    for key in params:
+        if key not in accepted and key not in skip:
+            raise _fail(f"{where}.{key}", f"unknown key; accepted: {', '.join(accepted) or 'none'}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        # classes name themselves first ("thompson-beta.prior_alpha: ..."): use the file's path
+        head, _, what = msg.partition(": ")
+        key = head.rpartition(".")[2]
+        if what and "." in head and key in accepted:
+            raise _fail(f"{where}.{key}", what) from None
+        raise _fail(where, msg) from None
+
+
+def _named(
+    registry: Mapping[str, type], raw: Mapping[str, Any], where: str, key: str = "name"
+) -> Any:
+    params = dict(raw)
+    name = params.pop(key, None)
+    if name not in registry:
+        raise _fail(
+            f"{where}.{key}",
+            f"unknown (got {name!r}); accepted: {', '.join(sorted(registry))}",
+        )
+    return _kwargs(registry[name], params, where)
+
+
+def _env(raw: dict[str, Any], base_dir: Path | None) -> tuple[Any, tuple[str, ...]]:
+    params = dict(raw)
+    if not params:
+        raise _fail("env", "missing; give at least kind and its parameters")
+    names = params.pop("arms", None)
+    delay = params.pop("delay", None)
+    if params.get("kind") == "adversarial" and isinstance(params.get("rewards"), str):
+        path = Path(params["rewards"])
+        path = path if path.is_absolute() or base_dir is None else base_dir / path
+        try:
+            params["rewards"] = np.loadtxt(path, delimiter=",", ndmin=2)
+        except (OSError, ValueError) as e:
+            raise _fail("env.rewards", f"cannot read {path} as CSV ({e})") from None
+    env = _named(ENVIRONMENTS, params, "env", key="kind")
+    if delay is not None:
+        if not isinstance(delay, Mapping):
+            raise _fail("env.delay", f"must be a table like {{ mean_delay = 50 }} (got {delay!r})")
+        env = _kwargs(Delayed, {"env": env, **delay}, "env.delay", skip=("env",))
+    k = env.n_arms
+    if names is None:
+        names = ["control", *[f"alt-{i}" for i in range(1, k)]]
+    if (
+        not isinstance(names, list)
+        or len(names) != k
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != k
+    ):
+        raise _fail("env.arms", f"must be {k} distinct names, control first (got {names!r})")
+    return env, tuple(names)
+
+
+def _test(raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise _fail(where, f"must be a table with a name (got {raw!r})")
+    return _named(TESTS, raw, where)
+
+
+def scenario(
+    raw: Mapping[str, Any],
+    *,
+    where: str = "scenario",
+    base_dir: Path | None = None,
+    spawn_key: tuple[int, ...] = (),
+) -> ScenarioSpec:
+    """Build a scenario from its parsed TOML (see the module docstring)."""
+    try:
+        return _scenario(dict(raw), base_dir, spawn_key)
+    except ScenarioError as e:
+        if where == "scenario":
+            raise
+        raise ScenarioError(f"{where}: {e}") from None
+
+
+def _scenario(
+    raw: dict[str, Any], base_dir: Path | None, spawn_key: tuple[int, ...]
+) -> ScenarioSpec:
+    for key in raw:
+        if key not in _TOP and key not in _SECTIONS:
+            accepted = ", ".join([*_TOP, *_SECTIONS])
+            raise _fail(key, f"unknown key; accepted: {accepted}")
+    top: dict[str, Any] = {}
+    for key, kind in _TOP.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            article = "an" if kind is int else "a"
+            raise _fail(key, f"must be {article} {kind.__name__} (got {value!r})")
+        top[key] = value
+    if "steps" not in top:
+        raise _fail("steps", "missing; how many steps (users) each replicate runs")
+
+    env, names = _env(_table(raw, "env", ""), base_dir)
+    policy = _named(REGISTRY, _table(raw, "policy", ""), "policy")
+    safety = _table(raw, "safety", "")
+    for key in safety:
+        if key not in _SAFETY:
+            raise _fail(f"safety.{key}", f"unknown key; accepted: {', '.join(_SAFETY)}")
+    budget_alpha = top.pop("budget_alpha", None)
+    if "conservative_alpha" in safety or "conservative_delta" in safety:
+        params = {
+            "policy": policy,
+            "alpha": safety.get("conservative_alpha", 0.05),
+            "delta": safety.get("conservative_delta", 0.05),
+            # the budget reserves for as many rounds as an allocation is used for
+            "refresh": top.get("refresh_every", 1),
+        }
+        try:
+            policy = ConservativeBudget(**params)
+        except (TypeError, ValueError) as e:
+            raise _fail("safety", str(e)) from None
+        if budget_alpha is None:
+            budget_alpha = params["alpha"]
+    if "explore_share" in safety:
+        try:
+            policy = TrafficCap(policy=policy, explore_share=safety["explore_share"])
+        except (TypeError, ValueError) as e:
+            raise _fail("safety.explore_share", str(e)) from None
+
+    test = _test(raw["test"], "test") if "test" in raw else None
+    guards = raw.get("guardrails", [])
+    if not isinstance(guards, list):
+        raise _fail("guardrails", f"must be an array of tables ([[guardrails]]) (got {guards!r})")
+    guardrails = []
+    for i, g in enumerate(guards):
+        where = f"guardrails[{i}]"
+        if not isinstance(g, Mapping):
+            raise _fail(where, f"must be a table (got {g!r})")
+        params = dict(g)
+        if "test" in params:
+            params["test"] = _test(params["test"], f"{where}.test")
+        guardrails.append(_kwargs(Guardrail, params, where))
+    rule = None
+    if "rule" in raw:
+        if test is None:
+            raise _fail("rule", "needs a [test] to read evidence from")
+        params = {"test_name": test.name, **_table(raw, "rule", "")}
+        rule = _kwargs(PromotionRule, params, "rule", skip=("test_name",))
+    if guardrails and test is None:
+        raise _fail("guardrails", "need a [test]: the promotion rule that acts on them reads it")
+    try:
+        built = Scenario(
+            env=env,
+            policy=policy,
+            test=test,
+            guardrails=tuple(guardrails),
+            rule=rule,
+            budget_alpha=budget_alpha,
+            spawn_key=spawn_key,
+            **{k: v for k, v in top.items() if k not in ("name", "description")},
+        )
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise ScenarioError(msg.removeprefix("scenario.")) from None
+    return ScenarioSpec(
+        name=str(raw.get("name", "scenario")), scenario=built, arm_names=names, raw=raw
+    )
+
+
+def load_scenario(path: str | Path, **overrides: Any) -> ScenarioSpec:
+    """Read and build a scenario file; ``overrides`` replace top-level keys (``None`` ones
+    are ignored), e.g. ``replicates`` and ``seed`` from the command line."""
+    p = Path(path)
+    raw = _read(p)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw.setdefault("name", p.stem)
+    try:
+        return scenario(raw, base_dir=p.parent)
+    except ScenarioError as e:
+        raise ScenarioError(f"{p}: {e}") from None
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise _fail(".".join(keys[: i + 1]), f"is not a table (got {child!r})")
+        node = child
+    node[keys[-1]] = value
+
+
+def _label(value: Any) -> Any:
+    """A cell parameter for tables and plots: numbers and strings as they are, a table by
+    its name (or its items)."""
+    if isinstance(value, Mapping):
+        name = value.get("name") or value.get("kind")
+        rest = ", ".join(f"{k}={v}" for k, v in value.items() if k not in ("name", "kind"))
+        return f"{name} ({rest})" if name and rest else (name or rest)
+    return value
+
+
+def load_sweep(path: str | Path, **overrides: Any) -> SweepSpec:
+    """Read a sweep file and expand its grid; every cell is validated before anything runs."""
+    p = Path(path)
+    raw = _read(p)
+    try:
+        return _sweep(raw, p, overrides)
+    except ScenarioError as e:
+        raise ScenarioError(f"{p}: {e}") from None
+
+
+def _sweep(raw: dict[str, Any], p: Path, overrides: dict[str, Any]) -> SweepSpec:
+    for key in raw:
+        if key not in ("name", "description", "base", "grid"):
+            raise _fail(key, "unknown key; accepted: name, description, base, grid")
+    base = raw.get("base")
+    if isinstance(base, str):
+        base_path = Path(base) if Path(base).is_absolute() else p.parent / base
+        try:
+            base = _read(base_path)
+        except ScenarioError as e:
+            raise _fail("base", str(e)) from None
+    if not isinstance(base, dict):
+        raise _fail("base", "missing; a [base] scenario table or a path to a scenario file")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise _fail("grid", 'missing or empty; e.g. "safety.explore_share" = [0.05, 0.1]')
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(f'grid."{key}"', f"must be a non-empty list of values (got {values!r})")
+    params = tuple(grid)
+    cells: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    for combo in itertools.product(*grid.values()):
+        cell = _deepcopy(base)
+        for key, value in zip(params, combo, strict=True):
+            try:
+                _set(cell, key, _deepcopy(value))
+            except ScenarioError as e:
+                raise _fail(f'grid."{key}"', str(e)) from None
+        cells.append(cell)
+        labels.append({key: _label(v) for key, v in zip(params, combo, strict=True)})
+    spec = SweepSpec(
+        name=str(raw.get("name", p.stem)),
+        base=base,
+        params=params,
+        cells=tuple(cells),
+        labels=tuple(labels),
+        base_dir=p.parent,
+    )
+    for i in range(len(cells)):  # fail before anything runs
+        spec.spec(i)
+    return spec
+
+
+def _describe(label: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in label.items())
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value

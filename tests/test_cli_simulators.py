@@ -1,0 +1,133 @@
+"""``autoexp simulate``, ``sweep`` and ``ope`` on the shipped examples: the issue's
+acceptance scenarios, run from the command line, with their reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from autoexp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+OBD = ROOT / "tests" / "data" / "open-bandit-dataset" / "all.csv"
+
+
+def summary(out: Path, name: str) -> dict[str, float]:
+    doc = json.loads((out / "summary.json").read_text())
+    return doc["results"][name]["summary"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_harmful_alternative_budget_holds_and_guardrail_rolls_it_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # examples/harmful.toml: conversion 0.30 vs 0.21, UCB1 in a 20% cap and a conservative
+    # budget (alpha = delta = 5%, reserving for the 100-user refresh), 10,000 users, 1,000
+    # replicates. Wu et al. 2016: the constraint holds with probability >= 1 - delta, so
+    # the share of replicates where it broke must be <= delta = 5% (measured: 0 of 1,000).
+    # The conversion guardrail must roll the arm back in most replicates (measured 97.7%,
+    # seed 2); we ask for 90%, 8 binomial SE below the measured rate.
+    out = tmp_path / "harmful"
+    code = main(["simulate", str(EXAMPLES / "harmful.toml"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    s = summary(out, "harmful")
+    assert s["replicates"] == 1000
+    assert s["violation_rate"] <= 0.05
+    assert s["promotion_rate"] == 0.0
+    assert 1.0 - s["missed_rollback_rate"] >= 0.9
+    doc = json.loads((out / "summary.json").read_text())
+    reasons = doc["results"]["harmful"]["transitions"]
+    assert "conversion" in json.dumps(reasons)  # rolled back by the guardrail, by name
+    assert "held in" in captured.out and "broken-cache" in captured.out
+    assert "10000/10000" in captured.err  # the progress bar reached the end
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+
+
+@pytest.mark.slow
+def test_better_alternative_is_promoted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # examples/winner.toml: conversion 0.30 vs 0.33 (+10%), Thompson in a 50% cap, the
+    # off-policy confidence sequence, 40,000 users. Measured: promoted in 99.5% of 1,000
+    # replicates (at user 14,353 on average), never falsely. Here 300 replicates: we ask
+    # for >= 95%, 6 binomial SE below the measured rate.
+    out = tmp_path / "winner"
+    code = main(
+        ["simulate", str(EXAMPLES / "winner.toml"), "--replicates", "300", "--out", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    s = summary(out, "winner")
+    assert s["replicates"] == 300
+    assert s["promotion_rate"] >= 0.95
+    assert s["false_promotion_rate"] == 0.0
+    assert 0 < s["steps_to_promotion_mean"] < 40_000
+    assert s["violation_rate"] <= 0.05
+    assert (out / "report.html").is_file()
+
+
+def test_seed_and_replicates_override_and_reproduce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = []
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = tmp_path / name
+        args = ["simulate", str(EXAMPLES / "three-arms.toml"), "--replicates", "20"]
+        assert main([*args, "--seed", seed, "--out", str(out), "--quiet"]) == 0
+        runs.append(summary(out, "three-arms"))
+    capsys.readouterr()
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    assert runs[0]["replicates"] == 20
+
+
+def test_bad_scenario_file_names_the_dotted_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    text = (
+        (EXAMPLES / "winner.toml").read_text().replace("explore_share = 0.5", "explore_share = 5")
+    )
+    bad.write_text(text)
+    assert main(["simulate", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml: safety.explore_share: " in err
+    assert not (tmp_path / "x").exists()  # nothing written for a refused file
+    with pytest.raises(SystemExit):
+        main(["simulate", str(bad), "--replicates", "0"])
+    assert "must be an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_size_sweep_finishes_with_progress_and_frontier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The issue's acceptance size: 24 cells x 1,000 replicates x 10,000 steps on this
+    # 2-core machine, in two processes, with a progress bar and the frontier plot.
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(EXAMPLES / "sweep.toml"), "--workers", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "24/24" in captured.err
+    assert (out / "frontier.png").stat().st_size > 10_000
+    with open(out / "summary.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["name"].startswith("sweep[")]
+    assert len(rows) == 24
+    assert {float(r["replicates"]) for r in rows} == {1000.0}
+    # every cell keeps its budget (alpha 2% or 5%, delta 5%): <= delta of replicates broke it
+    assert all(float(r["violation_rate"]) <= 0.05 for r in rows)
+
+    # the wider the exploration share, the more often the +20% arm is promoted within
+    # 10,000 users (measured, Thompson cells: 26% at a 5% share, 86% at 20%)
+    def promoted(share: str) -> float:
+        xs = [
+            float(r["promotion_rate"])
+            for r in rows
+            if r["safety.explore_share"] == share and r["policy.name"] == "thompson-beta"
+        ]
+        return sum(xs) / len(xs)
+
+    assert promoted("0.2") > promoted("0.05") + 0.2
