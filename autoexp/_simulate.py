@@ -157,26 +157,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_ope(args: argparse.Namespace) -> int:
     from simulators.ope import evaluate_log, read_any
+    from simulators.plots import plot_ope
 
+    replicates = args.replicates or 1
     try:
         log = read_any(args.log)
-        report = evaluate_log(
-            log,
-            candidate=args.candidate,
-            split=args.split,
-            replicates=args.replicates or 1,
-            seed=args.seed or 0,
-            alpha=args.alpha,
-        )
+        with _bar(replicates, Path(args.log).name, "split", args.quiet) as bar:
+
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
+
+            report = evaluate_log(
+                log,
+                candidate=args.candidate,
+                split=args.split,
+                replicates=replicates,
+                seed=args.seed or 0,
+                alpha=args.alpha,
+                progress=progress,
+            )
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    data = report.to_dict()
     out = Path(args.out) if args.out else Path("out") / f"ope-{Path(args.log).stem}"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ope.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+    path.write_text(text + "\n")
+    plot = plot_ope(report, out / "ope.png")
     print(report.table())
-    print(f"report: {path}")
+    print(f"report: {path}, {plot}")
     return 0
 
 

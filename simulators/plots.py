@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 Names = Sequence[str] | None
 Rows = Sequence[Mapping[str, Any]]
 
-__all__ = ["pareto", "plot_allocation", "plot_frontier", "plot_loss", "plot_regret"]
+__all__ = ["pareto", "plot_allocation", "plot_frontier", "plot_loss", "plot_ope", "plot_regret"]
 
 #: Resolution and sizes (inches) of every plot: 100 dpi, so 800 x 450 px and 1100 x 600 px.
 DPI = 100
@@ -373,3 +373,32 @@ def _fmt(value: Any, kind: str = "num") -> str:
             return f"{v:,.0f}"
         return f"{v:,.0f}" if abs(v) >= 1e4 and math.isfinite(v) else f"{v:.4g}"
     return str(value)
+
+
+def plot_ope(report: Any, path: str | Path) -> Path:
+    """Each estimator's value and interval (anytime-valid and normal) for an off-policy
+    report (:class:`simulators.ope.OPEReport`), beside the logged policy's mean reward."""
+    est = list(report.estimates)
+    if not est:
+        raise ValueError("plot_ope: the report holds no estimate")
+    fig = _figure((8.0, 0.5 * len(est) + 1.8))
+    ax = fig.add_subplot()
+    colours = {"eb": _TAB[0], "clt": _TAB[1]}
+    labels = {"eb": "anytime-valid (empirical Bernstein)", "clt": "normal approximation"}
+    seen: set[str] = set()
+    for i, e in enumerate(reversed(est)):
+        c = colours.get(e.method, _GREY)
+        label = None if e.method in seen else labels.get(e.method, e.method)
+        seen.add(e.method)
+        ax.plot([e.lower, e.upper], [i, i], color=c, lw=3, solid_capstyle="butt", label=label)
+        ax.plot([e.value], [i], "o", color="black", ms=4)
+    ax.axvline(report.logged_mean, color=_GREY, ls="--", lw=1, label="logged policy's mean")
+    ax.set_yticks(range(len(est)), [f"{e.estimator} ({e.method})" for e in reversed(est)])
+    level = f"{1.0 - report.alpha:.0%}"
+    ax.set(
+        title=f"Off-policy value of {report.candidate}: estimates and {level} intervals",
+        xlabel="policy value (mean reward)",
+    )
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)

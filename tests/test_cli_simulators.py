@@ -131,3 +131,33 @@ def test_full_size_sweep_finishes_with_progress_and_frontier(
         return sum(xs) / len(xs)
 
     assert promoted("0.2") > promoted("0.05") + 0.2
+
+
+def test_ope_on_the_open_bandit_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The best item per position chosen on the first half, evaluated on the second by IPS,
+    # SNIPS, DR and replay, each with its anytime-valid interval: they must agree (every
+    # point estimate inside every interval); the plot and JSON are written.
+    out = tmp_path / "ope"
+    assert main(["ope", str(OBD), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads((out / "ope.json").read_text())
+    eb = [e for e in doc["estimates"] if e["method"] == "eb"]
+    assert {e["estimator"] for e in eb} == {"ips", "snips", "dr", "replay"}
+    for a in eb:
+        assert a["upper"] > a["lower"]
+        for b in eb:
+            assert b["lower"] <= a["value"] <= b["upper"], (a, b)
+    assert (out / "ope.png").stat().st_size > 10_000
+    assert "replay" in captured.out
+
+
+def test_ope_refuses_bad_logs_and_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "log.txt"
+    bad.write_text("x")
+    assert main(["ope", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "log.txt" in capsys.readouterr().err
+    assert main(["ope", str(OBD), "--candidate", "best", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "candidate: unknown (got 'best'); accepted: best-arm, uniform, logging" in err
