@@ -31,10 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
-from policies.base import ArmStatsPolicy, Decision, FloatArray, IntArray, PolicyBase, draw
+from policies.base import ArmStatsPolicy, Decision, FloatArray, IntArray, PolicyBase
 from policies.nonstationary import DiscountedThompson
 from policies.promotion import PROMOTED, ROLLED_BACK, PromotionRule, Transition
 from policies.safety import ConservativeBudget
@@ -176,11 +177,29 @@ def _masked(inc: Any, rows: BoolArray) -> Any:
     return inc._map(lambda a: a * m.reshape((-1,) + (1,) * (a.ndim - 1)))
 
 
+@numba.njit(cache=True)
+def _draw_cdf(p, cdf, u, out):  # type: ignore[no-untyped-def]
+    k = p.shape[1]
+    for i in range(u.shape[0]):
+        for r in range(u.shape[1]):
+            x = u[i, r] * cdf[r, k - 1]
+            a = 0
+            for j in range(k):
+                a += cdf[r, j] <= x
+            a = min(a, k - 1)
+            if p[r, a] <= 0.0:  # rounding reached past the last arm with mass
+                a = k - 1
+                while p[r, a] <= 0.0:
+                    a -= 1
+            out[i, r] = a
+
+
 def _draw_many(p: FloatArray, u: FloatArray) -> IntArray:
-    """``draw(p, u[i])`` for every row of ``u`` (L, B): L steps from one allocation."""
-    if u.shape[0] == 1:
-        return draw(p, u[0])[None, :]
-    return np.stack([draw(p, ui) for ui in u])
+    """``draw(p, u[i])`` for every row of ``u`` (L, B): L steps from one allocation, with
+    its cumulative sums computed once (the same arithmetic, so the same arms)."""
+    out = np.empty(u.shape, dtype=np.int64)
+    _draw_cdf(p, np.cumsum(p, axis=1), u, out)
+    return out
 
 
 def _sample_path(sc: Scenario) -> bool:
@@ -270,12 +289,17 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
     no_propensity = np.zeros((1, k))
     mark = 0
     alpha = sc.budget_alpha
+    looks = 0
+    live_key: tuple[int, int] = (-1, -1)
 
     t = 0
     while t < steps:
         end = _segment_end(t, sc, entry, steps, delayed)
         n = end - t
-        live, done = _live_mask(t, entry, status)
+        key = (int((entry <= t).sum()), looks)
+        if key != live_key:  # a new arm entered or the rule looked since the last segment
+            live, done = _live_mask(t, entry, status)
+            live_key = key
         if sampled:  # the law of the allocation, without computing it
             p = no_propensity
             arms = np.empty((n, b), dtype=np.int64)
@@ -342,6 +366,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             ev = sc.test.evaluate(tstate)
             gev = [(g.name, g.evaluate(gs)) for g, gs in zip(sc.guardrails, gstates, strict=True)]
             status, changes = rule.step(status, ev, gev, t=np.full(b, float(t)))
+            looks += bool(changes)
             for c in changes:
                 if c.new == "promoted":
                     promoted_at[c.row] = t

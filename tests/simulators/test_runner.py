@@ -20,6 +20,7 @@ from policies import (
     ThompsonGaussian,
     TrafficCap,
 )
+from policies.base import draw
 from policies.safety import Guardrail
 from simulators.envs import (
     AbruptChange,
@@ -32,7 +33,7 @@ from simulators.envs import (
     Logistic,
     Revenue,
 )
-from simulators.runner import Scenario, run
+from simulators.runner import Scenario, _draw_many, run
 
 STEPS = 200
 THETA = [[0.0, 0.0], [0.8, -0.4], [-0.6, 0.5]]
@@ -263,3 +264,20 @@ def test_a_harmless_alternative_is_rarely_promoted_or_rolled_back() -> None:
     decided = (res.promoted_arm >= 0) | np.isfinite(res.rolled_back_at[:, 1])
     assert decided.mean() <= 0.05 + 4 * math.sqrt(0.05 * 0.95 / 1000), decided.mean()
     assert res.false_promotion.sum() == (res.promoted_arm == 1).sum()  # equal means: false
+
+
+def test_segment_draws_equal_draw_step_by_step() -> None:
+    # The compiled segment draw against policies.base.draw, one step at a time: the same
+    # arms exactly, with zero-probability arms (never drawn) and u at the edges.
+    rng = np.random.default_rng(9)
+    p = rng.dirichlet(np.ones(6), size=300)
+    p[rng.random(p.shape) < 0.3] = 0.0
+    p[:, 0] += 1.0 - p.sum(axis=1)
+    p[p < 0] = 0.0
+    u = rng.random((50, 300))
+    u[0] = 0.0
+    u[1] = np.nextafter(1.0, 0.0)
+    got = _draw_many(p, u)
+    want = np.stack([draw(p, ui) for ui in u])
+    np.testing.assert_array_equal(got, want)
+    assert not np.any(p[np.arange(300), got] <= 0.0)
