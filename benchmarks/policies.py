@@ -219,6 +219,30 @@ def us_per_pull(row: dict[str, Any]) -> float:
     return float(row["us_per_decision"]["median"])
 
 
+def bench_parser(doc: str, name: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--quick``, ``--repeats``, ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (default 3)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / f"{name}.json",
+        help=f"JSON results path (default benchmarks/results/{name}.json)",
+    )
+    return parser
+
+
+def clock() -> Callable[[str], None]:
+    """A progress logger: each message on stderr with the seconds since this call."""
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """Write a benchmark's JSON report (creating its folder) and say where."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,24 +394,13 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (default 3)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "benchmarks" / "results" / "policies.json",
-        help="JSON results path (default benchmarks/results/policies.json)",
-    )
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "policies", "fewer rounds (a smoke run)").parse_args(argv)
     rounds = 2_000 if args.quick else 10_000
     steps = 1_000 if args.quick else 10_000
     batch = 1_000
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+    progress = clock()
 
     reward_rng = np.random.default_rng(SEED)
     u = reward_rng.random(rounds).tolist()

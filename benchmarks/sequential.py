@@ -38,7 +38,7 @@ from scipy.stats import norm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._peers import _version
-from benchmarks.policies import _timed, machine, source, write_report
+from benchmarks.policies import _timed, clock, machine, source, write_report
 from policies import ArmStats, ThompsonBeta, TrafficCap
 from policies.sequential import (
     AsymptoticCS,
@@ -483,9 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     load_start = os.getloadavg()
     started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+    progress = clock()
 
     status = confseq_status()
     progress(f"checking peers (confseq: {status})")
