@@ -243,6 +243,32 @@ def clock() -> Callable[[str], None]:
     return progress
 
 
+def print_checks(
+    checks: list[dict[str, Any]], load_start: Any, load_end: Any, elapsed: float
+) -> None:
+    """The targets' verdicts, the machine's load during the run and the total time."""
+    print()
+    for c in checks:
+        value = "-" if c["value"] is None else f"{c['value']:,.2f}"
+        print(f"{c['status']:4}  {c['target']}: {value}")
+    if load_start is not None and load_end is not None:
+        print(
+            f"\nload average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end, "
+            f"on {os.cpu_count()} CPUs: other processes inflate the medians; see 'best'."
+        )
+    print(f"total {elapsed:.0f}s")
+
+
+def report_head(name: str, load_start: Any, load_end: Any) -> dict[str, Any]:
+    """The JSON report's first keys: which benchmark, when, the command and the machine."""
+    return {
+        "benchmark": name,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine() | {"loadavg_start": load_start, "loadavg_end": load_end},
+    }
+
+
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """Write a benchmark's JSON report (creating its folder) and say where."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -525,22 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     for library, reason in skipped.items():
         print(f"skipped: {library}: {reason}")
     print()
-    for c in checks:
-        value = "-" if c["value"] is None else f"{c['value']:,.2f}"
-        print(f"{c['status']:4}  {c['target']}: {value}")
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
-    if load_start is not None and load_end is not None:
-        print(
-            f"\nload average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end, "
-            f"on {os.cpu_count()} CPUs: other processes inflate the medians; see 'best'."
-        )
-    print(f"total {elapsed:.0f}s")
+    print_checks(checks, load_start, load_end, elapsed)
 
     report = {
-        "benchmark": "policies",
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine() | {"loadavg_start": load_start, "loadavg_end": load_end},
+        **report_head("policies", load_start, load_end),
         "source": source(),
         "config": {
             "n_arms": K,

@@ -33,7 +33,6 @@ judged on the median and reported, never asserted.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import io
 import math
@@ -56,7 +55,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._peers import Peer, load_peers
-from benchmarks.policies import _timed, bench_parser, clock, machine, source, write_report
+from benchmarks.policies import (
+    _timed,
+    bench_parser,
+    clock,
+    print_checks,
+    report_head,
+    source,
+    write_report,
+)
 from policies import UCB1, ConservativeBudget, Guardrail, OffPolicyCS, ThompsonBeta, TrafficCap
 from simulators import runner
 from simulators.config import SweepSpec, load_sweep
@@ -687,23 +694,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for library, reason in skipped.items():
         print(f"skipped: {library}: {reason}")
-    print()
-    for c in checks:
-        value = "-" if c["value"] is None else f"{c['value']:,.2f}"
-        print(f"{c['status']:4}  {c['target']}: {value}")
+    print_checks(checks, load_start, load_end, elapsed)
     if args.quick:
         print("--quick: the targets are set at B = 1,000 x T = 10,000; these are indicative.")
-    print(
-        f"\nload average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end, on "
-        f"{os.cpu_count()} CPUs: other processes inflate the medians; see 'best'."
-    )
-    print(f"total {elapsed:.0f}s")
 
     report = {
-        "benchmark": "simulators",
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": machine() | {"loadavg_start": load_start, "loadavg_end": load_end},
+        **report_head("simulators", load_start, load_end),
         "source": source() | {"policies_simulators_sha256": tree_digest("policies", "simulators")},
         "config": {
             "n_arms": K,
