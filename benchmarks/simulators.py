@@ -20,7 +20,7 @@ One process, one machine, one run: K = 10 Bernoulli arms (control 0.10, the othe
 6. a hand-written ``numba.njit`` loop over replicates and steps (Beta draws from a seeded
    ``np.random.Generator`` inside numba; UCB1 with the first maximum winning ties), no
    safety: the ceiling;
-7. ``simulators.sweep.run_sweep`` of 8 cells of row 1's scenario (read from a TOML file
+7. ``simulators.sweep.run_sweep`` of 24 cells of row 1's scenario (read from a TOML file
    through ``simulators.config.load_sweep``) with ``workers=1`` (cells one after another
    in this process) and ``workers=2`` (a spawned pool: process start-up included).
 
@@ -81,7 +81,7 @@ ALPHA = 0.05  # conservative budget alpha and delta, and the violation check
 EXPLORE_SHARE = 0.2
 N_EXPECTED = 10_000
 REFRESH = 100  # the runtime's cadence for the safety-stack rows
-SWEEP_CELLS = 8
+SWEEP_CELLS = 24  # the size of the issue's acceptance sweep (24 cells x 1,000 x 10,000)
 SWEEP_WORKERS = 2
 
 # Targets from the issue (reported, never asserted).
