@@ -132,7 +132,7 @@ def test_sweep_expands_the_grid_with_spawned_seeds(tmp_path: Path) -> None:
         "policy.name",
         "test",
     )
-    assert spec.labels[0]["test"] == "off-policy-cs (n_expected=10000)"
+    assert spec.labels[0]["test"] == "off-policy-cs (n_expected=3000)"
     cells = [spec.spec(i).scenario for i in range(len(spec.cells))]
     assert {c.spawn_key for c in cells} == {(i,) for i in range(24)}
     shares = sorted({c.policy.explore_share for c in cells})
