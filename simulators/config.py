@@ -160,6 +160,13 @@ def _kwargs(cls: type, params: dict[str, Any], where: str, skip: tuple[str, ...]
         raise _fail(where, msg) from None
 
 
+def _safety_error(e: Exception, keys: dict[str, str]) -> ScenarioError:
+    """A wrapper's error (``conservative-budget.alpha: ...``) under its [safety] key."""
+    head, _, what = str(e).partition(": ")
+    key = keys.get(head.rpartition(".")[2])
+    return _fail(f"safety.{key}", what) if key and what else _fail("safety", str(e))
+
+
 def _named(
     registry: Mapping[str, type], raw: Mapping[str, Any], where: str, key: str = "name"
 ) -> Any:
@@ -266,14 +273,15 @@ def _scenario(
         try:
             policy = ConservativeBudget(**params)
         except (TypeError, ValueError) as e:
-            raise _fail("safety", str(e)) from None
+            keys = {"alpha": "conservative_alpha", "delta": "conservative_delta"}
+            raise _safety_error(e, keys) from None
         if budget_alpha is None:
             budget_alpha = params["alpha"]
     if "explore_share" in safety:
         try:
             policy = TrafficCap(policy=policy, explore_share=safety["explore_share"])
         except (TypeError, ValueError) as e:
-            raise _fail("safety.explore_share", str(e)) from None
+            raise _safety_error(e, {"explore_share": "explore_share"}) from None
 
     test = _test(raw["test"], "test") if "test" in raw else None
     guards = raw.get("guardrails", [])

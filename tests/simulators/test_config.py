@@ -85,8 +85,14 @@ def test_delay_and_arm_names() -> None:
         (with_(policy__prior_alpha=-1.0), r"^policy\.prior_alpha: must be"),
         (with_(policy__gamma=0.9), r"^policy\.gamma: unknown key; accepted: prior_alpha"),
         (with_(safety__explore=0.1), r"^safety\.explore: unknown key; accepted: explore_share"),
-        (with_(safety__explore_share=2.0), r"^safety\.explore_share: "),
-        (with_(safety__conservative_alpha=0.0), r"^safety: .*alpha"),
+        (
+            with_(safety__explore_share=2.0),
+            r"^safety\.explore_share: must be in \(0, 1\] \(got 2\.0\)$",
+        ),
+        (
+            with_(safety__conservative_alpha=0.0),
+            r"^safety\.conservative_alpha: must be in \(0, 1\) \(got 0\.0\)$",
+        ),
         (with_(test={"name": "off-policy-cs", "n_expected": -5}), r"^test\.n_expected: must be"),
         (with_(test="msprt"), r"^test: must be a table with a name"),
         (
