@@ -164,3 +164,51 @@ def test_bad_sweeps_name_the_grid_key(tmp_path: Path) -> None:
     f.write_text(f'base = "{EXAMPLES / "winner.toml"}"\n[grid]\n"steps.x" = [1]\n')
     with pytest.raises(ScenarioError, match=r'grid\."steps\.x": steps: is not a table'):
         load_sweep(f)
+
+
+ENV_TABLES = {
+    "gaussian": {"kind": "gaussian", "mean": [0.0, 0.5], "sd": 1.0},
+    "revenue": {"kind": "revenue", "conversion": [0.1, 0.2], "mu": [0.0, 0.1], "sigma": [1, 1]},
+    "abrupt-change": {"kind": "abrupt-change", "before": [0.3, 0.6], "after": [0.6, 0.3], "at": 50},
+    "drift": {"kind": "drift", "start": [0.2, 0.8], "end": [0.8, 0.2], "steps": 100},
+    "linear": {"kind": "linear", "theta": [[0.0, 0.0], [0.5, -0.5]], "noise_sd": 0.5},
+    "logistic": {"kind": "logistic", "theta": [[0.0, 0.0], [0.5, -0.5]]},
+    "delayed": {"kind": "bernoulli", "p": [0.3, 0.5], "delay": {"mean_delay": 5}},
+    "adversarial": {"kind": "adversarial", "rewards": "rewards.csv"},
+}
+POLICY = {
+    "gaussian": "thompson-gaussian",
+    "revenue": "thompson-gaussian",
+    "linear": "thompson-gaussian",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENV_TABLES))
+def test_every_environment_kind_runs_from_a_file(kind: str, tmp_path: Path) -> None:
+    # Each kind through the TOML path, the whole stack where its rewards allow (the
+    # budget and the off-policy test need rewards in [0, 1]), and the run completes.
+    import tomllib
+
+    from simulators.runner import run
+
+    (tmp_path / "rewards.csv").write_text("\n".join(["1,0", "0,1"] * 50) + "\n")
+    bounded = kind not in POLICY
+    lines = [
+        "steps = 100",
+        "replicates = 20",
+        "refresh_every = 10",
+        f'policy = {{ name = "{POLICY.get(kind, "thompson-beta")}" }}',
+    ]
+    if bounded:
+        lines += [
+            "safety = { explore_share = 0.5, conservative_alpha = 0.1 }",
+            'test = { name = "off-policy-cs", n_expected = 100 }',
+        ]
+    path = tmp_path / "s.toml"
+    path.write_text("\n".join(lines) + "\n")
+    raw = tomllib.loads(path.read_text())
+    raw["env"] = ENV_TABLES[kind]
+    spec = scenario(raw, base_dir=tmp_path)
+    res = run(spec.scenario)
+    np.testing.assert_allclose(res.pulls.sum(axis=1), 100)
+    assert np.all(np.isfinite(res.regret))
