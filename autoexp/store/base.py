@@ -1,0 +1,202 @@
+"""The ``Store`` protocol: where experiments keep what replicas share.
+
+Everything autoexp keeps about an experiment, by its name:
+
+* **state**: named float arrays (a policy's or a test's :meth:`~policies.base.Stats.to_dict`),
+  changed only by :meth:`Store.add`, which sums increments atomically (policy states are
+  additive, so replicas never lock and never lose an update). ``once`` makes an add
+  idempotent: a reward sent twice, or retried after a timeout, counts once.
+* **assignments**: a unit's alternative, set at first exposure (:meth:`Store.assign`).
+* **the log**: append-only records (decisions, rewards, lifecycle changes), in order.
+* **meta**: small named strings (the experiment's status, its config digest).
+
+Backends: ``memory://`` (tests, one process), ``sqlite:///path`` (the embedded default:
+durable, many processes on one machine), ``redis://host:port/db`` (many replicas).
+:func:`autoexp.store.open_store` picks one from a URL. One contract suite
+(``tests/autoexp/store/test_contract.py``) runs over all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import StoreError
+
+__all__ = [
+    "Store",
+    "check_amounts",
+    "check_declared",
+    "check_name",
+    "check_shapes",
+    "dumps",
+    "summed",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Store(Protocol):
+    """What the engine needs from a store (see the module docstring)."""
+
+    url: str
+
+    def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Create the state's arrays as zeros if absent; refuse different shapes."""
+        ...
+
+    def read(self, experiment: str) -> dict[str, FloatArray]:
+        """The state's arrays (copies); ``{}`` if never declared."""
+        ...
+
+    def add(
+        self,
+        experiment: str,
+        amounts: Mapping[str, npt.ArrayLike],
+        *,
+        at: Mapping[str, npt.ArrayLike] | None = None,
+        once: str | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Add ``amounts`` to the state, atomically, and append ``record`` to the log.
+
+        Dense: ``amounts[name]`` has the array's shape. Sparse: ``at[name]`` holds flat
+        indices and ``amounts[name]`` the values added there (repeats add up). With
+        ``once``, an id already applied makes this a no-op returning ``False``; the
+        increments, the id and the record are written together or not at all.
+        """
+        ...
+
+    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
+        """The unit's value: set to ``value`` if it has none (or has ``unless``); returns
+        what is stored after the call (first exposure wins)."""
+        ...
+
+    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append records to the log, in order, in one write."""
+        ...
+
+    def records(
+        self, experiment: str, *, start: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The log from position ``start`` (0-based), at most ``limit`` records."""
+        ...
+
+    def get(self, experiment: str, name: str) -> str | None: ...
+
+    def set(self, experiment: str, name: str, value: str) -> None: ...
+
+    def experiments(self) -> list[str]:
+        """Names of the experiments with anything stored, sorted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_name(where: str, name: object) -> str:
+    """Experiment, field and unit names: non-empty strings without control characters;
+    experiment names also without braces (Redis hash tags)."""
+    bad = not isinstance(name, str) or not name or any(ord(c) < 32 for c in name)
+    if not bad and "experiment" in where and ("{" in str(name) or "}" in str(name)):
+        bad = True
+    if bad:
+        raise StoreError(
+            f"{where}: must be a non-empty string without control characters or braces "
+            f"(got {name!r})"
+        )
+    return str(name)
+
+
+def check_amounts(
+    experiment: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    amounts: Mapping[str, npt.ArrayLike],
+    at: Mapping[str, npt.ArrayLike] | None,
+) -> dict[str, tuple[npt.NDArray[np.int64], FloatArray]]:
+    """Validate an add against the declared shapes: ``{name: (flat indices, values)}``.
+
+    Raises :class:`StoreError` (nothing is written) for an undeclared experiment or
+    field, a wrong shape, an index out of range, or a non-finite amount.
+    """
+    if not shapes:
+        raise StoreError(f"store: experiment {experiment!r} has no declared state")
+    out: dict[str, tuple[npt.NDArray[np.int64], FloatArray]] = {}
+    for name, amount in amounts.items():
+        if name not in shapes:
+            raise StoreError(
+                f"store.add: {experiment!r} has no field {name!r}; declared: {sorted(shapes)}"
+            )
+        values = np.asarray(amount, dtype=np.float64)
+        size = math.prod(shapes[name])
+        if at is not None and name in at:
+            index = np.asarray(at[name]).astype(np.int64, copy=False).ravel()
+            values = values.ravel()
+            if index.shape != values.shape:
+                raise StoreError(
+                    f"store.add: {name!r}: {index.size} indices for {values.size} amounts"
+                )
+            if index.size and (index.min() < 0 or index.max() >= size):
+                raise StoreError(f"store.add: {name!r}: index out of range 0..{size - 1}")
+        else:
+            if values.shape != tuple(shapes[name]):
+                raise StoreError(
+                    f"store.add: {name!r} has shape {tuple(shapes[name])} (got {values.shape})"
+                )
+            values = values.ravel()
+            index = np.arange(size, dtype=np.int64)
+        if not np.all(np.isfinite(values)):
+            raise StoreError(f"store.add: {name!r}: amounts must be finite")
+        out[name] = (index, values)
+    return out
+
+
+def check_shapes(where: str, shapes: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for name, shape in shapes.items():
+        check_name(f"{where} field", name)
+        dims = tuple(int(d) for d in shape)
+        if not dims or any(d < 1 for d in dims):
+            raise StoreError(f"{where}: {name!r}: shape must be positive sizes (got {dims})")
+        out[name] = dims
+    return out
+
+
+def check_declared(
+    experiment: str, have: Mapping[str, tuple[int, ...]], wanted: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Refuse a field declared before with another shape."""
+    for name, shape in wanted.items():
+        if name in have and have[name] != shape:
+            raise StoreError(
+                f"store.declare: {experiment!r}.{name} has shape {have[name]} "
+                f"(asked {shape}): a different policy or arm count on the same store"
+            )
+
+
+def summed(index: npt.NDArray[np.int64], values: FloatArray) -> dict[int, float]:
+    """Amounts at repeated indices added up: one write per distinct index."""
+    out: dict[int, float] = {}
+    for i, v in zip(index.tolist(), values.tolist(), strict=True):
+        out[i] = out.get(i, 0.0) + v
+    return out
+
+
+def dumps(record: Mapping[str, Any]) -> str:
+    """A log record as strict JSON (numpy numbers as plain ones; NaN refused)."""
+    try:
+        return json.dumps(record, default=_plain, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"store: record is not JSON-serialisable ({e})") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -1,0 +1,115 @@
+"""``memory://``: one process's dicts behind a lock (tests; nothing survives the process)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .base import (
+    FloatArray,
+    check_amounts,
+    check_declared,
+    check_name,
+    check_shapes,
+    dumps,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """The :class:`~autoexp.store.base.Store` protocol in memory."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._state: dict[str, dict[str, FloatArray]] = {}
+        self._once: dict[str, set[str]] = {}
+        self._assign: dict[str, dict[str, str]] = {}
+        self._log: dict[str, list[str]] = {}
+        self._meta: dict[str, dict[str, str]] = {}
+
+    def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        check_name("store.declare experiment", experiment)
+        wanted = check_shapes("store.declare", shapes)
+        with self._lock:
+            have = self._shapes.setdefault(experiment, {})
+            check_declared(experiment, have, wanted)
+            for name, shape in wanted.items():
+                if name not in have:
+                    have[name] = shape
+                    self._state.setdefault(experiment, {})[name] = np.zeros(shape)
+
+    def read(self, experiment: str) -> dict[str, FloatArray]:
+        with self._lock:
+            return {k: v.copy() for k, v in self._state.get(experiment, {}).items()}
+
+    def add(
+        self,
+        experiment: str,
+        amounts: Mapping[str, npt.ArrayLike],
+        *,
+        at: Mapping[str, npt.ArrayLike] | None = None,
+        once: str | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> bool:
+        line = dumps(record) if record is not None else None
+        with self._lock:
+            checked = check_amounts(experiment, self._shapes.get(experiment, {}), amounts, at)
+            seen = self._once.setdefault(experiment, set())
+            if once is not None:
+                if once in seen:
+                    return False
+                seen.add(once)
+            state = self._state[experiment]
+            for name, (index, values) in checked.items():
+                np.add.at(state[name].reshape(-1), index, values)
+            if line is not None:
+                self._log.setdefault(experiment, []).append(line)
+            return True
+
+    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
+        check_name("store.assign unit", unit)
+        with self._lock:
+            table = self._assign.setdefault(experiment, {})
+            current = table.get(unit)
+            if current is None or (unless is not None and current == unless):
+                table[unit] = value
+            return table[unit]
+
+    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+        check_name("store.append experiment", experiment)
+        lines = [dumps(r) for r in records]
+        with self._lock:
+            self._log.setdefault(experiment, []).extend(lines)
+
+    def records(
+        self, experiment: str, *, start: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            log = self._log.get(experiment, [])
+            end = len(log) if limit is None else start + limit
+            return [json.loads(line) for line in log[start:end]]
+
+    def get(self, experiment: str, name: str) -> str | None:
+        with self._lock:
+            return self._meta.get(experiment, {}).get(name)
+
+    def set(self, experiment: str, name: str, value: str) -> None:
+        check_name("store.set experiment", experiment)
+        with self._lock:
+            self._meta.setdefault(experiment, {})[name] = value
+
+    def experiments(self) -> list[str]:
+        with self._lock:
+            names = set(self._shapes) | set(self._log) | set(self._meta) | set(self._assign)
+            return sorted(names)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,207 @@
+"""``redis://host:port/db``: state shared by many replicas through one Redis.
+
+Every key of an experiment carries its name as a hash tag (``autoexp:{name}:state``),
+so one experiment lives in one slot and Redis Cluster can run the scripts. An ``add`` is
+one Lua script: the ``once`` id (``SET NX`` with a time to live), every increment
+(``HINCRBYFLOAT``) and the log record (``XADD`` to a Redis Stream) are applied together
+or not at all, so a client that retries after a timeout never doubles an update. The log
+is a Stream that learner processes can consume.
+
+URL options: ``?socket_timeout_s=2&connect_timeout_s=1&once_ttl_s=604800`` (how long a
+reward id is remembered: 7 days by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from ..errors import ConfigError, StoreError
+from .base import (
+    FloatArray,
+    check_amounts,
+    check_declared,
+    check_name,
+    check_shapes,
+    dumps,
+    summed,
+)
+
+__all__ = ["RedisStore"]
+
+_ADD = """
+if ARGV[1] ~= '' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'r', ARGV[2]) end
+return 1
+"""
+_ASSIGN = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or (ARGV[3] == '1' and cur == ARGV[4]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return ARGV[2]
+end
+return cur
+"""
+_INDEX = "autoexp:experiments"
+
+
+def _errors(where: str) -> Any:
+    """Redis failures as :class:`StoreError` naming the operation."""
+    return _Wrap(where)
+
+
+class _Wrap:
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if isinstance(error, redis.RedisError):
+            raise StoreError(f"store ({self.where}): Redis failed: {error}") from error
+
+
+class RedisStore:
+    """The :class:`~autoexp.store.base.Store` protocol on Redis."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            socket_timeout = float(options.pop("socket_timeout_s", 2.0))
+            connect_timeout = float(options.pop("connect_timeout_s", 1.0))
+            self.once_ttl_s = int(options.pop("once_ttl_s", 7 * 24 * 3600))
+        except ValueError as e:
+            raise ConfigError(f"store: bad option in {url!r} ({e})") from None
+        if options:
+            raise ConfigError(
+                f"store: unknown option(s) {sorted(options)} in {url!r}; accepted: "
+                "socket_timeout_s, connect_timeout_s, once_ttl_s"
+            )
+        self.url = url
+        base = url.split("?", 1)[0]
+        self._r = redis.Redis.from_url(
+            base,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            decode_responses=True,
+        )
+        self._add = self._r.register_script(_ADD)
+        self._assign = self._r.register_script(_ASSIGN)
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    @staticmethod
+    def _key(experiment: str, what: str) -> str:
+        return f"autoexp:{{{experiment}}}:{what}"
+
+    def _load_shapes(self, experiment: str) -> dict[str, tuple[int, ...]]:
+        raw = cast(dict[str, str], self._r.hgetall(self._key(experiment, "shapes")))
+        shapes = {f: tuple(int(d) for d in json.loads(s)) for f, s in raw.items()}
+        self._shapes[experiment] = shapes
+        return shapes
+
+    def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        check_name("store.declare experiment", experiment)
+        wanted = check_shapes("store.declare", shapes)
+        key = self._key(experiment, "shapes")
+        with _errors("declare"):
+            for name, shape in wanted.items():
+                self._r.hsetnx(key, name, json.dumps(shape))
+            self._r.sadd(_INDEX, experiment)
+            have = self._load_shapes(experiment)
+        check_declared(experiment, have, wanted)
+
+    def read(self, experiment: str) -> dict[str, FloatArray]:
+        with _errors("read"):
+            shapes = self._load_shapes(experiment)
+            raw = cast(dict[str, str], self._r.hgetall(self._key(experiment, "state")))
+        out = {name: np.zeros(math.prod(shape)) for name, shape in shapes.items()}
+        for key, value in raw.items():
+            name, _, idx = key.rpartition(":")
+            if name in out:
+                out[name][int(idx)] = float(value)
+        return {name: out[name].reshape(shape) for name, shape in shapes.items()}
+
+    def add(
+        self,
+        experiment: str,
+        amounts: Mapping[str, npt.ArrayLike],
+        *,
+        at: Mapping[str, npt.ArrayLike] | None = None,
+        once: str | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> bool:
+        line = dumps(record) if record is not None else ""
+        with _errors("add"):
+            shapes = self._shapes.get(experiment) or {}
+            if not set(amounts) <= set(shapes):
+                shapes = self._load_shapes(experiment)
+            checked = check_amounts(experiment, shapes, amounts, at)
+            args: list[str] = ["" if once is None else str(self.once_ttl_s), line]
+            for name, (index, values) in checked.items():
+                for i, v in summed(index, values).items():
+                    args += [f"{name}:{i}", repr(v)]
+            keys = [
+                self._key(experiment, "state"),
+                self._key(experiment, "log"),
+                self._key(experiment, f"once:{once}"),
+            ]
+            return bool(self._add(keys=keys, args=args))
+
+    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
+        check_name("store.assign unit", unit)
+        with _errors("assign"):
+            args = [unit, value, "0" if unless is None else "1", unless or ""]
+            out = self._assign(keys=[self._key(experiment, "assign")], args=args)
+            self._r.sadd(_INDEX, experiment)
+        return str(out)
+
+    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+        check_name("store.append experiment", experiment)
+        lines = [dumps(r) for r in records]
+        with _errors("append"):
+            pipe = self._r.pipeline(transaction=True)
+            for line in lines:
+                pipe.xadd(self._key(experiment, "log"), {"r": line})
+            pipe.sadd(_INDEX, experiment)
+            pipe.execute()
+
+    def records(
+        self, experiment: str, *, start: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        with _errors("records"):
+            count = None if limit is None else start + limit
+            rows = cast(
+                list[tuple[str, dict[str, str]]],
+                self._r.xrange(self._key(experiment, "log"), count=count),
+            )
+        return [json.loads(fields["r"]) for _, fields in rows[start:]]
+
+    def get(self, experiment: str, name: str) -> str | None:
+        with _errors("get"):
+            value = self._r.hget(self._key(experiment, "meta"), name)
+        return None if value is None else str(value)
+
+    def set(self, experiment: str, name: str, value: str) -> None:
+        check_name("store.set experiment", experiment)
+        with _errors("set"):
+            self._r.hset(self._key(experiment, "meta"), name, value)
+            self._r.sadd(_INDEX, experiment)
+
+    def experiments(self) -> list[str]:
+        with _errors("experiments"):
+            return sorted(str(x) for x in self._r.smembers(_INDEX))
+
+    def close(self) -> None:
+        self._r.close()

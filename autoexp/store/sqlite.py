@@ -1,0 +1,235 @@
+"""``sqlite:///path``: the embedded default. One file, WAL mode, nothing to install.
+
+Several processes on one machine may share the file: every write is one ``BEGIN
+IMMEDIATE`` transaction (SQLite serialises writers; readers never block), so increments
+add up exactly and an ``add`` with ``once`` is applied at most once. A committed write
+survives the process being killed (WAL with ``synchronous=NORMAL``); add
+``?synchronous=full`` to the URL to survive a power loss too, at the cost of an fsync
+per commit. ``sqlite:///x.db`` is relative to the working directory, ``sqlite:////abs/x.db``
+absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ConfigError, StoreError
+from .base import (
+    FloatArray,
+    check_amounts,
+    check_declared,
+    check_name,
+    check_shapes,
+    dumps,
+    summed,
+)
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shapes (exp TEXT, field TEXT, shape TEXT, PRIMARY KEY (exp, field))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (exp TEXT, field TEXT, idx INTEGER, value REAL,
+    PRIMARY KEY (exp, field, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS once (exp TEXT, id TEXT, PRIMARY KEY (exp, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS assign (exp TEXT, unit TEXT, value TEXT, PRIMARY KEY (exp, unit))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, exp TEXT, record TEXT);
+CREATE INDEX IF NOT EXISTS log_exp ON log (exp, seq);
+CREATE TABLE IF NOT EXISTS meta (exp TEXT, name TEXT, value TEXT, PRIMARY KEY (exp, name))
+    WITHOUT ROWID;
+"""
+_SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
+
+
+class SQLiteStore:
+    """The :class:`~autoexp.store.base.Store` protocol on one SQLite file."""
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or not url.startswith("sqlite:///") or len(url) <= 10:
+            raise ConfigError(f"store: {url!r} is not sqlite:///relative or sqlite:////absolute")
+        path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+        sync = parse_qs(parts.query).get("synchronous", ["normal"])[-1].lower()
+        if sync not in _SYNC:
+            raise ConfigError(f"store: synchronous={sync!r} in {url!r}; accepted: normal, full")
+        self.url = url
+        self.path = path
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreError(f"store: cannot open {path} ({e})") from None
+        self._lock = threading.Lock()
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    # --- state ---------------------------------------------------------------------------
+
+    def _load_shapes(self, experiment: str) -> dict[str, tuple[int, ...]]:
+        rows = self._db.execute("SELECT field, shape FROM shapes WHERE exp = ?", (experiment,))
+        shapes = {f: tuple(json.loads(s)) for f, s in rows}
+        self._shapes[experiment] = shapes
+        return shapes
+
+    def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        check_name("store.declare experiment", experiment)
+        wanted = check_shapes("store.declare", shapes)
+        with self._lock, self._write():
+            have = self._load_shapes(experiment)
+            check_declared(experiment, have, wanted)
+            for name, shape in wanted.items():
+                if name in have:
+                    continue
+                self._db.execute(
+                    "INSERT INTO shapes VALUES (?, ?, ?)", (experiment, name, json.dumps(shape))
+                )
+                self._db.executemany(
+                    "INSERT INTO state VALUES (?, ?, ?, 0.0)",
+                    [(experiment, name, i) for i in range(math.prod(shape))],
+                )
+            self._load_shapes(experiment)
+
+    def read(self, experiment: str) -> dict[str, FloatArray]:
+        with self._lock:
+            shapes = self._load_shapes(experiment)
+            out = {name: np.zeros(math.prod(shape)) for name, shape in shapes.items()}
+            rows = self._db.execute(
+                "SELECT field, idx, value FROM state WHERE exp = ?", (experiment,)
+            )
+            for field, idx, value in rows:
+                out[field][idx] = value
+            return {name: out[name].reshape(shape) for name, shape in shapes.items()}
+
+    def add(
+        self,
+        experiment: str,
+        amounts: Mapping[str, npt.ArrayLike],
+        *,
+        at: Mapping[str, npt.ArrayLike] | None = None,
+        once: str | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> bool:
+        line = dumps(record) if record is not None else None
+        with self._lock:
+            shapes = self._shapes.get(experiment) or {}
+            if not set(amounts) <= set(shapes):  # declared by another process since
+                shapes = self._load_shapes(experiment)
+            checked = check_amounts(experiment, shapes, amounts, at)
+            updates: list[tuple[float, str, str, int]] = []
+            for name, (index, values) in checked.items():
+                updates += [(v, experiment, name, i) for i, v in summed(index, values).items()]
+            with self._write():
+                if once is not None:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO once VALUES (?, ?)", (experiment, once)
+                    )
+                    if cur.rowcount == 0:
+                        return False
+                self._db.executemany(
+                    "UPDATE state SET value = value + ? WHERE exp = ? AND field = ? AND idx = ?",
+                    updates,
+                )
+                if line is not None:
+                    self._db.execute(
+                        "INSERT INTO log (exp, record) VALUES (?, ?)", (experiment, line)
+                    )
+            return True
+
+    # --- assignments, log, meta ----------------------------------------------------------
+
+    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
+        check_name("store.assign unit", unit)
+        with self._lock, self._write():
+            self._db.execute(
+                "INSERT INTO assign VALUES (?, ?, ?) ON CONFLICT (exp, unit) DO UPDATE "
+                "SET value = excluded.value WHERE assign.value = ?",
+                (experiment, unit, value, unless),
+            )
+            row = self._db.execute(
+                "SELECT value FROM assign WHERE exp = ? AND unit = ?", (experiment, unit)
+            ).fetchone()
+            return str(row[0])
+
+    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+        check_name("store.append experiment", experiment)
+        lines = [(experiment, dumps(r)) for r in records]
+        with self._lock, self._write():
+            self._db.executemany("INSERT INTO log (exp, record) VALUES (?, ?)", lines)
+
+    def records(
+        self, experiment: str, *, start: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM log WHERE exp = ? ORDER BY seq LIMIT ? OFFSET ?",
+                (experiment, -1 if limit is None else limit, start),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def get(self, experiment: str, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE exp = ? AND name = ?", (experiment, name)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, experiment: str, name: str, value: str) -> None:
+        check_name("store.set experiment", experiment)
+        with self._lock, self._write():
+            self._db.execute(
+                "INSERT INTO meta VALUES (?, ?, ?) ON CONFLICT (exp, name) DO UPDATE "
+                "SET value = excluded.value",
+                (experiment, name, value),
+            )
+
+    def experiments(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT exp FROM shapes UNION SELECT exp FROM log UNION SELECT exp FROM meta "
+                "UNION SELECT exp FROM assign ORDER BY 1"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error (nothing half-written)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"store: cannot start a write ({e})") from None
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self.db.execute("ROLLBACK")
+                raise StoreError(f"store: write failed ({e})") from None
+        self.db.execute("ROLLBACK")

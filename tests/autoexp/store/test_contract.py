@@ -1,0 +1,154 @@
+"""One contract, every backend: memory, SQLite (a real file) and Redis (a real
+``redis-server`` started on a free port by the fixtures)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autoexp.errors import StoreError
+from autoexp.store import open_store
+
+SHAPES = {"n": (1, 3), "sum_reward": (1, 3)}
+
+
+def test_declare_read_and_shapes(store: Any) -> None:
+    assert store.read("exp") == {}
+    store.declare("exp", SHAPES)
+    store.declare("exp", SHAPES)  # idempotent
+    state = store.read("exp")
+    assert set(state) == {"n", "sum_reward"}
+    np.testing.assert_array_equal(state["n"], np.zeros((1, 3)))
+    with pytest.raises(StoreError, match=r"'exp'\.n has shape \(1, 3\) \(asked \(1, 4\)\)"):
+        store.declare("exp", {"n": (1, 4)})
+    store.declare("exp", {"extra": (2,)})  # a new field may be added
+    assert store.read("exp")["extra"].shape == (2,)
+
+
+def test_dense_and_sparse_adds_sum_exactly(store: Any) -> None:
+    store.declare("exp", SHAPES)
+    assert store.add("exp", {"n": [[1.0, 0.0, 2.0]], "sum_reward": [[0.5, 0.0, 0.25]]})
+    assert store.add("exp", {"n": [1.0, 1.0, 1.0]}, at={"n": [2, 2, 0]})
+    state = store.read("exp")
+    np.testing.assert_array_equal(state["n"], [[2.0, 0.0, 4.0]])
+    np.testing.assert_array_equal(state["sum_reward"], [[0.5, 0.0, 0.25]])
+    # reads are copies
+    state["n"][0, 0] = 99.0
+    assert store.read("exp")["n"][0, 0] == 2.0
+
+
+def test_once_makes_an_add_idempotent(store: Any) -> None:
+    store.declare("exp", SHAPES)
+    rec = {"type": "reward", "decision_id": "d1", "reward": 1.0}
+    assert store.add("exp", {"n": [1.0]}, at={"n": [1]}, once="r1", record=rec) is True
+    assert store.add("exp", {"n": [1.0]}, at={"n": [1]}, once="r1", record=rec) is False
+    assert store.read("exp")["n"][0, 1] == 1.0
+    assert store.records("exp") == [rec]
+    assert store.add("exp", {"n": [1.0]}, at={"n": [1]}, once="r2") is True
+    assert store.read("exp")["n"][0, 1] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("amounts", "at", "match"),
+    [
+        ({"q": [1.0]}, {"q": [0]}, r"has no field 'q'"),
+        ({"n": [[1.0, 2.0]]}, None, r"'n' has shape \(1, 3\) \(got \(1, 2\)\)"),
+        ({"n": [[1.0, np.nan, 0.0]]}, None, r"amounts must be finite"),
+        ({"n": [1.0]}, {"n": [3]}, r"index out of range 0\.\.2"),
+        ({"n": [1.0, 2.0]}, {"n": [0]}, r"1 indices for 2 amounts"),
+    ],
+)
+def test_bad_adds_are_refused_and_change_nothing(
+    store: Any, amounts: dict[str, Any], at: Any, match: str
+) -> None:
+    store.declare("exp", SHAPES)
+    store.add("exp", {"n": [[1.0, 1.0, 1.0]]}, record={"i": 0})
+    with pytest.raises(StoreError, match=match):
+        store.add("exp", amounts, at=at, once="r1", record={"i": 1})
+    np.testing.assert_array_equal(store.read("exp")["n"], [[1.0, 1.0, 1.0]])
+    assert store.records("exp") == [{"i": 0}]
+    # the refused add did not consume its id
+    assert store.add("exp", {"n": [1.0]}, at={"n": [0]}, once="r1")
+
+
+def test_undeclared_experiment_and_bad_records(store: Any) -> None:
+    with pytest.raises(StoreError, match=r"experiment 'nope' has no declared state"):
+        store.add("nope", {"n": [1.0]}, at={"n": [0]})
+    with pytest.raises(StoreError, match=r"not JSON-serialisable"):
+        store.append("exp", [{"x": float("nan")}])
+    with pytest.raises(StoreError, match=r"not JSON-serialisable"):
+        store.append("exp", [{"x": object()}])
+    assert store.records("exp") == []
+    with pytest.raises(StoreError, match=r"must be a non-empty string"):
+        store.declare("", SHAPES)
+
+
+def test_assign_first_exposure_wins(store: Any) -> None:
+    assert store.assign("exp", "user-1", "1") == "1"
+    assert store.assign("exp", "user-1", "2") == "1"
+    assert store.assign("exp", "user-1", "2", unless="0") == "1"
+    assert store.assign("exp", "user-1", "2", unless="1") == "2"  # its arm left: reassigned
+    assert store.assign("exp", "user-2", "0") == "0"
+
+
+def test_log_keeps_order_and_pages(store: Any) -> None:
+    store.append("exp", [{"i": i, "v": np.float64(i) / 2} for i in range(5)])
+    store.append("exp", [{"i": 5}])
+    assert [r["i"] for r in store.records("exp")] == [0, 1, 2, 3, 4, 5]
+    assert [r["i"] for r in store.records("exp", start=2, limit=3)] == [2, 3, 4]
+    assert store.records("exp", start=6) == []
+    assert store.records("exp")[3]["v"] == 1.5
+
+
+def test_meta_and_experiments(store: Any) -> None:
+    assert store.get("exp", "status") is None
+    store.set("exp", "status", "exploring")
+    store.set("exp", "status", "promoted")
+    assert store.get("exp", "status") == "promoted"
+    store.declare("other", SHAPES)
+    assert store.experiments() == ["exp", "other"]
+
+
+def test_concurrent_adds_lose_nothing(store: Any) -> None:
+    # 4 threads x 250 sparse adds (each with its own once id) and 4 x 250 repeats of an
+    # already-applied id: the totals are exact.
+    store.declare("exp", SHAPES)
+
+    def work(t: int) -> None:
+        for i in range(250):
+            store.add(
+                "exp",
+                {"n": [1.0], "sum_reward": [0.5]},
+                at={"n": [i % 3], "sum_reward": [i % 3]},
+                once=f"{t}-{i}",
+            )
+            store.add("exp", {"n": [1.0]}, at={"n": [0]}, once="0-0")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    state = store.read("exp")
+    assert state["n"].sum() == 1000.0
+    assert state["sum_reward"].sum() == 500.0
+
+
+def test_reopened_store_keeps_everything(durable_store: Any) -> None:
+    store = durable_store
+    store.declare("exp", SHAPES)
+    store.add("exp", {"n": [2.0]}, at={"n": [1]}, once="r1", record={"i": 1})
+    store.assign("exp", "u", "1")
+    store.set("exp", "status", "exploring")
+    again = open_store(store.url)
+    try:
+        assert again.read("exp")["n"][0, 1] == 2.0
+        assert again.add("exp", {"n": [1.0]}, at={"n": [1]}, once="r1") is False
+        assert again.assign("exp", "u", "2") == "1"
+        assert again.records("exp") == [{"i": 1}]
+        assert again.get("exp", "status") == "exploring"
+    finally:
+        again.close()
