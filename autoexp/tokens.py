@@ -1,0 +1,125 @@
+"""Decision tokens: a decision's facts, signed, so a reward can be trusted later.
+
+A token is ``base64url(payload) "." base64url(HMAC-SHA256(key, payload))`` where the
+payload is compact JSON: decision id, experiment, arm, the allocation the arm was drawn
+from (its propensities: the one for the arm and the rest, which off-policy tests need),
+issue time and expiry. Anyone holding the token can send a reward for it; nobody without
+the key can make one up, change the arm or the propensity, or revive an expired one.
+
+The key comes from config or ``AUTOEXP_SECRET`` (at least 16 bytes); rotate it by listing
+the old key after the new one (tokens signed with any listed key verify).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigError, RewardError
+
+__all__ = ["Ticket", "keys_from", "sign", "verify"]
+
+MIN_KEY_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What a token proves about a decision."""
+
+    id: str
+    experiment: str
+    arm: int
+    propensity: tuple[float, ...]
+    issued: float
+    expires: float
+
+    @property
+    def played(self) -> float:
+        """The probability the arm was played with."""
+        return self.propensity[self.arm]
+
+
+def keys_from(secret: str | bytes | Sequence[str | bytes] | None) -> tuple[bytes, ...]:
+    """Signing keys from config (one, or several for rotation: the first signs) or from
+    ``AUTOEXP_SECRET`` (comma-separated for rotation)."""
+    if secret is None:
+        env = os.environ.get("AUTOEXP_SECRET")
+        if not env:
+            raise ConfigError(
+                "secret: no signing key; set AUTOEXP_SECRET or the config's secret "
+                f"(at least {MIN_KEY_BYTES} bytes)"
+            )
+        secret = env.split(",")
+    items = [secret] if isinstance(secret, str | bytes) else list(secret)
+    keys = tuple(k.encode() if isinstance(k, str) else bytes(k) for k in items)
+    if not keys or any(len(k) < MIN_KEY_BYTES for k in keys):
+        raise ConfigError(f"secret: every key must be at least {MIN_KEY_BYTES} bytes")
+    return keys
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+
+
+def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
+    """The token of ``ticket``, signed with the first key."""
+    payload = json.dumps(
+        [
+            ticket.id,
+            ticket.experiment,
+            ticket.arm,
+            list(ticket.propensity),
+            ticket.issued,
+            ticket.expires,
+        ],
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+    mac = hmac.new(keys[0], payload, hashlib.sha256).digest()
+    return f"{_b64(payload)}.{_b64(mac)}"
+
+
+def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
+    """The ticket of a genuine, unexpired token; :class:`RewardError` otherwise."""
+    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 8192:
+        raise RewardError(f"token: malformed (got {str(token)[:40]!r})")
+    body, _, tag = token.partition(".")
+    try:
+        payload, mac = _unb64(body), _unb64(tag)
+    except (binascii.Error, ValueError):
+        raise RewardError("token: malformed (not base64url)") from None
+    if not any(
+        hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).digest(), mac) for k in keys
+    ):
+        raise RewardError("token: forged or signed with another key (signature mismatch)")
+    try:
+        id_, experiment, arm, propensity, issued, expires = json.loads(payload)
+        ticket = Ticket(
+            str(id_),
+            str(experiment),
+            int(arm),
+            tuple(float(p) for p in propensity),
+            float(issued),
+            float(expires),
+        )
+    except (ValueError, TypeError):
+        raise RewardError("token: malformed payload") from None
+    if not (0 <= ticket.arm < len(ticket.propensity) and math.isfinite(ticket.expires)):
+        raise RewardError("token: malformed payload")
+    if now > ticket.expires:
+        raise RewardError(
+            f"token: expired {now - ticket.expires:.0f} s ago (decision {ticket.id}, "
+            f"experiment {ticket.experiment!r})"
+        )
+    return ticket
