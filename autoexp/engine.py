@@ -1,0 +1,484 @@
+"""The engine: decide, reward, and keep each experiment's lifecycle, on a shared store.
+
+An experiment's whole state lives in the store as additive arrays: the policy stack's
+(``policy.*``), the primary test's (``test.*``) and each guardrail's (``guard.N.*``). A
+replica keeps a snapshot, refreshed every ``refresh_every`` decisions and rewards (not per
+request): the allocation is computed from it, decisions are draws from the allocation,
+and a reward's increments are computed against it and added to the store atomically with
+its log record. Increments from any number of replicas add up to the same state.
+
+Decisions
+    ``decide(name, unit=...)`` draws an arm from the current allocation (alternatives
+    rolled back get nothing; a promoted one gets everything), or, for a unit seen before
+    whose arm is still live, returns that arm with the propensity recorded at its first
+    exposure (sticky assignment without a separate service, and off-policy estimates stay
+    unbiased when allocations move). It logs the decision (``simulators.ope.LOG_COLUMNS``
+    plus the full ``allocation``) and returns a signed token.
+
+Rewards
+    ``reward(token, value)`` verifies the token (forged, expired, unknown experiment:
+    refused), checks the value (finite, in the experiment's range), refuses it after the
+    join window, and applies it once: a second reward for the same decision is a no-op.
+    Nothing is written unless everything checks out.
+
+Lifecycle
+    At every refresh the promotion rule reads the test's and guardrails' evidence; each
+    change is logged exactly once across replicas with its evidence, and the status is
+    kept in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.base import Decision as PolicyDecision
+from policies.base import PolicyBase
+from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
+
+from .errors import ConfigError, RewardError, UnknownExperimentError
+from .store.base import Store
+from .tokens import Ticket, keys_from, sign, verify
+
+__all__ = ["Decision", "Engine", "ExperimentSpec"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """One experiment: a control and alternatives, and how to decide between them.
+
+    Parameters
+    ----------
+    name : the experiment's name (the store keys everything by it)
+    alternatives : names, control first (at least two)
+    params : per alternative, the parameters it stands for (default: none)
+    policy : the policy stack (e.g. ``TrafficCap(ConservativeBudget(ThompsonBeta()))``)
+    test : the primary sequential test (``None``: no promotion or rollback)
+    guardrails : :class:`policies.safety.Guardrail` s on the reward
+    rule : the promotion rule (default: ``PromotionRule(test_name=test.name)``)
+    reward_range : (low, high) of valid rewards
+    refresh_every : decisions and rewards between snapshot refreshes of a replica
+    token_ttl_s : how long a decision's token can be rewarded
+    join_window_s : rewards later than this after the decision are refused and counted;
+        ``expire()`` applies ``default_reward`` to decisions whose window closed unrewarded
+    default_reward : the reward of a decision nobody rewarded (``None``: none applied)
+    """
+
+    name: str
+    alternatives: tuple[str, ...]
+    policy: PolicyBase
+    params: tuple[Mapping[str, Any], ...] | None = None
+    test: Any = None
+    guardrails: tuple[Any, ...] = ()
+    rule: PromotionRule | None = None
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    refresh_every: int = 100
+    token_ttl_s: float = 7 * 24 * 3600.0
+    join_window_s: float = 24 * 3600.0
+    default_reward: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"experiments.{self.name}"
+        if not isinstance(self.name, str) or not self.name or "{" in self.name:
+            raise ConfigError(f"experiments: bad name {self.name!r}")
+        names = tuple(self.alternatives)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(
+                f"{where}.alternatives: need a control and at least one alternative, all "
+                f"distinct (got {list(names)!r})"
+            )
+        if not isinstance(self.policy, PolicyBase):
+            raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
+        if self.params is not None and len(self.params) != len(names):
+            raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
+        low, high = self.reward_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"{where}.reward_range: need finite low < high (got {low}, {high})")
+        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
+            raise ConfigError(f"{where}.refresh_every: must be an integer >= 1")
+        for key in ("token_ttl_s", "join_window_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key}: must be > 0 (got {getattr(self, key)!r})")
+        if self.default_reward is not None and not low <= self.default_reward <= high:
+            raise ConfigError(f"{where}.default_reward: must be in [{low}, {high}]")
+        if (self.guardrails or self.rule is not None) and self.test is None:
+            raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``decide`` returns: the alternative to serve and the token to reward it by."""
+
+    id: str
+    experiment: str
+    arm: int
+    alternative: str
+    propensity: float
+    params: Mapping[str, Any]
+    policy: str
+    allocation_version: int
+    token: str
+    sticky: bool = False
+
+
+@dataclass
+class _Live:
+    """A replica's view of one experiment."""
+
+    spec: ExperimentSpec
+    rule: PromotionRule | None
+    fields: dict[str, str]  # store field -> component ("policy", "test", "guard.N")
+    policy_state: Any = None
+    test_state: Any = None
+    guard_states: list[Any] = field(default_factory=list)
+    allocation: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    status: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), dtype=np.int8))
+    version: int = 0
+    since_refresh: int = 0
+    pending: dict[str, Ticket] = field(default_factory=dict)
+    late: int = 0
+
+
+def _prefixed(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in data.items()}
+
+
+def _part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in data.items() if k.startswith(p)}
+
+
+class Engine:
+    """Decide and reward for a set of experiments on one store (see the module docstring).
+
+    Parameters
+    ----------
+    store : a :class:`~autoexp.store.base.Store`
+    experiments : the specs
+    secret : signing key(s) for tokens (default: ``AUTOEXP_SECRET``)
+    seed : seeds this replica's draws (default: fresh entropy)
+    clock : seconds since the epoch (tests pass a fake one)
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        experiments: Sequence[ExperimentSpec],
+        *,
+        secret: Any = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._keys = keys_from(secret)
+        self._seq = np.random.SeedSequence(seed)
+        self._rng = np.random.default_rng(self._seq)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._live: dict[str, _Live] = {}
+        for spec in experiments:
+            if spec.name in self._live:
+                raise ConfigError(f"experiments.{spec.name}: defined twice")
+            self._live[spec.name] = self._start(spec)
+
+    # --- setup and refresh ------------------------------------------------------------
+
+    def _start(self, spec: ExperimentSpec) -> _Live:
+        k = len(spec.alternatives)
+        rule = spec.rule
+        if rule is None and spec.test is not None:
+            rule = PromotionRule(test_name=spec.test.name)
+        parts = {"policy": spec.policy.init(k, 1).to_dict()}
+        if spec.test is not None:
+            parts["test"] = spec.test.init(k, 1).to_dict()
+        for i, g in enumerate(spec.guardrails):
+            parts[f"guard.{i}"] = g.init(k, 1).to_dict()
+        fields: dict[str, str] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for prefix, data in parts.items():
+            for name, array in data.items():
+                fields[f"{prefix}.{name}"] = prefix
+                shapes[f"{prefix}.{name}"] = tuple(np.shape(array))
+        self.store.declare(spec.name, shapes)
+        if self.store.get(spec.name, "alternatives") is None:
+            self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
+        live = _Live(spec=spec, rule=rule, fields=fields)
+        self._refresh(live)
+        return live
+
+    def _refresh(self, live: _Live) -> None:
+        """Re-read the shared state; recompute the allocation; let the rule look."""
+        spec = live.spec
+        data = self.store.read(spec.name)
+        live.policy_state = spec.policy.state_from_dict(_part("policy", data))
+        if spec.test is not None:
+            live.test_state = spec.test.state_from_dict(_part("test", data))
+        live.guard_states = [
+            g.test.state_from_dict(_part(f"guard.{i}", data)) for i, g in enumerate(spec.guardrails)
+        ]
+        k = len(spec.alternatives)
+        raw = self.store.get(spec.name, "status")
+        status = np.zeros((1, k), dtype=np.int8)
+        if raw is not None:
+            status[0] = [STATUS.index(s) for s in json.loads(raw)]
+        if live.rule is not None and spec.test is not None:
+            status = self._look(live, live.rule, status)
+        live.status = status
+        alloc = spec.policy.allocation(live.policy_state)[0].copy()
+        if (status == PROMOTED).any():
+            alloc = (status[0] == PROMOTED).astype(np.float64)
+        else:
+            # rolled back, or inconclusive at the horizon: no more traffic
+            off = (status[0] == ROLLED_BACK) | (status[0] == INCONCLUSIVE)
+            alloc[0] += alloc[off].sum()
+            alloc[off] = 0.0
+        live.allocation = alloc / alloc.sum()
+        live.version += 1
+        live.since_refresh = 0
+
+    def _look(self, live: _Live, rule: PromotionRule, status: np.ndarray) -> np.ndarray:
+        spec = live.spec
+        ev = spec.test.evaluate(live.test_state)
+        gev = [
+            (g.name, g.evaluate(s)) for g, s in zip(spec.guardrails, live.guard_states, strict=True)
+        ]
+        users = float(ev.n.sum()) if ev.n is not None else 0.0
+        new, changes = rule.step(status, ev, gev, t=np.array([users]))
+        for c in changes:
+            evidence = {  # an unbounded side of a bound is null in JSON
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in c.to_dict().items()
+            }
+            record = {
+                "type": "transition",
+                "time": self._clock(),
+                "experiment": spec.name,
+                "alternative": spec.alternatives[c.arm],
+                **evidence,
+            }
+            # exactly once across replicas: the change is keyed by arm and new state
+            self.store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record)
+        if changes:
+            self.store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
+        return new
+
+    def _get(self, name: str) -> _Live:
+        try:
+            return self._live[name]
+        except KeyError:
+            raise UnknownExperimentError(
+                f"experiment {name!r} is not defined; defined: {sorted(self._live)}"
+            ) from None
+
+    def _tick(self, live: _Live) -> None:
+        live.since_refresh += 1
+        if live.since_refresh >= live.spec.refresh_every:
+            self._refresh(live)
+
+    # --- decide -----------------------------------------------------------------------
+
+    def decide(
+        self, name: str, *, unit: str | None = None, context: Sequence[float] | None = None
+    ) -> Decision:
+        """Choose the alternative for one request (see the module docstring)."""
+        with self._lock:
+            live = self._get(name)
+            spec = live.spec
+            p = live.allocation
+            arm = int(np.searchsorted(np.cumsum(p), self._rng.random() * p.sum(), side="right"))
+            arm = min(arm, len(p) - 1)
+            while p[arm] <= 0.0:  # float edge: the last arm with mass
+                arm -= 1
+            row = p
+            sticky = False
+            unit_hash = None
+            if unit is not None:
+                unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
+                arm, row, sticky = self._sticky(live, unit_hash, arm, p)
+            now = self._clock()
+            did = os.urandom(12).hex()
+            ticket = Ticket(
+                did, name, arm, tuple(float(x) for x in row), now, now + spec.token_ttl_s
+            )
+            token = sign(self._keys, ticket)
+            record = {
+                "type": "decision",
+                "decision_id": did,
+                "time": now,
+                "experiment": name,
+                "unit_hash": unit_hash,
+                "context": None if context is None else list(context),
+                "arm": arm,
+                "alternative": spec.alternatives[arm],
+                "propensity": float(row[arm]),
+                "allocation": [float(x) for x in row],
+                "policy": spec.policy.name,
+                "policy_version": live.version,
+                "allocation_version": live.version,
+                "seed": int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None,
+                "reward": None,
+                "reward_time": None,
+            }
+            self.store.append(name, [record])
+            live.pending[did] = ticket
+            self._tick(live)
+            params = spec.params[arm] if spec.params is not None else {}
+            return Decision(
+                did,
+                name,
+                arm,
+                spec.alternatives[arm],
+                float(row[arm]),
+                params,
+                spec.policy.name,
+                live.version,
+                token,
+                sticky,
+            )
+
+    def _sticky(
+        self, live: _Live, unit_hash: str, arm: int, p: np.ndarray
+    ) -> tuple[int, np.ndarray, bool]:
+        value = json.dumps([arm, [float(x) for x in p]])
+        stored = self.store.assign(live.spec.name, unit_hash, value)
+        if stored == value:
+            return arm, p, False
+        old_arm, old_row = json.loads(stored)
+        if p[old_arm] > 0.0:  # still live: keep it, with its first exposure's propensity
+            return int(old_arm), np.asarray(old_row), True
+        stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
+        new_arm, new_row = json.loads(stored)
+        return int(new_arm), np.asarray(new_row), stored != value
+
+    # --- reward -----------------------------------------------------------------------
+
+    def reward(self, decision: Decision | str, value: float) -> bool:
+        """Record the outcome of a decision; ``False`` if it was already rewarded."""
+        token = decision.token if isinstance(decision, Decision) else decision
+        now = self._clock()
+        ticket = verify(self._keys, token, now=now)
+        with self._lock:
+            live = self._get(ticket.experiment)
+            spec = live.spec
+            if ticket.arm >= len(spec.alternatives) or len(ticket.propensity) != len(
+                spec.alternatives
+            ):
+                raise RewardError(f"token: does not match experiment {spec.name!r}'s arms")
+            try:
+                r = float(value)
+            except (TypeError, ValueError):
+                raise RewardError(f"reward: must be a number (got {value!r})") from None
+            low, high = spec.reward_range
+            if not (math.isfinite(r) and low <= r <= high):
+                raise RewardError(
+                    f"reward: must be finite and in [{low}, {high}] (got {value!r}) for "
+                    f"experiment {spec.name!r}"
+                )
+            if now > ticket.issued + spec.join_window_s:
+                live.late += 1
+                raise RewardError(
+                    f"reward: late by {now - ticket.issued - spec.join_window_s:.0f} s (join "
+                    f"window {spec.join_window_s:.0f} s, decision {ticket.id}); counted, "
+                    "not applied"
+                )
+            applied = self._apply(live, ticket, r, now, source="reward")
+            self._tick(live)
+            return applied
+
+    def _apply(self, live: _Live, ticket: Ticket, r: float, now: float, *, source: str) -> bool:
+        spec = live.spec
+        k = len(spec.alternatives)
+        arm = np.array([ticket.arm])
+        prop = np.asarray(ticket.propensity)[None, :]
+        reward = np.array([r])
+        amounts: dict[str, Any] = {}
+        at: dict[str, Any] = {}
+        sparse = spec.policy.sparse_increment(arm, reward, prop[0, arm], k)
+        if sparse is not None:
+            for name, amount in sparse.items():
+                amounts[f"policy.{name}"] = amount
+                at[f"policy.{name}"] = arm
+        else:
+            inc = spec.policy.increment(PolicyDecision(arm, prop), reward)
+            amounts.update(_prefixed("policy", inc.to_dict()))
+        if spec.test is not None:
+            inc = spec.test.increment(live.test_state, arm[:, None], reward[:, None], prop)
+            amounts.update(_prefixed("test", inc.to_dict()))
+        for i, g in enumerate(spec.guardrails):
+            inc = g.test.increment(live.guard_states[i], arm[:, None], reward[:, None], prop)
+            amounts.update(_prefixed(f"guard.{i}", inc.to_dict()))
+        # dense increments travel as their non-zero entries
+        for name in list(amounts):
+            if name in at:
+                continue
+            flat = np.asarray(amounts[name], dtype=np.float64).ravel()
+            nz = np.flatnonzero(flat)
+            amounts[name], at[name] = flat[nz], nz
+        record = {
+            "type": "reward",
+            "source": source,
+            "decision_id": ticket.id,
+            "experiment": spec.name,
+            "arm": ticket.arm,
+            "reward": r,
+            "reward_time": now,
+        }
+        applied = self.store.add(
+            spec.name, amounts, at=at, once=f"reward:{ticket.id}", record=record
+        )
+        live.pending.pop(ticket.id, None)
+        return applied
+
+    def expire(self) -> int:
+        """Apply the default reward to this replica's decisions whose join window closed
+        unrewarded; the number applied."""
+        now = self._clock()
+        done = 0
+        with self._lock:
+            for live in self._live.values():
+                spec = live.spec
+                if spec.default_reward is None:
+                    continue
+                due = [t for t in live.pending.values() if now > t.issued + spec.join_window_s]
+                for ticket in due:
+                    done += self._apply(live, ticket, spec.default_reward, now, source="default")
+                if due:
+                    self._tick(live)
+        return done
+
+    # --- inspection ---------------------------------------------------------------------
+
+    def refresh(self, name: str | None = None) -> None:
+        """Refresh now (one experiment, or all)."""
+        with self._lock:
+            for live in [self._get(name)] if name else list(self._live.values()):
+                self._refresh(live)
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The experiment's allocation, lifecycle and counters as this replica sees them."""
+        with self._lock:
+            live = self._get(name)
+            state = live.policy_state
+            return {
+                "experiment": name,
+                "alternatives": list(live.spec.alternatives),
+                "allocation": live.allocation.tolist(),
+                "status": [STATUS[s] for s in live.status[0]],
+                "version": live.version,
+                "late_rewards": live.late,
+                "pending": len(live.pending),
+                "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
+            }
+
+    @property
+    def experiments(self) -> list[str]:
+        return sorted(self._live)
