@@ -52,7 +52,6 @@ Every error names the dotted path of the bad key (``env.p: ...``, ``grid."safety
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import tomllib
 from collections.abc import Mapping
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from policies import REGISTRY, TESTS, ConservativeBudget, Guardrail, PromotionRule, TrafficCap
+from policies.build import construct, named, safety_stack
 
 from .envs import ENVIRONMENTS, Delayed
 from .runner import Scenario
@@ -81,7 +81,6 @@ _TOP = {
     "budget_alpha": float,
 }
 _SECTIONS = ("env", "policy", "safety", "test", "guardrails", "rule")
-_SAFETY = ("explore_share", "conservative_alpha", "conservative_delta")
 
 
 class ScenarioError(ValueError):
@@ -143,41 +142,19 @@ def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _kwargs(cls: type, params: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
-    """``cls(**params)``, with unknown keys and the class's own errors under ``where``."""
-    accepted = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in skip]
-    for key in params:
-        if key not in accepted and key not in skip:
-            raise _fail(f"{where}.{key}", f"unknown key; accepted: {', '.join(accepted) or 'none'}")
     try:
-        return cls(**params)
-    except (TypeError, ValueError) as e:
-        msg = str(e)
-        # classes name themselves first ("thompson-beta.prior_alpha: ..."): use the file's path
-        head, _, what = msg.partition(": ")
-        key = head.rpartition(".")[2]
-        if what and "." in head and key in accepted:
-            raise _fail(f"{where}.{key}", what) from None
-        raise _fail(where, msg) from None
-
-
-def _safety_error(e: Exception, keys: dict[str, str]) -> ScenarioError:
-    """A wrapper's error (``conservative-budget.alpha: ...``) under its [safety] key."""
-    head, _, what = str(e).partition(": ")
-    key = keys.get(head.rpartition(".")[2])
-    return _fail(f"safety.{key}", what) if key and what else _fail("safety", str(e))
+        return construct(cls, params, where, skip)
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
 
 
 def _named(
     registry: Mapping[str, type], raw: Mapping[str, Any], where: str, key: str = "name"
 ) -> Any:
-    params = dict(raw)
-    name = params.pop(key, None)
-    if name not in registry:
-        raise _fail(
-            f"{where}.{key}",
-            f"unknown (got {name!r}); accepted: {', '.join(sorted(registry))}",
-        )
-    return _kwargs(registry[name], params, where)
+    try:
+        return named(registry, raw, where, key)
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
 
 
 def _env(raw: dict[str, Any], base_dir: Path | None) -> tuple[Any, tuple[str, ...]]:
@@ -258,30 +235,15 @@ def _scenario(
     env, names = _env(_table(raw, "env", ""), base_dir)
     policy = _named(REGISTRY, _table(raw, "policy", ""), "policy")
     safety = _table(raw, "safety", "")
-    for key in safety:
-        if key not in _SAFETY:
-            raise _fail(f"safety.{key}", f"unknown key; accepted: {', '.join(_SAFETY)}")
     budget_alpha = top.pop("budget_alpha", None)
-    if "conservative_alpha" in safety or "conservative_delta" in safety:
-        params = {
-            "policy": policy,
-            "alpha": safety.get("conservative_alpha", 0.05),
-            "delta": safety.get("conservative_delta", 0.05),
-            # the budget reserves for as many rounds as an allocation is used for
-            "refresh": top.get("refresh_every", 1),
-        }
-        try:
-            policy = ConservativeBudget(**params)
-        except (TypeError, ValueError) as e:
-            keys = {"alpha": "conservative_alpha", "delta": "conservative_delta"}
-            raise _safety_error(e, keys) from None
-        if budget_alpha is None:
-            budget_alpha = params["alpha"]
-    if "explore_share" in safety:
-        try:
-            policy = TrafficCap(policy=policy, explore_share=safety["explore_share"])
-        except (TypeError, ValueError) as e:
-            raise _safety_error(e, {"explore_share": "explore_share"}) from None
+    try:  # the budget reserves for as many rounds as an allocation is used for
+        policy = safety_stack(policy, safety, refresh=top.get("refresh_every", 1))
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
+    if budget_alpha is None and isinstance(policy, TrafficCap | ConservativeBudget):
+        inner = policy.policy if isinstance(policy, TrafficCap) else policy
+        if isinstance(inner, ConservativeBudget):
+            budget_alpha = inner.alpha
 
     test = _test(raw["test"], "test") if "test" in raw else None
     guards = raw.get("guardrails", [])
