@@ -26,9 +26,10 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` process of the test session's own, on 127.0.0.1."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.port = free_port()
         self.directory = directory
+        self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -40,6 +41,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (CI installs it: .ci/run)")
+        persistence = self.options or ("--appendonly", "no")
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -49,8 +51,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
                 str(self.directory),
                 "--protected-mode",
@@ -70,9 +71,10 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """Shut down (SIGTERM), or with ``crash`` kill it (SIGKILL, no goodbye)."""
         if self.proc is not None:
-            self.proc.terminate()
+            self.proc.kill() if crash else self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
 
