@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ._simulate import add_commands
 from ._version import __version__
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 
 __all__ = ["main"]
 
@@ -31,6 +31,19 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_log_export(args: argparse.Namespace) -> int:
+    from .log import export
+    from .store import open_store
+
+    store = open_store(args.store)
+    try:
+        n = export(store, args.experiment, args.out, args.format)
+    finally:
+        store.close()
+    print(f"{n} decisions of {args.experiment!r} written to {args.out} ({args.format})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoexp",
@@ -44,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_policies)
     add_commands(sub)
+    p = sub.add_parser("log", help="the decision log")
+    logs = p.add_subparsers(dest="log_command", metavar="ACTION", required=True)
+    e = logs.add_parser("export", help="export an experiment's decisions joined with rewards")
+    e.add_argument("experiment")
+    e.add_argument("--store", help="store URL (default: $AUTOEXP_STORE or sqlite:///autoexp.db)")
+    e.add_argument("--format", choices=("jsonl", "parquet", "obp"), default="jsonl")
+    e.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    e.set_defaults(func=_cmd_log_export)
     return parser
 
 
@@ -55,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except ConfigError as e:
+    except (ConfigError, StoreError) as e:
         print(f"autoexp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

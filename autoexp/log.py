@@ -1,0 +1,108 @@
+"""The decision log: every decision joined with its reward, and its exports.
+
+The engine appends records to the store's log (``type`` "decision", "reward",
+"transition"). :func:`rows` joins each decision with its reward (``reward`` and
+``reward_time`` stay ``None`` until one arrives) into :data:`COLUMNS`, the columns
+``simulators.ope`` reads, so every production log can evaluate the next policy offline.
+:func:`export` writes them as JSON lines, Parquet (pyarrow: ``pip install
+'autoexp[parquet]'``) or the Open Bandit Dataset's CSV layout (``obp``: ``item_id`` is the
+arm, ``position`` 1, ``click`` the reward, ``propensity_score`` the propensity).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .store.base import Store
+
+__all__ = ["COLUMNS", "FORMATS", "export", "rows"]
+
+#: The joined log's columns (the same as ``simulators.ope.LOG_COLUMNS``), then the
+#: alternative's name and the whole allocation the arm was drawn from.
+COLUMNS = (
+    "decision_id",
+    "time",
+    "experiment",
+    "unit_hash",
+    "context",
+    "arm",
+    "propensity",
+    "policy",
+    "policy_version",
+    "allocation_version",
+    "seed",
+    "reward",
+    "reward_time",
+)
+EXTRA = ("alternative", "allocation")
+FORMATS = ("jsonl", "parquet", "obp")
+_PAGE = 10_000
+
+
+def _records(store: Store, experiment: str) -> Iterator[dict[str, Any]]:
+    start = 0
+    while True:
+        page = store.records(experiment, start=start, limit=_PAGE)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        start += len(page)
+
+
+def rows(store: Store, experiment: str) -> list[dict[str, Any]]:
+    """Decisions in log order, each with its reward joined (the first one that counted)."""
+    decisions: dict[str, dict[str, Any]] = {}
+    for record in _records(store, experiment):
+        kind = record.get("type")
+        if kind == "decision":
+            decisions[record["decision_id"]] = {
+                **{c: record.get(c) for c in COLUMNS},
+                **{c: record.get(c) for c in EXTRA},
+            }
+        elif kind == "reward":
+            row = decisions.get(record["decision_id"])
+            if row is not None and row["reward"] is None:
+                row["reward"] = record["reward"]
+                row["reward_time"] = record["reward_time"]
+    return list(decisions.values())
+
+
+def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") -> int:
+    """Write the joined log of ``experiment`` to ``path``; the number of rows written.
+    ``obp`` keeps only rewarded decisions (its ``click`` column has no missing value)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format: unknown (got {fmt!r}); accepted: {', '.join(FORMATS)}")
+    if experiment not in store.experiments():
+        raise ConfigError(
+            f"experiment: {experiment!r} has nothing in {store.url}; there: {store.experiments()}"
+        )
+    data = rows(store, experiment)
+    out = Path(path)
+    if fmt == "jsonl":
+        with open(out, "w") as f:
+            for row in data:
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        return len(data)
+    if fmt == "obp":
+        done = [r for r in data if r["reward"] is not None]
+        with open(out, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["timestamp", "item_id", "position", "click", "propensity_score"])
+            for r in done:
+                writer.writerow([r["time"], r["arm"], 1, r["reward"], r["propensity"]])
+        return len(done)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(
+            "format parquet: pyarrow is not installed; pip install 'autoexp[parquet]'"
+        ) from None
+    columns = {c: [r[c] for r in data] for c in (*COLUMNS, *EXTRA)}
+    pq.write_table(pa.table(columns), out)
+    return len(data)
