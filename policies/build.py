@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import PolicyBase
-from .safety import ConservativeBudget, TrafficCap
+from .promotion import PromotionRule
+from .safety import ConservativeBudget, Guardrail, TrafficCap
 
-__all__ = ["SAFETY_KEYS", "construct", "named", "safety_stack"]
+__all__ = ["SAFETY_KEYS", "construct", "guardrails", "named", "promotion_rule", "safety_stack"]
 
 #: The settings of the safety wrappers, as config files and the SDK name them.
 SAFETY_KEYS = ("explore_share", "conservative_alpha", "conservative_delta")
@@ -88,3 +89,32 @@ def _wrapper_error(e: Exception, keys: Mapping[str, str], where: str) -> ValueEr
     head, _, what = str(e).partition(": ")
     key = keys.get(head.rpartition(".")[2])
     return ValueError(f"{where}.{key}: {what}" if key and what else f"{where}: {e}")
+
+
+def guardrails(raw: Any, where: str, tests: Mapping[str, type]) -> tuple[Guardrail, ...]:
+    """Guardrails from an array of tables (each ``test`` a table naming one of ``tests``)."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: must be an array of tables (got {raw!r})")
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{at}: must be a table (got {item!r})")
+        params = dict(item)
+        if "test" in params:
+            if not isinstance(params["test"], Mapping):
+                raise ValueError(f"{at}.test: must be a table with a name (got {params['test']!r})")
+            params["test"] = named(tests, params["test"], f"{at}.test")
+        out.append(construct(Guardrail, params, at))
+    return tuple(out)
+
+
+def promotion_rule(raw: Any, test: Any, where: str) -> PromotionRule:
+    """The promotion rule from its table; it reads ``test``'s evidence."""
+    if test is None:
+        raise ValueError(f"{where}: needs a test to read evidence from")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: must be a table (got {raw!r})")
+    params = {"test_name": test.name, **raw}
+    rule: PromotionRule = construct(PromotionRule, params, where, skip=("test_name",))
+    return rule

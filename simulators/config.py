@@ -61,8 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from policies import REGISTRY, TESTS, ConservativeBudget, Guardrail, PromotionRule, TrafficCap
-from policies.build import construct, named, safety_stack
+from policies import REGISTRY, TESTS, ConservativeBudget, TrafficCap
+from policies.build import construct, named, promotion_rule, safety_stack
+from policies.build import guardrails as build_guardrails
 
 from .envs import ENVIRONMENTS, Delayed
 from .runner import Scenario
@@ -246,24 +247,12 @@ def _scenario(
             budget_alpha = inner.alpha
 
     test = _test(raw["test"], "test") if "test" in raw else None
-    guards = raw.get("guardrails", [])
-    if not isinstance(guards, list):
-        raise _fail("guardrails", f"must be an array of tables ([[guardrails]]) (got {guards!r})")
-    guardrails = []
-    for i, g in enumerate(guards):
-        where = f"guardrails[{i}]"
-        if not isinstance(g, Mapping):
-            raise _fail(where, f"must be a table (got {g!r})")
-        params = dict(g)
-        if "test" in params:
-            params["test"] = _test(params["test"], f"{where}.test")
-        guardrails.append(_kwargs(Guardrail, params, where))
-    rule = None
-    if "rule" in raw:
-        if test is None:
-            raise _fail("rule", "needs a [test] to read evidence from")
-        params = {"test_name": test.name, **_table(raw, "rule", "")}
-        rule = _kwargs(PromotionRule, params, "rule", skip=("test_name",))
+    try:
+        guards = build_guardrails(raw.get("guardrails", []), "guardrails", TESTS)
+        rule = promotion_rule(raw["rule"], test, "rule") if "rule" in raw else None
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
+    guardrails = list(guards)
     if guardrails and test is None:
         raise _fail("guardrails", "need a [test]: the promotion rule that acts on them reads it")
     try:

@@ -100,7 +100,7 @@ def test_delay_and_arm_names() -> None:
             r"^guardrails\[0\]\.harm: must be 'increase' or 'decrease' \(got 'up'\)",
         ),
         (with_(guardrails=[{"name": "g"}]), r"^guardrails: need a \[test\]"),
-        (with_(rule={"margin": 0.1}), r"^rule: needs a \[test\]"),
+        (with_(rule={"margin": 0.1}), r"^rule: needs a test to read evidence from"),
         (with_(budget_alpha=2.0), r"^budget_alpha: must be in \(0, 1\)"),
     ],
 )

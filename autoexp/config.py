@@ -1,0 +1,193 @@
+"""The runtime's config file (TOML): the store, the signing key and the experiments.
+
+.. code-block:: toml
+
+    store = "sqlite:///autoexp.db"     # or AUTOEXP_STORE; redis://host:6379/0 for replicas
+    # secret = "..."                   # better: AUTOEXP_SECRET in the environment
+
+    [experiments.ranker]
+    alternatives = ["v1", "v2"]         # control first; or tables with name and params:
+    # alternatives = [{ name = "slow", params = { timeout_s = 5 } }, { name = "fast", ... }]
+    policy = { name = "thompson-beta" }
+    safety = { explore_share = 0.1, conservative_alpha = 0.05 }
+    test = { name = "off-policy-cs", n_expected = 10_000 }
+    guardrails = [{ name = "conversion", harm = "decrease" }]
+    rule = { margin = 0.0 }
+    reward = { low = 0.0, high = 1.0, join_window_s = 86_400, default = 0.0 }
+    refresh_every = 100
+
+Validated once, at load: every error is a :class:`~autoexp.errors.ConfigError` naming the
+dotted path (``experiments.ranker.safety.explore_share: must be in (0, 1] (got 5)``).
+``AUTOEXP_STORE`` and ``AUTOEXP_SECRET`` override the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policies import REGISTRY, TESTS
+from policies.build import guardrails as build_guardrails
+from policies.build import named, promotion_rule, safety_stack
+
+from .engine import Engine, ExperimentSpec
+from .errors import ConfigError
+from .store import open_store
+
+__all__ = ["Config", "load_config", "parse_config"]
+
+_TOP = ("store", "secret", "experiments")
+_EXPERIMENT = (
+    "alternatives",
+    "policy",
+    "safety",
+    "test",
+    "guardrails",
+    "rule",
+    "reward",
+    "refresh_every",
+    "token_ttl_s",
+)
+_REWARD = ("low", "high", "join_window_s", "default")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded config: where state lives, the signing key(s), the experiments."""
+
+    store: str | None
+    secret: Any
+    experiments: tuple[ExperimentSpec, ...]
+
+    def engine(self, *, seed: int | None = None) -> Engine:
+        """An engine on this config's store, for its experiments."""
+        return Engine(open_store(self.store), self.experiments, secret=self.secret, seed=seed)
+
+
+def _fail(where: str, what: str) -> ConfigError:
+    return ConfigError(f"{where}: {what}")
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise _fail(f"{where}.{key}", f"must be a table (got {value!r})")
+    return dict(value)
+
+
+def _unknown(raw: Mapping[str, Any], accepted: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in accepted:
+            raise _fail(
+                f"{where}.{key}" if where else key, f"unknown key; accepted: {', '.join(accepted)}"
+            )
+
+
+def _alternatives(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise _fail(where, f"need a control and at least one alternative (got {raw!r})")
+    names: list[str] = []
+    params: list[dict[str, Any]] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            names.append(item)
+            params.append({})
+        elif isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            _unknown(item, ("name", "params"), f"{where}[{i}]")
+            p = item.get("params", {})
+            if not isinstance(p, Mapping):
+                raise _fail(f"{where}[{i}].params", f"must be a table (got {p!r})")
+            names.append(item["name"])
+            params.append(dict(p))
+        else:
+            raise _fail(f"{where}[{i}]", f"must be a name or {{ name, params }} (got {item!r})")
+    return tuple(names), tuple(params)
+
+
+def _experiment(name: str, raw: Any) -> ExperimentSpec:
+    where = f"experiments.{name}"
+    if not isinstance(raw, Mapping):
+        raise _fail(where, f"must be a table (got {raw!r})")
+    _unknown(raw, _EXPERIMENT, where)
+    names, params = _alternatives(raw.get("alternatives"), f"{where}.alternatives")
+    refresh = raw.get("refresh_every", 100)
+    if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 1:
+        raise _fail(f"{where}.refresh_every", f"must be an integer >= 1 (got {refresh!r})")
+    reward = _table(raw, "reward", where)
+    _unknown(reward, _REWARD, f"{where}.reward")
+    low = _number(reward.get("low", 0.0), f"{where}.reward.low")
+    high = _number(reward.get("high", 1.0), f"{where}.reward.high")
+    try:
+        policy = named(REGISTRY, _table(raw, "policy", where) or {"name": None}, f"{where}.policy")
+        policy = safety_stack(
+            policy, _table(raw, "safety", where), refresh=refresh, where=f"{where}.safety"
+        )
+        test = None
+        if "test" in raw:
+            test = named(
+                TESTS, {"low": low, "high": high, **_table(raw, "test", where)}, f"{where}.test"
+            )
+        guards = build_guardrails(raw.get("guardrails", []), f"{where}.guardrails", TESTS)
+        rule = promotion_rule(raw["rule"], test, f"{where}.rule") if "rule" in raw else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return ExperimentSpec(
+        name=name,
+        alternatives=names,
+        params=params,
+        policy=policy,
+        test=test,
+        guardrails=guards,
+        rule=rule,
+        reward_range=(low, high),
+        refresh_every=refresh,
+        token_ttl_s=_number(raw.get("token_ttl_s", 7 * 24 * 3600.0), f"{where}.token_ttl_s"),
+        join_window_s=_number(
+            reward.get("join_window_s", 24 * 3600.0), f"{where}.reward.join_window_s"
+        ),
+        default_reward=(
+            None
+            if "default" not in reward
+            else _number(reward["default"], f"{where}.reward.default")
+        ),
+    )
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, f"must be a number (got {value!r})")
+    return float(value)
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """A config from its parsed TOML (environment overrides applied)."""
+    _unknown(raw, _TOP, "")
+    experiments = raw.get("experiments")
+    if not isinstance(experiments, Mapping) or not experiments:
+        raise _fail("experiments", "missing; define at least one [experiments.NAME] table")
+    specs = tuple(_experiment(str(name), body) for name, body in experiments.items())
+    store = os.environ.get("AUTOEXP_STORE") or raw.get("store")
+    if store is not None and not isinstance(store, str):
+        raise _fail("store", f"must be a URL string (got {store!r})")
+    secret = os.environ.get("AUTOEXP_SECRET") or raw.get("secret")
+    return Config(store=store, secret=secret, experiments=specs)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; errors name the file and the dotted path."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None

@@ -1,0 +1,100 @@
+"""The runtime's config file: what it builds, environment overrides, and the dotted path
+of every bad key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoexp.config import load_config, parse_config
+from autoexp.errors import ConfigError
+from policies import ConservativeBudget, OffPolicyCS, TrafficCap
+
+GOOD = """
+store = "memory://"
+secret = "ssssssssssssssssssssssss"
+
+[experiments.ranker]
+alternatives = [
+  { name = "slow", params = { timeout_s = 5 } },
+  { name = "fast", params = { timeout_s = 1 } },
+]
+policy = { name = "thompson-beta" }
+safety = { explore_share = 0.2, conservative_alpha = 0.05 }
+test = { name = "off-policy-cs", n_expected = 5000 }
+guardrails = [{ name = "conversion", harm = "decrease" }]
+rule = { margin = 0.01 }
+reward = { low = 0, high = 1, join_window_s = 600, default = 0 }
+refresh_every = 50
+"""
+
+
+def raw(**changes: Any) -> dict[str, Any]:
+    data = tomllib.loads(GOOD)
+    exp = data["experiments"]["ranker"]
+    for key, value in changes.items():
+        if value is None:
+            exp.pop(key, None)
+        else:
+            exp[key] = value
+    return data
+
+
+def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTOEXP_STORE", raising=False)
+    monkeypatch.delenv("AUTOEXP_SECRET", raising=False)
+    path = tmp_path / "autoexp.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    (spec,) = config.experiments
+    assert spec.alternatives == ("slow", "fast") and spec.params[1] == {"timeout_s": 1}
+    assert isinstance(spec.policy, TrafficCap)
+    assert isinstance(spec.policy.policy, ConservativeBudget) and spec.policy.policy.refresh == 50
+    assert isinstance(spec.test, OffPolicyCS) and spec.test.n_expected == 5000
+    assert spec.rule is not None and spec.rule.margin == 0.01
+    assert (spec.join_window_s, spec.default_reward) == (600.0, 0.0)
+    engine = config.engine(seed=1)
+    d = engine.decide("ranker")
+    assert d.params["timeout_s"] in (1, 5)
+    monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'env.db'}")
+    assert load_config(path).store.endswith("env.db")
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"alternatives": ["only"]}, r"experiments\.ranker\.alternatives: need a control"),
+        ({"alternatives": ["a", 3]}, r"alternatives\[1\]: must be a name or"),
+        ({"policy": {"name": "ts"}}, r"experiments\.ranker\.policy\.name: unknown \(got 'ts'\)"),
+        ({"safety": {"explore_share": 5}}, r"ranker\.safety\.explore_share: must be in \(0, 1\]"),
+        ({"safety": {"explore": 0.1}}, r"ranker\.safety\.explore: unknown key"),
+        ({"test": {"name": "off-policy-cs", "n_expected": -1}}, r"ranker\.test\.n_expected"),
+        ({"guardrails": [{"name": "g", "harm": "up"}]}, r"ranker\.guardrails\[0\]\.harm"),
+        ({"test": None}, r"ranker\.rule: needs a test"),
+        ({"reward": {"low": "zero"}}, r"ranker\.reward\.low: must be a number"),
+        ({"reward": {"window": 5}}, r"ranker\.reward\.window: unknown key"),
+        ({"refresh_every": 0}, r"ranker\.refresh_every: must be an integer >= 1"),
+        ({"colour": "red"}, r"experiments\.ranker\.colour: unknown key"),
+    ],
+)
+def test_bad_configs_name_the_dotted_path(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw(**changes))
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no such file"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("store = = 1")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+    bad.write_text('store = "memory://"\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: experiments: missing"):
+        load_config(bad)
+    bad.write_text(GOOD.replace("store =", "stor ="))
+    with pytest.raises(ConfigError, match=r"bad\.toml: stor: unknown key"):
+        load_config(bad)
