@@ -1,4 +1,5 @@
-"""The README's scenario and sweep snippets are real files: they parse and build."""
+"""The README's scenario, sweep and runtime config snippets are real files: they parse
+and build."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from autoexp.config import parse_config
 from simulators.config import load_sweep, scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +20,7 @@ def toml_blocks() -> list[str]:
 
 def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
     blocks = toml_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     spec = scenario(tomllib.loads(blocks[0]))
     assert spec.arm_names == ("control", "better", "harmful")
     sweep = tmp_path / "sweep.toml"
@@ -26,3 +28,5 @@ def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
         blocks[1].replace('"three-arms.toml"', f'"{ROOT / "examples" / "three-arms.toml"}"')
     )
     assert len(load_sweep(sweep).cells) == 24
+    config = parse_config(tomllib.loads(blocks[2]))
+    assert [e.name for e in config.experiments] == ["ranker"]

@@ -207,3 +207,18 @@ def test_bad_specs_and_unknown_experiments() -> None:
         UnknownExperimentError, match=r"'nope' is not defined; defined: \['ranker'\]"
     ):
         engine.decide("nope")
+
+
+def test_a_rolled_back_arms_units_are_reassigned(store: Any) -> None:
+    engine = Engine(store, [spec()], secret=SECRET, seed=13)
+    units = [f"u{i}" for i in range(40)]
+    first = {u: engine.decide("ranker", unit=u) for u in units}
+    on_alt = [u for u in units if first[u].arm == 1]
+    assert on_alt  # a 50% cap: about half of them
+    store.set("ranker", "status", '["exploring", "rolled_back"]')  # as the rule records it
+    engine.refresh()
+    for u in on_alt:
+        again = engine.decide("ranker", unit=u)
+        assert again.arm == 0 and not again.sticky and again.propensity == 1.0
+    for u in units:  # and they stay on control from then on
+        assert engine.decide("ranker", unit=u).arm == 0
