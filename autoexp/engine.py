@@ -416,13 +416,16 @@ class Engine:
         for i, g in enumerate(spec.guardrails):
             inc = g.test.increment(live.guard_states[i], arm[:, None], reward[:, None], prop)
             amounts.update(_prefixed(f"guard.{i}", inc.to_dict()))
-        # dense increments travel as their non-zero entries
+        # dense increments travel as their non-zero entries; all-zero fields not at all
         for name in list(amounts):
             if name in at:
                 continue
             flat = np.asarray(amounts[name], dtype=np.float64).ravel()
             nz = np.flatnonzero(flat)
-            amounts[name], at[name] = flat[nz], nz
+            if nz.size:
+                amounts[name], at[name] = flat[nz], nz
+            else:
+                del amounts[name]
         record = {
             "type": "reward",
             "source": source,
