@@ -69,7 +69,8 @@ class ExperimentSpec:
     refresh_every : decisions and rewards between snapshot refreshes of a replica
     token_ttl_s : how long a decision's token can be rewarded
     join_window_s : rewards later than this after the decision are refused and counted;
-        ``expire()`` applies ``default_reward`` to decisions whose window closed unrewarded
+        :meth:`Engine.expire` applies ``default_reward`` to decisions whose window closed
+        unrewarded
     default_reward : the reward of a decision nobody rewarded (``None``: none applied)
     """
 
@@ -144,7 +145,6 @@ class _Live:
     status: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), dtype=np.int8))
     version: int = 0
     since_refresh: int = 0
-    pending: dict[str, Ticket] = field(default_factory=dict)
     late: int = 0
 
 
@@ -329,7 +329,6 @@ class Engine:
                 "reward_time": None,
             }
             self.store.append(name, [record])
-            live.pending[did] = ticket
             self._tick(live)
             params = spec.params[arm] if spec.params is not None else {}
             return Decision(
@@ -438,24 +437,64 @@ class Engine:
         applied = self.store.add(
             spec.name, amounts, at=at, once=f"reward:{ticket.id}", record=record
         )
-        live.pending.pop(ticket.id, None)
         return applied
 
     def expire(self) -> int:
-        """Apply the default reward to this replica's decisions whose join window closed
-        unrewarded; the number applied."""
+        """Apply the default reward to every decision whose join window closed without a
+        reward, whichever replica made it and even if that replica crashed; the number
+        applied here.
+
+        The log is the source of truth: each experiment keeps a cursor (``expire_cursor``
+        in the store) before which every decision is settled; the records after it are
+        read, unrewarded decisions past their window get the default (once: replicas
+        running ``expire`` at the same time never double it), and the cursor moves to the
+        first decision still open. Call it on a cadence (the proxy does).
+        """
         now = self._clock()
         done = 0
         with self._lock:
             for live in self._live.values():
-                spec = live.spec
-                if spec.default_reward is None:
-                    continue
-                due = [t for t in live.pending.values() if now > t.issued + spec.join_window_s]
-                for ticket in due:
-                    done += self._apply(live, ticket, spec.default_reward, now, source="default")
-                if due:
-                    self._tick(live)
+                if live.spec.default_reward is not None:
+                    done += self._expire(live, live.spec.default_reward, now)
+        return done
+
+    def _expire(self, live: _Live, default: float, now: float) -> int:
+        spec = live.spec
+        cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
+        open_: dict[str, tuple[int, Ticket]] = {}
+        rewarded: set[str] = set()
+        position = cursor
+        while True:
+            page = self.store.records(spec.name, start=position, limit=10_000)
+            for record in page:
+                kind = record.get("type")
+                if kind == "decision":
+                    ticket = Ticket(
+                        record["decision_id"],
+                        spec.name,
+                        int(record["arm"]),
+                        tuple(float(x) for x in record["allocation"]),
+                        float(record["time"]),
+                        float(record["time"]) + spec.token_ttl_s,
+                    )
+                    open_[ticket.id] = (position, ticket)
+                elif kind == "reward":
+                    rewarded.add(record["decision_id"])
+                position += 1
+            if len(page) < 10_000:
+                break
+        done = 0
+        first_open = position
+        for pos, ticket in open_.values():
+            if ticket.id in rewarded:
+                continue
+            if now > ticket.issued + spec.join_window_s:
+                done += self._apply(live, ticket, default, now, source="default")
+            else:
+                first_open = min(first_open, pos)
+        self.store.set(spec.name, "expire_cursor", str(first_open))
+        if done:
+            self._tick(live)
         return done
 
     # --- inspection ---------------------------------------------------------------------
@@ -478,7 +517,6 @@ class Engine:
                 "status": [STATUS[s] for s in live.status[0]],
                 "version": live.version,
                 "late_rewards": live.late,
-                "pending": len(live.pending),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
 

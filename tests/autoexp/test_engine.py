@@ -222,3 +222,28 @@ def test_a_rolled_back_arms_units_are_reassigned(store: Any) -> None:
         assert again.arm == 0 and not again.sticky and again.propensity == 1.0
     for u in units:  # and they stay on control from then on
         assert engine.decide("ranker", unit=u).arm == 0
+
+
+def test_defaults_reach_a_crashed_replicas_decisions(store: Any) -> None:
+    # Replica A decides and dies before anything is rewarded; replica B, started later on
+    # the same store, applies the default reward to A's decisions once their window
+    # closes, and a second expire (or A's, had it lived) applies nothing more.
+    clock = Clock()
+    options = {"join_window_s": 60.0, "default_reward": 0.0}
+    a = Engine(store, [spec(**options)], secret=SECRET, seed=14, clock=clock)
+    made = [a.decide("ranker") for _ in range(5)]
+    a.reward(made[0], 1.0)
+    del a
+    clock.now += 30
+    b = Engine(store, [spec(**options)], secret=SECRET, seed=15, clock=clock)
+    fresh = b.decide("ranker")
+    assert b.expire() == 0  # nothing is past its window yet
+    clock.now += 31
+    assert b.expire() == 4  # A's four unrewarded decisions; B's own is still open
+    assert b.expire() == 0
+    clock.now += 30
+    assert b.expire() == 1 and fresh.id in {
+        r["decision_id"] for r in store.records("ranker") if r.get("source") == "default"
+    }
+    assert store.read("ranker")["policy.n"].sum() == 6.0
+    assert store.read("ranker")["policy.sum_reward"].sum() == 1.0
