@@ -29,12 +29,14 @@ Lifecycle
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +47,7 @@ from policies.base import Decision as PolicyDecision
 from policies.base import PolicyBase
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
 
-from .errors import ConfigError, RewardError, UnknownExperimentError
+from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
@@ -138,6 +140,7 @@ class _Live:
     spec: ExperimentSpec
     rule: PromotionRule | None
     fields: dict[str, str]  # store field -> component ("policy", "test", "guard.N")
+    shapes: dict[str, tuple[int, ...]]
     policy_state: Any = None
     test_state: Any = None
     guard_states: list[Any] = field(default_factory=list)
@@ -146,6 +149,45 @@ class _Live:
     version: int = 0
     since_refresh: int = 0
     late: int = 0
+    row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
+    cumulative: list[float] = field(default_factory=list)
+    buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
+
+
+def _draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
+    """The arm whose cumulative share first exceeds ``u * total`` (an arm with no share
+    is never drawn, even at the edges of rounding)."""
+    x = u * cumulative[-1]
+    arm = len(row) - 1
+    for i, c in enumerate(cumulative):
+        if x < c:
+            arm = i
+            break
+    while row[arm] <= 0.0:
+        arm -= 1
+    return arm
+
+
+def _flush_loop(ref: Any, stop: threading.Event, every_s: float) -> None:
+    """The background writer: pending decisions to the log every ``every_s``."""
+    while not stop.wait(every_s):
+        engine = ref()
+        if engine is None:
+            return
+        with engine._lock:
+            for live in engine._live.values():
+                engine._flush(live, quiet=True)
+            engine._probe()
+        del engine
+
+
+def _flush_at_exit(ref: Any) -> None:
+    engine = ref()
+    if engine is not None:
+        try:
+            engine.close()
+        except StoreError:  # the store may be gone at exit; nothing more can be done
+            pass
 
 
 def _prefixed(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +209,12 @@ class Engine:
     secret : signing key(s) for tokens (default: ``AUTOEXP_SECRET``)
     seed : seeds this replica's draws (default: fresh entropy)
     clock : seconds since the epoch (tests pass a fake one)
+    log_batch : decisions written to the log in one store write (group commit); a
+        reward, a refresh, :meth:`flush` and :meth:`close` write what is pending first,
+        so a decision is always logged before its reward. 1: every decision at once.
+    log_flush_s : a background thread writes pending decisions this often (0: never;
+        then only the triggers above do). A decision not yet written when the process
+        dies is lost from the log (its reward, if any, never is).
     """
 
     def __init__(
@@ -177,10 +225,20 @@ class Engine:
         secret: Any = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        log_batch: int = 256,
+        log_flush_s: float = 0.05,
     ) -> None:
+        if not isinstance(log_batch, int) or log_batch < 1:
+            raise ConfigError(f"log_batch: must be an integer >= 1 (got {log_batch!r})")
+        if not log_flush_s >= 0:
+            raise ConfigError(f"log_flush_s: must be >= 0 (got {log_flush_s!r})")
         self.store = store
+        self._log_batch = log_batch
+        self.log_errors = 0
+        self._down: StoreError | None = None  # the last store failure, until it recovers
         self._keys = keys_from(secret)
         self._seq = np.random.SeedSequence(seed)
+        self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
         self._rng = np.random.default_rng(self._seq)
         self._clock = clock
         self._lock = threading.RLock()
@@ -189,6 +247,17 @@ class Engine:
             if spec.name in self._live:
                 raise ConfigError(f"experiments.{spec.name}: defined twice")
             self._live[spec.name] = self._start(spec)
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if log_flush_s > 0:
+            self._flusher = threading.Thread(
+                target=_flush_loop,
+                args=(weakref.ref(self), self._stop, log_flush_s),
+                name="autoexp-log-flush",
+                daemon=True,
+            )
+            self._flusher.start()
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     # --- setup and refresh ------------------------------------------------------------
 
@@ -211,14 +280,18 @@ class Engine:
         self.store.declare(spec.name, shapes)
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
-        live = _Live(spec=spec, rule=rule, fields=fields)
+        live = _Live(spec=spec, rule=rule, fields=fields, shapes=shapes)
         self._refresh(live)
         return live
 
     def _refresh(self, live: _Live) -> None:
         """Re-read the shared state; recompute the allocation; let the rule look."""
         spec = live.spec
+        self._flush(live, quiet=True)
         data = self.store.read(spec.name)
+        if not set(live.fields) <= set(data):  # a store that lost everything (a Redis
+            self.store.declare(spec.name, live.shapes)  # restarted without persistence)
+            data = self.store.read(spec.name)
         live.policy_state = spec.policy.state_from_dict(_part("policy", data))
         if spec.test is not None:
             live.test_state = spec.test.state_from_dict(_part("test", data))
@@ -242,6 +315,8 @@ class Engine:
             alloc[0] += alloc[off].sum()
             alloc[off] = 0.0
         live.allocation = alloc / alloc.sum()
+        live.row = tuple(float(x) for x in live.allocation)
+        live.cumulative = np.cumsum(live.allocation).tolist()
         live.version += 1
         live.since_refresh = 0
 
@@ -282,7 +357,10 @@ class Engine:
     def _tick(self, live: _Live) -> None:
         live.since_refresh += 1
         if live.since_refresh >= live.spec.refresh_every:
-            self._refresh(live)
+            try:
+                self._refresh(live)
+            except StoreError as e:  # keep serving this snapshot's decision; say so
+                self._down = e
 
     # --- decide -----------------------------------------------------------------------
 
@@ -292,43 +370,42 @@ class Engine:
         """Choose the alternative for one request (see the module docstring)."""
         with self._lock:
             live = self._get(name)
+            if self._down is not None:
+                raise StoreError(f"store unavailable since its last call failed: {self._down}")
             spec = live.spec
-            p = live.allocation
-            arm = int(np.searchsorted(np.cumsum(p), self._rng.random() * p.sum(), side="right"))
-            arm = min(arm, len(p) - 1)
-            while p[arm] <= 0.0:  # float edge: the last arm with mass
-                arm -= 1
-            row = p
+            arm = _draw(live.cumulative, live.row, self._rng.random())
+            row = live.row
             sticky = False
             unit_hash = None
             if unit is not None:
                 unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
-                arm, row, sticky = self._sticky(live, unit_hash, arm, p)
+                arm, row, sticky = self._sticky(live, unit_hash, arm, row)
             now = self._clock()
             did = os.urandom(12).hex()
-            ticket = Ticket(
-                did, name, arm, tuple(float(x) for x in row), now, now + spec.token_ttl_s
-            )
+            ticket = Ticket(did, name, arm, row, now, now + spec.token_ttl_s)
             token = sign(self._keys, ticket)
-            record = {
-                "type": "decision",
-                "decision_id": did,
-                "time": now,
-                "experiment": name,
-                "unit_hash": unit_hash,
-                "context": None if context is None else list(context),
-                "arm": arm,
-                "alternative": spec.alternatives[arm],
-                "propensity": float(row[arm]),
-                "allocation": [float(x) for x in row],
-                "policy": spec.policy.name,
-                "policy_version": live.version,
-                "allocation_version": live.version,
-                "seed": int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None,
-                "reward": None,
-                "reward_time": None,
-            }
-            self.store.append(name, [record])
+            live.buffer.append(
+                {
+                    "type": "decision",
+                    "decision_id": did,
+                    "time": now,
+                    "experiment": name,
+                    "unit_hash": unit_hash,
+                    "context": None if context is None else list(context),
+                    "arm": arm,
+                    "alternative": spec.alternatives[arm],
+                    "propensity": row[arm],
+                    "allocation": list(row),
+                    "policy": spec.policy.name,
+                    "policy_version": live.version,
+                    "allocation_version": live.version,
+                    "seed": self._seed,
+                    "reward": None,
+                    "reward_time": None,
+                }
+            )
+            if len(live.buffer) >= self._log_batch:
+                self._flush(live, quiet=True)
             self._tick(live)
             params = spec.params[arm] if spec.params is not None else {}
             return Decision(
@@ -336,7 +413,7 @@ class Engine:
                 name,
                 arm,
                 spec.alternatives[arm],
-                float(row[arm]),
+                row[arm],
                 params,
                 spec.policy.name,
                 live.version,
@@ -345,18 +422,18 @@ class Engine:
             )
 
     def _sticky(
-        self, live: _Live, unit_hash: str, arm: int, p: np.ndarray
-    ) -> tuple[int, np.ndarray, bool]:
-        value = json.dumps([arm, [float(x) for x in p]])
+        self, live: _Live, unit_hash: str, arm: int, p: tuple[float, ...]
+    ) -> tuple[int, tuple[float, ...], bool]:
+        value = json.dumps([arm, list(p)])
         stored = self.store.assign(live.spec.name, unit_hash, value)
         if stored == value:
             return arm, p, False
         old_arm, old_row = json.loads(stored)
         if p[old_arm] > 0.0:  # still live: keep it, with its first exposure's propensity
-            return int(old_arm), np.asarray(old_row), True
+            return int(old_arm), tuple(float(x) for x in old_row), True
         stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
         new_arm, new_row = json.loads(stored)
-        return int(new_arm), np.asarray(new_row), stored != value
+        return int(new_arm), tuple(float(x) for x in new_row), stored != value
 
     # --- reward -----------------------------------------------------------------------
 
@@ -389,7 +466,12 @@ class Engine:
                     f"window {spec.join_window_s:.0f} s, decision {ticket.id}); counted, "
                     "not applied"
                 )
-            applied = self._apply(live, ticket, r, now, source="reward")
+            self._flush(live)  # the decision is logged before its reward
+            try:
+                applied = self._apply(live, ticket, r, now, source="reward")
+            except StoreError as e:
+                self._down = e
+                raise
             self._tick(live)
             return applied
 
@@ -460,6 +542,7 @@ class Engine:
 
     def _expire(self, live: _Live, default: float, now: float) -> int:
         spec = live.spec
+        self._flush(live, quiet=True)  # this replica's own pending decisions count too
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
         open_: dict[str, tuple[int, Ticket]] = {}
         rewarded: set[str] = set()
@@ -497,6 +580,49 @@ class Engine:
             self._tick(live)
         return done
 
+    # --- the log ------------------------------------------------------------------------
+
+    def _flush(self, live: _Live, *, quiet: bool = False) -> None:
+        """Write pending decisions (one store write). ``quiet``: on a store failure keep
+        them for the next try and count it, instead of raising."""
+        if not live.buffer:
+            return
+        try:
+            self.store.append(live.spec.name, live.buffer)
+        except StoreError as e:
+            self.log_errors += 1
+            self._down = e
+            if not quiet:
+                raise
+            return
+        self._down = None
+        live.buffer = []
+
+    def _probe(self) -> None:
+        """While the store is down, try it (the background writer calls this)."""
+        if self._down is None:
+            return
+        try:
+            for name in self._live:
+                self.store.get(name, "status")
+        except StoreError as e:
+            self._down = e
+            return
+        self._down = None
+
+    def flush(self) -> None:
+        """Write every pending decision to the log now."""
+        with self._lock:
+            for live in self._live.values():
+                self._flush(live)
+
+    def close(self) -> None:
+        """Stop the background writer and write what is pending (the store stays open)."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        self.flush()
+
     # --- inspection ---------------------------------------------------------------------
 
     def refresh(self, name: str | None = None) -> None:
@@ -517,6 +643,9 @@ class Engine:
                 "status": [STATUS[s] for s in live.status[0]],
                 "version": live.version,
                 "late_rewards": live.late,
+                "unlogged": len(live.buffer),
+                "store_ok": self._down is None,
+                "store_error": None if self._down is None else str(self._down),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -21,6 +22,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError, RewardError
 
@@ -72,6 +74,18 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _mac(key: bytes) -> Any:
+    """A keyed HMAC-SHA256 to copy from (the key schedule is computed once)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _digest(key: bytes, payload: bytes) -> bytes:
+    h = _mac(key).copy()
+    h.update(payload)
+    return bytes(h.digest())
+
+
 def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
     """The token of ``ticket``, signed with the first key."""
     payload = json.dumps(
@@ -86,8 +100,7 @@ def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
         separators=(",", ":"),
         allow_nan=False,
     ).encode()
-    mac = hmac.new(keys[0], payload, hashlib.sha256).digest()
-    return f"{_b64(payload)}.{_b64(mac)}"
+    return f"{_b64(payload)}.{_b64(_digest(keys[0], payload))}"
 
 
 def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
@@ -99,9 +112,7 @@ def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
         payload, mac = _unb64(body), _unb64(tag)
     except (binascii.Error, ValueError):
         raise RewardError("token: malformed (not base64url)") from None
-    if not any(
-        hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).digest(), mac) for k in keys
-    ):
+    if not any(hmac.compare_digest(_digest(k, payload), mac) for k in keys):
         raise RewardError("token: forged or signed with another key (signature mismatch)")
     try:
         id_, experiment, arm, propensity, issued, expires = json.loads(payload)

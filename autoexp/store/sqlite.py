@@ -233,3 +233,5 @@ class _Transaction:
                 self.db.execute("ROLLBACK")
                 raise StoreError(f"store: write failed ({e})") from None
         self.db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"store: write failed ({error})") from error

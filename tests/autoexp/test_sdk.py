@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +117,29 @@ def test_store_down_fails_open_to_control(redis_server: Any) -> None:
     assert exp("q").result.startswith("v")  # starts while Redis is up
     redis_server.stop()
     try:
+        # the engine notices within its background writer's period (50 ms) ...
+        deadline = time.monotonic() + 10
+        while exp.engine.status("ranker")["store_ok"] and time.monotonic() < deadline:
+            exp("q")
+            time.sleep(0.01)
+        assert not exp.engine.status("ranker")["store_ok"]
+        # ... and from then on serves control and says so
         answers = [exp("q") for _ in range(3)]
+        assert [a.result for a in answers] == ["v1:q"] * 3
+        assert all(a.decision is None for a in answers)
+        assert exp.reward(None, 1.0) is False
+        assert exp.status()["fail_open"] >= 3
     finally:
         redis_server.start()
-    assert [a.result for a in answers] == ["v1:q"] * 3
-    assert all(a.decision is None for a in answers)
-    assert exp.reward(None, 1.0) is False
-    assert exp.status()["fail_open"] == 3
+    # once Redis is back the engine recovers by itself and decides again
+    deadline = time.monotonic() + 10
+    while not exp.engine.status("ranker")["store_ok"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exp("q").decision is not None
+    # this Redis keeps nothing on disk: the engine declares its state again and goes on
+    exp.engine.refresh()
+    answer = exp("q")
+    assert exp.reward(answer.decision, 1.0)
 
 
 def test_the_sdk_example_promotes_the_better_ranker(tmp_path: Path) -> None:
