@@ -13,7 +13,10 @@ Decisions
     whose arm is still live, returns that arm with the propensity recorded at its first
     exposure (sticky assignment without a separate service, and off-policy estimates stay
     unbiased when allocations move). It logs the decision (``simulators.ope.LOG_COLUMNS``
-    plus the full ``allocation``) and returns a signed token.
+    plus the full ``allocation``; written in groups, always before its reward) and
+    returns a signed token. While the store is failing it refuses to decide
+    (:class:`~autoexp.errors.StoreError`; the SDK then serves control) until the store
+    answers again.
 
 Rewards
     ``reward(token, value)`` verifies the token (forged, expired, unknown experiment:
