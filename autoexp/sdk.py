@@ -126,6 +126,7 @@ class Experiment:
         self._functions: list[Callable[..., Any] | None] = []
         self._params: list[dict[str, Any]] = []
         self._engine: Engine | None = None
+        self._closed = False
         self.fail_open = 0
 
     # --- definition ---------------------------------------------------------------------
@@ -185,6 +186,8 @@ class Experiment:
     @property
     def engine(self) -> Engine:
         """The engine (started on first use: alternatives are fixed from then on)."""
+        if self._closed:
+            raise StateError(f"experiment {self.name!r} is closed")
         if self._engine is None:
             if len(self._names) < 2:
                 raise StateError(
@@ -259,3 +262,18 @@ class Experiment:
     def status(self) -> dict[str, Any]:
         """Allocation, lifecycle and counters as this process sees them."""
         return {**self.engine.status(self.name), "fail_open": self.fail_open}
+
+    def close(self) -> None:
+        """Write pending decisions to the log and stop the background writer (also done
+        at interpreter exit); the experiment can not be called afterwards."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine.store.close()
+            self._engine = None
+            self._closed = True
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -247,3 +247,25 @@ def test_defaults_reach_a_crashed_replicas_decisions(store: Any) -> None:
     }
     assert store.read("ranker")["policy.n"].sum() == 6.0
     assert store.read("ranker")["policy.sum_reward"].sum() == 1.0
+
+
+def test_decisions_are_logged_in_groups_and_on_close(store: Any) -> None:
+    # No background writer: 5 decisions (fewer than a group of 8) stay pending; the 8th
+    # writes a group; a reward writes its decision first; close() writes the rest.
+    engine = Engine(store, [spec()], secret=SECRET, seed=16, log_batch=8, log_flush_s=0.0)
+    made = [engine.decide("ranker") for _ in range(5)]
+
+    def logged() -> list[str]:
+        return [r["decision_id"] for r in store.records("ranker") if r["type"] == "decision"]
+
+    assert logged() == [] and engine.status("ranker")["unlogged"] == 5
+    made += [engine.decide("ranker") for _ in range(3)]
+    assert logged() == [d.id for d in made]
+    more = engine.decide("ranker")
+    engine.reward(more, 1.0)
+    assert logged()[-1] == more.id
+    last = engine.decide("ranker")
+    engine.close()
+    assert logged()[-1] == last.id
+    with pytest.raises(ConfigError, match=r"log_batch: must be an integer >= 1"):
+        Engine(store, [spec()], secret=SECRET, log_batch=0)

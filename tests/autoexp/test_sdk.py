@@ -161,3 +161,10 @@ def test_the_sdk_example_promotes_the_better_ranker(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("promoted rank_v2 after ")
+
+
+def test_a_closed_experiment_refuses_calls(tmp_path: Path) -> None:
+    with make(f"sqlite:///{tmp_path / 'c.db'}") as exp:
+        exp("q")
+    with pytest.raises(StateError, match=r"'ranker' is closed"):
+        exp("q")
