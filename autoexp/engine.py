@@ -193,8 +193,18 @@ def _flush_at_exit(ref: Any) -> None:
             pass
 
 
-def _prefixed(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}.{k}": v for k, v in data.items()}
+def _rows_into(
+    entries: list[list[tuple[str, int, float]]], prefix: str, data: Mapping[str, Any]
+) -> None:
+    """Row ``i`` of each (N, ...) increment array, as ``(field, flat index, amount)``
+    entries of item ``i`` (zeros left out)."""
+    for name, array in data.items():
+        a = np.asarray(array, dtype=np.float64)
+        flat = a.reshape(a.shape[0], -1)
+        rows, cols = np.nonzero(flat)
+        field = f"{prefix}.{name}"
+        for r, c, v in zip(rows.tolist(), cols.tolist(), flat[rows, cols].tolist(), strict=True):
+            entries[r].append((field, c, v))
 
 
 def _part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -442,87 +452,133 @@ class Engine:
 
     def reward(self, decision: Decision | str, value: float) -> bool:
         """Record the outcome of a decision; ``False`` if it was already rewarded."""
-        token = decision.token if isinstance(decision, Decision) else decision
-        now = self._clock()
-        ticket = verify(self._keys, token, now=now)
-        with self._lock:
-            live = self._get(ticket.experiment)
-            spec = live.spec
-            if ticket.arm >= len(spec.alternatives) or len(ticket.propensity) != len(
-                spec.alternatives
-            ):
-                raise RewardError(f"token: does not match experiment {spec.name!r}'s arms")
-            try:
-                r = float(value)
-            except (TypeError, ValueError):
-                raise RewardError(f"reward: must be a number (got {value!r})") from None
-            low, high = spec.reward_range
-            if not (math.isfinite(r) and low <= r <= high):
-                raise RewardError(
-                    f"reward: must be finite and in [{low}, {high}] (got {value!r}) for "
-                    f"experiment {spec.name!r}"
-                )
-            if now > ticket.issued + spec.join_window_s:
-                live.late += 1
-                raise RewardError(
-                    f"reward: late by {now - ticket.issued - spec.join_window_s:.0f} s (join "
-                    f"window {spec.join_window_s:.0f} s, decision {ticket.id}); counted, "
-                    "not applied"
-                )
-            self._flush(live)  # the decision is logged before its reward
-            try:
-                applied = self._apply(live, ticket, r, now, source="reward")
-            except StoreError as e:
-                self._down = e
-                raise
-            self._tick(live)
-            return applied
+        return self._rewards([(decision, value)], single=True)[0]
 
-    def _apply(self, live: _Live, ticket: Ticket, r: float, now: float, *, source: str) -> bool:
+    def reward_many(self, items: Sequence[tuple[Decision | str, float]]) -> list[bool]:
+        """Record many outcomes in one store call per experiment (one transaction, one
+        Redis round trip); for each, ``False`` if it was already rewarded.
+
+        Every item is checked first (token, experiment, value, join window); a bad one
+        refuses the whole batch, naming its index, with nothing written. Each applied
+        reward is still applied atomically and once; their increments are computed
+        against the same snapshot, as a replica's are.
+        """
+        return self._rewards(items, single=False)
+
+    def _check(self, decision: Any, value: Any, now: float) -> tuple[_Live, Ticket, float]:
+        token = decision.token if isinstance(decision, Decision) else decision
+        ticket = verify(self._keys, token, now=now)
+        live = self._get(ticket.experiment)
         spec = live.spec
         k = len(spec.alternatives)
-        arm = np.array([ticket.arm])
-        prop = np.asarray(ticket.propensity)[None, :]
-        reward = np.array([r])
-        amounts: dict[str, Any] = {}
-        at: dict[str, Any] = {}
-        sparse = spec.policy.sparse_increment(arm, reward, prop[0, arm], k)
-        if sparse is not None:
+        if ticket.arm >= k or len(ticket.propensity) != k:
+            raise RewardError(f"token: does not match experiment {spec.name!r}'s arms")
+        try:
+            r = float(value)
+        except (TypeError, ValueError):
+            raise RewardError(f"reward: must be a number (got {value!r})") from None
+        low, high = spec.reward_range
+        if not (math.isfinite(r) and low <= r <= high):
+            raise RewardError(
+                f"reward: must be finite and in [{low}, {high}] (got {value!r}) for "
+                f"experiment {spec.name!r}"
+            )
+        if now > ticket.issued + spec.join_window_s:
+            live.late += 1
+            raise RewardError(
+                f"reward: late by {now - ticket.issued - spec.join_window_s:.0f} s (join "
+                f"window {spec.join_window_s:.0f} s, decision {ticket.id}); counted, "
+                "not applied"
+            )
+        return live, ticket, r
+
+    def _rewards(self, items: Sequence[tuple[Any, Any]], *, single: bool) -> list[bool]:
+        now = self._clock()
+        with self._lock:
+            checked = []
+            for n, (decision, value) in enumerate(items):
+                try:
+                    checked.append(self._check(decision, value, now))
+                except (RewardError, UnknownExperimentError) as e:
+                    if single:
+                        raise
+                    raise type(e)(f"rewards[{n}]: {e.args[0]}") from None
+            out = [False] * len(checked)
+            groups: dict[str, list[int]] = {}
+            for n, (live, _, _) in enumerate(checked):
+                groups.setdefault(live.spec.name, []).append(n)
+            for idx in groups.values():
+                live = checked[idx[0]][0]
+                self._flush(live)  # decisions are logged before their rewards
+                tickets = [checked[n][1] for n in idx]
+                values = [checked[n][2] for n in idx]
+                try:
+                    applied = self._apply(live, tickets, values, now, source="reward")
+                except StoreError as e:
+                    self._down = e
+                    raise
+                for n, ok in zip(idx, applied, strict=True):
+                    out[n] = ok
+                live.since_refresh += len(idx) - 1
+                self._tick(live)
+            return out
+
+    def _apply(
+        self,
+        live: _Live,
+        tickets: Sequence[Ticket],
+        values: Sequence[float],
+        now: float,
+        *,
+        source: str,
+    ) -> list[bool]:
+        """Apply rewards: each one's increments, once, with its log record."""
+        spec = live.spec
+        k = len(spec.alternatives)
+        n = len(tickets)
+        arm = np.array([t.arm for t in tickets])
+        prop = np.array([t.propensity for t in tickets])
+        reward = np.asarray(values, dtype=np.float64)
+        entries: list[list[tuple[str, int, float]]] = [[] for _ in range(n)]
+        sparse = spec.policy.sparse_increment(arm, reward, prop[np.arange(n), arm], k)
+        if sparse is not None:  # amounts at [0, arm] of each (1, K) field
             for name, amount in sparse.items():
-                amounts[f"policy.{name}"] = amount
-                at[f"policy.{name}"] = arm
+                for i, (a, v) in enumerate(
+                    zip(arm.tolist(), np.asarray(amount).tolist(), strict=True)
+                ):
+                    entries[i].append((f"policy.{name}", a, v))
         else:
-            inc = spec.policy.increment(PolicyDecision(arm, prop), reward)
-            amounts.update(_prefixed("policy", inc.to_dict()))
+            for i in range(n):
+                one = PolicyDecision(arm[i : i + 1], prop[i : i + 1])
+                inc = spec.policy.increment(one, reward[i : i + 1]).to_dict()
+                _rows_into(entries[i : i + 1], "policy", inc)
+        # the tests' increments, one row per reward, against the same snapshot
+        rows = np.zeros(n, dtype=np.int64)
         if spec.test is not None:
-            inc = spec.test.increment(live.test_state, arm[:, None], reward[:, None], prop)
-            amounts.update(_prefixed("test", inc.to_dict()))
-        for i, g in enumerate(spec.guardrails):
-            inc = g.test.increment(live.guard_states[i], arm[:, None], reward[:, None], prop)
-            amounts.update(_prefixed(f"guard.{i}", inc.to_dict()))
-        # dense increments travel as their non-zero entries; all-zero fields not at all
-        for name in list(amounts):
-            if name in at:
-                continue
-            flat = np.asarray(amounts[name], dtype=np.float64).ravel()
-            nz = np.flatnonzero(flat)
-            if nz.size:
-                amounts[name], at[name] = flat[nz], nz
-            else:
-                del amounts[name]
-        record = {
-            "type": "reward",
-            "source": source,
-            "decision_id": ticket.id,
-            "experiment": spec.name,
-            "arm": ticket.arm,
-            "reward": r,
-            "reward_time": now,
-        }
-        applied = self.store.add(
-            spec.name, amounts, at=at, once=f"reward:{ticket.id}", record=record
-        )
-        return applied
+            inc = spec.test.increment(
+                live.test_state.rows(rows), arm[:, None], reward[:, None], prop
+            )
+            _rows_into(entries, "test", inc.to_dict())
+        for g, (guard, state) in enumerate(zip(spec.guardrails, live.guard_states, strict=True)):
+            inc = guard.test.increment(state.rows(rows), arm[:, None], reward[:, None], prop)
+            _rows_into(entries, f"guard.{g}", inc.to_dict())
+        batch = [
+            (
+                f"reward:{t.id}",
+                entries[i],
+                {
+                    "type": "reward",
+                    "source": source,
+                    "decision_id": t.id,
+                    "experiment": spec.name,
+                    "arm": t.arm,
+                    "reward": float(reward[i]),
+                    "reward_time": now,
+                },
+            )
+            for i, t in enumerate(tickets)
+        ]
+        return self.store.add_many(spec.name, batch)
 
     def expire(self) -> int:
         """Apply the default reward to every decision whose join window closed without a
@@ -569,15 +625,19 @@ class Engine:
                 position += 1
             if len(page) < 10_000:
                 break
-        done = 0
+        due: list[Ticket] = []
         first_open = position
         for pos, ticket in open_.values():
             if ticket.id in rewarded:
                 continue
             if now > ticket.issued + spec.join_window_s:
-                done += self._apply(live, ticket, default, now, source="default")
+                due.append(ticket)
             else:
                 first_open = min(first_open, pos)
+        done = 0
+        for start in range(0, len(due), 1_000):
+            chunk = due[start : start + 1_000]
+            done += sum(self._apply(live, chunk, [default] * len(chunk), now, source="default"))
         self.store.set(spec.name, "expire_cursor", str(first_open))
         if done:
             self._tick(live)

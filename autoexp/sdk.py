@@ -259,6 +259,16 @@ class Experiment:
             return False
         return self.engine.reward(decision, value)
 
+    def reward_many(self, items: Sequence[tuple[Decision | str | None, float]]) -> list[bool]:
+        """Many outcomes in one store call (see :meth:`autoexp.engine.Engine.reward_many`);
+        items whose decision failed open (``None``) are skipped and report ``False``."""
+        real = [(n, (d, v)) for n, (d, v) in enumerate(items) if d is not None]
+        done = self.engine.reward_many([item for _, item in real]) if real else []
+        out = [False] * len(items)
+        for (n, _), ok in zip(real, done, strict=True):
+            out[n] = ok
+        return out
+
     def status(self) -> dict[str, Any]:
         """Allocation, lifecycle and counters as this process sees them."""
         return {**self.engine.status(self.name), "fail_open": self.fail_open}

@@ -29,9 +29,11 @@ import numpy.typing as npt
 from ..errors import StoreError
 
 __all__ = [
+    "Item",
     "Store",
     "check_amounts",
     "check_declared",
+    "check_items",
     "check_name",
     "check_shapes",
     "dumps",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+#: One reward of a batch: its once id, its (field, flat index, amount) entries, its record.
+Item = tuple[str, Sequence[tuple[str, int, float]], Mapping[str, Any]]
 
 
 class Store(Protocol):
@@ -69,6 +73,16 @@ class Store(Protocol):
         indices and ``amounts[name]`` the values added there (repeats add up). With
         ``once``, an id already applied makes this a no-op returning ``False``; the
         increments, the id and the record are written together or not at all.
+        """
+        ...
+
+    def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
+        """Many ``add`` s in one store call (one transaction, one Redis round trip).
+
+        Each item is ``(once, entries, record)``: an id, ``(field, flat index, amount)``
+        entries and a log record; each is applied atomically and at most once, exactly
+        as ``add(..., once=..., record=...)`` would; returns which were applied. Every
+        entry is checked first: a bad one refuses the whole batch with nothing written.
         """
         ...
 
@@ -164,6 +178,29 @@ def check_shapes(where: str, shapes: Mapping[str, Iterable[int]]) -> dict[str, t
             raise StoreError(f"{where}: {name!r}: shape must be positive sizes (got {dims})")
         out[name] = dims
     return out
+
+
+def check_items(
+    experiment: str, shapes: Mapping[str, tuple[int, ...]], items: Sequence[Item]
+) -> list[str]:
+    """Validate a batch for :meth:`Store.add_many`; its records as JSON lines."""
+    if not shapes:
+        raise StoreError(f"store: experiment {experiment!r} has no declared state")
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    lines = []
+    for n, (once, entries, record) in enumerate(items):
+        if not isinstance(once, str) or not once:
+            raise StoreError(f"store.add_many: item {n}: once must be a non-empty string")
+        for name, index, amount in entries:
+            size = sizes.get(name)
+            if size is None:
+                raise StoreError(f"store.add_many: item {n}: {experiment!r} has no field {name!r}")
+            if not 0 <= index < size:
+                raise StoreError(f"store.add_many: item {n}: {name!r}: index {index} out of range")
+            if not math.isfinite(amount):
+                raise StoreError(f"store.add_many: item {n}: {name!r}: amounts must be finite")
+        lines.append(dumps(record))
+    return lines
 
 
 def check_declared(

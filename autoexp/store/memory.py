@@ -12,8 +12,10 @@ import numpy.typing as npt
 
 from .base import (
     FloatArray,
+    Item,
     check_amounts,
     check_declared,
+    check_items,
     check_name,
     check_shapes,
     dumps,
@@ -73,6 +75,24 @@ class MemoryStore:
             if line is not None:
                 self._log.setdefault(experiment, []).append(line)
             return True
+
+    def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
+        with self._lock:
+            lines = check_items(experiment, self._shapes.get(experiment, {}), items)
+            seen = self._once.setdefault(experiment, set())
+            state = self._state[experiment]
+            log = self._log.setdefault(experiment, [])
+            done = []
+            for (once, entries, _), line in zip(items, lines, strict=True):
+                if once in seen:
+                    done.append(False)
+                    continue
+                seen.add(once)
+                for name, index, amount in entries:
+                    state[name].reshape(-1)[index] += amount
+                log.append(line)
+                done.append(True)
+            return done
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
         check_name("store.assign unit", unit)

@@ -26,8 +26,10 @@ import redis
 from ..errors import ConfigError, StoreError
 from .base import (
     FloatArray,
+    Item,
     check_amounts,
     check_declared,
+    check_items,
     check_name,
     check_shapes,
     dumps,
@@ -43,6 +45,28 @@ end
 for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'r', ARGV[2]) end
 return 1
+"""
+_ADD_MANY = """
+-- KEYS: state, log, then one once key per item. ARGV: ttl, then per item: record,
+-- number of entries, then that many field, amount pairs.
+local out = {}
+local a = 2
+for i = 3, #KEYS do
+  local record = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    for j = 0, n - 1 do
+      redis.call('HINCRBYFLOAT', KEYS[1], ARGV[a + 2 * j], ARGV[a + 2 * j + 1])
+    end
+    redis.call('XADD', KEYS[2], '*', 'r', record)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  a = a + 2 * n
+end
+return out
 """
 _ASSIGN = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -98,6 +122,7 @@ class RedisStore:
             decode_responses=True,
         )
         self._add = self._r.register_script(_ADD)
+        self._add_many = self._r.register_script(_ADD_MANY)
         self._assign = self._r.register_script(_ASSIGN)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
@@ -158,6 +183,24 @@ class RedisStore:
                 self._key(experiment, f"once:{once}"),
             ]
             return bool(self._add(keys=keys, args=args))
+
+    def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
+        with _errors("add_many"):
+            shapes = self._shapes.get(experiment) or {}
+            names = {name for _, entries, _ in items for name, _, _ in entries}
+            if not names <= set(shapes):
+                shapes = self._load_shapes(experiment)
+            lines = check_items(experiment, shapes, items)
+            if not items:
+                return []
+            keys = [self._key(experiment, "state"), self._key(experiment, "log")]
+            args: list[str] = [str(self.once_ttl_s)]
+            for (once, entries, _), line in zip(items, lines, strict=True):
+                keys.append(self._key(experiment, f"once:{once}"))
+                args += [line, str(len(entries))]
+                for name, index, amount in entries:
+                    args += [f"{name}:{index}", repr(float(amount))]
+            return [bool(x) for x in self._add_many(keys=keys, args=args)]
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
         check_name("store.assign unit", unit)

@@ -26,8 +26,10 @@ import numpy.typing as npt
 from ..errors import ConfigError, StoreError
 from .base import (
     FloatArray,
+    Item,
     check_amounts,
     check_declared,
+    check_items,
     check_name,
     check_shapes,
     dumps,
@@ -148,6 +150,33 @@ class SQLiteStore:
                         "INSERT INTO log (exp, record) VALUES (?, ?)", (experiment, line)
                     )
             return True
+
+    def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
+        with self._lock:
+            shapes = self._shapes.get(experiment) or {}
+            names = {name for _, entries, _ in items for name, _, _ in entries}
+            if not names <= set(shapes):
+                shapes = self._load_shapes(experiment)
+            lines = check_items(experiment, shapes, items)
+            done = []
+            with self._write():
+                for (once, entries, _), line in zip(items, lines, strict=True):
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO once VALUES (?, ?)", (experiment, once)
+                    )
+                    if cur.rowcount == 0:
+                        done.append(False)
+                        continue
+                    self._db.executemany(
+                        "UPDATE state SET value = value + ? WHERE exp = ? AND field = ? "
+                        "AND idx = ?",
+                        [(amount, experiment, name, index) for name, index, amount in entries],
+                    )
+                    self._db.execute(
+                        "INSERT INTO log (exp, record) VALUES (?, ?)", (experiment, line)
+                    )
+                    done.append(True)
+            return done
 
     # --- assignments, log, meta ----------------------------------------------------------
 

@@ -269,3 +269,34 @@ def test_decisions_are_logged_in_groups_and_on_close(store: Any) -> None:
     assert logged()[-1] == last.id
     with pytest.raises(ConfigError, match=r"log_batch: must be an integer >= 1"):
         Engine(store, [spec()], secret=SECRET, log_batch=0)
+
+
+def test_reward_many_applies_a_batch_once_each(store: Any) -> None:
+    engine = Engine(store, [spec(test=OffPolicyCS(n_expected=500))], secret=SECRET, seed=17)
+    made = [engine.decide("ranker") for _ in range(30)]
+    values = [float(i % 2) for i in range(30)]
+    assert engine.reward_many(list(zip(made, values, strict=True))) == [True] * 30
+    # again, mixed with new ones: only the new ones count
+    more = [engine.decide("ranker") for _ in range(5)]
+    outcome = engine.reward_many([(made[0], 1.0), (more[0].token, 1.0), (more[0], 0.0)])
+    assert outcome == [False, True, False]
+    n = store.read("ranker")["policy.n"][0]
+    arms = np.bincount([d.arm for d in [*made, more[0]]], minlength=2)
+    np.testing.assert_array_equal(n, arms)
+    rewards = [r for r in store.records("ranker") if r["type"] == "reward"]
+    assert len(rewards) == 31
+    # the test's state took one increment per reward (its count of observations)
+    test_n = sum(np.asarray(v).sum() for k, v in store.read("ranker").items() if k == "test.arms.n")
+    assert test_n == 31
+
+
+def test_a_bad_item_refuses_the_batch_by_index(store: Any) -> None:
+    engine = Engine(store, [spec()], secret=SECRET, seed=18)
+    made = [engine.decide("ranker") for _ in range(3)]
+    engine.flush()
+    before = snapshot(store)
+    with pytest.raises(RewardError, match=r"rewards\[2\]: reward: must be finite"):
+        engine.reward_many([(made[0], 1.0), (made[1], 0.0), (made[2], float("nan"))])
+    with pytest.raises(RewardError, match=r"rewards\[1\]: token: malformed"):
+        engine.reward_many([(made[0], 1.0), ("junk", 0.0)])
+    assert snapshot(store) == before

@@ -49,6 +49,14 @@ def test_call_runs_the_chosen_alternative_and_rewards_count(store: Any) -> None:
     assert exp("q", unit="u3").decision.arm == exp("q", unit="u3").decision.arm  # sticky
 
 
+def test_reward_many_skips_failed_open_decisions(store: Any) -> None:
+    exp = make(store)
+    answers = [exp("q") for _ in range(4)]
+    items = [(a.decision, 1.0) for a in answers] + [(None, 1.0)]
+    assert exp.reward_many(items) == [True, True, True, True, False]
+    assert store.read("ranker")["policy.n"].sum() == 4.0
+
+
 def test_async_alternatives(store: Any) -> None:
     exp = autoexp.Experiment("ranker", store=store, secret=SECRET, seed=2)
 

@@ -152,3 +152,37 @@ def test_reopened_store_keeps_everything(durable_store: Any) -> None:
         assert again.get("exp", "status") == "exploring"
     finally:
         again.close()
+
+
+def test_add_many_applies_each_item_once_in_order(store: Any) -> None:
+    store.declare("exp", SHAPES)
+    items = [
+        ("r1", [("n", 0, 1.0), ("sum_reward", 0, 0.5)], {"i": 1}),
+        ("r2", [("n", 2, 1.0), ("n", 2, 1.0)], {"i": 2}),
+        ("r1", [("n", 0, 100.0)], {"i": 3}),  # a repeat within the batch: skipped
+    ]
+    assert store.add_many("exp", items) == [True, True, False]
+    assert store.add_many("exp", items[:1]) == [False]  # and across batches
+    assert store.add("exp", {"n": [1.0]}, at={"n": [1]}, once="r2") is False  # shared ids
+    state = store.read("exp")
+    np.testing.assert_array_equal(state["n"], [[1.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(state["sum_reward"], [[0.5, 0.0, 0.0]])
+    assert store.records("exp") == [{"i": 1}, {"i": 2}]
+    assert store.add_many("exp", []) == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        (("q", 0, 1.0), r"item 1: 'exp' has no field 'q'"),
+        (("n", 3, 1.0), r"item 1: 'n': index 3 out of range"),
+        (("n", 0, float("inf")), r"item 1: 'n': amounts must be finite"),
+    ],
+)
+def test_a_bad_item_refuses_the_whole_batch(store: Any, entry: Any, match: str) -> None:
+    store.declare("exp", SHAPES)
+    items = [("r1", [("n", 0, 1.0)], {"i": 1}), ("r2", [entry], {"i": 2})]
+    with pytest.raises(StoreError, match=match):
+        store.add_many("exp", items)
+    assert store.read("exp")["n"].sum() == 0.0 and store.records("exp") == []
+    assert store.add_many("exp", items[:1]) == [True]  # its ids were not consumed
