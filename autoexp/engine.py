@@ -249,6 +249,7 @@ class Engine:
         self._log_batch = log_batch
         self.log_errors = 0
         self._down: StoreError | None = None  # the last store failure, until it recovers
+        self._probed = 0.0
         self._keys = keys_from(secret)
         self._seq = np.random.SeedSequence(seed)
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
@@ -383,6 +384,8 @@ class Engine:
         """Choose the alternative for one request (see the module docstring)."""
         with self._lock:
             live = self._get(name)
+            if self._down is not None and time.monotonic() - self._probed >= 1.0:
+                self._probe()  # at most once a second from here (the writer probes too)
             if self._down is not None:
                 raise StoreError(f"store unavailable since its last call failed: {self._down}")
             spec = live.spec
@@ -665,6 +668,7 @@ class Engine:
         """While the store is down, try it (the background writer calls this)."""
         if self._down is None:
             return
+        self._probed = time.monotonic()
         try:
             for name in self._live:
                 self.store.get(name, "status")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -300,3 +301,27 @@ def test_a_bad_item_refuses_the_batch_by_index(store: Any) -> None:
     with pytest.raises(RewardError, match=r"rewards\[1\]: token: malformed"):
         engine.reward_many([(made[0], 1.0), ("junk", 0.0)])
     assert snapshot(store) == before
+
+
+def test_without_a_background_writer_the_engine_still_recovers(redis_server: Any) -> None:
+    # log_flush_s=0: the store's failure is seen by a write (here the decision's own log
+    # write), decisions are then refused (the SDK serves control), and once Redis is back
+    # a decision probes it (at most once a second) and the engine decides again.
+    redis_server.flush()
+    url = redis_server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
+    from autoexp.errors import StoreError
+    from autoexp.store import open_store
+
+    engine = Engine(open_store(url), [spec()], secret=SECRET, seed=19, log_batch=1, log_flush_s=0.0)
+    engine.decide("ranker")
+    redis_server.stop()
+    try:
+        engine.decide("ranker")  # served from the snapshot; its log write fails
+        with pytest.raises(StoreError, match="store unavailable"):
+            engine.decide("ranker")
+    finally:
+        redis_server.start()
+    time.sleep(1.1)
+    d = engine.decide("ranker")
+    engine.refresh()  # this Redis kept nothing: the engine declares its state again
+    assert engine.reward(d, 1.0)
