@@ -48,8 +48,11 @@ return 1
 """
 _ADD_MANY = """
 -- KEYS: state, log, then one once key per item. ARGV: ttl, then per item: record,
--- number of entries, then that many field, amount pairs.
+-- number of entries, then that many field, amount pairs. The increments of the items
+-- whose once key is new are summed here and written once per field.
 local out = {}
+local sums = {}
+local order = {}
 local a = 2
 for i = 3, #KEYS do
   local record = ARGV[a]
@@ -57,7 +60,12 @@ for i = 3, #KEYS do
   a = a + 2
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
     for j = 0, n - 1 do
-      redis.call('HINCRBYFLOAT', KEYS[1], ARGV[a + 2 * j], ARGV[a + 2 * j + 1])
+      local f = ARGV[a + 2 * j]
+      if sums[f] == nil then
+        sums[f] = 0
+        order[#order + 1] = f
+      end
+      sums[f] = sums[f] + tonumber(ARGV[a + 2 * j + 1])
     end
     redis.call('XADD', KEYS[2], '*', 'r', record)
     out[#out + 1] = 1
@@ -65,6 +73,9 @@ for i = 3, #KEYS do
     out[#out + 1] = 0
   end
   a = a + 2 * n
+end
+for _, f in ipairs(order) do
+  redis.call('HINCRBYFLOAT', KEYS[1], f, string.format('%.17g', sums[f]))
 end
 return out
 """
