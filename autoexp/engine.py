@@ -12,7 +12,7 @@ Decisions
     rolled back get nothing; a promoted one gets everything), or, for a unit seen before
     whose arm is still live, returns that arm with the propensity recorded at its first
     exposure (sticky assignment without a separate service, and off-policy estimates stay
-    unbiased when allocations move). It logs the decision (``simulators.ope.LOG_COLUMNS``
+    unbiased when allocations move). It logs the decision (``policies.base.LOG_COLUMNS``
     plus the full ``allocation``; written in groups, always before its reward) and
     returns a signed token. While the store is failing it refuses to decide
     (:class:`~autoexp.errors.StoreError`; the SDK then serves control) until the store
@@ -142,8 +142,7 @@ class _Live:
 
     spec: ExperimentSpec
     rule: PromotionRule | None
-    fields: dict[str, str]  # store field -> component ("policy", "test", "guard.N")
-    shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]]  # its store fields ("policy.n", "test.eb.t", ...)
     policy_state: Any = None
     test_state: Any = None
     guard_states: list[Any] = field(default_factory=list)
@@ -285,16 +284,14 @@ class Engine:
             parts["test"] = spec.test.init(k, 1).to_dict()
         for i, g in enumerate(spec.guardrails):
             parts[f"guard.{i}"] = g.init(k, 1).to_dict()
-        fields: dict[str, str] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         for prefix, data in parts.items():
             for name, array in data.items():
-                fields[f"{prefix}.{name}"] = prefix
                 shapes[f"{prefix}.{name}"] = tuple(np.shape(array))
         self.store.declare(spec.name, shapes)
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
-        live = _Live(spec=spec, rule=rule, fields=fields, shapes=shapes)
+        live = _Live(spec=spec, rule=rule, shapes=shapes)
         self._refresh(live)
         return live
 
@@ -303,7 +300,7 @@ class Engine:
         spec = live.spec
         self._flush(live, quiet=True)
         data = self.store.read(spec.name)
-        if not set(live.fields) <= set(data):  # a store that lost everything (a Redis
+        if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
             data = self.store.read(spec.name)
         live.policy_state = spec.policy.state_from_dict(_part("policy", data))

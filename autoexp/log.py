@@ -17,28 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from policies.base import LOG_COLUMNS
+
 from .errors import ConfigError
 from .store.base import Store
 
 __all__ = ["COLUMNS", "FORMATS", "export", "rows"]
 
-#: The joined log's columns (the same as ``simulators.ope.LOG_COLUMNS``), then the
-#: alternative's name and the whole allocation the arm was drawn from.
-COLUMNS = (
-    "decision_id",
-    "time",
-    "experiment",
-    "unit_hash",
-    "context",
-    "arm",
-    "propensity",
-    "policy",
-    "policy_version",
-    "allocation_version",
-    "seed",
-    "reward",
-    "reward_time",
-)
+#: The joined log's columns (:data:`policies.base.LOG_COLUMNS`, the ones the simulators
+#: read), then the alternative's name and the whole allocation the arm was drawn from.
+COLUMNS = LOG_COLUMNS
 EXTRA = ("alternative", "allocation")
 FORMATS = ("jsonl", "parquet", "obp")
 _PAGE = 10_000

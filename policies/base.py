@@ -25,6 +25,7 @@ import numpy.typing as npt
 from ._kernels import FloatArray, IntArray, arm_stats_add, first_bad
 
 __all__ = [
+    "LOG_COLUMNS",
     "ArmStats",
     "ArmStatsPolicy",
     "Decision",
@@ -42,6 +43,27 @@ __all__ = [
     "ratio",
     "uniforms",
 ]
+
+
+#: The decision log's columns: what the runtime writes for each decision (one JSON object
+#: per line) and what the simulators' off-policy evaluation reads.
+#: ``context`` is a list of numbers or null; ``reward`` and ``reward_time`` are null until
+#: the reward has joined. ``propensity`` is the probability the arm was played with.
+LOG_COLUMNS = (
+    "decision_id",
+    "time",
+    "experiment",
+    "unit_hash",
+    "context",
+    "arm",
+    "propensity",
+    "policy",
+    "policy_version",
+    "allocation_version",
+    "seed",
+    "reward",
+    "reward_time",
+)
 
 
 class Decision(NamedTuple):

@@ -17,28 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import FloatArray, IntArray
+from policies.base import LOG_COLUMNS, FloatArray, IntArray
 
 __all__ = ["LOG_COLUMNS", "Log", "read_any", "read_log", "read_obd"]
-
-#: The decision log's columns, as the runtime writes them (one JSON object per line).
-#: ``context`` is a list of numbers or null; ``reward`` and ``reward_time`` are null until
-#: the reward has joined. ``propensity`` is the probability the arm was played with.
-LOG_COLUMNS = (
-    "decision_id",
-    "time",
-    "experiment",
-    "unit_hash",
-    "context",
-    "arm",
-    "propensity",
-    "policy",
-    "policy_version",
-    "allocation_version",
-    "seed",
-    "reward",
-    "reward_time",
-)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from autoexp.engine import Engine, ExperimentSpec
 from autoexp.log import COLUMNS, export, rows
 from autoexp.store import open_store
 from policies import ThompsonBeta, TrafficCap
-from simulators.ope import LOG_COLUMNS, ips, read_log, read_obd
+from simulators.ope import ips, read_log, read_obd
 
 SECRET = "s" * 32
 
@@ -36,10 +36,6 @@ def run(store: Any, users: int = 300) -> list[Any]:
             engine.reward(d, float(rng.random() < (0.3, 0.6)[d.arm]))
         out.append(d)
     return out
-
-
-def test_the_columns_are_the_ones_the_simulators_read() -> None:
-    assert COLUMNS == LOG_COLUMNS
 
 
 def test_rows_join_each_decision_with_its_reward(store: Any) -> None:
