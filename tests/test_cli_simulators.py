@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,10 @@ def test_harmful_alternative_budget_holds_and_guardrail_rolls_it_back(
     # budget (alpha = delta = 5%, reserving for the 100-user refresh), 10,000 users, 1,000
     # replicates. Wu et al. 2016: the constraint holds with probability >= 1 - delta, so
     # the share of replicates where it broke must be <= delta = 5% (measured: 0 of 1,000).
-    # The conversion guardrail must roll the arm back in most replicates (measured 97.7%,
-    # seed 2); we ask for 90%, 8 binomial SE below the measured rate.
+    # The conversion guardrail must roll the arm back: its rollback rate is a power,
+    # measured at 97.7% over 1,000 replicates (seed 2). A change that costs it power fails
+    # the test if the rate drops more than 4 binomial SE below that: 0.977 - 4 *
+    # sqrt(0.977 * 0.023 / 1000) = 0.958.
     out = tmp_path / "harmful"
     code = main(["simulate", str(EXAMPLES / "harmful.toml"), "--out", str(out)])
     captured = capsys.readouterr()
@@ -39,7 +42,8 @@ def test_harmful_alternative_budget_holds_and_guardrail_rolls_it_back(
     assert s["replicates"] == 1000
     assert s["violation_rate"] <= 0.05
     assert s["promotion_rate"] == 0.0
-    assert 1.0 - s["missed_rollback_rate"] >= 0.9
+    power = 0.977
+    assert 1.0 - s["missed_rollback_rate"] >= power - 4 * math.sqrt(power * (1 - power) / 1000)
     doc = json.loads((out / "summary.json").read_text())
     reasons = doc["results"]["harmful"]["transitions"]
     assert "conversion" in json.dumps(reasons)  # rolled back by the guardrail, by name
