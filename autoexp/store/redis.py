@@ -47,37 +47,39 @@ if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'r', ARGV[2]) end
 return 1
 """
 _ADD_MANY = """
--- KEYS: state, log, then one once key per item. ARGV: ttl, then per item: record,
--- number of entries, then that many field, amount pairs. The increments of the items
--- whose once key is new are summed here and written once per field.
+-- KEYS: state, log, then one once key per item. ARGV[1]: the once keys' time to live;
+-- ARGV[2]: the items as JSON, [[record, [field, amount, field, amount, ...]], ...] (one
+-- argument, so the client packs three arguments, not thousands). The increments of the
+-- items whose once key is new are summed here and written once per field.
+local items = cjson.decode(ARGV[2])
 local out = {}
 local sums = {}
 local order = {}
-local a = 2
-for i = 3, #KEYS do
-  local record = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    for j = 0, n - 1 do
-      local f = ARGV[a + 2 * j]
+for i, item in ipairs(items) do
+  if redis.call('SET', KEYS[i + 2], '1', 'NX', 'EX', ARGV[1]) then
+    local entries = item[2]
+    for j = 1, #entries, 2 do
+      local f = entries[j]
       if sums[f] == nil then
         sums[f] = 0
         order[#order + 1] = f
       end
-      sums[f] = sums[f] + tonumber(ARGV[a + 2 * j + 1])
+      sums[f] = sums[f] + entries[j + 1]
     end
-    redis.call('XADD', KEYS[2], '*', 'r', record)
-    out[#out + 1] = 1
+    redis.call('XADD', KEYS[2], '*', 'r', item[1])
+    out[i] = 1
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
-  a = a + 2 * n
 end
 for _, f in ipairs(order) do
   redis.call('HINCRBYFLOAT', KEYS[1], f, string.format('%.17g', sums[f]))
 end
 return out
+"""
+_APPEND = """
+for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
+return #ARGV
 """
 _ASSIGN = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -134,6 +136,7 @@ class RedisStore:
         )
         self._add = self._r.register_script(_ADD)
         self._add_many = self._r.register_script(_ADD_MANY)
+        self._append = self._r.register_script(_APPEND)
         self._assign = self._r.register_script(_ASSIGN)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
@@ -205,12 +208,12 @@ class RedisStore:
             if not items:
                 return []
             keys = [self._key(experiment, "state"), self._key(experiment, "log")]
-            args: list[str] = [str(self.once_ttl_s)]
-            for (once, entries, _), line in zip(items, lines, strict=True):
-                keys.append(self._key(experiment, f"once:{once}"))
-                args += [line, str(len(entries))]
-                for name, index, amount in entries:
-                    args += [f"{name}:{index}", repr(float(amount))]
+            keys += [self._key(experiment, f"once:{once}") for once, _, _ in items]
+            payload = [
+                [line, [x for name, index, amount in entries for x in (f"{name}:{index}", amount)]]
+                for (_, entries, _), line in zip(items, lines, strict=True)
+            ]
+            args = [str(self.once_ttl_s), json.dumps(payload, separators=(",", ":"))]
             return [bool(x) for x in self._add_many(keys=keys, args=args)]
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
@@ -225,9 +228,10 @@ class RedisStore:
         check_name("store.append experiment", experiment)
         lines = [dumps(r) for r in records]
         with _errors("append"):
-            pipe = self._r.pipeline(transaction=True)
-            for line in lines:
-                pipe.xadd(self._key(experiment, "log"), {"r": line})
+            pipe = self._r.pipeline(transaction=False)
+            # one script, not one XADD per record: atomic, and the client packs one
+            # argument per record instead of a command
+            self._append(keys=[self._key(experiment, "log")], args=lines, client=pipe)
             pipe.sadd(_INDEX, experiment)
             pipe.execute()
 
