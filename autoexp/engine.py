@@ -177,9 +177,15 @@ def _flush_loop(ref: Any, stop: threading.Event, every_s: float) -> None:
         if engine is None:
             return
         with engine._lock:
-            for live in engine._live.values():
-                engine._flush(live, quiet=True)
-            engine._probe()
+            try:
+                for live in engine._live.values():
+                    engine._flush(live, quiet=True)
+                engine._probe()
+            except Exception as e:  # a client library failing oddly (e.g. a store closed
+                # under it): the writer must not die; the store counts as down, and
+                # the pending decisions stay for the next try
+                engine.log_errors += 1
+                engine._down = StoreError(f"store: background write failed: {e!r}")
         del engine
 
 

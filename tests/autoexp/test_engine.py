@@ -325,3 +325,38 @@ def test_without_a_background_writer_the_engine_still_recovers(redis_server: Any
     d = engine.decide("ranker")
     engine.refresh()  # this Redis kept nothing: the engine declares its state again
     assert engine.reward(d, 1.0)
+
+
+def test_the_background_writer_survives_an_unexpected_client_failure() -> None:
+    # A client library can fail with something other than its own error class (redis-py
+    # raises AttributeError when its connection is closed under a running command). The
+    # background writer must not die of it: the store counts as down, the decisions stay
+    # pending, and the next write after the store answers again logs them all.
+    from autoexp.errors import StoreError
+    from autoexp.store.memory import MemoryStore
+
+    class Flaky(MemoryStore):
+        fail = 0
+
+        def append(self, experiment: str, records: Any) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise AttributeError("'NoneType' object has no attribute 'readline'")
+            super().append(experiment, records)
+
+    store = Flaky()
+    engine = Engine(store, [spec()], secret=SECRET, seed=20, log_flush_s=0.01)
+    store.fail = 1
+    made = [engine.decide("ranker") for _ in range(3)]
+    deadline = time.monotonic() + 5
+    while store.fail and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.fail == 0 and engine.log_errors >= 1
+    assert engine._flusher is not None and engine._flusher.is_alive()
+    deadline = time.monotonic() + 5
+    while len(store.records("ranker")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r["decision_id"] for r in store.records("ranker")] == [d.id for d in made]
+    assert engine.status("ranker")["store_ok"]
+    engine.close()
+    assert not isinstance(engine._down, StoreError)
