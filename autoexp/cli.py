@@ -44,6 +44,29 @@ def _cmd_log_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from .config import load_config
+    from .proxy import make_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(args.config)
+    engine = config.engine()
+    names = ", ".join(engine.experiments)
+    print(f"autoexp proxy: experiments {names} on {config.store or 'the default store'}")
+    web.run_app(
+        make_app(engine, expire_every_s=args.expire_every_s),
+        host=args.host,
+        port=args.port,
+        shutdown_timeout=args.shutdown_timeout_s,
+        print=lambda text: print(f"autoexp proxy: {text}", flush=True),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoexp",
@@ -57,6 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_policies)
     add_commands(sub)
+    p = sub.add_parser(
+        "proxy",
+        help="the sidecar: decide and reward over HTTP for the config's experiments",
+        description="Serve the sidecar's API (POST /_autoexp/decide, POST /_autoexp/rewards, "
+        "GET /_autoexp/healthz and readyz) for the experiments of a config file. "
+        "SIGINT/SIGTERM drain requests in flight and write the pending log.",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8700, help="port to listen on (8700)")
+    p.add_argument(
+        "--expire-every-s",
+        type=float,
+        default=10.0,
+        help="how often default rewards are applied to closed join windows (10)",
+    )
+    p.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=10.0,
+        help="how long requests in flight may take to finish on shutdown (10)",
+    )
+    p.set_defaults(func=_cmd_proxy)
     p = sub.add_parser("log", help="the decision log")
     logs = p.add_subparsers(dest="log_command", metavar="ACTION", required=True)
     e = logs.add_parser("export", help="export an experiment's decisions joined with rewards")

@@ -371,6 +371,10 @@ class Engine:
                 f"experiment {name!r} is not defined; defined: {sorted(self._live)}"
             ) from None
 
+    def spec(self, name: str) -> ExperimentSpec:
+        """The definition of experiment ``name``."""
+        return self._get(name).spec
+
     def _tick(self, live: _Live) -> None:
         live.since_refresh += 1
         if live.since_refresh >= live.spec.refresh_every:
@@ -396,11 +400,11 @@ class Engine:
             row = live.row
             sticky = False
             unit_hash = None
+            did = os.urandom(12).hex()
             if unit is not None:
                 unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
-                arm, row, sticky = self._sticky(live, unit_hash, arm, row)
+                arm, row, sticky = self._sticky(live, unit_hash, did, arm, row)
             now = self._clock()
-            did = os.urandom(12).hex()
             ticket = Ticket(did, name, arm, row, now, now + spec.token_ttl_s)
             token = sign(self._keys, ticket)
             live.buffer.append(
@@ -441,17 +445,18 @@ class Engine:
             )
 
     def _sticky(
-        self, live: _Live, unit_hash: str, arm: int, p: tuple[float, ...]
+        self, live: _Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
     ) -> tuple[int, tuple[float, ...], bool]:
-        value = json.dumps([arm, list(p)])
+        # the value names this decision, so "stored == value" means "assigned just now"
+        value = json.dumps([arm, list(p), did])
         stored = self.store.assign(live.spec.name, unit_hash, value)
         if stored == value:
             return arm, p, False
-        old_arm, old_row = json.loads(stored)
+        old_arm, old_row = json.loads(stored)[:2]
         if p[old_arm] > 0.0:  # still live: keep it, with its first exposure's propensity
             return int(old_arm), tuple(float(x) for x in old_row), True
         stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
-        new_arm, new_row = json.loads(stored)
+        new_arm, new_row = json.loads(stored)[:2]
         return int(new_arm), tuple(float(x) for x in new_row), stored != value
 
     # --- reward -----------------------------------------------------------------------
@@ -669,16 +674,22 @@ class Engine:
 
     def _probe(self) -> None:
         """While the store is down, try it (the background writer calls this)."""
-        if self._down is None:
-            return
-        self._probed = time.monotonic()
-        try:
-            for name in self._live:
-                self.store.get(name, "status")
-        except StoreError as e:
-            self._down = e
-            return
-        self._down = None
+        if self._down is not None:
+            self.check_store()
+
+    def check_store(self) -> tuple[bool, str | None]:
+        """Ask the store now: ``(True, None)`` if it answers, else ``(False, why)`` (and
+        decisions are refused until it answers again)."""
+        with self._lock:
+            self._probed = time.monotonic()
+            try:
+                for name in self._live:
+                    self.store.get(name, "status")
+            except StoreError as e:
+                self._down = e
+                return False, str(e)
+            self._down = None
+            return True, None
 
     def flush(self) -> None:
         """Write every pending decision to the log now."""

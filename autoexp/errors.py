@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AutoexpError",
     "ConfigError",
+    "RequestError",
     "RewardError",
     "StateError",
     "StoreError",
@@ -34,3 +35,7 @@ class StoreError(AutoexpError):
 
 class StateError(AutoexpError, RuntimeError):
     """An operation is not allowed in the experiment's current state."""
+
+
+class RequestError(AutoexpError, ValueError):
+    """The sidecar refused a request as malformed (the message says which part)."""

@@ -20,6 +20,11 @@ decision with its ``params``). The experiment starts on its first call; after th
 alternatives are fixed. If the store fails while deciding, the call serves control and
 ``answer.decision`` is ``None`` (rewarding ``None`` is a no-op): a user's request never
 fails because autoexp did.
+
+With ``client=autoexp.Client(url)`` (or ``client.experiment(name)``) the decisions come
+from a running sidecar instead: the experiment's definition (policy, safety, test) is the
+sidecar's config, the functions are defined here under the sidecar's alternative names,
+and an unreachable sidecar serves control the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policies import REGISTRY, TESTS
 from policies.build import named, safety_stack
@@ -37,6 +42,9 @@ from policies.safety import Guardrail
 from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .client import Client
 
 __all__ = ["Answer", "Experiment"]
 
@@ -70,6 +78,9 @@ class Experiment:
         ``AUTOEXP_STORE`` or ``sqlite:///autoexp.db``
     secret : token signing key(s); default ``AUTOEXP_SECRET``
     seed : seeds this process's draws
+    client : a :class:`~autoexp.Client` of a running sidecar that decides instead of a
+        local engine (then ``store`` and ``secret`` must not be given, and the policy
+        arguments are the sidecar's config, not these)
     """
 
     def __init__(
@@ -92,8 +103,14 @@ class Experiment:
         store: str | Store | None = None,
         secret: Any = None,
         seed: int | None = None,
+        client: Client | None = None,
     ) -> None:
         where = f"Experiment({name!r})"
+        if client is not None and (store is not None or secret is not None):
+            raise ConfigError(
+                f"{where}: a sidecar client decides with the sidecar's store and key; "
+                "do not pass store or secret with client"
+            )
         try:
             built = named(REGISTRY, {"name": policy, **(policy_params or {})}, f"{where}.policy")
             safety: dict[str, Any] = {}
@@ -126,13 +143,15 @@ class Experiment:
         self._functions: list[Callable[..., Any] | None] = []
         self._params: list[dict[str, Any]] = []
         self._engine: Engine | None = None
+        self._client = client
+        self._started = False  # with a client: checked against the sidecar's definition
         self._closed = False
         self.fail_open = 0
 
     # --- definition ---------------------------------------------------------------------
 
     def _add(self, name: str, fn: Callable[..., Any] | None, params: dict[str, Any]) -> None:
-        if self._engine is not None:
+        if self._engine is not None or self._started:
             raise StateError(
                 f"experiment {self.name!r} has started; define its alternatives before "
                 "the first call"
@@ -150,14 +169,20 @@ class Experiment:
         self._functions.append(fn)
         self._params.append(params)
 
-    def control(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorator: the control (the current behaviour). Define it first."""
-        if self._names:
-            raise ConfigError(
-                f"experiment {self.name!r}: define the control first (before {self._names[0]!r})"
-            )
-        self._add(fn.__name__, fn, {})
-        return fn
+    def control(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+        """Decorator (``@exp.control`` or ``@exp.control(name="v1")``): the control (the
+        current behaviour). Define it first."""
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            if self._names:
+                raise ConfigError(
+                    f"experiment {self.name!r}: define the control first "
+                    f"(before {self._names[0]!r})"
+                )
+            self._add(name or f.__name__, f, {})
+            return f
+
+        return register(fn) if fn is not None else register
 
     def alternative(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
         """Decorator (``@exp.alternative`` or ``@exp.alternative(name="v2")``): an
@@ -175,6 +200,11 @@ class Experiment:
 
     def setting(self, name: str, **params: Any) -> None:
         """A parameter setting as an alternative (the first one defined is control)."""
+        if self._client is not None:
+            raise ConfigError(
+                f"experiment {self.name!r}: settings of a sidecar experiment are in the "
+                "sidecar's config; use exp.decide() and its decision.params"
+            )
         if any(f is not None for f in self._functions):
             raise ConfigError(
                 f"experiment {self.name!r}: mix of functions and settings; use one kind"
@@ -188,6 +218,11 @@ class Experiment:
         """The engine (started on first use: alternatives are fixed from then on)."""
         if self._closed:
             raise StateError(f"experiment {self.name!r} is closed")
+        if self._client is not None:
+            raise StateError(
+                f"experiment {self.name!r} is decided by the sidecar at {self._client.url}; "
+                "it has no local engine"
+            )
         if self._engine is None:
             if len(self._names) < 2:
                 raise StateError(
@@ -208,31 +243,75 @@ class Experiment:
             self._engine = Engine(store, [spec], secret=self._secret, seed=self._seed)
         return self._engine
 
+    def _sidecar(self) -> Client:
+        """The client, once its definition has been checked against the functions here."""
+        assert self._client is not None
+        if self._closed:
+            raise StateError(f"experiment {self.name!r} is closed")
+        if not self._started and self._names:
+            there = self._client.definition(self.name)["alternatives"]
+            if list(there) != self._names:
+                raise ConfigError(
+                    f"experiment {self.name!r}: the functions here are {self._names!r} but "
+                    f"the sidecar's alternatives are {list(there)!r}; define one function "
+                    "per alternative, control first, with the same names"
+                )
+        self._started = True
+        return self._client
+
     def decide(
         self, *, unit: str | None = None, context: Sequence[float] | None = None
     ) -> Decision:
         """The decision for one request, without running anything."""
+        if self._client is not None:
+            return self._sidecar().decide(self.name, unit=unit, context=context)
         return self.engine.decide(self.name, unit=unit, context=context)
 
-    def _choose(
-        self, unit: str | None, context: Sequence[float] | None
-    ) -> tuple[Callable[..., Any], Decision | None]:
-        engine = self.engine
+    def _functions_ready(self) -> None:
+        if not self._names:
+            raise StateError(
+                f"experiment {self.name!r}: define the control and the alternatives first"
+            )
         if self._functions[0] is None:
             raise StateError(
                 f"experiment {self.name!r} has settings, not functions: use exp.decide() "
                 "and its decision.params"
             )
-        try:
-            decision = engine.decide(self.name, unit=unit, context=context)
-        except StoreError as e:  # fail open: serve control, say so
-            self.fail_open += 1
-            log.warning("autoexp: %s failed open to control: %s", self.name, e)
-            return self._functions[0], None
-        fn = self._functions[decision.arm]
+
+    def _pick(self, decision: Decision | None) -> tuple[Callable[..., Any], Decision | None]:
+        fn = self._functions[0] if decision is None else self._functions[decision.arm]
         if fn is None:  # settings were mixed in after all: refuse rather than guess
-            raise StateError(f"experiment {self.name!r}: {decision.alternative!r} has no function")
+            raise StateError(f"experiment {self.name!r}: {decision!r} has no function")
         return fn, decision
+
+    def _failed_open(self, error: StoreError) -> None:
+        self.fail_open += 1
+        log.warning("autoexp: %s failed open to control: %s", self.name, error)
+
+    def _choose(
+        self, unit: str | None, context: Sequence[float] | None
+    ) -> tuple[Callable[..., Any], Decision | None]:
+        self._functions_ready()
+        try:
+            decision = self.decide(unit=unit, context=context)
+        except StoreError as e:  # fail open: serve control, say so
+            self._failed_open(e)
+            return self._pick(None)
+        return self._pick(decision)
+
+    async def _achoose(
+        self, unit: str | None, context: Sequence[float] | None
+    ) -> tuple[Callable[..., Any], Decision | None]:
+        self._functions_ready()
+        if self._client is None:  # a local engine decides in memory: no need to await
+            return self._choose(unit, context)
+        try:
+            client = self._sidecar()
+            decision = await client.adecide(self.name, unit=unit, context=context)
+        except StoreError as e:
+            self._failed_open(e)
+            return self._pick(None)
+        return self._pick(decision)
 
     def __call__(
         self,
@@ -243,13 +322,14 @@ class Experiment:
     ) -> Any:
         """Run the chosen alternative on the arguments; an :class:`Answer` (awaitable when
         the alternatives are ``async``)."""
-        fn, decision = self._choose(unit, context)
-        if inspect.iscoroutinefunction(fn):
+        if self._functions and inspect.iscoroutinefunction(self._functions[0]):
 
             async def run() -> Answer:
+                fn, decision = await self._achoose(unit, context)
                 return Answer(await fn(*args, **kwargs), decision)
 
             return run()
+        fn, decision = self._choose(unit, context)
         return Answer(fn(*args, **kwargs), decision)
 
     def reward(self, decision: Decision | str | None, value: float) -> bool:
@@ -257,25 +337,44 @@ class Experiment:
         already rewarded or the decision failed open (``None``)."""
         if decision is None:
             return False
+        if self._client is not None:
+            return self._sidecar().reward(decision, value)
+        return self.engine.reward(decision, value)
+
+    async def areward(self, decision: Decision | str | None, value: float) -> bool:
+        """:meth:`reward` for async code (over a sidecar, without blocking the loop)."""
+        if decision is None:
+            return False
+        if self._client is not None:
+            return await self._sidecar().areward(decision, value)
         return self.engine.reward(decision, value)
 
     def reward_many(self, items: Sequence[tuple[Decision | str | None, float]]) -> list[bool]:
         """Many outcomes in one store call (see :meth:`autoexp.engine.Engine.reward_many`);
         items whose decision failed open (``None``) are skipped and report ``False``."""
         real = [(n, (d, v)) for n, (d, v) in enumerate(items) if d is not None]
-        done = self.engine.reward_many([item for _, item in real]) if real else []
+        done: list[bool] = []
+        if real:
+            backend = self._sidecar() if self._client is not None else self.engine
+            done = backend.reward_many([item for _, item in real])
         out = [False] * len(items)
         for (n, _), ok in zip(real, done, strict=True):
             out[n] = ok
         return out
 
     def status(self) -> dict[str, Any]:
-        """Allocation, lifecycle and counters as this process sees them."""
+        """Allocation, lifecycle and counters as this process sees them (over a sidecar:
+        its definition, and this process's fail-open count)."""
+        if self._client is not None:
+            return {**self._sidecar().definition(self.name), "fail_open": self.fail_open}
         return {**self.engine.status(self.name), "fail_open": self.fail_open}
 
     def close(self) -> None:
         """Write pending decisions to the log and stop the background writer (also done
-        at interpreter exit); the experiment can not be called afterwards."""
+        at interpreter exit); the experiment can not be called afterwards. A sidecar
+        client is shared: close it yourself."""
+        if self._client is not None:
+            self._closed = True
         if self._engine is not None:
             self._engine.close()
             self._engine.store.close()

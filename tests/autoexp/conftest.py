@@ -121,3 +121,36 @@ def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[An
         yield s
     finally:
         s.close()
+
+
+class Sidecar:
+    """The sidecar's app around ``engine``, served on 127.0.0.1 from a thread of its own
+    (its own event loop), so synchronous clients can call it from the test."""
+
+    def __init__(self, engine: Any) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        from autoexp.proxy import make_app
+
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(make_app(engine, close_engine=False))
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+        self.engine.close()

@@ -1,0 +1,257 @@
+"""The sidecar's HTTP API (aiohttp): decide and reward for applications in any language.
+
+Routes, all under ``/_autoexp/`` so they never shadow the application's own paths:
+
+``POST /_autoexp/decide``
+    ``{"experiment": "ranker", "unit": "user-7", "context": [0.1, 2.0]}`` (``unit`` and
+    ``context`` optional) -> 200 with the decision: ``id``, ``experiment``, ``arm``,
+    ``alternative``, ``propensity``, ``params``, ``policy``, ``allocation_version``,
+    ``token``, ``sticky``. 503 with ``"fail_open": true`` while the store is failing: serve
+    control (the Python client does).
+``POST /_autoexp/rewards``
+    ``{"token": "...", "value": 1.0}`` or a batch ``{"rewards": [{"token", "value"}, ...]}``
+    -> 202 ``{"applied": [true, false, ...]}`` (``false``: that decision was already
+    rewarded; sending a reward again is safe). A bad item refuses the whole request with
+    400 and its index, nothing written; 503 when the store failed (nothing acknowledged:
+    retry).
+``GET /_autoexp/experiments/NAME/definition``
+    the experiment's alternatives, their parameters, its policy and reward range.
+``GET /_autoexp/healthz`` (the process answers) and ``GET /_autoexp/readyz`` (and its
+    store does: 503 otherwise).
+
+Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
+4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
+503 for the store's. Decisions are in-memory draws and run on the event loop; rewards and
+probes touch the store and run in a worker thread, so a slow store never stalls decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from ..engine import Engine
+from ..errors import RewardError, StoreError, UnknownExperimentError
+
+__all__ = ["MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
+
+log = logging.getLogger("autoexp.proxy")
+
+MAX_BODY_BYTES = 2 << 20  # a request body larger than this gets 413
+MAX_REWARDS = 1_000  # rewards in one request
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "kind": kind, **extra}, status=status)
+
+
+async def _body(request: web.Request) -> Mapping[str, Any]:
+    """The request's JSON object; :class:`web.HTTPException` s with a reason otherwise."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own check of client_max_size
+        raise _bad(413, f"body: larger than {MAX_BODY_BYTES} bytes") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(400, f"body: not JSON ({e})") from None
+    if not isinstance(body, Mapping):
+        raise _bad(400, f"body: must be a JSON object (got {type(body).__name__})")
+    return body
+
+
+class _Refused(Exception):
+    """A request refused with ``status`` and a reason (turned into JSON by :func:`_api`)."""
+
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def _bad(status: int, message: str, kind: str = "RequestError") -> _Refused:
+    return _Refused(status, message, kind)
+
+
+def _api(handler: Handler) -> Handler:
+    """The handler, with its refusals as JSON errors."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Refused as e:
+            return _error(e.status, e.kind, str(e))
+
+    return wrapped
+
+
+@_api
+async def decide(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await _body(request)
+    name = body.get("experiment")
+    if not isinstance(name, str) or not name:
+        raise _bad(400, f"experiment: must be a non-empty string (got {name!r})")
+    unit = body.get("unit")
+    if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= 1024):
+        raise _bad(400, f"unit: must be a string of 1 to 1024 characters (got {unit!r:.60})")
+    context = body.get("context")
+    if context is not None and not (
+        isinstance(context, list)
+        and len(context) <= 4096
+        and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in context
+        )
+    ):
+        raise _bad(400, "context: must be a list of at most 4096 finite numbers")
+    try:
+        if unit is None:  # an in-memory draw (a store write only every so often)
+            decision = engine.decide(name, unit=unit, context=context)
+        else:  # a sticky unit reads and writes the store
+            decision = await asyncio.to_thread(engine.decide, name, unit=unit, context=context)
+    except UnknownExperimentError:
+        raise _bad(
+            404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"
+        ) from None
+    except StoreError as e:
+        return _error(503, "StoreError", str(e), fail_open=True)
+    return web.json_response(asdict(decision))
+
+
+def _reward_items(body: Mapping[str, Any]) -> tuple[list[tuple[Any, Any]], bool]:
+    """The (token, value) pairs of a reward request, and whether it was a single one."""
+    if "rewards" in body:
+        items = body["rewards"]
+        if not isinstance(items, list) or not items:
+            raise _bad(400, "rewards: must be a non-empty list of {token, value} objects")
+        if len(items) > MAX_REWARDS:
+            raise _bad(413, f"rewards: at most {MAX_REWARDS} in one request (got {len(items)})")
+        single = False
+    else:
+        items = [body]
+        single = True
+    out = []
+    for n, item in enumerate(items):
+        where = "" if single else f"rewards[{n}]: "
+        if not isinstance(item, Mapping) or "token" not in item or "value" not in item:
+            raise _bad(400, f"{where}must be an object with token and value")
+        value = item["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(400, f"{where}reward: must be a number (got {value!r:.60})")
+        out.append((item["token"], value))
+    return out, single
+
+
+@_api
+async def rewards(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    items, single = _reward_items(await _body(request))
+    try:
+        if single:
+            applied = [await asyncio.to_thread(engine.reward, *items[0])]
+        else:
+            applied = await asyncio.to_thread(engine.reward_many, items)
+    except RewardError as e:
+        raise _bad(400, str(e), "RewardError") from None
+    except UnknownExperimentError as e:
+        raise _bad(404, str(e.args[0]), "UnknownExperimentError") from None
+    except StoreError as e:
+        return _error(503, "StoreError", f"{e}; nothing was acknowledged: retry")
+    return web.json_response({"applied": applied}, status=202)
+
+
+@_api
+async def definition(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    name = request.match_info["name"]
+    try:
+        spec = engine.spec(name)
+    except UnknownExperimentError:
+        raise _bad(
+            404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"
+        ) from None
+    return web.json_response(
+        {
+            "experiment": spec.name,
+            "alternatives": list(spec.alternatives),
+            "params": [dict(p) for p in spec.params or [{} for _ in spec.alternatives]],
+            "policy": spec.policy.name,
+            "reward_range": list(spec.reward_range),
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    ok, error = await asyncio.to_thread(engine.check_store)
+    return web.json_response({"ok": ok, "store_error": error}, status=200 if ok else 503)
+
+
+def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The engine's chores on a cadence: default rewards for closed join windows."""
+
+    async def chores(app: web.Application) -> AsyncIterator[None]:
+        engine = app[ENGINE]
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await asyncio.to_thread(engine.expire)
+                except StoreError as e:  # the store is down: the next round tries again
+                    log.warning("autoexp: expiring rewards failed: %s", e)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return chores
+
+
+def make_app(
+    engine: Engine, *, expire_every_s: float = 10.0, close_engine: bool = True
+) -> web.Application:
+    """The sidecar's application around a started engine.
+
+    Parameters
+    ----------
+    engine : decides and rewards
+    expire_every_s : how often default rewards are applied to closed join windows
+    close_engine : on shutdown, write the pending log and close the engine's store
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[ENGINE] = engine
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if close_engine:  # after every request finished: nothing acknowledged is lost
+            await asyncio.to_thread(engine.close)
+            await asyncio.to_thread(engine.store.close)
+
+    app.cleanup_ctx.append(lifetime)  # unwinds last: after the chores stopped
+    app.cleanup_ctx.append(_background(expire_every_s))
+    app.router.add_post("/_autoexp/decide", decide)
+    app.router.add_post("/_autoexp/rewards", rewards)
+    app.router.add_get("/_autoexp/experiments/{name}/definition", definition)
+    app.router.add_get("/_autoexp/healthz", healthz)
+    app.router.add_get("/_autoexp/readyz", readyz)
+    return app

@@ -1,0 +1,341 @@
+"""The sidecar's HTTP API on every store, through raw HTTP and through ``autoexp.Client``:
+decisions, rewards, refusals that change nothing, and failing open while the store is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import autoexp
+from autoexp.engine import Engine, ExperimentSpec
+from autoexp.errors import (
+    ConfigError,
+    RequestError,
+    RewardError,
+    StoreError,
+    UnknownExperimentError,
+)
+from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS
+from autoexp.tokens import Ticket, keys_from, sign
+from policies import OffPolicyCS, ThompsonBeta, TrafficCap
+from tests.autoexp.conftest import Sidecar, free_port
+
+SECRET = "k" * 32
+
+
+def spec(**changes: Any) -> ExperimentSpec:
+    base: dict[str, Any] = {
+        "name": "ranker",
+        "alternatives": ("v1", "v2"),
+        "params": ({"depth": 1}, {"depth": 2}),
+        "policy": TrafficCap(policy=ThompsonBeta(), explore_share=0.5),
+        "test": OffPolicyCS(n_expected=1_000),
+        "refresh_every": 20,
+    }
+    return ExperimentSpec(**{**base, **changes})
+
+
+@pytest.fixture
+def sidecar(store: Any) -> Iterator[Sidecar]:
+    side = Sidecar(Engine(store, [spec()], secret=SECRET, seed=1))
+    try:
+        yield side
+    finally:
+        side.close()
+
+
+def snapshot(engine: Engine) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+    engine.flush()
+    state = {k: v.tolist() for k, v in engine.store.read("ranker").items()}
+    return state, engine.store.records("ranker")
+
+
+def test_decide_and_reward_over_http(sidecar: Sidecar) -> None:
+    with httpx.Client(base_url=sidecar.url, timeout=5) as http:
+        r = http.post("/_autoexp/decide", json={"experiment": "ranker", "unit": "u1"})
+        assert r.status_code == 200
+        d = r.json()
+        assert d["alternative"] in ("v1", "v2") and d["params"] == {"depth": d["arm"] + 1}
+        assert 0 < d["propensity"] <= 1 and d["token"].count(".") == 1
+        again = http.post("/_autoexp/decide", json={"experiment": "ranker", "unit": "u1"})
+        assert again.json()["arm"] == d["arm"] and again.json()["sticky"]
+        r = http.post("/_autoexp/rewards", json={"token": d["token"], "value": 1})
+        assert (r.status_code, r.json()) == (202, {"applied": [True]})
+        r = http.post("/_autoexp/rewards", json={"token": d["token"], "value": 1})
+        assert (r.status_code, r.json()) == (202, {"applied": [False]})  # counted once
+        more = [
+            http.post("/_autoexp/decide", json={"experiment": "ranker"}).json() for _ in range(5)
+        ]
+        batch = {"rewards": [{"token": m["token"], "value": 0.5} for m in more]}
+        r = http.post("/_autoexp/rewards", json=batch)
+        assert (r.status_code, r.json()) == (202, {"applied": [True] * 5})
+        r = http.get("/_autoexp/experiments/ranker/definition")
+        assert r.json()["alternatives"] == ["v1", "v2"]
+        assert r.json()["params"] == [{"depth": 1}, {"depth": 2}]
+        assert http.get("/_autoexp/healthz").json() == {"ok": True}
+        assert http.get("/_autoexp/readyz").status_code == 200
+    state, log = snapshot(sidecar.engine)
+    assert sum(state["policy.n"][0]) == 6 and sum(state["policy.sum_reward"][0]) == 3.5
+    kinds = [r["type"] for r in log]
+    assert kinds.count("decision") == 7 and kinds.count("reward") == 6
+
+
+def forged() -> str:
+    ticket = Ticket("f" * 24, "ranker", 1, (0.5, 0.5), 1e9, 1e12)
+    return sign(keys_from("z" * 32), ticket)
+
+
+BAD_REQUESTS = [
+    # (path, body (bytes or JSON), status, kind, words in the reason)
+    ("/_autoexp/decide", b"{not json", 400, "RequestError", "body: not JSON"),
+    ("/_autoexp/decide", [1, 2], 400, "RequestError", "must be a JSON object"),
+    ("/_autoexp/decide", {}, 400, "RequestError", "experiment: must be a non-empty string"),
+    ("/_autoexp/decide", {"experiment": "nope"}, 404, "UnknownExperimentError", "'nope'"),
+    ("/_autoexp/decide", {"experiment": "ranker", "unit": 7}, 400, "RequestError", "unit:"),
+    ("/_autoexp/decide", {"experiment": "ranker", "unit": "x" * 2000}, 400, "RequestError", "1024"),
+    (
+        "/_autoexp/decide",
+        {"experiment": "ranker", "context": ["a"]},
+        400,
+        "RequestError",
+        "context",
+    ),
+    ("/_autoexp/rewards", {"token": "junk", "value": 1}, 400, "RewardError", "token: malformed"),
+    ("/_autoexp/rewards", {"value": 1}, 400, "RequestError", "token and value"),
+    ("/_autoexp/rewards", {"token": "FORGED", "value": 1}, 400, "RewardError", "forged"),
+    ("/_autoexp/rewards", {"token": "GOOD", "value": True}, 400, "RequestError", "a number"),
+    ("/_autoexp/rewards", {"token": "GOOD", "value": "1"}, 400, "RequestError", "a number"),
+    ("/_autoexp/rewards", b'{"token": "GOOD", "value": NaN}', 400, "RewardError", "finite"),
+    ("/_autoexp/rewards", {"token": "GOOD", "value": 1.5}, 400, "RewardError", "in [0.0, 1.0]"),
+    ("/_autoexp/rewards", {"rewards": []}, 400, "RequestError", "non-empty list"),
+    (
+        "/_autoexp/rewards",
+        {"rewards": [{"token": "GOOD", "value": 1}, {"token": "GOOD", "value": -1}]},
+        400,
+        "RewardError",
+        "rewards[1]: reward: must be finite and in",
+    ),
+    (
+        "/_autoexp/rewards",
+        {"rewards": [{"token": "GOOD", "value": 1}] * (MAX_REWARDS + 1)},
+        413,
+        "RequestError",
+        f"at most {MAX_REWARDS}",
+    ),
+    ("/_autoexp/rewards", b"[" + b" " * MAX_BODY_BYTES + b"]", 413, "RequestError", "larger"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "kind", "words"), BAD_REQUESTS)
+def test_bad_requests_get_a_reason_and_change_nothing(
+    sidecar: Sidecar, path: str, body: Any, status: int, kind: str, words: str
+) -> None:
+    with httpx.Client(base_url=sidecar.url, timeout=10) as http:
+        good = http.post("/_autoexp/decide", json={"experiment": "ranker"}).json()["token"]
+        before = snapshot(sidecar.engine)
+        if isinstance(body, bytes):
+            content = body.replace(b"GOOD", good.encode())
+        else:
+            content = json.dumps(body).replace("GOOD", good).replace("FORGED", forged()).encode()
+        r = http.post(path, content=content, headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        assert r.json()["kind"] == kind and words in r.json()["error"], r.json()
+    assert snapshot(sidecar.engine) == before
+
+
+def test_expired_and_late_rewards_are_refused() -> None:
+    from autoexp.store.memory import MemoryStore
+
+    now = [1_000_000.0]
+    engine = Engine(
+        MemoryStore(),
+        [spec(join_window_s=60.0, token_ttl_s=3600.0)],
+        secret=SECRET,
+        seed=2,
+        clock=lambda: now[0],
+    )
+    side = Sidecar(engine)
+    try:
+        client = autoexp.Client(side.url)
+        d = client.decide("ranker")
+        now[0] += 61
+        with pytest.raises(RewardError, match="late by 1 s"):
+            client.reward(d, 1.0)
+        now[0] += 3600
+        with pytest.raises(RewardError, match="token: expired"):
+            client.reward(d.token, 1.0)
+        assert engine.status("ranker")["late_rewards"] == 1
+        assert engine.store.read("ranker")["policy.n"].sum() == 0
+        client.close()
+    finally:
+        side.close()
+
+
+def test_the_client_makes_the_engines_calls(sidecar: Sidecar) -> None:
+    with autoexp.Client(sidecar.url) as client:
+        d = client.decide("ranker", unit="u9", context=[1.0, 2])
+        assert isinstance(d, autoexp.Decision) and d.params == {"depth": d.arm + 1}
+        assert client.decide("ranker", unit="u9").arm == d.arm
+        assert client.reward(d, 1.0) and not client.reward(d.token, 1.0)
+        more = [client.decide("ranker") for _ in range(4)]
+        assert client.reward_many([(m, 0.0) for m in more]) == [True] * 4
+        assert client.reward_many([]) == []
+        assert client.definition("ranker")["policy"] == "traffic-cap"
+        with pytest.raises(UnknownExperimentError, match="no experiment named 'other'"):
+            client.decide("other")
+        with pytest.raises(RewardError, match=r"rewards\[1\]: reward: must be finite and in"):
+            client.reward_many([(more[0], 1.0), (more[1], 1.5)])  # refused by the sidecar
+        with pytest.raises(RewardError, match=r"rewards\[1\]: reward: must be a finite number"):
+            client.reward_many([(more[0], 1.0), (more[1], math.inf)])  # JSON can't carry it
+        with pytest.raises(RewardError, match="forged"):
+            client.reward(forged(), 1.0)
+        with pytest.raises(RequestError, match="context"):
+            client.decide("ranker", context=["x"])  # type: ignore[list-item]
+    record = next(r for r in sidecar.engine.store.records("ranker") if r["type"] == "decision")
+    assert record["context"] == [1.0, 2.0]
+
+
+def sidecar_experiment(client: autoexp.Client) -> autoexp.Experiment:
+    """The sidecar's "ranker" with functions v1 and v2 that say which one ran."""
+    exp = client.experiment("ranker")
+    exp.control(lambda q: f"v1:{q}", name="v1")
+    exp.alternative(lambda q: f"v2:{q}", name="v2")
+    return exp
+
+
+def test_an_unreachable_sidecar_is_a_store_error_and_the_sdk_serves_control() -> None:
+    client = autoexp.Client(f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
+    with pytest.raises(StoreError, match="unreachable"):
+        client.decide("ranker")
+    with pytest.raises(StoreError, match="unreachable"):
+        client.reward("a.b", 1.0)
+    exp = sidecar_experiment(client)
+
+    answer = exp(3)
+    assert answer == autoexp.Answer("v1:3", None) and exp.fail_open == 1
+    assert exp.reward(answer.decision, 1.0) is False
+    client.close()
+
+
+def test_the_sdk_over_a_sidecar_runs_what_the_sidecar_decides(sidecar: Sidecar) -> None:
+    client = autoexp.Client(sidecar.url)
+    exp = sidecar_experiment(client)
+
+    answers = [exp(i, unit=f"u{i}") for i in range(40)]
+    for i, a in enumerate(answers):
+        assert a.decision is not None and a.result == f"{a.decision.alternative}:{i}"
+    assert exp.reward_many([(a.decision, 1.0) for a in answers]) == [True] * 40
+    assert exp.reward(answers[0].decision, 1.0) is False
+    assert {a.decision.alternative for a in answers if a.decision} == {"v1", "v2"}
+    assert exp.status()["alternatives"] == ["v1", "v2"] and exp.status()["fail_open"] == 0
+    with pytest.raises(autoexp.StateError, match="has started"):
+        exp.alternative(lambda q: q, name="v3")
+    with pytest.raises(autoexp.StateError, match="decided by the sidecar"):
+        exp.engine  # noqa: B018
+    state, _ = snapshot(sidecar.engine)
+    assert sum(state["policy.n"][0]) == 40
+    client.close()
+
+
+def test_sdk_misuse_over_a_sidecar(sidecar: Sidecar) -> None:
+    client = autoexp.Client(sidecar.url)
+    with pytest.raises(ConfigError, match="do not pass store or secret"):
+        autoexp.Experiment("ranker", client=client, store="memory://")
+    exp = client.experiment("ranker")
+    with pytest.raises(ConfigError, match="settings of a sidecar experiment"):
+        exp.setting("v1", depth=1)
+
+    @exp.control
+    def v1(q: int) -> int:
+        return q
+
+    @exp.alternative(name="v3")
+    def other(q: int) -> int:
+        return q
+
+    before = snapshot(sidecar.engine)
+    with pytest.raises(ConfigError, match=r"sidecar's alternatives are \['v1', 'v2'\]"):
+        exp(1)
+    assert snapshot(sidecar.engine) == before
+    with pytest.raises(ConfigError, match="url must be"):
+        autoexp.Client("127.0.0.1:8700")
+    with pytest.raises(ConfigError, match="timeout_s must be > 0"):
+        autoexp.Client("http://127.0.0.1:1", timeout_s=0)
+    client.close()
+
+
+def test_async_alternatives_over_a_sidecar(sidecar: Sidecar) -> None:
+    import asyncio
+
+    async def main() -> list[Any]:
+        client = autoexp.Client(sidecar.url)
+        exp = client.experiment("ranker")
+
+        @exp.control
+        async def v1(q: int) -> int:
+            return q
+
+        @exp.alternative
+        async def v2(q: int) -> int:
+            return -q
+
+        answers = [await exp(i + 1) for i in range(10)]
+        assert [await exp.areward(a.decision, 1.0) for a in answers] == [True] * 10
+        await client.aclose()
+        return answers
+
+    answers = asyncio.run(main())
+    for a in answers:
+        assert a.result == (-1 if a.decision.arm else 1) * abs(a.result)
+
+
+def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
+    # Redis stopped under a running sidecar: decide and rewards answer 503 (decide says
+    # fail_open), readiness fails, the SDK serves control and counts it; nothing that was
+    # acknowledged is lost; after Redis is back (it kept nothing on disk) the sidecar
+    # decides again and the engine declares its state anew.
+    redis_server.flush()
+    from autoexp.store import open_store
+
+    url = redis_server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
+    engine = Engine(open_store(url), [spec()], secret=SECRET, seed=3, log_batch=1)
+    side = Sidecar(engine)
+    client = autoexp.Client(side.url)
+    exp = client.experiment("ranker")
+    exp.control(lambda q: ("control", q), name="v1")
+    exp.alternative(lambda q: ("alt", q), name="v2")
+    try:
+        made = [client.decide("ranker") for _ in range(10)]
+        assert client.reward_many([(d, 1.0) for d in made[:5]]) == [True] * 5
+        redis_server.stop()
+        with httpx.Client(base_url=side.url, timeout=5) as http:
+            statuses = []
+            for _ in range(3):  # the first may still be served from the snapshot
+                r = http.post("/_autoexp/decide", json={"experiment": "ranker"})
+                statuses.append(r.status_code)
+            assert statuses[-1] == 503 and r.json()["fail_open"] is True
+            r = http.post("/_autoexp/rewards", json={"token": made[5].token, "value": 1})
+            assert r.status_code == 503 and "retry" in r.json()["error"]
+            assert http.get("/_autoexp/readyz").status_code == 503
+        with pytest.raises(StoreError):
+            client.reward(made[6], 1.0)
+        answers = [exp(i) for i in range(5)]
+        assert all(a.result[0] == "control" and a.decision is None for a in answers)
+        assert exp.fail_open == 5
+    finally:
+        redis_server.start()
+    with httpx.Client(base_url=side.url, timeout=5) as http:
+        assert http.get("/_autoexp/readyz").status_code == 200
+    engine.refresh()
+    d = client.decide("ranker")
+    assert client.reward(d, 1.0)
+    client.close()
+    side.close()
+    assert np.asarray(open_store(url).read("ranker")["policy.n"]).sum() == 1
