@@ -1,10 +1,13 @@
 """Decision tokens: a decision's facts, signed, so a reward can be trusted later.
 
 A token is ``base64url(payload) "." base64url(HMAC-SHA256(key, payload))`` where the
-payload is compact JSON: decision id, experiment, arm, the allocation the arm was drawn
-from (its propensities: the one for the arm and the rest, which off-policy tests need),
-issue time and expiry. Anyone holding the token can send a reward for it; nobody without
-the key can make one up, change the arm or the propensity, or revive an expired one.
+payload is ``"1|id|arm|issued|expires|p_0,p_1,...|experiment"`` (format 1; floats written
+with ``repr``, so they read back exactly): decision id, arm, issue time, expiry, the
+allocation the arm was drawn from (its propensities: the one for the arm and the rest,
+which off-policy tests need) and the experiment (last, so its name may hold ``|``). A
+fixed text layout rather than JSON because a token is made and checked on every decision
+and reward. Anyone holding the token can send a reward for it; nobody without the key can
+make one up, change the arm or the propensity, or revive an expired one.
 
 The key comes from config or ``AUTOEXP_SECRET`` (at least 16 bytes); rotate it by listing
 the old key after the new one (tokens signed with any listed key verify).
@@ -17,7 +20,6 @@ import binascii
 import functools
 import hashlib
 import hmac
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -70,8 +72,15 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    """base64url without padding; anything else (``+``, ``/``, junk) is a ValueError."""
+    if "+" in text or "/" in text:
+        raise ValueError("not base64url")
+    data = (text + "=" * (-len(text) % 4)).encode().translate(_FROM_URLSAFE)
+    return binascii.a2b_base64(data, strict_mode=True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -88,17 +97,11 @@ def _digest(key: bytes, payload: bytes) -> bytes:
 
 def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
     """The token of ``ticket``, signed with the first key."""
-    payload = json.dumps(
-        [
-            ticket.id,
-            ticket.experiment,
-            ticket.arm,
-            list(ticket.propensity),
-            ticket.issued,
-            ticket.expires,
-        ],
-        separators=(",", ":"),
-        allow_nan=False,
+    if "|" in ticket.id or not all(math.isfinite(p) for p in ticket.propensity):
+        raise ValueError(f"ticket: id without '|' and finite propensities (got {ticket!r})")
+    payload = (
+        f"1|{ticket.id}|{ticket.arm:d}|{ticket.issued!r}|{ticket.expires!r}|"
+        f"{','.join(map(repr, ticket.propensity))}|{ticket.experiment}"
     ).encode()
     return f"{_b64(payload)}.{_b64(_digest(keys[0], payload))}"
 
@@ -115,16 +118,18 @@ def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
     if not any(hmac.compare_digest(_digest(k, payload), mac) for k in keys):
         raise RewardError("token: forged or signed with another key (signature mismatch)")
     try:
-        id_, experiment, arm, propensity, issued, expires = json.loads(payload)
+        version, id_, arm, issued, expires, propensity, experiment = payload.decode().split("|", 6)
+        if version != "1":
+            raise ValueError(version)
         ticket = Ticket(
-            str(id_),
-            str(experiment),
+            id_,
+            experiment,
             int(arm),
-            tuple(float(p) for p in propensity),
+            tuple(map(float, propensity.split(","))),
             float(issued),
             float(expires),
         )
-    except (ValueError, TypeError):
+    except (ValueError, UnicodeDecodeError):
         raise RewardError("token: malformed payload") from None
     if not (0 <= ticket.arm < len(ticket.propensity) and math.isfinite(ticket.expires)):
         raise RewardError("token: malformed payload")

@@ -83,15 +83,18 @@ class MemoryStore:
             state = self._state[experiment]
             log = self._log.setdefault(experiment, [])
             done = []
+            totals: dict[tuple[str, int], float] = {}  # one array write per field and index
             for (once, entries, _), line in zip(items, lines, strict=True):
                 if once in seen:
                     done.append(False)
                     continue
                 seen.add(once)
                 for name, index, amount in entries:
-                    state[name].reshape(-1)[index] += amount
+                    totals[name, index] = totals.get((name, index), 0.0) + amount
                 log.append(line)
                 done.append(True)
+            for (name, index), amount in totals.items():
+                state[name].reshape(-1)[index] += amount
             return done
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:

@@ -4,7 +4,6 @@ refused with the reason."""
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
 
@@ -32,11 +31,36 @@ def test_rotation_old_key_still_verifies() -> None:
 
 def test_altered_payload_is_refused() -> None:
     body, tag = sign(KEYS, TICKET).split(".")
-    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    payload[2] = 2  # claim another arm
-    forged = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split("|")
+    assert payload[:3] == ["1", "d1", "1"]
+    payload[2] = "2"  # claim another arm
+    forged = base64.urlsafe_b64encode("|".join(payload).encode()).rstrip(b"=").decode()
     with pytest.raises(RewardError, match=r"forged or signed with another key"):
         verify(KEYS, f"{forged}.{tag}", now=1200.0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "2|d1|1|1000.0|1600.0|0.5,0.5|x",
+        "1|d1|one|1000.0|1600.0|0.5,0.5|x",
+        "1|d1|1|1000.0",
+        "1|d1|5|1000.0|1600.0|0.5,0.5|x",
+        "1|d1|1|1000.0|nan|0.5,0.5|x",
+    ],
+)
+def test_a_signed_but_malformed_payload_is_refused(payload: str) -> None:
+    # signed with the right key (as a bug or a key leak could produce): still refused
+    from autoexp.tokens import _b64, _digest
+
+    data = payload.encode()
+    with pytest.raises(RewardError, match="token: malformed payload"):
+        verify(KEYS, f"{_b64(data)}.{_b64(_digest(KEYS[0], data))}", now=1200.0)
+
+
+def test_names_with_separators_survive() -> None:
+    ticket = Ticket("d2", "shop|checkout", 0, (0.25, 0.75), 1000.0, 1600.0)
+    assert verify(KEYS, sign(KEYS, ticket), now=1200.0) == ticket
 
 
 @pytest.mark.parametrize(
