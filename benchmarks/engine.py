@@ -10,6 +10,9 @@ One process. The work is one experiment with two alternatives (Thompson sampling
 trivial functions, so what is timed is autoexp's overhead. Rows:
 
 * ``direct call``: the control function called directly (the floor);
+* ``reference``: ``sum(range(1000))``, a fixed piece of pure-Python work that says how fast
+  the machine ran this time (shared 2-core machines vary several-fold between days, and
+  every row here is CPU-bound Python; compare runs through this row);
 * ``sdk decide``: ``exp(query)`` (decide + run the chosen function), no reward;
 * ``sdk decide+reward``: ``exp(query)`` then ``exp.reward(answer.decision, r)``;
 * the same with a sticky unit (``exp(query, unit=...)``, one store write more);
@@ -83,6 +86,9 @@ def time_row(exp: Any, kind: str, n: int) -> tuple[float, list[float]]:
             if kind == "direct":
                 control(i)
                 continue
+            if kind == "reference":
+                sum(range(1000))
+                continue
             answer = exp(i, unit=f"u{i}") if kind.endswith("unit") else exp(i)
             if "reward" in kind:
                 exp.reward(answer.decision, rewards[i])
@@ -95,6 +101,8 @@ def time_row(exp: Any, kind: str, n: int) -> tuple[float, list[float]]:
         start = time.perf_counter()
         if kind == "direct":
             control(i)
+        elif kind == "reference":
+            sum(range(1000))
         else:
             answer = exp(i, unit=f"v{i}") if kind.endswith("unit") else exp(i)
             if "reward" in kind:
@@ -107,7 +115,14 @@ def control(q: int) -> int:
     return q
 
 
-KINDS = ("direct", "decide", "decide+reward", "decide+reward unit", "decide+reward batch")
+KINDS = (
+    "direct",
+    "reference",
+    "decide",
+    "decide+reward",
+    "decide+reward unit",
+    "decide+reward batch",
+)
 BATCH = 100
 
 
@@ -130,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for store, url in stores.items():
                 for kind in KINDS:
-                    if kind == "direct" and store != "memory":
+                    plain = kind in ("direct", "reference")
+                    if plain and store != "memory":
                         continue
                     progress(f"{store} {kind}")
-                    exp = experiment(url) if kind != "direct" else None
+                    exp = None if plain else experiment(url)
                     if exp is not None:
                         time_row(exp, kind, 200)  # warm-up: engine start, caches
                     runs = [time_row(exp, kind, n) for _ in range(args.repeats)]
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     single = np.concatenate([np.asarray(one) for _, one in runs])
                     rows.append(
                         {
-                            "store": "-" if kind == "direct" else store,
+                            "store": "-" if plain else store,
                             "what": kind,
                             "calls": n,
                             "us_per_call": per_call * 1e6,
@@ -156,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
     floor = next(r["us_per_call"] for r in rows if r["what"] == "direct")
     for r in rows:
-        r["overhead_us"] = r["us_per_call"] - floor
+        r["overhead_us"] = 0.0 if r["what"] == "reference" else r["us_per_call"] - floor
     sqlite_decide = next(r for r in rows if r["store"] == "sqlite" and r["what"] == "decide")
     redis_pairs = next(
         r for r in rows if r["store"] == "redis" and r["what"] == "decide+reward batch"
