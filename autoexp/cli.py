@@ -55,6 +55,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(args.config)
     engine = config.engine()
+    engine.warm_up()  # compiled code loaded now, not during the first reward
     names = ", ".join(engine.experiments)
     print(f"autoexp proxy: experiments {names} on {config.store or 'the default store'}")
     web.run_app(

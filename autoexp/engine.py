@@ -544,6 +544,31 @@ class Engine:
         source: str,
     ) -> list[bool]:
         """Apply rewards: each one's increments, once, with its log record."""
+        entries = self._increments(live, tickets, values)
+        spec = live.spec
+        reward = np.asarray(values, dtype=np.float64)
+        batch = [
+            (
+                f"reward:{t.id}",
+                entries[i],
+                {
+                    "type": "reward",
+                    "source": source,
+                    "decision_id": t.id,
+                    "experiment": spec.name,
+                    "arm": t.arm,
+                    "reward": float(reward[i]),
+                    "reward_time": now,
+                },
+            )
+            for i, t in enumerate(tickets)
+        ]
+        return self.store.add_many(spec.name, batch)
+
+    def _increments(
+        self, live: _Live, tickets: Sequence[Ticket], values: Sequence[float]
+    ) -> list[list[tuple[str, int, float]]]:
+        """Each reward's ``(field, flat index, amount)`` entries against the snapshot."""
         spec = live.spec
         k = len(spec.alternatives)
         n = len(tickets)
@@ -573,23 +598,17 @@ class Engine:
         for g, (guard, state) in enumerate(zip(spec.guardrails, live.guard_states, strict=True)):
             inc = guard.test.increment(state.rows(rows), arm[:, None], reward[:, None], prop)
             _rows_into(entries, f"guard.{g}", inc.to_dict())
-        batch = [
-            (
-                f"reward:{t.id}",
-                entries[i],
-                {
-                    "type": "reward",
-                    "source": source,
-                    "decision_id": t.id,
-                    "experiment": spec.name,
-                    "arm": t.arm,
-                    "reward": float(reward[i]),
-                    "reward_time": now,
-                },
-            )
-            for i, t in enumerate(tickets)
-        ]
-        return self.store.add_many(spec.name, batch)
+        return entries
+
+    def warm_up(self) -> None:
+        """Compute (and throw away) one reward's increments per experiment, so compiled
+        code is loaded before the first real reward rather than during it; nothing is
+        written. The sidecar calls this before it reports ready."""
+        with self._lock:
+            for live in self._live.values():
+                k = len(live.spec.alternatives)
+                ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0)
+                self._increments(live, [ticket], [live.spec.reward_range[0]])
 
     def expire(self) -> int:
         """Apply the default reward to every decision whose join window closed without a

@@ -58,9 +58,10 @@ def start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise AssertionError(f"the proxy exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(f"the proxy exited: {proc.communicate(timeout=30)[0]}")
         time.sleep(0.1)
     proc.kill()
+    proc.communicate(timeout=30)
     raise AssertionError("the proxy did not become ready in 60 s")
 
 
@@ -68,7 +69,8 @@ def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> N
     port = free_port()
     proc = start(tmp_path, port)
     try:
-        with autoexp.Client(f"http://127.0.0.1:{port}") as client:
+        # generous timeouts: a loaded 2-core CI machine, each sticky decision an fsync
+        with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
             made = [client.decide("ranker", unit=f"u{i % 7}") for i in range(50)]
             assert {d.alternative for d in made} <= {"v1", "v2"}
             assert all(d.params == ({"depth": 3} if d.arm else {}) for d in made)
@@ -78,6 +80,7 @@ def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate(timeout=30)  # reaped and its pipe closed: no stray warnings
     assert proc.returncode == 0, out
     assert "experiments ranker" in out
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")

@@ -360,3 +360,12 @@ def test_the_background_writer_survives_an_unexpected_client_failure() -> None:
     assert engine.status("ranker")["store_ok"]
     engine.close()
     assert not isinstance(engine._down, StoreError)
+
+
+def test_warm_up_writes_nothing(store: Any) -> None:
+    engine = Engine(store, [spec(test=OffPolicyCS(n_expected=500))], secret=SECRET, seed=21)
+    engine.flush()
+    before = snapshot(store)
+    engine.warm_up()
+    engine.flush()
+    assert snapshot(store) == before
