@@ -170,22 +170,27 @@ def _draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
     return arm
 
 
-def _flush_loop(ref: Any, stop: threading.Event, every_s: float) -> None:
-    """The background writer: pending decisions to the log every ``every_s``."""
-    while not stop.wait(every_s):
+def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
+    """The background writer: pending decisions to the log every ``every_s``, or at once
+    when a group fills (``wake``). It holds the engine's state lock only to take the
+    pending group, so decisions go on while the store writes (an fsync, a round trip)."""
+    while not stop.is_set():
+        wake.wait(every_s)
+        wake.clear()
         engine = ref()
         if engine is None:
             return
-        with engine._lock:
+        with engine._log_lock:
             try:
                 for live in engine._live.values():
-                    engine._flush(live, quiet=True)
+                    engine._write_log(live, quiet=True)
                 engine._probe()
             except Exception as e:  # a client library failing oddly (e.g. a store closed
                 # under it): the writer must not die; the store counts as down, and
                 # the pending decisions stay for the next try
-                engine.log_errors += 1
-                engine._down = StoreError(f"store: background write failed: {e!r}")
+                with engine._lock:
+                    engine.log_errors += 1
+                    engine._down = StoreError(f"store: background write failed: {e!r}")
         del engine
 
 
@@ -227,12 +232,15 @@ class Engine:
     secret : signing key(s) for tokens (default: ``AUTOEXP_SECRET``)
     seed : seeds this replica's draws (default: fresh entropy)
     clock : seconds since the epoch (tests pass a fake one)
-    log_batch : decisions written to the log in one store write (group commit); a
-        reward, a refresh, :meth:`flush` and :meth:`close` write what is pending first,
-        so a decision is always logged before its reward. 1: every decision at once.
-    log_flush_s : a background thread writes pending decisions this often (0: never;
-        then only the triggers above do). A decision not yet written when the process
-        dies is lost from the log (its reward, if any, never is).
+    log_batch : decisions written to the log in one store write (group commit). A full
+        group wakes the background writer, which writes it while decisions go on (the
+        engine's lock is held only to take the group); a reward, :meth:`flush` and
+        :meth:`close` wait for a write in progress and write what is pending first, so a
+        decision is always logged before its reward. 1: every decision at once.
+    log_flush_s : the background writer also writes pending decisions this often (0: no
+        background writer; then a full group or a refresh writes inline). A decision not
+        yet written when the process dies is lost from the log (its reward, if any,
+        never is).
     """
 
     def __init__(
@@ -260,7 +268,11 @@ class Engine:
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
         self._rng = np.random.default_rng(self._seq)
         self._clock = clock
+        # Lock order: _log_lock (log writes, in order) before _lock (engine state); code
+        # holding only _lock may try _log_lock but never wait for it.
         self._lock = threading.RLock()
+        self._log_lock = threading.RLock()
+        self._wake = threading.Event()
         self._live: dict[str, _Live] = {}
         for spec in experiments:
             if spec.name in self._live:
@@ -271,7 +283,7 @@ class Engine:
         if log_flush_s > 0:
             self._flusher = threading.Thread(
                 target=_flush_loop,
-                args=(weakref.ref(self), self._stop, log_flush_s),
+                args=(weakref.ref(self), self._stop, self._wake, log_flush_s),
                 name="autoexp-log-flush",
                 daemon=True,
             )
@@ -304,7 +316,7 @@ class Engine:
     def _refresh(self, live: _Live) -> None:
         """Re-read the shared state; recompute the allocation; let the rule look."""
         spec = live.spec
-        self._flush(live, quiet=True)
+        self._try_flush(live)
         data = self.store.read(spec.name)
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
@@ -428,7 +440,10 @@ class Engine:
                 }
             )
             if len(live.buffer) >= self._log_batch:
-                self._flush(live, quiet=True)
+                if self._flusher is not None:
+                    self._wake.set()  # written by the background writer, off this path
+                else:
+                    self._try_flush(live)
             self._tick(live)
             params = spec.params[arm] if spec.params is not None else {}
             return Decision(
@@ -505,7 +520,7 @@ class Engine:
 
     def _rewards(self, items: Sequence[tuple[Any, Any]], *, single: bool) -> list[bool]:
         now = self._clock()
-        with self._lock:
+        with self._log_lock, self._lock:
             checked = []
             for n, (decision, value) in enumerate(items):
                 try:
@@ -623,7 +638,7 @@ class Engine:
         """
         now = self._clock()
         done = 0
-        with self._lock:
+        with self._log_lock, self._lock:
             for live in self._live.values():
                 if live.spec.default_reward is not None:
                     done += self._expire(live, live.spec.default_reward, now)
@@ -675,21 +690,46 @@ class Engine:
 
     # --- the log ------------------------------------------------------------------------
 
-    def _flush(self, live: _Live, *, quiet: bool = False) -> None:
-        """Write pending decisions (one store write). ``quiet``: on a store failure keep
-        them for the next try and count it, instead of raising."""
-        if not live.buffer:
-            return
+    def _write_log(self, live: _Live, *, quiet: bool = False) -> None:
+        """Write pending decisions (one store write); the caller holds ``_log_lock``, and
+        ``_lock`` is held only to take the group (unless the caller holds it too).
+        ``quiet``: on a store failure put them back for the next try and count it,
+        instead of raising."""
+        with self._lock:
+            batch = live.buffer
+            if not batch:
+                return
+            live.buffer = []
         try:
-            self.store.append(live.spec.name, live.buffer)
+            self.store.append(live.spec.name, batch)
         except StoreError as e:
-            self.log_errors += 1
-            self._down = e
+            with self._lock:
+                live.buffer[:0] = batch  # before anything decided meanwhile: order kept
+                self.log_errors += 1
+                self._down = e
             if not quiet:
                 raise
             return
+        except BaseException:
+            with self._lock:
+                live.buffer[:0] = batch
+            raise
         self._down = None
-        live.buffer = []
+
+    def _flush(self, live: _Live, *, quiet: bool = False) -> None:
+        """Write pending decisions now, waiting for a write in progress (never call this
+        holding only ``_lock``: see the lock order)."""
+        with self._log_lock:
+            self._write_log(live, quiet=quiet)
+
+    def _try_flush(self, live: _Live) -> None:
+        """Write pending decisions unless another thread is writing the log (then they
+        go with its next group); safe while holding ``_lock``."""
+        if self._log_lock.acquire(blocking=False):
+            try:
+                self._write_log(live, quiet=True)
+            finally:
+                self._log_lock.release()
 
     def _probe(self) -> None:
         """While the store is down, try it (the background writer calls this)."""
@@ -712,13 +752,14 @@ class Engine:
 
     def flush(self) -> None:
         """Write every pending decision to the log now."""
-        with self._lock:
+        with self._log_lock:
             for live in self._live.values():
-                self._flush(live)
+                self._write_log(live)
 
     def close(self) -> None:
         """Stop the background writer and write what is pending (the store stays open)."""
         self._stop.set()
+        self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         self.flush()

@@ -369,3 +369,48 @@ def test_warm_up_writes_nothing(store: Any) -> None:
     engine.warm_up()
     engine.flush()
     assert snapshot(store) == before
+
+
+def test_decisions_go_on_while_the_log_is_written() -> None:
+    # The background writer takes a full group and writes it without the state lock: with
+    # the store's append held (a slow fsync, a slow network), 3 more groups of decisions
+    # are still made; a reward waits for the write in progress (its decision is logged
+    # first); the log keeps the decisions' order.
+    import threading
+
+    from autoexp.store.memory import MemoryStore
+
+    class Held(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def append(self, experiment: str, records: Any) -> None:
+            self.entered.set()
+            assert self.release.wait(timeout=30)
+            super().append(experiment, records)
+
+    store = Held()
+    engine = Engine(store, [spec()], secret=SECRET, seed=22, log_batch=8, log_flush_s=0.01)
+    made = [engine.decide("ranker") for _ in range(8)]
+    assert store.entered.wait(timeout=10)  # the writer is inside append, holding the group
+    more = [engine.decide("ranker") for _ in range(24)]  # not blocked by it
+    rewarded = threading.Event()
+
+    def reward() -> None:
+        engine.reward(more[-1], 1.0)
+        rewarded.set()
+
+    thread = threading.Thread(target=reward)
+    thread.start()
+    assert not rewarded.wait(timeout=0.3)  # waits for the write in progress
+    store.release.set()
+    thread.join(timeout=30)
+    assert rewarded.is_set()
+    engine.close()
+    log = store.records("ranker")
+    decided = [r["decision_id"] for r in log if r["type"] == "decision"]
+    assert decided == [d.id for d in made + more]
+    reward_at = next(i for i, r in enumerate(log) if r["type"] == "reward")
+    assert reward_at > [r.get("decision_id") for r in log].index(more[-1].id)
