@@ -59,7 +59,12 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     names = ", ".join(engine.experiments)
     print(f"autoexp proxy: experiments {names} on {config.store or 'the default store'}")
     web.run_app(
-        make_app(engine, expire_every_s=args.expire_every_s),
+        make_app(
+            engine,
+            proxy=config.proxy,
+            routes=config.routes,
+            expire_every_s=args.expire_every_s,
+        ),
         host=args.host,
         port=args.port,
         shutdown_timeout=args.shutdown_timeout_s,

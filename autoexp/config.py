@@ -36,11 +36,12 @@ from policies.build import named, promotion_rule, safety_stack
 
 from .engine import Engine, ExperimentSpec
 from .errors import ConfigError
+from .proxy.routes import ProxySettings, Route, parse_proxy, parse_route
 from .store import open_store
 
 __all__ = ["Config", "load_config", "parse_config"]
 
-_TOP = ("store", "secret", "experiments")
+_TOP = ("store", "secret", "proxy", "experiments")
 _EXPERIMENT = (
     "alternatives",
     "policy",
@@ -51,6 +52,7 @@ _EXPERIMENT = (
     "reward",
     "refresh_every",
     "token_ttl_s",
+    "route",
 )
 _REWARD = ("low", "high", "join_window_s", "default")
 
@@ -62,6 +64,8 @@ class Config:
     store: str | None
     secret: Any
     experiments: tuple[ExperimentSpec, ...]
+    proxy: ProxySettings | None = None
+    routes: tuple[Route, ...] = ()
 
     def engine(self, *, seed: int | None = None) -> Engine:
         """An engine on this config's store, for its experiments."""
@@ -97,7 +101,7 @@ def _alternatives(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[dict[str
             names.append(item)
             params.append({})
         elif isinstance(item, Mapping) and isinstance(item.get("name"), str):
-            _unknown(item, ("name", "params"), f"{where}[{i}]")
+            _unknown(item, ("name", "params", "upstream"), f"{where}[{i}]")
             p = item.get("params", {})
             if not isinstance(p, Mapping):
                 raise _fail(f"{where}[{i}].params", f"must be a table (got {p!r})")
@@ -170,11 +174,22 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     if not isinstance(experiments, Mapping) or not experiments:
         raise _fail("experiments", "missing; define at least one [experiments.NAME] table")
     specs = tuple(_experiment(str(name), body) for name, body in experiments.items())
+    routes = []
+    for name, body in experiments.items():
+        where = f"experiments.{name}"
+        alternatives = body.get("alternatives", [])
+        if "route" in body:
+            routes.append(parse_route(str(name), body["route"], alternatives, f"{where}.route"))
+        elif any(isinstance(a, Mapping) and "upstream" in a for a in alternatives):
+            raise _fail(f"{where}.route", "missing; an alternative with an upstream needs one")
+    proxy = parse_proxy(raw["proxy"]) if "proxy" in raw else None
+    if routes and proxy is None:
+        raise _fail("proxy", "missing; experiments with a route need [proxy] upstream = ...")
     store = os.environ.get("AUTOEXP_STORE") or raw.get("store")
     if store is not None and not isinstance(store, str):
         raise _fail("store", f"must be a URL string (got {store!r})")
     secret = os.environ.get("AUTOEXP_SECRET") or raw.get("secret")
-    return Config(store=store, secret=secret, experiments=specs)
+    return Config(store=store, secret=secret, experiments=specs, proxy=proxy, routes=tuple(routes))
 
 
 def load_config(path: str | Path) -> Config:

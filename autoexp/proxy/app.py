@@ -33,7 +33,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -41,6 +41,8 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import RewardError, StoreError, UnknownExperimentError
+from .routes import ProxySettings, Route
+from .upstream import Forwarder
 
 __all__ = ["MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
 
@@ -49,6 +51,7 @@ log = logging.getLogger("autoexp.proxy")
 MAX_BODY_BYTES = 2 << 20  # a request body larger than this gets 413
 MAX_REWARDS = 1_000  # rewards in one request
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder", Forwarder)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -228,13 +231,21 @@ def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[Non
 
 
 def make_app(
-    engine: Engine, *, expire_every_s: float = 10.0, close_engine: bool = True
+    engine: Engine,
+    *,
+    proxy: ProxySettings | None = None,
+    routes: Sequence[Route] = (),
+    expire_every_s: float = 10.0,
+    close_engine: bool = True,
 ) -> web.Application:
     """The sidecar's application around a started engine.
 
     Parameters
     ----------
     engine : decides and rewards
+    proxy : forward every request outside ``/_autoexp/`` (see
+        :mod:`autoexp.proxy.upstream`); ``None``: the API only
+    routes : which requests each experiment takes
     expire_every_s : how often default rewards are applied to closed join windows
     close_engine : on shutdown, write the pending log and close the engine's store
     """
@@ -254,4 +265,11 @@ def make_app(
     app.router.add_get("/_autoexp/experiments/{name}/definition", definition)
     app.router.add_get("/_autoexp/healthz", healthz)
     app.router.add_get("/_autoexp/readyz", readyz)
+    if proxy is not None:
+        forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes))
+        app[FORWARDER] = forwarder
+        app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
+        app.router.add_route("*", "/{tail:.*}", forwarder.handle)
+    elif routes:
+        raise ValueError("make_app: routes need proxy settings (the default upstream)")
     return app

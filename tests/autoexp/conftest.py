@@ -123,21 +123,18 @@ def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[An
         s.close()
 
 
-class Sidecar:
-    """The sidecar's app around ``engine``, served on 127.0.0.1 from a thread of its own
-    (its own event loop), so synchronous clients can call it from the test."""
+class Served:
+    """An aiohttp application served on 127.0.0.1 from a thread of its own (its own event
+    loop), so synchronous clients can call it from the test."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, app: Any) -> None:
         import asyncio
         import threading
 
         from aiohttp import web
 
-        from autoexp.proxy import make_app
-
-        self.engine = engine
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(make_app(engine, close_engine=False))
+        self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
@@ -153,4 +150,18 @@ class Sidecar:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+class Sidecar(Served):
+    """The sidecar's app around ``engine`` (and forwarding, given ``proxy``), served."""
+
+    def __init__(self, engine: Any, **options: Any) -> None:
+        from autoexp.proxy import make_app
+
+        self.engine = engine
+        self.app = make_app(engine, close_engine=False, **options)
+        super().__init__(self.app)
+
+    def close(self) -> None:
+        super().close()
         self.engine.close()

@@ -1,0 +1,158 @@
+"""The proxy's part of the config: where requests go, and which experiment takes which.
+
+.. code-block:: toml
+
+    [proxy]
+    upstream = "http://127.0.0.1:8080"   # the application: control, and unmatched requests
+    unit_header = "X-User-Id"            # sticky units from this header (or unit_cookie)
+    connect_timeout_s = 1.0
+    read_timeout_s = 30.0
+    max_body_bytes = 10_485_760
+
+    [experiments.ranker]
+    alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
+                    { name = "fast", params = { timeout_ms = 200 } }]
+    route = { path_prefix = "/search", method = "GET" }   # also host, header = "X-Beta: 1"
+
+An alternative is another upstream, or the same upstream told its parameters in the
+``X-Autoexp-Params`` header (JSON). Validated once, errors by dotted path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+
+__all__ = ["ProxySettings", "Route", "parse_proxy", "parse_route"]
+
+_PROXY = (
+    "upstream",
+    "unit_header",
+    "unit_cookie",
+    "connect_timeout_s",
+    "read_timeout_s",
+    "max_body_bytes",
+)
+_ROUTE = ("path_prefix", "host", "method", "header")
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _url(value: Any, where: str) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: must be an http(s)://host:port URL (got {value!r})")
+    if parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"{where}: a base URL without path or query (got {value!r})")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where}.{key}: must be a number > 0 (got {value!r})")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The ``[proxy]`` table."""
+
+    upstream: str
+    unit_header: str | None = "X-User-Id"
+    unit_cookie: str | None = None
+    connect_timeout_s: float = 1.0
+    read_timeout_s: float = 30.0
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table (got {raw!r})")
+    for key in raw:
+        if key not in _PROXY:
+            raise ConfigError(f"{where}.{key}: unknown key; accepted: {', '.join(_PROXY)}")
+    if "upstream" not in raw:
+        raise ConfigError(f"{where}.upstream: missing; the application's base URL")
+    names = {"unit_header": raw.get("unit_header", "X-User-Id"), "unit_cookie": None}
+    for key in ("unit_header", "unit_cookie"):
+        value = raw.get(key, names[key])
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ConfigError(f"{where}.{key}: must be a non-empty name (got {value!r})")
+        names[key] = value
+    size = raw.get("max_body_bytes", 10 * 1024 * 1024)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"{where}.max_body_bytes: must be an integer >= 1 (got {size!r})")
+    return ProxySettings(
+        upstream=_url(raw["upstream"], f"{where}.upstream"),
+        unit_header=names["unit_header"],
+        unit_cookie=names["unit_cookie"],
+        connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
+        read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
+        max_body_bytes=size,
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which requests an experiment takes, and each alternative's upstream (``None``:
+    the default upstream, told the alternative's parameters)."""
+
+    experiment: str
+    upstreams: tuple[str | None, ...]
+    path_prefix: str = "/"
+    host: str | None = None
+    method: str | None = None
+    header: tuple[str, str] | None = None
+
+    def matches(self, method: str, host: str | None, path: str, headers: Mapping[str, str]) -> bool:
+        if not path.startswith(self.path_prefix):
+            return False
+        if self.method is not None and method != self.method:
+            return False
+        if self.host is not None and (host or "").split(":")[0].lower() != self.host:
+            return False
+        return self.header is None or headers.get(self.header[0]) == self.header[1]
+
+
+def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
+    """The ``route`` table of experiment ``name`` and its alternatives' upstreams."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table (got {raw!r})")
+    for key in raw:
+        if key not in _ROUTE:
+            raise ConfigError(f"{where}.{key}: unknown key; accepted: {', '.join(_ROUTE)}")
+    prefix = raw.get("path_prefix", "/")
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise ConfigError(f"{where}.path_prefix: must start with '/' (got {prefix!r})")
+    if prefix.startswith("/_autoexp"):
+        raise ConfigError(f"{where}.path_prefix: /_autoexp/ is the sidecar's own")
+    method = raw.get("method")
+    if method is not None and (not isinstance(method, str) or method.upper() not in _METHODS):
+        raise ConfigError(f"{where}.method: one of {', '.join(_METHODS)} (got {method!r})")
+    host = raw.get("host")
+    if host is not None and not (isinstance(host, str) and host):
+        raise ConfigError(f"{where}.host: must be a host name (got {host!r})")
+    header = raw.get("header")
+    pair = None
+    if header is not None:
+        if not isinstance(header, str) or ":" not in header:
+            raise ConfigError(f"{where}.header: must be 'Name: value' (got {header!r})")
+        key, _, value = header.partition(":")
+        pair = (key.strip(), value.strip())
+    upstreams: list[str | None] = []
+    for i, item in enumerate(alternatives):
+        up = item.get("upstream") if isinstance(item, Mapping) else None
+        base = f"{where.rsplit('.', 1)[0]}.alternatives[{i}].upstream"
+        upstreams.append(None if up is None else _url(up, base))
+    return Route(
+        experiment=name,
+        upstreams=tuple(upstreams),
+        path_prefix=prefix,
+        host=None if host is None else host.lower(),
+        method=None if method is None else method.upper(),
+        header=pair,
+    )

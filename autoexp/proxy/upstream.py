@@ -1,0 +1,212 @@
+"""Forwarding: a request in, the chosen upstream's answer out, streamed both ways.
+
+For each request outside ``/_autoexp/``: the first route that matches names the
+experiment; the engine decides (sticky by the unit header or cookie); the request goes to
+the alternative's upstream (or to the default one with ``X-Autoexp-Alternative`` and
+``X-Autoexp-Params``), and the answer comes back with the decision's token in
+``X-Autoexp-Decision``. Unmatched requests go straight to the default upstream.
+
+Failing open: if deciding fails (store down, anything), the request goes to control and
+``fail_open`` counts it. If an alternative's upstream cannot be reached, times out or
+answers 5xx, an idempotent request without a body is sent again to control, and
+``retried`` counts it: a user's request does not fail because an alternative did.
+Hop-by-hop headers are dropped both ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host``
+are set; bodies are streamed, never buffered whole, and capped at ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..engine import Decision, Engine
+from .routes import ProxySettings, Route
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger("autoexp.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+DECISION_HEADER = "X-Autoexp-Decision"
+CHUNK = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Forwarder:
+    """The forwarding handler's state: settings, routes, one pooled client session."""
+
+    engine: Engine
+    settings: ProxySettings
+    routes: Sequence[Route]
+    session: aiohttp.ClientSession | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the pooled keep-alive connections live as long as the app."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.settings.connect_timeout_s,
+                sock_read=self.settings.read_timeout_s,
+            ),
+            auto_decompress=False,  # bytes pass through as the upstream sent them
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        yield
+        await self.session.close()
+
+    def _unit(self, request: web.Request) -> str | None:
+        s = self.settings
+        if s.unit_header and request.headers.get(s.unit_header):
+            return request.headers[s.unit_header][:1024]
+        if s.unit_cookie and request.cookies.get(s.unit_cookie):
+            return request.cookies[s.unit_cookie][:1024]
+        return None
+
+    async def _decide(self, route: Route, request: web.Request) -> Decision | None:
+        unit = self._unit(request)
+        try:
+            if unit is None:
+                return self.engine.decide(route.experiment)
+            return await asyncio.to_thread(self.engine.decide, route.experiment, unit=unit)
+        except Exception as e:  # fail open: whatever broke, the request goes to control
+            self.counts["fail_open"] += 1
+            log.warning("autoexp: %s failed open to control: %r", route.experiment, e)
+            return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_bytes:
+            return web.json_response(
+                {"error": f"body: larger than {self.settings.max_body_bytes} bytes"}, status=413
+            )
+        path = request.path
+        route = next(
+            (
+                r
+                for r in self.routes
+                if r.matches(request.method, request.host, path, request.headers)
+            ),
+            None,
+        )
+        if route is None:
+            return await self._safe(request, self.settings.upstream, {})
+        decision = await self._decide(route, request)
+        if decision is None:
+            return await self._safe(request, self.settings.upstream, {})
+        base = route.upstreams[decision.arm] or self.settings.upstream
+        extra = {
+            DECISION_HEADER: decision.token,
+            "X-Autoexp-Alternative": decision.alternative,
+        }
+        if decision.params:
+            extra["X-Autoexp-Params"] = json.dumps(decision.params, separators=(",", ":"))
+        retry = decision.arm != 0 and request.method in IDEMPOTENT and not request.body_exists
+        if not retry:
+            return await self._safe(request, base, extra)
+        try:
+            return await self._forward(request, base, extra, raise_5xx=True)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self.counts["retried"] += 1
+            log.warning("autoexp: %s on %s failed (%r); retried on control", path, base, e)
+            control = self.engine.spec(route.experiment).alternatives[0]
+            return await self._safe(
+                request, self.settings.upstream, {"X-Autoexp-Alternative": control}
+            )
+
+    async def _safe(
+        self, request: web.Request, base: str, extra: dict[str, str]
+    ) -> web.StreamResponse:
+        """Forward; an upstream that cannot answer is a 502 (504 on a timeout)."""
+        try:
+            return await self._forward(request, base, extra)
+        except TimeoutError:
+            self.counts["upstream_timeout"] += 1
+            return web.json_response({"error": "upstream: timed out"}, status=504)
+        except aiohttp.ClientError as e:
+            self.counts["upstream_error"] += 1
+            return web.json_response({"error": f"upstream: {e.__class__.__name__}"}, status=502)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        base: str,
+        extra: dict[str, str],
+        *,
+        raise_5xx: bool = False,
+    ) -> web.StreamResponse:
+        assert self.session is not None
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
+        )
+        headers.popall("Host", None)
+        for k in ("X-Autoexp-Decision", "X-Autoexp-Alternative", "X-Autoexp-Params"):
+            headers.popall(k, None)  # only autoexp sets these
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.host
+        headers.update(extra)
+        body = self._body(request) if request.body_exists else None
+        try:
+            async with self.session.request(
+                request.method,
+                base + request.rel_url.raw_path_qs,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            ) as up:
+                if raise_5xx and up.status >= 500:
+                    raise aiohttp.ClientResponseError(
+                        up.request_info, (), status=up.status, message=up.reason or ""
+                    )
+                response = web.StreamResponse(status=up.status, reason=up.reason)
+                for k, v in up.headers.items():
+                    if k.lower() not in HOP_BY_HOP:
+                        response.headers.add(k, v)
+                if DECISION_HEADER in extra:
+                    response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
+                await response.prepare(request)
+                async for chunk in up.content.iter_chunked(CHUNK):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except _TooLarge:
+            return web.json_response(
+                {"error": f"body: larger than {self.settings.max_body_bytes} bytes"}, status=413
+            )
+
+    async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > self.settings.max_body_bytes:
+                raise _TooLarge
+            yield chunk
