@@ -1,0 +1,243 @@
+"""``deploy/``: the container, compose and Kubernetes files.
+
+This machine has no Docker daemon and no cluster, so what is checked is what can be checked
+without them: every file parses and has the structure the sidecar needs (probes, non-root
+user, config path, store and secret from the environment), the example config loads, and
+the image's entrypoint command (``autoexp proxy`` with the image's arguments) serves and
+stops cleanly as a real process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from autoexp.config import parse_config
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+CONFIG_PATH = "/etc/autoexp/autoexp.toml"
+IMAGE_ARGS = ["--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", "8700"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in (DEPLOY / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends in a line continuation"
+    pairs = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+def kubernetes_docs() -> dict[str, dict[str, Any]]:
+    with open(DEPLOY / "kubernetes.yaml") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    by_kind = {d["kind"]: d for d in docs}
+    assert len(by_kind) == len(docs), "one document of each kind"
+    return by_kind
+
+
+def sidecar(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "autoexp"
+    ]
+    return container
+
+
+def test_the_dockerfile_is_multi_stage_non_root_and_runs_the_proxy() -> None:
+    instructions = dockerfile_instructions()
+    froms = [args for word, args in instructions if word == "FROM"]
+    assert froms == ["python:3.11-slim AS builder", "python:3.11-slim AS runtime"]
+    runs = [args for word, args in instructions if word == "RUN"]
+    assert any("pip wheel --no-deps" in r for r in runs)
+    assert any("from=builder" in r and "pip install /wheels/" in r for r in runs)
+    users = [args for word, args in instructions if word == "USER"]
+    assert users == ["10001:10001"]  # numeric, so Kubernetes' runAsNonRoot can verify it
+    assert ("EXPOSE", "8700") in instructions
+    assert json.loads(dict(instructions)["ENTRYPOINT"]) == ["autoexp", "proxy"]
+    assert json.loads(dict(instructions)["CMD"]) == IMAGE_ARGS
+    # the runtime stage: its default store, volume and health check
+    runtime = instructions[[word for word, _ in instructions].index("FROM", 1) :]
+    env = " ".join(args for word, args in runtime if word == "ENV")
+    assert "AUTOEXP_STORE=sqlite:////var/lib/autoexp/autoexp.db" in env
+    assert ("VOLUME", '["/var/lib/autoexp"]') in runtime
+    assert any("-o 10001 -g 10001" in r and "/var/lib/autoexp" in r for r in runs)
+    (health,) = [args for word, args in runtime if word == "HEALTHCHECK"]
+    assert "urllib.request.urlopen('http://127.0.0.1:8700/_autoexp/healthz'" in health
+
+
+def test_compose_runs_redis_the_sidecar_and_a_demo_upstream() -> None:
+    with open(DEPLOY / "compose.yaml") as f:
+        compose = yaml.safe_load(f)
+    services = compose["services"]
+    assert set(services) == {"redis", "autoexp", "demo-upstream"}
+    assert services["redis"]["image"] == "redis:7"
+    assert services["redis"]["command"][-2:] == ["--appendonly", "yes"]
+    app = services["autoexp"]
+    assert app["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert (DEPLOY / ".." / app["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    assert app["environment"] == {
+        "AUTOEXP_STORE": "redis://redis:6379/0",
+        "AUTOEXP_SECRET": "${AUTOEXP_SECRET:?set AUTOEXP_SECRET}",
+    }
+    (mount,) = app["volumes"]
+    source, target, mode = mount.split(":")
+    assert (DEPLOY / source).resolve() == DEPLOY / "autoexp.toml"
+    assert (target, mode) == (CONFIG_PATH, "ro")
+    assert "redis" in app["depends_on"]
+    assert any(str(p).endswith(":8700") or str(p) == "8700" for p in app["ports"])
+    assert "http://127.0.0.1:8700/_autoexp/readyz" in " ".join(app["healthcheck"]["test"])
+    assert services["demo-upstream"]["image"] == "python:3.11-slim"
+    assert services["demo-upstream"]["command"] == ["python", "-m", "http.server", "8080"]
+
+
+def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
+    docs = kubernetes_docs()
+    assert set(docs) == {"ConfigMap", "Secret", "Deployment", "Service"}
+    assert docs["ConfigMap"]["metadata"]["name"] == "autoexp-config"
+    secret = docs["Secret"]
+    assert (secret["metadata"]["name"], secret["type"]) == ("autoexp-secret", "Opaque")
+    assert secret["stringData"] == {"AUTOEXP_SECRET": "change-me-to-at-least-16-bytes"}
+    deployment = docs["Deployment"]
+    assert deployment["metadata"]["name"] == "app"
+    pod = deployment["spec"]["template"]["spec"]
+    assert {c["name"]: c["image"] for c in pod["containers"]} == {
+        "app": "example/app:latest",
+        "autoexp": "autoexp:latest",
+    }
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    c = sidecar(deployment)
+    assert c["args"] == IMAGE_ARGS
+    assert [p["containerPort"] for p in c["ports"]] == [8700]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AUTOEXP_STORE"]["value"] == "redis://redis:6379/0"
+    ref = env["AUTOEXP_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("autoexp-secret", "AUTOEXP_SECRET")
+    assert c["livenessProbe"]["httpGet"] == {"path": "/_autoexp/healthz", "port": 8700}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/_autoexp/readyz", "port": 8700}
+    security = c["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 10001
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert set(c["resources"]) == {"requests", "limits"}
+    assert set(c["resources"]["requests"]) == set(c["resources"]["limits"]) == {"cpu", "memory"}
+
+    # the config file the args name is the ConfigMap's key, mounted read-only
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    config_mount = mounts[str(Path(CONFIG_PATH).parent)]
+    assert config_mount["readOnly"] is True
+    assert volumes[config_mount["name"]]["configMap"]["name"] == "autoexp-config"
+    assert Path(CONFIG_PATH).name in docs["ConfigMap"]["data"]
+    # with a read-only root, numba's cache must go to a writable volume
+    cache = env["NUMBA_CACHE_DIR"]["value"]
+    assert any(
+        cache.startswith(path + "/")
+        for path in mounts
+        if "emptyDir" in volumes[mounts[path]["name"]]
+    )
+
+    service = docs["Service"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8700, 8700)]
+
+
+def test_the_example_config_is_the_configmap_and_loads(monkeypatch: Any) -> None:
+    monkeypatch.delenv("AUTOEXP_STORE", raising=False)
+    monkeypatch.delenv("AUTOEXP_SECRET", raising=False)
+    text = (DEPLOY / "autoexp.toml").read_text()
+    assert kubernetes_docs()["ConfigMap"]["data"]["autoexp.toml"] == text
+    raw = tomllib.loads(text)
+    assert "secret" not in raw and "store" not in raw  # both come from the environment
+    config = parse_config(raw)
+    (spec,) = config.experiments
+    assert spec.name == "ranker"
+    assert spec.alternatives == ("v1", "v2")
+    assert spec.policy.name == "traffic-cap"  # thompson-beta inside the 10% cap
+    assert raw["experiments"]["ranker"]["policy"] == {"name": "thompson-beta"}
+    assert raw["experiments"]["ranker"]["safety"] == {"explore_share": 0.1}
+    assert raw["experiments"]["ranker"]["test"]["name"] == "off-policy-cs"
+    assert spec.test is not None
+    assert spec.reward_range == (0.0, 1.0)
+    assert (config.store, config.secret) == (None, None)
+
+
+def test_the_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    # what the image runs, outside a container: the entrypoint `autoexp proxy` with the
+    # CMD's arguments, on loopback and a free port, store and secret from the environment
+    config = tmp_path / "autoexp.toml"
+    shutil.copyfile(DEPLOY / "autoexp.toml", config)
+    port = free_port()
+    args = IMAGE_ARGS[:]
+    args[args.index("--config") + 1] = str(config)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "AUTOEXP_SECRET": "deploy-test-secret-0123456789abc",
+        "AUTOEXP_STORE": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    assert len(env["AUTOEXP_SECRET"]) == 32
+    base = f"http://127.0.0.1:{port}/_autoexp"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoexp.cli", "proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        healthy = False
+        while not healthy and time.monotonic() < deadline:
+            assert proc.poll() is None, f"the proxy exited: {proc.communicate(timeout=30)[0]}"
+            try:
+                healthy = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert healthy, "healthz did not answer 200 within 60 s"
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+        decided = httpx.post(f"{base}/decide", json={"experiment": "ranker"}, timeout=30)
+        assert decided.status_code == 200, decided.text
+        assert decided.json()["alternative"] in {"v1", "v2"}
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)  # reaped and its pipe closed: no ResourceWarning
+    assert proc.returncode == 0, out
+    assert "experiments ranker" in out
