@@ -20,7 +20,7 @@ def toml_blocks() -> list[str]:
 
 def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
     blocks = toml_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     spec = scenario(tomllib.loads(blocks[0]))
     assert spec.arm_names == ("control", "better", "harmful")
     sweep = tmp_path / "sweep.toml"
@@ -30,3 +30,7 @@ def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
     assert len(load_sweep(sweep).cells) == 24
     config = parse_config(tomllib.loads(blocks[2]))
     assert [e.name for e in config.experiments] == ["ranker"]
+    proxied = parse_config(tomllib.loads(blocks[3]))
+    assert proxied.proxy is not None and proxied.proxy.upstream == "http://127.0.0.1:8080"
+    (route,) = proxied.routes
+    assert route.upstreams == (None, "http://127.0.0.1:8081", None)
