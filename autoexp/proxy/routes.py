@@ -13,6 +13,9 @@
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
                     { name = "fast", params = { timeout_ms = 200 } }]
     route = { path_prefix = "/search", method = "GET" }   # also host, header = "X-Beta: 1"
+    # rewards read from each answer: reward_from = "status" (1 below 400, else 0),
+    # "latency" (1 if below 400 within slo_ms), "header" (the upstream's X-Autoexp-Reward,
+    # or reward_header = "..."), or "none" (the default: rewards come to /_autoexp/rewards)
 
 An alternative is another upstream, or the same upstream told its parameters in the
 ``X-Autoexp-Params`` header (JSON). Validated once, errors by dotted path.
@@ -37,7 +40,8 @@ _PROXY = (
     "read_timeout_s",
     "max_body_bytes",
 )
-_ROUTE = ("path_prefix", "host", "method", "header")
+_ROUTE = ("path_prefix", "host", "method", "header", "reward_from", "slo_ms", "reward_header")
+_REWARD_FROM = ("none", "status", "latency", "header")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -107,6 +111,9 @@ class Route:
     host: str | None = None
     method: str | None = None
     header: tuple[str, str] | None = None
+    reward_from: str = "none"
+    slo_ms: float | None = None
+    reward_header: str = "X-Autoexp-Reward"
 
     def matches(self, method: str, host: str | None, path: str, headers: Mapping[str, str]) -> bool:
         if not path.startswith(self.path_prefix):
@@ -143,6 +150,19 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
             raise ConfigError(f"{where}.header: must be 'Name: value' (got {header!r})")
         key, _, value = header.partition(":")
         pair = (key.strip(), value.strip())
+    reward_from = raw.get("reward_from", "none")
+    if reward_from not in _REWARD_FROM:
+        raise ConfigError(
+            f"{where}.reward_from: one of {', '.join(_REWARD_FROM)} (got {reward_from!r})"
+        )
+    slo_ms = raw.get("slo_ms")
+    if reward_from == "latency":
+        slo_ms = _positive(raw, "slo_ms", 0.0, where)
+    elif slo_ms is not None:
+        raise ConfigError(f'{where}.slo_ms: only with reward_from = "latency"')
+    reward_header = raw.get("reward_header", "X-Autoexp-Reward")
+    if not (isinstance(reward_header, str) and reward_header.strip()):
+        raise ConfigError(f"{where}.reward_header: must be a header name (got {reward_header!r})")
     upstreams: list[str | None] = []
     for i, item in enumerate(alternatives):
         up = item.get("upstream") if isinstance(item, Mapping) else None
@@ -155,4 +175,7 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
         host=None if host is None else host.lower(),
         method=None if method is None else method.upper(),
         header=pair,
+        reward_from=reward_from,
+        slo_ms=slo_ms,
+        reward_header=reward_header,
     )

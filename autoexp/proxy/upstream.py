@@ -10,6 +10,11 @@ Failing open: if deciding fails (store down, anything), the request goes to cont
 ``fail_open`` counts it. If an alternative's upstream cannot be reached, times out or
 answers 5xx, an idempotent request without a body is sent again to control, and
 ``retried`` counts it: a user's request does not fail because an alternative did.
+Rewards from answers (a route's ``reward_from``): the status class, the latency against an
+SLO, or a header the upstream sets (hidden from the client); an alternative that failed
+and was retried on control gets the lowest reward, so its errors feed its guardrail. They
+are queued and applied in batches (``reward_many``) by a background task every 50 ms,
+never on the request's path; ``rewards_refused`` counts header values out of range.
 Hop-by-hop headers are dropped both ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host``
 are set; bodies are streamed, never buffered whole, and capped at ``max_body_bytes``.
 """
@@ -17,8 +22,11 @@ are set; bodies are streamed, never buffered whole, and capped at ``max_body_byt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..engine import Decision, Engine
+from ..errors import StoreError
 from .routes import ProxySettings, Route
 
 __all__ = ["Forwarder"]
@@ -50,6 +59,8 @@ HOP_BY_HOP = frozenset(
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DECISION_HEADER = "X-Autoexp-Decision"
 CHUNK = 64 * 1024
+FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
+REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
 
 
 class _TooLarge(Exception):
@@ -65,6 +76,8 @@ class Forwarder:
     routes: Sequence[Route]
     session: aiohttp.ClientSession | None = None
     counts: Counter[str] = field(default_factory=Counter)
+    pending: list[tuple[str, float]] = field(default_factory=list)  # rewards to apply
+    max_pending: int = 100_000
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: the pooled keep-alive connections live as long as the app."""
@@ -78,8 +91,67 @@ class Forwarder:
             auto_decompress=False,  # bytes pass through as the upstream sent them
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        task = asyncio.create_task(self._apply_loop())
         yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._apply_rewards()  # what the last requests earned
         await self.session.close()
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            await self._apply_rewards()
+
+    async def _apply_rewards(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            await asyncio.to_thread(self.engine.reward_many, batch)
+        except StoreError as e:  # kept for the next round (bounded), counted
+            self.counts["reward_store_errors"] += 1
+            self.pending[:0] = batch[: self.max_pending]
+            log.warning("autoexp: applying %d rewards failed: %s", len(batch), e)
+        except Exception as e:  # refused (a token expired while queued...): dropped, said
+            self.counts["rewards_refused"] += len(batch)
+            log.warning("autoexp: %d rewards refused: %r", len(batch), e)
+        else:
+            self.counts["rewards"] += len(batch)
+
+    def _earned(
+        self, route: Route, decision: Decision, response: web.StreamResponse, seconds: float
+    ) -> None:
+        """Queue the reward this answer earned under the route's ``reward_from``."""
+        if route.reward_from == "none":
+            return
+        low, high = self.engine.spec(route.experiment).reward_range
+        ok = response.status < 400
+        if route.reward_from == "status":
+            value = high if ok else low
+        elif route.reward_from == "latency":
+            assert route.slo_ms is not None
+            value = high if ok and seconds * 1000.0 <= route.slo_ms else low
+        else:
+            raw = response.get(REWARD)
+            if raw is None:
+                return
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and low <= value <= high):
+                self.counts["rewards_refused"] += 1
+                log.warning("autoexp: reward header %r out of [%s, %s]", raw, low, high)
+                return
+        self._queue(decision, value)
+
+    def _queue(self, decision: Decision, value: float) -> None:
+        if len(self.pending) < self.max_pending:
+            self.pending.append((decision.token, value))
+        else:
+            self.counts["rewards_dropped"] += 1
 
     def _unit(self, request: web.Request) -> str | None:
         s = self.settings
@@ -128,12 +200,23 @@ class Forwarder:
         if decision.params:
             extra["X-Autoexp-Params"] = json.dumps(decision.params, separators=(",", ":"))
         retry = decision.arm != 0 and request.method in IDEMPOTENT and not request.body_exists
+        hide = route.reward_header if route.reward_from == "header" else None
+        started = time.monotonic()
         if not retry:
-            return await self._safe(request, base, extra)
+            response = await self._safe(request, base, extra, hide=hide)
+            if response.get(FAILED):  # no answer from the upstream at all
+                self._queue(decision, self.engine.spec(route.experiment).reward_range[0])
+            else:
+                self._earned(route, decision, response, time.monotonic() - started)
+            return response
         try:
-            return await self._forward(request, base, extra, raise_5xx=True)
+            response = await self._forward(request, base, extra, raise_5xx=True, hide=hide)
+            self._earned(route, decision, response, time.monotonic() - started)
+            return response
         except (aiohttp.ClientError, TimeoutError) as e:
             self.counts["retried"] += 1
+            low = self.engine.spec(route.experiment).reward_range[0]
+            self._queue(decision, low)  # the alternative failed: its guardrail sees it
             log.warning("autoexp: %s on %s failed (%r); retried on control", path, base, e)
             control = self.engine.spec(route.experiment).alternatives[0]
             return await self._safe(
@@ -141,17 +224,19 @@ class Forwarder:
             )
 
     async def _safe(
-        self, request: web.Request, base: str, extra: dict[str, str]
+        self, request: web.Request, base: str, extra: dict[str, str], hide: str | None = None
     ) -> web.StreamResponse:
         """Forward; an upstream that cannot answer is a 502 (504 on a timeout)."""
         try:
-            return await self._forward(request, base, extra)
+            return await self._forward(request, base, extra, hide=hide)
         except TimeoutError:
             self.counts["upstream_timeout"] += 1
-            return web.json_response({"error": "upstream: timed out"}, status=504)
+            failed = web.json_response({"error": "upstream: timed out"}, status=504)
         except aiohttp.ClientError as e:
             self.counts["upstream_error"] += 1
-            return web.json_response({"error": f"upstream: {e.__class__.__name__}"}, status=502)
+            failed = web.json_response({"error": f"upstream: {e.__class__.__name__}"}, status=502)
+        failed[FAILED] = True
+        return failed
 
     async def _forward(
         self,
@@ -160,6 +245,7 @@ class Forwarder:
         extra: dict[str, str],
         *,
         raise_5xx: bool = False,
+        hide: str | None = None,
     ) -> web.StreamResponse:
         assert self.session is not None
         headers = CIMultiDict(
@@ -191,6 +277,9 @@ class Forwarder:
                 for k, v in up.headers.items():
                     if k.lower() not in HOP_BY_HOP:
                         response.headers.add(k, v)
+                if hide is not None:  # the upstream's reward, for autoexp only
+                    if hide in response.headers:
+                        response[REWARD] = response.headers.popall(hide)[0]
                 if DECISION_HEADER in extra:
                     response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
                 await response.prepare(request)
