@@ -48,6 +48,7 @@ def test_decisions_follow_the_allocation_and_are_logged(store: Any) -> None:
     arms = [engine.decide("ranker").arm for _ in range(400)]
     share = np.mean(arms)
     assert abs(share - 0.5) <= 4 * math.sqrt(0.25 / 400)  # 4 binomial SE
+    engine.flush()  # the log is written in groups, in the background
     log = store.records("ranker")
     assert len(log) == 400
     first = log[0]

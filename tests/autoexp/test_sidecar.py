@@ -297,11 +297,14 @@ def test_async_alternatives_over_a_sidecar(sidecar: Sidecar) -> None:
 
 
 def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
-    # Redis stopped under a running sidecar: decide and rewards answer 503 (decide says
-    # fail_open), readiness fails, the SDK serves control and counts it; nothing that was
-    # acknowledged is lost; after Redis is back (it kept nothing on disk) the sidecar
-    # decides again and the engine declares its state anew.
+    # Redis stopped under a running sidecar: once the engine has noticed (its background
+    # log writer fails within the 0.3 s socket timeout), decide and rewards answer 503
+    # (decide says fail_open), readiness fails, the SDK serves control and counts it;
+    # nothing that was acknowledged is lost; after Redis is back (it kept nothing on disk)
+    # the sidecar decides again and the engine declares its state anew.
     redis_server.flush()
+    import time
+
     from autoexp.store import open_store
 
     url = redis_server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
@@ -315,27 +318,37 @@ def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
         made = [client.decide("ranker") for _ in range(10)]
         assert client.reward_many([(d, 1.0) for d in made[:5]]) == [True] * 5
         redis_server.stop()
+        try:
+            with httpx.Client(base_url=side.url, timeout=5) as http:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # decisions are served until noticed
+                    r = http.post("/_autoexp/decide", json={"experiment": "ranker"})
+                    if r.status_code == 503:
+                        break
+                    assert r.status_code == 200
+                    time.sleep(0.05)
+                assert r.status_code == 503 and r.json()["fail_open"] is True
+                r = http.post("/_autoexp/rewards", json={"token": made[5].token, "value": 1})
+                assert r.status_code == 503 and "retry" in r.json()["error"]
+                assert http.get("/_autoexp/readyz").status_code == 503
+            with pytest.raises(StoreError):
+                client.reward(made[6], 1.0)
+            answers = [exp(i) for i in range(5)]
+            assert all(a.result[0] == "control" and a.decision is None for a in answers)
+            assert exp.fail_open == 5
+        finally:
+            redis_server.start()
         with httpx.Client(base_url=side.url, timeout=5) as http:
-            statuses = []
-            for _ in range(3):  # the first may still be served from the snapshot
-                r = http.post("/_autoexp/decide", json={"experiment": "ranker"})
-                statuses.append(r.status_code)
-            assert statuses[-1] == 503 and r.json()["fail_open"] is True
-            r = http.post("/_autoexp/rewards", json={"token": made[5].token, "value": 1})
-            assert r.status_code == 503 and "retry" in r.json()["error"]
-            assert http.get("/_autoexp/readyz").status_code == 503
-        with pytest.raises(StoreError):
-            client.reward(made[6], 1.0)
-        answers = [exp(i) for i in range(5)]
-        assert all(a.result[0] == "control" and a.decision is None for a in answers)
-        assert exp.fail_open == 5
+            assert http.get("/_autoexp/readyz").status_code == 200
+        engine.refresh()
+        d = client.decide("ranker")
+        assert client.reward(d, 1.0)
     finally:
-        redis_server.start()
-    with httpx.Client(base_url=side.url, timeout=5) as http:
-        assert http.get("/_autoexp/readyz").status_code == 200
-    engine.refresh()
-    d = client.decide("ranker")
-    assert client.reward(d, 1.0)
-    client.close()
-    side.close()
-    assert np.asarray(open_store(url).read("ranker")["policy.n"]).sum() == 1
+        client.close()
+        side.close()
+        engine.store.close()
+    after = open_store(url)
+    try:
+        assert np.asarray(after.read("ranker")["policy.n"]).sum() == 1
+    finally:
+        after.close()
