@@ -105,20 +105,27 @@ class Forwarder:
             await self._apply_rewards()
 
     async def _apply_rewards(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
+        while self.pending:  # in store calls of at most 1,000
+            batch, self.pending = self.pending[:1_000], self.pending[1_000:]
+            if not await self._apply_batch(batch):
+                return
+
+    async def _apply_batch(self, batch: list[tuple[str, float]]) -> bool:
+        """Apply one batch; ``False`` if the store failed (then it waits for next time)."""
         try:
             await asyncio.to_thread(self.engine.reward_many, batch)
         except StoreError as e:  # kept for the next round (bounded), counted
             self.counts["reward_store_errors"] += 1
-            self.pending[:0] = batch[: self.max_pending]
+            self.pending[:0] = batch
+            del self.pending[self.max_pending :]
             log.warning("autoexp: applying %d rewards failed: %s", len(batch), e)
+            return False
         except Exception as e:  # refused (a token expired while queued...): dropped, said
             self.counts["rewards_refused"] += len(batch)
             log.warning("autoexp: %d rewards refused: %r", len(batch), e)
         else:
             self.counts["rewards"] += len(batch)
+        return True
 
     def _earned(
         self, route: Route, decision: Decision, response: web.StreamResponse, seconds: float

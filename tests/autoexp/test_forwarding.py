@@ -252,6 +252,39 @@ def test_rewards_from_a_header_are_checked_and_hidden(servers: dict[str, Served]
         side.close()
 
 
+def test_rewards_survive_a_store_that_fails_for_a_while(servers: dict[str, Served]) -> None:
+    # The store refuses the first two reward batches: they stay queued (counted) and are
+    # applied once it answers; none is lost or doubled.
+    side = sidecar(servers, reward_from="status")
+    store = side.engine.store
+    real = store.add_many
+    failures = [2]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreError("store: refused for the test")
+        return real(*args, **kwargs)
+
+    store.add_many = flaky  # type: ignore[method-assign]
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            answers = [http.get("/search") for _ in range(20)]
+        assert all(r.status_code == 200 for r in answers)
+        # a failed store call also makes the engine fail open until it probes the store
+        # again, so some answers may carry no decision: those earn nothing
+        decided = sum("X-Autoexp-Decision" in r.headers for r in answers)
+        deadline = time.monotonic() + 10
+        while failures[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state = settle(side)
+        assert decided >= 1
+        assert sum(state["policy.n"]) == decided and sum(state["policy.sum_reward"]) == decided
+        assert side.app[FORWARDER].counts["reward_store_errors"] == 2
+    finally:
+        side.close()
+
+
 def test_a_failing_decision_fails_open_to_control(servers: dict[str, Served]) -> None:
     side = sidecar(servers)
 
@@ -411,3 +444,37 @@ def test_through_the_proxy_alone_the_better_is_promoted_and_the_harmful_rolled_b
         side.close()
         for u in ups.values():
             u.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        # request smuggling: both framings, which one the upstream would believe is unknown
+        (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"400",
+        ),
+        # two different Content-Lengths
+        (
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"400",
+        ),
+        # a header line over aiohttp's 8,190-byte limit (aiohttp answers 400, not 431)
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", b"400"),
+        # not HTTP at all
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),
+    ],
+)
+def test_malformed_requests_get_a_400_and_decide_nothing(
+    servers: dict[str, Served], request_bytes: bytes, status: bytes
+) -> None:
+    side = sidecar(servers)
+    try:
+        answer = raw(side.port, request_bytes)
+        assert answer.split(b" ")[1] == status, answer[:80]
+        assert side.engine.status("ranker")["version"] >= 1
+        side.engine.flush()
+        assert side.engine.store.records("ranker") == []  # nothing decided or logged
+    finally:
+        side.close()
