@@ -18,6 +18,8 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
     the experiment's alternatives, their parameters, its policy and reward range.
 ``GET /_autoexp/healthz`` (the process answers) and ``GET /_autoexp/readyz`` (and its
     store does: 503 otherwise).
+``GET /_autoexp/metrics``
+    Prometheus metrics (:mod:`autoexp.proxy.metrics`).
 
 Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
 4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
@@ -41,6 +43,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import RewardError, StoreError, UnknownExperimentError
+from .metrics import metrics_handler
 from .routes import ProxySettings, Route
 from .upstream import Forwarder
 
@@ -265,11 +268,14 @@ def make_app(
     app.router.add_get("/_autoexp/experiments/{name}/definition", definition)
     app.router.add_get("/_autoexp/healthz", healthz)
     app.router.add_get("/_autoexp/readyz", readyz)
+    if routes and proxy is None:
+        raise ValueError("make_app: routes need proxy settings (the default upstream)")
+    forwarder = None
     if proxy is not None:
         forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes))
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
+    app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder))
+    if forwarder is not None:  # last: everything outside /_autoexp/
         app.router.add_route("*", "/{tail:.*}", forwarder.handle)
-    elif routes:
-        raise ValueError("make_app: routes need proxy settings (the default upstream)")
     return app

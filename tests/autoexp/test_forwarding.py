@@ -285,6 +285,41 @@ def test_rewards_survive_a_store_that_fails_for_a_while(servers: dict[str, Serve
         side.close()
 
 
+def test_metrics_say_what_happened(servers: dict[str, Served]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    side = sidecar(servers, "five", reward_from="status")
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            codes = [http.get("/search").status_code for _ in range(30)]
+            assert codes == [200] * 30  # the alternative's 503s were retried on control
+            settle(side)
+            side.engine.refresh()
+            text = http.get("/_autoexp/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+        def get(name: str, **labels: str) -> float:
+            return samples[(name, tuple(sorted(labels.items())))]
+
+        retried = side.app[FORWARDER].counts["retried"]
+        assert get("autoexp_proxy_events_total", event="retried") == retried >= 1
+        assert get("autoexp_rewarded", experiment="ranker", alternative="v2") == retried
+        assert get("autoexp_reward_sum", experiment="ranker", alternative="v2") == 0
+        assert get("autoexp_rewarded", experiment="ranker", alternative="v1") == 30 - retried
+        share = get("autoexp_allocation", experiment="ranker", alternative="v1")
+        assert share + get("autoexp_allocation", experiment="ranker", alternative="v2") == (
+            pytest.approx(1.0)
+        )
+        assert get("autoexp_state", experiment="ranker", alternative="v2", state="exploring") == 1
+        assert get("autoexp_store_up") == 1
+    finally:
+        side.close()
+
+
 def test_a_failing_decision_fails_open_to_control(servers: dict[str, Served]) -> None:
     side = sidecar(servers)
 

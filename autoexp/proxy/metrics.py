@@ -1,0 +1,97 @@
+"""Prometheus metrics at ``GET /_autoexp/metrics``, read from the engine when scraped.
+
+Per experiment and alternative: the allocation (``autoexp_allocation``), the lifecycle
+state (``autoexp_state``, 1 for the current one), the rewarded decisions and reward sums
+in this replica's snapshot of the shared state (``autoexp_rewarded``,
+``autoexp_reward_sum``); per experiment: the allocation version, late rewards refused,
+decisions not yet logged; the store's health (``autoexp_store_up``); and the proxy's own
+events (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``,
+``rewards``, ``rewards_refused``, ``reward_store_errors``, ``upstream_error``,
+``upstream_timeout``, ...). The snapshot is refreshed on the engine's cadence, so the
+figures move in steps of ``refresh_every`` events, summed over every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..engine import Engine
+from .upstream import Forwarder
+
+__all__ = ["metrics_handler"]
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine, forwarder: Forwarder | None) -> None:
+        self.engine = engine
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["experiment", "alternative"]
+        allocation = GaugeMetricFamily(
+            "autoexp_allocation", "Share of traffic each alternative gets now", labels=labels
+        )
+        state = GaugeMetricFamily(
+            "autoexp_state",
+            "Lifecycle state of each alternative (1 for the current one)",
+            labels=[*labels, "state"],
+        )
+        rewarded = GaugeMetricFamily(
+            "autoexp_rewarded", "Rewarded decisions in the shared state", labels=labels
+        )
+        reward_sum = GaugeMetricFamily(
+            "autoexp_reward_sum", "Sum of rewards in the shared state", labels=labels
+        )
+        version = GaugeMetricFamily(
+            "autoexp_allocation_version", "Allocation version", labels=["experiment"]
+        )
+        late = CounterMetricFamily(
+            "autoexp_late_rewards", "Rewards refused after the join window", labels=["experiment"]
+        )
+        unlogged = GaugeMetricFamily(
+            "autoexp_unlogged_decisions", "Decisions not yet written", labels=["experiment"]
+        )
+        store_up = GaugeMetricFamily("autoexp_store_up", "1 while the store answers")
+        ok = True
+        for name in self.engine.experiments:
+            st: dict[str, Any] = self.engine.status(name)
+            ok = ok and bool(st["store_ok"])
+            n = st["state"].get("n")
+            sums = st["state"].get("sum_reward")
+            for i, alt in enumerate(st["alternatives"]):
+                allocation.add_metric([name, alt], st["allocation"][i])
+                state.add_metric([name, alt, st["status"][i]], 1.0)
+                if n is not None:
+                    rewarded.add_metric([name, alt], float(n[0][i]))
+                if sums is not None:
+                    reward_sum.add_metric([name, alt], float(sums[0][i]))
+            version.add_metric([name], st["version"])
+            late.add_metric([name], st["late_rewards"])
+            unlogged.add_metric([name], st["unlogged"])
+        store_up.add_metric([], 1.0 if ok else 0.0)
+        yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
+        if self.forwarder is not None:
+            events = CounterMetricFamily(
+                "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]
+            )
+            for event, count in sorted(self.forwarder.counts.items()):
+                events.add_metric([event], count)
+            yield events
+
+
+def metrics_handler(engine: Engine, forwarder: Forwarder | None) -> Any:
+    """The ``GET /_autoexp/metrics`` handler (the Prometheus text format)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_EngineCollector(engine, forwarder))
+
+    async def handler(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
