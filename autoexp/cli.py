@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             proxy=config.proxy,
             routes=config.routes,
             expire_every_s=args.expire_every_s,
+            admin_token=os.environ.get("AUTOEXP_ADMIN_TOKEN") or None,
         ),
         host=args.host,
         port=args.port,

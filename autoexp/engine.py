@@ -50,7 +50,7 @@ from policies.base import Decision as PolicyDecision
 from policies.base import PolicyBase
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
 
-from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
+from .errors import ConfigError, RewardError, StateError, StoreError, UnknownExperimentError
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
@@ -154,6 +154,7 @@ class _Live:
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
     cumulative: list[float] = field(default_factory=list)
     buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
+    paused: bool = False
 
 
 def _draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
@@ -335,8 +336,11 @@ class Engine:
         if live.rule is not None and spec.test is not None:
             status = self._look(live, live.rule, status)
         live.status = status
+        live.paused = self.store.get(spec.name, "paused") == "1"
         alloc = spec.policy.allocation(live.policy_state)[0].copy()
-        if (status == PROMOTED).any():
+        if live.paused:  # an operator's pause: control only, until resumed
+            alloc = np.eye(len(spec.alternatives))[0]
+        elif (status == PROMOTED).any():
             alloc = (status[0] == PROMOTED).astype(np.float64)
         else:
             # rolled back, or inconclusive at the horizon: no more traffic
@@ -382,6 +386,75 @@ class Engine:
             raise UnknownExperimentError(
                 f"experiment {name!r} is not defined; defined: {sorted(self._live)}"
             ) from None
+
+    def operate(
+        self, name: str, action: str, *, alternative: str | None = None, reason: str = ""
+    ) -> dict[str, Any]:
+        """An operator's change: ``pause`` (control only) or ``resume`` the experiment,
+        ``promote`` or ``roll_back`` one alternative. Logged as a transition with
+        ``"by": "operator"`` and the reason; shared through the store by every replica at
+        its next refresh (this one refreshes now). The new status."""
+        with self._log_lock, self._lock:
+            live = self._get(name)
+            spec = live.spec
+            record: dict[str, Any] = {
+                "type": "transition",
+                "time": self._clock(),
+                "experiment": name,
+                "by": "operator",
+                "reason": reason,
+                "action": action,
+            }
+            if action in ("pause", "resume"):
+                self.store.set(name, "paused", "1" if action == "pause" else "0")
+            elif action in ("promote", "roll_back"):
+                if alternative not in spec.alternatives:
+                    raise UnknownExperimentError(
+                        f"{name}: no alternative {alternative!r}; defined: "
+                        f"{list(spec.alternatives)}"
+                    )
+                arm = spec.alternatives.index(alternative)
+                if arm == 0:
+                    raise StateError(f"{name}: {alternative!r} is the control")
+                raw = self.store.get(name, "status")
+                status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
+                new = "promoted" if action == "promote" else "rolled_back"
+                if new == "promoted" and "promoted" in status:
+                    winner = spec.alternatives[status.index("promoted")]
+                    raise StateError(f"{name}: {winner!r} is promoted already")
+                status[arm] = new
+                self.store.set(name, "status", json.dumps(status))
+                record |= {"arm": arm, "alternative": alternative, "new": new}
+            else:
+                raise StateError(
+                    f"{name}: unknown action {action!r}; pause, resume, promote, roll_back"
+                )
+            self.store.add(name, {}, once=f"operator:{os.urandom(8).hex()}", record=record)
+            self._refresh(live)
+            return self.status(name)
+
+    def evidence(self, name: str) -> dict[str, Any]:
+        """The primary test's and the guardrails' evidence in this replica's snapshot:
+        per alternative against control, ``estimate``, ``lower`` and ``upper`` (the
+        confidence sequence of the difference; ``None`` while unbounded) and ``n``."""
+        with self._lock:
+            live = self._get(name)
+            spec = live.spec
+            parts = []
+            if spec.test is not None:
+                parts.append(("test", spec.test.evaluate(live.test_state)))
+            for g, state in zip(spec.guardrails, live.guard_states, strict=True):
+                parts.append((f"guardrail:{g.name}", g.test.evaluate(state)))
+            out: dict[str, Any] = {}
+            for label, ev in parts:
+                out[label] = {
+                    key: [
+                        float(x) if math.isfinite(x) else None
+                        for x in np.asarray(getattr(ev, key), dtype=np.float64)[0].tolist()
+                    ]
+                    for key in ("estimate", "lower", "upper", "n")
+                }
+            return out
 
     def spec(self, name: str) -> ExperimentSpec:
         """The definition of experiment ``name``."""
@@ -787,6 +860,7 @@ class Engine:
                 "unlogged": len(live.buffer),
                 "store_ok": self._down is None,
                 "store_error": None if self._down is None else str(self._down),
+                "paused": live.paused,
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
 

@@ -20,6 +20,9 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
     store does: 503 otherwise).
 ``GET /_autoexp/metrics``
     Prometheus metrics (:mod:`autoexp.proxy.metrics`).
+``/_autoexp/admin/...``
+    inspect, pause, resume, promote, roll back, with a bearer token
+    (:mod:`autoexp.proxy.admin`).
 
 Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
 4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
@@ -43,6 +46,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import RewardError, StoreError, UnknownExperimentError
+from .admin import add_admin_routes
 from .metrics import metrics_handler
 from .routes import ProxySettings, Route
 from .upstream import Forwarder
@@ -240,6 +244,7 @@ def make_app(
     routes: Sequence[Route] = (),
     expire_every_s: float = 10.0,
     close_engine: bool = True,
+    admin_token: str | None = None,
 ) -> web.Application:
     """The sidecar's application around a started engine.
 
@@ -251,6 +256,8 @@ def make_app(
     routes : which requests each experiment takes
     expire_every_s : how often default rewards are applied to closed join windows
     close_engine : on shutdown, write the pending log and close the engine's store
+    admin_token : the bearer token of the admin API (:mod:`autoexp.proxy.admin`);
+        ``None``: no admin
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
@@ -276,6 +283,7 @@ def make_app(
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
     app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder))
+    add_admin_routes(app, engine, admin_token)
     if forwarder is not None:  # last: everything outside /_autoexp/
         app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app

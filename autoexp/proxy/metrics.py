@@ -3,7 +3,9 @@
 Per experiment and alternative: the allocation (``autoexp_allocation``), the lifecycle
 state (``autoexp_state``, 1 for the current one), the rewarded decisions and reward sums
 in this replica's snapshot of the shared state (``autoexp_rewarded``,
-``autoexp_reward_sum``); per experiment: the allocation version, late rewards refused,
+``autoexp_reward_sum``), the confidence sequence of its difference against control per
+test and guardrail (``autoexp_difference_lower``, ``_upper``; absent while unbounded);
+per experiment: whether it is paused, the allocation version, late rewards refused,
 decisions not yet logged; the store's health (``autoexp_store_up``); and the proxy's own
 events (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``,
 ``rewards``, ``rewards_refused``, ``reward_store_errors``, ``upstream_error``,
@@ -58,6 +60,15 @@ class _EngineCollector(Collector):
             "autoexp_unlogged_decisions", "Decisions not yet written", labels=["experiment"]
         )
         store_up = GaugeMetricFamily("autoexp_store_up", "1 while the store answers")
+        bounds = {
+            side: GaugeMetricFamily(
+                f"autoexp_difference_{side}",
+                f"{side.capitalize()} confidence bound of the difference against control",
+                labels=[*labels, "test"],
+            )
+            for side in ("lower", "upper")
+        }
+        paused = GaugeMetricFamily("autoexp_paused", "1 while paused", labels=["experiment"])
         ok = True
         for name in self.engine.experiments:
             st: dict[str, Any] = self.engine.status(name)
@@ -71,11 +82,18 @@ class _EngineCollector(Collector):
                     rewarded.add_metric([name, alt], float(n[0][i]))
                 if sums is not None:
                     reward_sum.add_metric([name, alt], float(sums[0][i]))
+            for test, ev in self.engine.evidence(name).items():
+                for side, family in bounds.items():
+                    for i, value in enumerate(ev[side]):
+                        if i and value is not None:  # column 0 is control itself
+                            family.add_metric([name, st["alternatives"][i], test], value)
+            paused.add_metric([name], 1.0 if st["paused"] else 0.0)
             version.add_metric([name], st["version"])
             late.add_metric([name], st["late_rewards"])
             unlogged.add_metric([name], st["unlogged"])
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
+        yield from (bounds["lower"], bounds["upper"], paused)
         if self.forwarder is not None:
             events = CounterMetricFamily(
                 "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]

@@ -316,6 +316,7 @@ def test_metrics_say_what_happened(servers: dict[str, Served]) -> None:
         )
         assert get("autoexp_state", experiment="ranker", alternative="v2", state="exploring") == 1
         assert get("autoexp_store_up") == 1
+        assert get("autoexp_paused", experiment="ranker") == 0
     finally:
         side.close()
 

@@ -1,0 +1,103 @@
+"""The admin API under ``/_autoexp/admin/``: inspect experiments, pause, resume, promote,
+roll back. Every call needs ``Authorization: Bearer <token>`` with the token from
+``AUTOEXP_ADMIN_TOKEN`` (at least 16 characters); with no token configured there
+is no admin at all (403), and a missing or wrong token is a 401. Nothing changes unless
+the call is authorised and valid.
+
+``GET  /_autoexp/admin/experiments``                      every experiment's status
+``GET  /_autoexp/admin/experiments/NAME``                 its status and evidence
+``POST /_autoexp/admin/experiments/NAME/pause``           control only, until resumed
+``POST /_autoexp/admin/experiments/NAME/resume``
+``POST /_autoexp/admin/experiments/NAME/promote``         ``{"alternative": ..., "reason": ...}``
+``POST /_autoexp/admin/experiments/NAME/roll_back``       ``{"alternative": ..., "reason": ...}``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..engine import Engine
+from ..errors import StateError, StoreError, UnknownExperimentError
+
+__all__ = ["add_admin_routes"]
+
+MIN_TOKEN_CHARS = 16
+
+
+def _json_error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "kind": kind}, status=status)
+
+
+def add_admin_routes(app: web.Application, engine: Engine, token: str | None) -> None:
+    """Mount the admin API on ``app`` (refusing every call when ``token`` is ``None``)."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"admin_token: at least {MIN_TOKEN_CHARS} characters")
+
+    def authorised(request: web.Request) -> web.Response | None:
+        if token is None:
+            return _json_error(403, "Forbidden", "admin: disabled (no admin token configured)")
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            return _json_error(401, "Unauthorized", "admin: missing or wrong bearer token")
+        return None
+
+    def summary(name: str) -> dict[str, Any]:
+        st = engine.status(name)
+        st.pop("state", None)
+        return st
+
+    async def list_experiments(request: web.Request) -> web.Response:
+        if (refused := authorised(request)) is not None:
+            return refused
+        return web.json_response({"experiments": [summary(n) for n in engine.experiments]})
+
+    async def inspect(request: web.Request) -> web.Response:
+        if (refused := authorised(request)) is not None:
+            return refused
+        name = request.match_info["name"]
+        try:
+            body = {**engine.status(name), "evidence": engine.evidence(name)}
+        except UnknownExperimentError:
+            return _json_error(404, "UnknownExperimentError", f"no experiment named {name!r}")
+        return web.json_response(body)
+
+    async def operate(request: web.Request) -> web.Response:
+        if (refused := authorised(request)) is not None:
+            return refused
+        name, action = request.match_info["name"], request.match_info["action"]
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return _json_error(400, "RequestError", "body: not JSON")
+        if not isinstance(body, dict):
+            return _json_error(400, "RequestError", "body: must be a JSON object")
+        alternative, reason = body.get("alternative"), body.get("reason", "")
+        if action in ("promote", "roll_back") and not isinstance(alternative, str):
+            return _json_error(400, "RequestError", f"{action}: needs {{'alternative': name}}")
+        if not isinstance(reason, str) or len(reason) > 1000:
+            return _json_error(400, "RequestError", "reason: a string of at most 1000 chars")
+        try:
+            status = await asyncio.to_thread(
+                engine.operate, name, action, alternative=alternative, reason=reason
+            )
+        except UnknownExperimentError as e:
+            return _json_error(404, "UnknownExperimentError", str(e.args[0]))
+        except StateError as e:
+            return _json_error(409, "StateError", str(e))
+        except StoreError as e:
+            return _json_error(503, "StoreError", str(e))
+        status.pop("state", None)
+        return web.json_response(status)
+
+    app.router.add_get("/_autoexp/admin/experiments", list_experiments)
+    app.router.add_get("/_autoexp/admin/experiments/{name}", inspect)
+    app.router.add_post(
+        "/_autoexp/admin/experiments/{name}/{action:pause|resume|promote|roll_back}", operate
+    )
