@@ -78,6 +78,7 @@ class Forwarder:
     counts: Counter[str] = field(default_factory=Counter)
     pending: list[tuple[str, float]] = field(default_factory=list)  # rewards to apply
     max_pending: int = 100_000
+    applying: int = 0  # reward batches in a store call right now
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: the pooled keep-alive connections live as long as the app."""
@@ -106,8 +107,13 @@ class Forwarder:
 
     async def _apply_rewards(self) -> None:
         while self.pending:  # in store calls of at most 1,000
-            batch, self.pending = self.pending[:1_000], self.pending[1_000:]
-            if not await self._apply_batch(batch):
+            self.applying += 1  # before the batch leaves pending: never seen in neither
+            try:
+                batch, self.pending = self.pending[:1_000], self.pending[1_000:]
+                ok = await self._apply_batch(batch)
+            finally:
+                self.applying -= 1
+            if not ok:
                 return
 
     async def _apply_batch(self, batch: list[tuple[str, float]]) -> bool:

@@ -209,9 +209,9 @@ def settle(side: Sidecar) -> dict[str, list[float]]:
     """Wait until the forwarder's queued rewards are applied; the policy's state per arm."""
     forwarder = side.app[FORWARDER]
     deadline = time.monotonic() + 10
-    while forwarder.pending and time.monotonic() < deadline:
+    while (forwarder.pending or forwarder.applying) and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.2)  # a batch taken just before may still be in its store call
+    assert not forwarder.pending and not forwarder.applying
     state = side.engine.store.read("ranker")
     return {k: v[0].tolist() for k, v in state.items() if k.startswith("policy.")}
 
