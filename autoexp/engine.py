@@ -608,7 +608,7 @@ class Engine:
                 groups.setdefault(live.spec.name, []).append(n)
             for idx in groups.values():
                 live = checked[idx[0]][0]
-                self._flush(live)  # decisions are logged before their rewards
+                self._write_log(live)  # decisions are logged before their rewards
                 tickets = [checked[n][1] for n in idx]
                 values = [checked[n][2] for n in idx]
                 try:
@@ -719,7 +719,7 @@ class Engine:
 
     def _expire(self, live: _Live, default: float, now: float) -> int:
         spec = live.spec
-        self._flush(live, quiet=True)  # this replica's own pending decisions count too
+        self._write_log(live, quiet=True)  # this replica's own pending decisions count
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
         open_: dict[str, tuple[int, Ticket]] = {}
         rewarded: set[str] = set()
@@ -775,25 +775,16 @@ class Engine:
             live.buffer = []
         try:
             self.store.append(live.spec.name, batch)
-        except StoreError as e:
+        except BaseException as e:
             with self._lock:
                 live.buffer[:0] = batch  # before anything decided meanwhile: order kept
-                self.log_errors += 1
-                self._down = e
-            if not quiet:
-                raise
-            return
-        except BaseException:
-            with self._lock:
-                live.buffer[:0] = batch
+                if isinstance(e, StoreError):
+                    self.log_errors += 1
+                    self._down = e
+            if quiet and isinstance(e, StoreError):
+                return
             raise
         self._down = None
-
-    def _flush(self, live: _Live, *, quiet: bool = False) -> None:
-        """Write pending decisions now, waiting for a write in progress (never call this
-        holding only ``_lock``: see the lock order)."""
-        with self._log_lock:
-            self._write_log(live, quiet=quiet)
 
     def _try_flush(self, live: _Live) -> None:
         """Write pending decisions unless another thread is writing the log (then they

@@ -281,7 +281,8 @@ class Experiment:
     def _pick(self, decision: Decision | None) -> tuple[Callable[..., Any], Decision | None]:
         fn = self._functions[0] if decision is None else self._functions[decision.arm]
         if fn is None:  # settings were mixed in after all: refuse rather than guess
-            raise StateError(f"experiment {self.name!r}: {decision!r} has no function")
+            name = None if decision is None else decision.alternative
+            raise StateError(f"experiment {self.name!r}: {name!r} has no function")
         return fn, decision
 
     def _failed_open(self, error: StoreError) -> None:

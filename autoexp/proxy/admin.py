@@ -23,14 +23,11 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import StateError, StoreError, UnknownExperimentError
+from .errors import json_error
 
 __all__ = ["add_admin_routes"]
 
 MIN_TOKEN_CHARS = 16
-
-
-def _json_error(status: int, kind: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "kind": kind}, status=status)
 
 
 def add_admin_routes(app: web.Application, engine: Engine, token: str | None) -> None:
@@ -40,11 +37,11 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
 
     def authorised(request: web.Request) -> web.Response | None:
         if token is None:
-            return _json_error(403, "Forbidden", "admin: disabled (no admin token configured)")
+            return json_error(403, "Forbidden", "admin: disabled (no admin token configured)")
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-            return _json_error(401, "Unauthorized", "admin: missing or wrong bearer token")
+            return json_error(401, "Unauthorized", "admin: missing or wrong bearer token")
         return None
 
     def summary(name: str) -> dict[str, Any]:
@@ -64,7 +61,7 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
         try:
             body = {**engine.status(name), "evidence": engine.evidence(name)}
         except UnknownExperimentError:
-            return _json_error(404, "UnknownExperimentError", f"no experiment named {name!r}")
+            return json_error(404, "UnknownExperimentError", f"no experiment named {name!r}")
         return web.json_response(body)
 
     async def operate(request: web.Request) -> web.Response:
@@ -75,24 +72,24 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
-            return _json_error(400, "RequestError", "body: not JSON")
+            return json_error(400, "RequestError", "body: not JSON")
         if not isinstance(body, dict):
-            return _json_error(400, "RequestError", "body: must be a JSON object")
+            return json_error(400, "RequestError", "body: must be a JSON object")
         alternative, reason = body.get("alternative"), body.get("reason", "")
         if action in ("promote", "roll_back") and not isinstance(alternative, str):
-            return _json_error(400, "RequestError", f"{action}: needs {{'alternative': name}}")
+            return json_error(400, "RequestError", f"{action}: needs {{'alternative': name}}")
         if not isinstance(reason, str) or len(reason) > 1000:
-            return _json_error(400, "RequestError", "reason: a string of at most 1000 chars")
+            return json_error(400, "RequestError", "reason: a string of at most 1000 chars")
         try:
             status = await asyncio.to_thread(
                 engine.operate, name, action, alternative=alternative, reason=reason
             )
         except UnknownExperimentError as e:
-            return _json_error(404, "UnknownExperimentError", str(e.args[0]))
+            return json_error(404, "UnknownExperimentError", str(e.args[0]))
         except StateError as e:
-            return _json_error(409, "StateError", str(e))
+            return json_error(409, "StateError", str(e))
         except StoreError as e:
-            return _json_error(503, "StoreError", str(e))
+            return json_error(503, "StoreError", str(e))
         status.pop("state", None)
         return web.json_response(status)
 

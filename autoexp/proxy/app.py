@@ -47,6 +47,7 @@ from aiohttp import web
 from ..engine import Engine
 from ..errors import RewardError, StoreError, UnknownExperimentError
 from .admin import add_admin_routes
+from .errors import json_error
 from .metrics import metrics_handler
 from .routes import ProxySettings, Route
 from .upstream import Forwarder
@@ -62,36 +63,28 @@ FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder", Forwarder)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, "kind": kind, **extra}, status=status)
-
-
-async def _body(request: web.Request) -> Mapping[str, Any]:
-    """The request's JSON object; :class:`web.HTTPException` s with a reason otherwise."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:  # aiohttp's own check of client_max_size
-        raise _bad(413, f"body: larger than {MAX_BODY_BYTES} bytes") from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _bad(400, f"body: not JSON ({e})") from None
-    if not isinstance(body, Mapping):
-        raise _bad(400, f"body: must be a JSON object (got {type(body).__name__})")
-    return body
-
-
 class _Refused(Exception):
     """A request refused with ``status`` and a reason (turned into JSON by :func:`_api`)."""
 
-    def __init__(self, status: int, message: str, kind: str) -> None:
+    def __init__(self, status: int, message: str, kind: str = "RequestError") -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
 
 
-def _bad(status: int, message: str, kind: str = "RequestError") -> _Refused:
-    return _Refused(status, message, kind)
+async def _body(request: web.Request) -> Mapping[str, Any]:
+    """The request's JSON object; :class:`_Refused` with the reason otherwise."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own check of client_max_size
+        raise _Refused(413, f"body: larger than {MAX_BODY_BYTES} bytes") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _Refused(400, f"body: not JSON ({e})") from None
+    if not isinstance(body, Mapping):
+        raise _Refused(400, f"body: must be a JSON object (got {type(body).__name__})")
+    return body
 
 
 def _api(handler: Handler) -> Handler:
@@ -102,7 +95,7 @@ def _api(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except _Refused as e:
-            return _error(e.status, e.kind, str(e))
+            return json_error(e.status, e.kind, str(e))
 
     return wrapped
 
@@ -113,10 +106,10 @@ async def decide(request: web.Request) -> web.Response:
     body = await _body(request)
     name = body.get("experiment")
     if not isinstance(name, str) or not name:
-        raise _bad(400, f"experiment: must be a non-empty string (got {name!r})")
+        raise _Refused(400, f"experiment: must be a non-empty string (got {name!r})")
     unit = body.get("unit")
     if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= 1024):
-        raise _bad(400, f"unit: must be a string of 1 to 1024 characters (got {unit!r:.60})")
+        raise _Refused(400, f"unit: must be a string of 1 to 1024 characters (got {unit!r:.60})")
     context = body.get("context")
     if context is not None and not (
         isinstance(context, list)
@@ -126,18 +119,18 @@ async def decide(request: web.Request) -> web.Response:
             for x in context
         )
     ):
-        raise _bad(400, "context: must be a list of at most 4096 finite numbers")
+        raise _Refused(400, "context: must be a list of at most 4096 finite numbers")
     try:
         if unit is None:  # an in-memory draw (a store write only every so often)
             decision = engine.decide(name, unit=unit, context=context)
         else:  # a sticky unit reads and writes the store
             decision = await asyncio.to_thread(engine.decide, name, unit=unit, context=context)
     except UnknownExperimentError:
-        raise _bad(
+        raise _Refused(
             404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"
         ) from None
     except StoreError as e:
-        return _error(503, "StoreError", str(e), fail_open=True)
+        return json_error(503, "StoreError", str(e), fail_open=True)
     return web.json_response(asdict(decision))
 
 
@@ -146,9 +139,9 @@ def _reward_items(body: Mapping[str, Any]) -> tuple[list[tuple[Any, Any]], bool]
     if "rewards" in body:
         items = body["rewards"]
         if not isinstance(items, list) or not items:
-            raise _bad(400, "rewards: must be a non-empty list of {token, value} objects")
+            raise _Refused(400, "rewards: must be a non-empty list of {token, value} objects")
         if len(items) > MAX_REWARDS:
-            raise _bad(413, f"rewards: at most {MAX_REWARDS} in one request (got {len(items)})")
+            raise _Refused(413, f"rewards: at most {MAX_REWARDS} in one request (got {len(items)})")
         single = False
     else:
         items = [body]
@@ -157,10 +150,10 @@ def _reward_items(body: Mapping[str, Any]) -> tuple[list[tuple[Any, Any]], bool]
     for n, item in enumerate(items):
         where = "" if single else f"rewards[{n}]: "
         if not isinstance(item, Mapping) or "token" not in item or "value" not in item:
-            raise _bad(400, f"{where}must be an object with token and value")
+            raise _Refused(400, f"{where}must be an object with token and value")
         value = item["value"]
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _bad(400, f"{where}reward: must be a number (got {value!r:.60})")
+            raise _Refused(400, f"{where}reward: must be a number (got {value!r:.60})")
         out.append((item["token"], value))
     return out, single
 
@@ -175,11 +168,11 @@ async def rewards(request: web.Request) -> web.Response:
         else:
             applied = await asyncio.to_thread(engine.reward_many, items)
     except RewardError as e:
-        raise _bad(400, str(e), "RewardError") from None
+        raise _Refused(400, str(e), "RewardError") from None
     except UnknownExperimentError as e:
-        raise _bad(404, str(e.args[0]), "UnknownExperimentError") from None
+        raise _Refused(404, str(e.args[0]), "UnknownExperimentError") from None
     except StoreError as e:
-        return _error(503, "StoreError", f"{e}; nothing was acknowledged: retry")
+        return json_error(503, "StoreError", f"{e}; nothing was acknowledged: retry")
     return web.json_response({"applied": applied}, status=202)
 
 
@@ -190,7 +183,7 @@ async def definition(request: web.Request) -> web.Response:
     try:
         spec = engine.spec(name)
     except UnknownExperimentError:
-        raise _bad(
+        raise _Refused(
             404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"
         ) from None
     return web.json_response(
