@@ -40,6 +40,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +50,15 @@ import numpy as np
 from policies.base import Decision as PolicyDecision
 from policies.base import PolicyBase
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
+from policies.safety import ConservativeBudget
 
 from .errors import ConfigError, RewardError, StateError, StoreError, UnknownExperimentError
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
+
+HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +159,10 @@ class _Live:
     cumulative: list[float] = field(default_factory=list)
     buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
     paused: bool = False
+    # (time, version, allocation, status, paused) at each refresh, for the status page
+    history: deque[tuple[float, int, list[float], list[str], bool]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY)
+    )
 
 
 def _draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
@@ -216,6 +224,17 @@ def _rows_into(
         field = f"{prefix}.{name}"
         for r, c, v in zip(rows.tolist(), cols.tolist(), flat[rows, cols].tolist(), strict=True):
             entries[r].append((field, c, v))
+
+
+def _budget(policy: Any, stats: Any) -> dict[str, float] | None:
+    """The conservative budget in a policy stack: ``alpha``, ``delta`` and ``remaining``
+    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one."""
+    while policy is not None:
+        if isinstance(policy, ConservativeBudget):
+            left = float(policy.remaining(stats)[0])
+            return {"alpha": policy.alpha, "delta": policy.delta, "remaining": left}
+        policy = getattr(policy, "policy", None)  # a traffic cap keeps its policy's state
+    return None
 
 
 def _part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,6 +371,15 @@ class Engine:
         live.cumulative = np.cumsum(live.allocation).tolist()
         live.version += 1
         live.since_refresh = 0
+        live.history.append(
+            (
+                self._clock(),
+                live.version,
+                list(live.row),
+                [STATUS[s] for s in status[0]],
+                live.paused,
+            )
+        )
 
     def _look(self, live: _Live, rule: PromotionRule, status: np.ndarray) -> np.ndarray:
         spec = live.spec
@@ -374,7 +402,8 @@ class Engine:
                 **evidence,
             }
             # exactly once across replicas: the change is keyed by arm and new state
-            self.store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record)
+            if self.store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record):
+                self.store.set(spec.name, f"change:{c.arm}", json.dumps(record))
         if changes:
             self.store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
         return new
@@ -430,6 +459,8 @@ class Engine:
                     f"{name}: unknown action {action!r}; pause, resume, promote, roll_back"
                 )
             self.store.add(name, {}, once=f"operator:{os.urandom(8).hex()}", record=record)
+            about = "paused" if action in ("pause", "resume") else str(record["arm"])
+            self.store.set(name, f"change:{about}", json.dumps(record))
             self._refresh(live)
             return self.status(name)
 
@@ -455,6 +486,24 @@ class Engine:
                     for key in ("estimate", "lower", "upper", "n")
                 }
             return out
+
+    def changes(self, name: str) -> list[dict[str, Any]]:
+        """The last lifecycle change of each alternative and the last pause or resume, as
+        logged (with the evidence or the operator's reason), oldest first; read from the
+        store, so changes made by any replica are there."""
+        live = self._get(name)
+        keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused"]
+        found = (self.store.get(name, f"change:{key}") for key in keys)
+        return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """This replica's allocations and states at its last refreshes (at most
+        :data:`HISTORY`), oldest first: ``time``, ``version``, ``allocation``, ``status``,
+        ``paused``."""
+        with self._lock:
+            rows = list(self._get(name).history)
+        keys = ("time", "version", "allocation", "status", "paused")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def spec(self, name: str) -> ExperimentSpec:
         """The definition of experiment ``name``."""
@@ -852,6 +901,7 @@ class Engine:
                 "store_ok": self._down is None,
                 "store_error": None if self._down is None else str(self._down),
                 "paused": live.paused,
+                "budget": _budget(live.spec.policy, state),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
 

@@ -255,6 +255,13 @@ class ConservativeBudget(PolicyBase):
         """(B, K) bool: which arms the budget allows next (control always)."""
         return conservative_slack(stats.budget, self.alpha, self.delta, self.refresh) >= 0.0
 
+    def remaining(self, stats: BudgetStats) -> FloatArray:
+        """(B,) the budget left, in reward units: a lower confidence bound on the reward
+        served so far minus ``(1 - alpha)`` times what control alone would have earned
+        (:func:`conservative_slack` with no further rounds). Exploration may spend it; an
+        alternative is allowed while its next ``refresh`` rounds would leave it >= 0."""
+        return np.asarray(conservative_slack(stats.budget, self.alpha, self.delta, 0)[:, -1])
+
     def allocation(self, stats: BudgetStats, context: FloatArray | None = None) -> FloatArray:
         p = self.policy.allocation(stats.base, context)
         ok = self.allowed(stats)

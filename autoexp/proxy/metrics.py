@@ -5,7 +5,8 @@ state (``autoexp_state``, 1 for the current one), the rewarded decisions and rew
 in this replica's snapshot of the shared state (``autoexp_rewarded``,
 ``autoexp_reward_sum``), the confidence sequence of its difference against control per
 test and guardrail (``autoexp_difference_lower``, ``_upper``; absent while unbounded);
-per experiment: whether it is paused, the allocation version, late rewards refused,
+per experiment: whether it is paused, the conservative budget left
+(``autoexp_budget_remaining``, in reward units), the allocation version, late rewards refused,
 decisions not yet logged; the store's health (``autoexp_store_up``); and the proxy's own
 events (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``,
 ``rewards``, ``rewards_refused``, ``reward_store_errors``, ``upstream_error``,
@@ -69,6 +70,12 @@ class _EngineCollector(Collector):
             for side in ("lower", "upper")
         }
         paused = GaugeMetricFamily("autoexp_paused", "1 while paused", labels=["experiment"])
+        budget = GaugeMetricFamily(
+            "autoexp_budget_remaining",
+            "Conservative budget left, in reward units (lower bound of served reward minus "
+            "(1 - alpha) times control's)",
+            labels=["experiment"],
+        )
         ok = True
         for name in self.engine.experiments:
             st: dict[str, Any] = self.engine.status(name)
@@ -88,12 +95,14 @@ class _EngineCollector(Collector):
                         if i and value is not None:  # column 0 is control itself
                             family.add_metric([name, st["alternatives"][i], test], value)
             paused.add_metric([name], 1.0 if st["paused"] else 0.0)
+            if st["budget"] is not None:
+                budget.add_metric([name], st["budget"]["remaining"])
             version.add_metric([name], st["version"])
             late.add_metric([name], st["late_rewards"])
             unlogged.add_metric([name], st["unlogged"])
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (bounds["lower"], bounds["upper"], paused)
+        yield from (bounds["lower"], bounds["upper"], paused, budget)
         if self.forwarder is not None:
             events = CounterMetricFamily(
                 "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]

@@ -136,6 +136,8 @@ def test_inspect_pause_resume_promote(side: Sidecar) -> None:
         ("promote", "by hand"),
     ]
     assert all(m["by"] == "operator" for m in moves)
+    # the last change of each alternative and of the pause, for the status page
+    assert side.engine.changes("ranker") == moves[1:]
 
 
 def test_evidence_and_its_bounds_reach_the_admin_api_and_the_metrics(side: Sidecar) -> None:

@@ -193,6 +193,18 @@ def test_guardrail_rolls_back_and_traffic_returns_to_control(store: Any) -> None
     assert all(engine.decide("ranker").arm == 0 for _ in range(50))
     moves = [r for r in store.records("ranker") if r["type"] == "transition"]
     assert [m["new"] for m in moves] == ["rolled_back"]
+    # the change, its evidence and the states before and after, for the status page
+    assert engine.changes("ranker") == moves
+    states = [h["status"][1] for h in engine.history("ranker")]
+    assert states[0] == "exploring" and states[-1] == "rolled_back"
+    assert states == sorted(states, key=["exploring", "rolled_back"].index)
+    # the budget: control earned 1 on every one of its users and the alternative 0, so
+    # what is left is at most what alpha = 0.5 allows over control's users; positive,
+    # since the budget only let the alternative play while it could afford it
+    budget = engine.status("ranker")["budget"]
+    n = engine.status("ranker")["state"]["budget.n"][0]
+    assert budget["alpha"] == 0.5
+    assert 0 < budget["remaining"] <= n[0] - 0.5 * sum(n)
 
 
 def test_bad_specs_and_unknown_experiments() -> None:

@@ -115,3 +115,12 @@ def test_slack_formula() -> None:
     assert coef20 < 0 and got20[0, 1] == pytest.approx(expected20, rel=1e-12)
     with pytest.raises(ValueError, match=r"conservative-budget\.refresh"):
         ConservativeBudget(policy=UCB1(), refresh=0)
+
+    # the budget left after these 110 rounds: no round reserved, t = 110
+    t0 = 110.0
+    coef0 = 100 - 0.9 * t0
+    left = 10 * lower[0, 1] + coef0 * (lower[0, 0] if coef0 >= 0 else upper[0, 0])
+    policy = ConservativeBudget(policy=UCB1(), alpha=0.1, delta=0.1)
+    stats = policy.init(2)
+    got0 = policy.remaining(type(stats)(base=stats.base, budget=budget))
+    assert got0.shape == (1,) and got0[0] == pytest.approx(left, rel=1e-12)
