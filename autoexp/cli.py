@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -48,30 +47,22 @@ def _cmd_log_export(args: argparse.Namespace) -> int:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     import logging
 
-    from aiohttp import web
-
-    from .config import load_config
-    from .proxy import make_app
+    from .proxy.serve import ServeOptions, serve, supervise
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
-    engine = config.engine()
-    engine.warm_up()  # compiled code loaded now, not during the first reward
-    names = ", ".join(engine.experiments)
-    print(f"autoexp proxy: experiments {names} on {config.store or 'the default store'}")
-    web.run_app(
-        make_app(
-            engine,
-            proxy=config.proxy,
-            routes=config.routes,
-            expire_every_s=args.expire_every_s,
-            admin_token=os.environ.get("AUTOEXP_ADMIN_TOKEN") or None,
-        ),
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1 (got {args.workers})")
+    options = ServeOptions(
+        config=args.config,
         host=args.host,
         port=args.port,
-        shutdown_timeout=args.shutdown_timeout_s,
-        print=lambda text: print(f"autoexp proxy: {text}", flush=True),
+        workers=args.workers,
+        expire_every_s=args.expire_every_s,
+        shutdown_timeout_s=args.shutdown_timeout_s,
     )
+    if args.workers > 1:
+        return supervise(options)
+    serve(options, reuse_port=args.reuse_port)
     return 0
 
 
@@ -110,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="how long requests in flight may take to finish on shutdown (10)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port and, through the store, the state (1)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)
     p = sub.add_parser("log", help="the decision log")
     logs = p.add_subparsers(dest="log_command", metavar="ACTION", required=True)

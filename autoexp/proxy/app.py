@@ -16,8 +16,8 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
     retry).
 ``GET /_autoexp/experiments/NAME/definition``
     the experiment's alternatives, their parameters, its policy and reward range.
-``GET /_autoexp/healthz`` (the process answers) and ``GET /_autoexp/readyz`` (and its
-    store does: 503 otherwise).
+``GET /_autoexp/healthz`` (the process answers, with its pid) and ``GET /_autoexp/readyz``
+    (and its store does: 503 otherwise).
 ``GET /_autoexp/metrics``
     Prometheus metrics (:mod:`autoexp.proxy.metrics`).
 ``/_autoexp/admin/...``
@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -198,7 +199,7 @@ async def definition(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    return web.json_response({"ok": True, "pid": os.getpid()})  # which worker answered
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ test = {{ name = "off-policy-cs", n_expected = 1000 }}
 """
 
 
-def start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+def start(tmp_path: Path, port: int, *options: str) -> subprocess.Popen[str]:
     config = tmp_path / "autoexp.toml"
     config.write_text(CONFIG.format(db=tmp_path / "state.db"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -44,6 +44,7 @@ def start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
             str(config),
             "--port",
             str(port),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -63,6 +64,17 @@ def start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
     proc.kill()
     proc.communicate(timeout=30)
     raise AssertionError("the proxy did not become ready in 60 s")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, and the process's output once it exited (killed after 60 s)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)  # reaped and its pipe closed: no stray warnings
 
 
 def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> None:
@@ -105,3 +117,79 @@ def test_a_bad_config_exits_with_a_reason(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "experiments.ranker.alternatives: need a control and at least one" in proc.stderr
+
+
+def pids(port: int, connections: int) -> set[int]:
+    """The worker pids answering ``connections`` fresh connections."""
+    out = set()
+    for _ in range(connections):  # httpx.get: a new connection each time
+        out.add(httpx.get(f"http://127.0.0.1:{port}/_autoexp/healthz", timeout=30).json()["pid"])
+    return out
+
+
+def test_two_workers_share_the_port_and_the_state(tmp_path: Path) -> None:
+    # Two worker processes on one port (SO_REUSEPORT) and one SQLite file. The kernel
+    # spreads connections by a hash of their addresses: 40 fresh connections all reaching
+    # one worker would have probability 2 * 2^-40. Decisions and rewards made through
+    # both are all in the shared store, exactly once, after a graceful stop; a worker
+    # killed with SIGKILL is replaced.
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2")
+    try:
+        workers = pids(port, 40)
+        assert len(workers) == 2 and proc.pid not in workers
+        made = []
+        for i in range(60):  # a fresh client, so a fresh connection, for each pair
+            with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+                d = client.decide("ranker", unit=f"user-{i}")
+                assert client.reward(d, float(i % 2)) is True
+                made.append(d)
+        # each worker writes its decisions within log_flush_s (50 ms) in the background; a
+        # SIGKILL loses at most those (never an acknowledged reward): let them be written
+        time.sleep(1.0)
+        os.kill(min(workers), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (now := pids(port, 20)) <= workers - {min(workers)}:
+            assert time.monotonic() < deadline, "the killed worker was not replaced in 60 s"
+            time.sleep(0.2)
+        assert len(now) == 2 and min(workers) not in now
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "exited with -9; restarting" in out
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    log = store.records("ranker")
+    assert sorted(r["decision_id"] for r in log if r["type"] == "reward") == sorted(
+        d.id for d in made
+    )
+    assert {r["decision_id"] for r in log if r["type"] == "decision"} >= {d.id for d in made}
+    state = store.read("ranker")
+    assert state["policy.n"].sum() == 60 and state["policy.sum_reward"].sum() == 30
+    store.close()
+
+
+def test_workers_need_a_shared_store_and_a_fixed_port(tmp_path: Path) -> None:
+    config = tmp_path / "memory.toml"
+    config.write_text(CONFIG.format(db="x").replace('store = "sqlite:///x"', 'store = "memory://"'))
+    for options, words in [
+        (["--port", "8701"], "lives inside one process, so 2 workers would each have their own"),
+        (["--port", "0"], "--port: several workers need a fixed port"),
+        (["--workers", "0"], "--workers: must be >= 1 (got 0)"),
+    ]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "autoexp.cli",
+                "proxy",
+                "--config",
+                str(config),
+                "--workers",
+                "2",
+                *options,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr

@@ -1,0 +1,183 @@
+"""Running the sidecar: one worker process, or ``--workers N`` of them on one port.
+
+One worker is an aiohttp server with its own engine on the config's store (on uvloop where
+it is installed). Several workers are separate processes, started and watched by a
+supervisor: each binds the same address with ``SO_REUSEPORT`` (the kernel spreads
+connections across them) and shares the experiments' state through the store, exactly as
+replicas on separate machines do, so the store must be one they can share: SQLite (one
+machine) or Redis, not ``memory://``.
+
+The supervisor forwards SIGTERM and SIGINT to the workers, which drain their requests and
+write their pending logs; it restarts a worker that dies (after a pause that doubles up to
+10 s), and stops everything if a worker refuses its config (exit code 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+
+__all__ = ["ServeOptions", "serve", "supervise"]
+
+log = logging.getLogger("autoexp.proxy")
+
+CONFIG_ERROR = 2  # a worker's exit code for a config or store it refuses
+RESTART_PAUSE_S = (0.5, 10.0)  # first and longest pause before restarting a dead worker
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """How to serve (the ``autoexp proxy`` options)."""
+
+    config: str
+    host: str = "127.0.0.1"
+    port: int = 8700
+    workers: int = 1
+    expire_every_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
+
+    def worker_argv(self) -> list[str]:
+        """The command line of one worker of a supervised group."""
+        return [
+            sys.executable,
+            "-m",
+            "autoexp.cli",
+            "proxy",
+            "--config",
+            self.config,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--expire-every-s",
+            str(self.expire_every_s),
+            "--shutdown-timeout-s",
+            str(self.shutdown_timeout_s),
+            "--reuse-port",
+        ]
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (about twice the requests per second), else
+    asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(options: ServeOptions, *, reuse_port: bool = False) -> None:
+    """Serve the config's experiments in this process until SIGINT or SIGTERM."""
+    from aiohttp import web
+
+    from ..config import load_config
+    from .app import make_app
+
+    config = load_config(options.config)
+    engine = config.engine()
+    engine.warm_up()  # compiled code loaded now, not during the first reward
+    names = ", ".join(engine.experiments)
+    where = config.store or os.environ.get("AUTOEXP_STORE") or "the default store"
+    print(f"autoexp proxy [{os.getpid()}]: experiments {names} on {where}", flush=True)
+    web.run_app(
+        make_app(
+            engine,
+            proxy=config.proxy,
+            routes=config.routes,
+            expire_every_s=options.expire_every_s,
+            admin_token=os.environ.get("AUTOEXP_ADMIN_TOKEN") or None,
+        ),
+        host=options.host,
+        port=options.port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=options.shutdown_timeout_s,
+        loop=_event_loop(),
+        print=lambda text: print(f"autoexp proxy [{os.getpid()}]: {text}", flush=True),
+    )
+
+
+def check_shareable(store: str | None, workers: int) -> None:
+    """Refuse a store that several workers cannot share."""
+    url = store or os.environ.get("AUTOEXP_STORE") or ""
+    if workers > 1 and urlsplit(url).scheme == "memory":
+        raise ConfigError(
+            f"store: {url!r} lives inside one process, so {workers} workers would each "
+            "have their own; use sqlite:///path or redis://host:port/db"
+        )
+
+
+def supervise(options: ServeOptions) -> int:
+    """Run ``options.workers`` worker processes on one port until SIGINT or SIGTERM; the
+    exit code (0 after a clean stop, 2 when a worker refused the config)."""
+    from ..config import load_config
+
+    if options.port == 0:
+        raise ConfigError("--port: several workers need a fixed port to share (not 0)")
+    check_shareable(load_config(options.config).store, options.workers)  # fail early
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen[bytes] | None] = [None] * options.workers
+    pauses = [RESTART_PAUSE_S[0]] * options.workers
+    due = [0.0] * options.workers
+    started = [0.0] * options.workers
+    code = 0
+    try:
+        while not stopping:
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if proc is None and now >= due[i]:
+                    proc = procs[i] = subprocess.Popen(options.worker_argv())
+                    started[i] = now
+                    print(f"autoexp proxy: worker {i} started (pid {proc.pid})", flush=True)
+                elif proc is not None and proc.poll() is not None:
+                    if proc.returncode == CONFIG_ERROR:
+                        print(f"autoexp proxy: worker {i} refused the config", file=sys.stderr)
+                        code = CONFIG_ERROR
+                        stopping.append(signal.SIGTERM)
+                        break
+                    print(
+                        f"autoexp proxy: worker {i} (pid {proc.pid}) exited with "
+                        f"{proc.returncode}; restarting in {pauses[i]:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if now - started[i] > 60.0:  # it had been serving: no crash loop
+                        pauses[i] = RESTART_PAUSE_S[0]
+                    procs[i], due[i] = None, now + pauses[i]
+                    pauses[i] = min(2 * pauses[i], RESTART_PAUSE_S[1])
+            time.sleep(0.05)
+        _stop_all(procs, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
+    finally:
+        _stop_all(procs, signal.SIGKILL, 5.0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return code
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[bytes] | None], sig: int, wait_s: float) -> None:
+    """Send ``sig`` to the running workers and wait up to ``wait_s`` for them to exit."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for p in running:
+        p.send_signal(sig)
+    deadline = time.monotonic() + wait_s
+    for p in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
