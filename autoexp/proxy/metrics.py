@@ -6,16 +6,20 @@ in this replica's snapshot of the shared state (``autoexp_rewarded``,
 ``autoexp_reward_sum``), the confidence sequence of its difference against control per
 test and guardrail (``autoexp_difference_lower``, ``_upper``; absent while unbounded);
 per experiment: whether it is paused, the conservative budget left
-(``autoexp_budget_remaining``, in reward units), the allocation version, late rewards refused,
-decisions not yet logged; the store's health (``autoexp_store_up``); and the proxy's own
-events (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``,
-``rewards``, ``rewards_refused``, ``reward_store_errors``, ``upstream_error``,
-``upstream_timeout``, ...). The snapshot is refreshed on the engine's cadence, so the
+(``autoexp_budget_remaining``, in reward units), the last lifecycle change of each
+alternative with who made it and why (``autoexp_last_change_time_seconds``, labelled with
+the new state, ``by`` rule or operator, the test or guardrail and its reason), the
+allocation version, late rewards refused, decisions not yet logged; the store's health
+(``autoexp_store_up``); and the proxy's own events
+(``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
+``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
+...). The snapshot is refreshed on the engine's cadence, so the
 figures move in steps of ``refresh_every`` events, summed over every replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..engine import Engine
+from ..errors import StoreError
 from .upstream import Forwarder
 
 __all__ = ["metrics_handler"]
@@ -70,6 +75,12 @@ class _EngineCollector(Collector):
             for side in ("lower", "upper")
         }
         paused = GaugeMetricFamily("autoexp_paused", "1 while paused", labels=["experiment"])
+        changed = GaugeMetricFamily(
+            "autoexp_last_change_time_seconds",
+            "When each alternative last changed state (and the experiment was last paused "
+            "or resumed: alternative empty), with who changed it and why",
+            labels=[*labels, "state", "by", "source", "reason"],
+        )
         budget = GaugeMetricFamily(
             "autoexp_budget_remaining",
             "Conservative budget left, in reward units (lower bound of served reward minus "
@@ -95,6 +106,23 @@ class _EngineCollector(Collector):
                         if i and value is not None:  # column 0 is control itself
                             family.add_metric([name, st["alternatives"][i], test], value)
             paused.add_metric([name], 1.0 if st["paused"] else 0.0)
+            try:
+                last = self.engine.changes(name)
+            except StoreError:  # said by autoexp_store_up; the rest is in memory
+                last, ok = [], False
+            for c in last:
+                state_label = c.get("new") or {"pause": "paused"}.get(c["action"], "resumed")
+                changed.add_metric(
+                    [
+                        name,
+                        c.get("alternative") or "",
+                        state_label,
+                        c.get("by", "rule"),
+                        c.get("source", ""),
+                        c.get("reason", ""),
+                    ],
+                    float(c["time"]),
+                )
             if st["budget"] is not None:
                 budget.add_metric([name], st["budget"]["remaining"])
             version.add_metric([name], st["version"])
@@ -102,7 +130,7 @@ class _EngineCollector(Collector):
             unlogged.add_metric([name], st["unlogged"])
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (bounds["lower"], bounds["upper"], paused, budget)
+        yield from (bounds["lower"], bounds["upper"], paused, budget, changed)
         if self.forwarder is not None:
             events = CounterMetricFamily(
                 "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]
@@ -118,7 +146,7 @@ def metrics_handler(engine: Engine, forwarder: Forwarder | None) -> Any:
     registry.register(_EngineCollector(engine, forwarder))
 
     async def handler(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
+        body = await asyncio.to_thread(generate_latest, registry)  # it reads the store
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handler

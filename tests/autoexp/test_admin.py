@@ -136,8 +136,26 @@ def test_inspect_pause_resume_promote(side: Sidecar) -> None:
         ("promote", "by hand"),
     ]
     assert all(m["by"] == "operator" for m in moves)
-    # the last change of each alternative and of the pause, for the status page
+    # the last change of each alternative and of the pause, for the status page, and in
+    # the metrics with who made it and why
     assert side.engine.changes("ranker") == moves[1:]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{side.url}/_autoexp/metrics", timeout=10).text
+    (family,) = [
+        f
+        for f in text_string_to_metric_families(text)
+        if f.name == "autoexp_last_change_time_seconds"
+    ]
+    got = {
+        (s.labels["alternative"], s.labels["state"], s.labels["by"], s.labels["reason"]): s.value
+        for s in family.samples
+    }
+    assert got == {
+        ("", "resumed", "operator", ""): moves[1]["time"],
+        ("v3", "rolled_back", "operator", "slow"): moves[2]["time"],
+        ("v2", "promoted", "operator", "by hand"): moves[3]["time"],
+    }
 
 
 def test_evidence_and_its_bounds_reach_the_admin_api_and_the_metrics(side: Sidecar) -> None:

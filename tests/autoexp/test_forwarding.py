@@ -471,11 +471,26 @@ def test_through_the_proxy_alone_the_better_is_promoted_and_the_harmful_rolled_b
                     if status[1] == "promoted":
                         break
             served = {http.get("/page").text for _ in range(30)}
+            metrics = http.get("/_autoexp/metrics").text
         status = engine.status("ranker")["status"]
         assert status == ["exploring", "promoted", "rolled_back"], (n, status)
         assert served == {"v2"}
         moves = [r for r in engine.store.records("ranker") if r["type"] == "transition"]
         assert [(m["arm"], m["new"]) for m in moves] == [(2, "rolled_back"), (1, "promoted")]
+        # each change in the metrics, by the rule, with its test and reason
+        from prometheus_client.parser import text_string_to_metric_families
+
+        (family,) = [
+            f
+            for f in text_string_to_metric_families(metrics)
+            if f.name == "autoexp_last_change_time_seconds"
+        ]
+        got = {
+            (s.labels["alternative"], s.labels["state"], s.labels["by"], s.labels["source"])
+            for s in family.samples
+        }
+        assert got == {(m["alternative"], m["new"], "rule", m["source"]) for m in moves}
+        assert all(s.labels["reason"] and s.labels["source"] for s in family.samples)
     finally:
         side.close()
         for u in ups.values():
