@@ -40,143 +40,21 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from policies.base import Decision as PolicyDecision
-from policies.base import PolicyBase
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
-from policies.safety import ConservativeBudget
 
-from .errors import ConfigError, RewardError, StateError, StoreError, UnknownExperimentError
+from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
+from .experiment import Decision, ExperimentSpec, Live, budget_of, draw, part, rows_into
+from .lifecycle import changes_of, evidence_of, history_of, look, operator_change
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
-
-HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExperimentSpec:
-    """One experiment: a control and alternatives, and how to decide between them.
-
-    Parameters
-    ----------
-    name : the experiment's name (the store keys everything by it)
-    alternatives : names, control first (at least two)
-    params : per alternative, the parameters it stands for (default: none)
-    policy : the policy stack (e.g. ``TrafficCap(ConservativeBudget(ThompsonBeta()))``)
-    test : the primary sequential test (``None``: no promotion or rollback)
-    guardrails : :class:`policies.safety.Guardrail` s on the reward
-    rule : the promotion rule (default: ``PromotionRule(test_name=test.name)``)
-    reward_range : (low, high) of valid rewards
-    refresh_every : decisions and rewards between snapshot refreshes of a replica
-    token_ttl_s : how long a decision's token can be rewarded
-    join_window_s : rewards later than this after the decision are refused and counted;
-        :meth:`Engine.expire` applies ``default_reward`` to decisions whose window closed
-        unrewarded
-    default_reward : the reward of a decision nobody rewarded (``None``: none applied)
-    """
-
-    name: str
-    alternatives: tuple[str, ...]
-    policy: PolicyBase
-    params: tuple[Mapping[str, Any], ...] | None = None
-    test: Any = None
-    guardrails: tuple[Any, ...] = ()
-    rule: PromotionRule | None = None
-    reward_range: tuple[float, float] = (0.0, 1.0)
-    refresh_every: int = 100
-    token_ttl_s: float = 7 * 24 * 3600.0
-    join_window_s: float = 24 * 3600.0
-    default_reward: float | None = None
-
-    def __post_init__(self) -> None:
-        where = f"experiments.{self.name}"
-        if not isinstance(self.name, str) or not self.name or "{" in self.name:
-            raise ConfigError(f"experiments: bad name {self.name!r}")
-        names = tuple(self.alternatives)
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise ConfigError(
-                f"{where}.alternatives: need a control and at least one alternative, all "
-                f"distinct (got {list(names)!r})"
-            )
-        if not isinstance(self.policy, PolicyBase):
-            raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
-        if self.params is not None and len(self.params) != len(names):
-            raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
-        low, high = self.reward_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ConfigError(f"{where}.reward_range: need finite low < high (got {low}, {high})")
-        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
-            raise ConfigError(f"{where}.refresh_every: must be an integer >= 1")
-        for key in ("token_ttl_s", "join_window_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{where}.{key}: must be > 0 (got {getattr(self, key)!r})")
-        if self.default_reward is not None and not low <= self.default_reward <= high:
-            raise ConfigError(f"{where}.default_reward: must be in [{low}, {high}]")
-        if (self.guardrails or self.rule is not None) and self.test is None:
-            raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What ``decide`` returns: the alternative to serve and the token to reward it by."""
-
-    id: str
-    experiment: str
-    arm: int
-    alternative: str
-    propensity: float
-    params: Mapping[str, Any]
-    policy: str
-    allocation_version: int
-    token: str
-    sticky: bool = False
-
-
-@dataclass
-class _Live:
-    """A replica's view of one experiment."""
-
-    spec: ExperimentSpec
-    rule: PromotionRule | None
-    shapes: dict[str, tuple[int, ...]]  # its store fields ("policy.n", "test.eb.t", ...)
-    policy_state: Any = None
-    test_state: Any = None
-    guard_states: list[Any] = field(default_factory=list)
-    allocation: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    status: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), dtype=np.int8))
-    version: int = 0
-    since_refresh: int = 0
-    late: int = 0
-    row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
-    cumulative: list[float] = field(default_factory=list)
-    buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
-    paused: bool = False
-    # (time, version, allocation, status, paused) at each refresh, for the status page
-    history: deque[tuple[float, int, list[float], list[str], bool]] = field(
-        default_factory=lambda: deque(maxlen=HISTORY)
-    )
-
-
-def _draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
-    """The arm whose cumulative share first exceeds ``u * total`` (an arm with no share
-    is never drawn, even at the edges of rounding)."""
-    x = u * cumulative[-1]
-    arm = len(row) - 1
-    for i, c in enumerate(cumulative):
-        if x < c:
-            arm = i
-            break
-    while row[arm] <= 0.0:
-        arm -= 1
-    return arm
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -210,36 +88,6 @@ def _flush_at_exit(ref: Any) -> None:
             engine.close()
         except StoreError:  # the store may be gone at exit; nothing more can be done
             pass
-
-
-def _rows_into(
-    entries: list[list[tuple[str, int, float]]], prefix: str, data: Mapping[str, Any]
-) -> None:
-    """Row ``i`` of each (N, ...) increment array, as ``(field, flat index, amount)``
-    entries of item ``i`` (zeros left out)."""
-    for name, array in data.items():
-        a = np.asarray(array, dtype=np.float64)
-        flat = a.reshape(a.shape[0], -1)
-        rows, cols = np.nonzero(flat)
-        field = f"{prefix}.{name}"
-        for r, c, v in zip(rows.tolist(), cols.tolist(), flat[rows, cols].tolist(), strict=True):
-            entries[r].append((field, c, v))
-
-
-def _budget(policy: Any, stats: Any) -> dict[str, float] | None:
-    """The conservative budget in a policy stack: ``alpha``, ``delta`` and ``remaining``
-    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one."""
-    while policy is not None:
-        if isinstance(policy, ConservativeBudget):
-            left = float(policy.remaining(stats)[0])
-            return {"alpha": policy.alpha, "delta": policy.delta, "remaining": left}
-        policy = getattr(policy, "policy", None)  # a traffic cap keeps its policy's state
-    return None
-
-
-def _part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    p = prefix + "."
-    return {k[len(p) :]: v for k, v in data.items() if k.startswith(p)}
 
 
 class Engine:
@@ -293,7 +141,7 @@ class Engine:
         self._lock = threading.RLock()
         self._log_lock = threading.RLock()
         self._wake = threading.Event()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Live] = {}
         for spec in experiments:
             if spec.name in self._live:
                 raise ConfigError(f"experiments.{spec.name}: defined twice")
@@ -312,7 +160,7 @@ class Engine:
 
     # --- setup and refresh ------------------------------------------------------------
 
-    def _start(self, spec: ExperimentSpec) -> _Live:
+    def _start(self, spec: ExperimentSpec) -> Live:
         k = len(spec.alternatives)
         rule = spec.rule
         if rule is None and spec.test is not None:
@@ -329,11 +177,11 @@ class Engine:
         self.store.declare(spec.name, shapes)
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
-        live = _Live(spec=spec, rule=rule, shapes=shapes)
+        live = Live(spec=spec, rule=rule, shapes=shapes)
         self._refresh(live)
         return live
 
-    def _refresh(self, live: _Live) -> None:
+    def _refresh(self, live: Live) -> None:
         """Re-read the shared state; recompute the allocation; let the rule look."""
         spec = live.spec
         self._try_flush(live)
@@ -341,11 +189,11 @@ class Engine:
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
             data = self.store.read(spec.name)
-        live.policy_state = spec.policy.state_from_dict(_part("policy", data))
+        live.policy_state = spec.policy.state_from_dict(part("policy", data))
         if spec.test is not None:
-            live.test_state = spec.test.state_from_dict(_part("test", data))
+            live.test_state = spec.test.state_from_dict(part("test", data))
         live.guard_states = [
-            g.test.state_from_dict(_part(f"guard.{i}", data)) for i, g in enumerate(spec.guardrails)
+            g.test.state_from_dict(part(f"guard.{i}", data)) for i, g in enumerate(spec.guardrails)
         ]
         k = len(spec.alternatives)
         raw = self.store.get(spec.name, "status")
@@ -353,7 +201,7 @@ class Engine:
         if raw is not None:
             status[0] = [STATUS.index(s) for s in json.loads(raw)]
         if live.rule is not None and spec.test is not None:
-            status = self._look(live, live.rule, status)
+            status = look(self.store, live, live.rule, status, self._clock())
         live.status = status
         live.paused = self.store.get(spec.name, "paused") == "1"
         alloc = spec.policy.allocation(live.policy_state)[0].copy()
@@ -381,34 +229,7 @@ class Engine:
             )
         )
 
-    def _look(self, live: _Live, rule: PromotionRule, status: np.ndarray) -> np.ndarray:
-        spec = live.spec
-        ev = spec.test.evaluate(live.test_state)
-        gev = [
-            (g.name, g.evaluate(s)) for g, s in zip(spec.guardrails, live.guard_states, strict=True)
-        ]
-        users = float(ev.n.sum()) if ev.n is not None else 0.0
-        new, changes = rule.step(status, ev, gev, t=np.array([users]))
-        for c in changes:
-            evidence = {  # an unbounded side of a bound is null in JSON
-                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in c.to_dict().items()
-            }
-            record = {
-                "type": "transition",
-                "time": self._clock(),
-                "experiment": spec.name,
-                "alternative": spec.alternatives[c.arm],
-                **evidence,
-            }
-            # exactly once across replicas: the change is keyed by arm and new state
-            if self.store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record):
-                self.store.set(spec.name, f"change:{c.arm}", json.dumps(record))
-        if changes:
-            self.store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
-        return new
-
-    def _get(self, name: str) -> _Live:
+    def _get(self, name: str) -> Live:
         try:
             return self._live[name]
         except KeyError:
@@ -425,42 +246,9 @@ class Engine:
         its next refresh (this one refreshes now). The new status."""
         with self._log_lock, self._lock:
             live = self._get(name)
-            spec = live.spec
-            record: dict[str, Any] = {
-                "type": "transition",
-                "time": self._clock(),
-                "experiment": name,
-                "by": "operator",
-                "reason": reason,
-                "action": action,
-            }
-            if action in ("pause", "resume"):
-                self.store.set(name, "paused", "1" if action == "pause" else "0")
-            elif action in ("promote", "roll_back"):
-                if alternative not in spec.alternatives:
-                    raise UnknownExperimentError(
-                        f"{name}: no alternative {alternative!r}; defined: "
-                        f"{list(spec.alternatives)}"
-                    )
-                arm = spec.alternatives.index(alternative)
-                if arm == 0:
-                    raise StateError(f"{name}: {alternative!r} is the control")
-                raw = self.store.get(name, "status")
-                status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
-                new = "promoted" if action == "promote" else "rolled_back"
-                if new == "promoted" and "promoted" in status:
-                    winner = spec.alternatives[status.index("promoted")]
-                    raise StateError(f"{name}: {winner!r} is promoted already")
-                status[arm] = new
-                self.store.set(name, "status", json.dumps(status))
-                record |= {"arm": arm, "alternative": alternative, "new": new}
-            else:
-                raise StateError(
-                    f"{name}: unknown action {action!r}; pause, resume, promote, roll_back"
-                )
-            self.store.add(name, {}, once=f"operator:{os.urandom(8).hex()}", record=record)
-            about = "paused" if action in ("pause", "resume") else str(record["arm"])
-            self.store.set(name, f"change:{about}", json.dumps(record))
+            operator_change(
+                self.store, live, action, alternative=alternative, reason=reason, now=self._clock()
+            )
             self._refresh(live)
             return self.status(name)
 
@@ -469,47 +257,26 @@ class Engine:
         per alternative against control, ``estimate``, ``lower`` and ``upper`` (the
         confidence sequence of the difference; ``None`` while unbounded) and ``n``."""
         with self._lock:
-            live = self._get(name)
-            spec = live.spec
-            parts = []
-            if spec.test is not None:
-                parts.append(("test", spec.test.evaluate(live.test_state)))
-            for g, state in zip(spec.guardrails, live.guard_states, strict=True):
-                parts.append((f"guardrail:{g.name}", g.test.evaluate(state)))
-            out: dict[str, Any] = {}
-            for label, ev in parts:
-                out[label] = {
-                    key: [
-                        float(x) if math.isfinite(x) else None
-                        for x in np.asarray(getattr(ev, key), dtype=np.float64)[0].tolist()
-                    ]
-                    for key in ("estimate", "lower", "upper", "n")
-                }
-            return out
+            return evidence_of(self._get(name))
 
     def changes(self, name: str) -> list[dict[str, Any]]:
         """The last lifecycle change of each alternative and the last pause or resume, as
         logged (with the evidence or the operator's reason), oldest first; read from the
         store, so changes made by any replica are there."""
-        live = self._get(name)
-        keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused"]
-        found = (self.store.get(name, f"change:{key}") for key in keys)
-        return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
+        return changes_of(self.store, self._get(name))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """This replica's allocations and states at its last refreshes (at most
         :data:`HISTORY`), oldest first: ``time``, ``version``, ``allocation``, ``status``,
         ``paused``."""
         with self._lock:
-            rows = list(self._get(name).history)
-        keys = ("time", "version", "allocation", "status", "paused")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+            return history_of(self._get(name))
 
     def spec(self, name: str) -> ExperimentSpec:
         """The definition of experiment ``name``."""
         return self._get(name).spec
 
-    def _tick(self, live: _Live) -> None:
+    def _tick(self, live: Live) -> None:
         live.since_refresh += 1
         if live.since_refresh >= live.spec.refresh_every:
             try:
@@ -530,7 +297,7 @@ class Engine:
             if self._down is not None:
                 raise StoreError(f"store unavailable since its last call failed: {self._down}")
             spec = live.spec
-            arm = _draw(live.cumulative, live.row, self._rng.random())
+            arm = draw(live.cumulative, live.row, self._rng.random())
             row = live.row
             sticky = False
             unit_hash = None
@@ -582,7 +349,7 @@ class Engine:
             )
 
     def _sticky(
-        self, live: _Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
+        self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
     ) -> tuple[int, tuple[float, ...], bool]:
         # the value names this decision, so "stored == value" means "assigned just now"
         value = json.dumps([arm, list(p), did])
@@ -613,7 +380,7 @@ class Engine:
         """
         return self._rewards(items, single=False)
 
-    def _check(self, decision: Any, value: Any, now: float) -> tuple[_Live, Ticket, float]:
+    def _check(self, decision: Any, value: Any, now: float) -> tuple[Live, Ticket, float]:
         token = decision.token if isinstance(decision, Decision) else decision
         ticket = verify(self._keys, token, now=now)
         live = self._get(ticket.experiment)
@@ -673,7 +440,7 @@ class Engine:
 
     def _apply(
         self,
-        live: _Live,
+        live: Live,
         tickets: Sequence[Ticket],
         values: Sequence[float],
         now: float,
@@ -703,7 +470,7 @@ class Engine:
         return self.store.add_many(spec.name, batch)
 
     def _increments(
-        self, live: _Live, tickets: Sequence[Ticket], values: Sequence[float]
+        self, live: Live, tickets: Sequence[Ticket], values: Sequence[float]
     ) -> list[list[tuple[str, int, float]]]:
         """Each reward's ``(field, flat index, amount)`` entries against the snapshot."""
         spec = live.spec
@@ -724,17 +491,17 @@ class Engine:
             for i in range(n):
                 one = PolicyDecision(arm[i : i + 1], prop[i : i + 1])
                 inc = spec.policy.increment(one, reward[i : i + 1]).to_dict()
-                _rows_into(entries[i : i + 1], "policy", inc)
+                rows_into(entries[i : i + 1], "policy", inc)
         # the tests' increments, one row per reward, against the same snapshot
         rows = np.zeros(n, dtype=np.int64)
         if spec.test is not None:
             inc = spec.test.increment(
                 live.test_state.rows(rows), arm[:, None], reward[:, None], prop
             )
-            _rows_into(entries, "test", inc.to_dict())
+            rows_into(entries, "test", inc.to_dict())
         for g, (guard, state) in enumerate(zip(spec.guardrails, live.guard_states, strict=True)):
             inc = guard.test.increment(state.rows(rows), arm[:, None], reward[:, None], prop)
-            _rows_into(entries, f"guard.{g}", inc.to_dict())
+            rows_into(entries, f"guard.{g}", inc.to_dict())
         return entries
 
     def warm_up(self) -> None:
@@ -766,7 +533,7 @@ class Engine:
                     done += self._expire(live, live.spec.default_reward, now)
         return done
 
-    def _expire(self, live: _Live, default: float, now: float) -> int:
+    def _expire(self, live: Live, default: float, now: float) -> int:
         spec = live.spec
         self._write_log(live, quiet=True)  # this replica's own pending decisions count
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
@@ -812,7 +579,7 @@ class Engine:
 
     # --- the log ------------------------------------------------------------------------
 
-    def _write_log(self, live: _Live, *, quiet: bool = False) -> None:
+    def _write_log(self, live: Live, *, quiet: bool = False) -> None:
         """Write pending decisions (one store write); the caller holds ``_log_lock``, and
         ``_lock`` is held only to take the group (unless the caller holds it too).
         ``quiet``: on a store failure put them back for the next try and count it,
@@ -835,7 +602,7 @@ class Engine:
             raise
         self._down = None
 
-    def _try_flush(self, live: _Live) -> None:
+    def _try_flush(self, live: Live) -> None:
         """Write pending decisions unless another thread is writing the log (then they
         go with its next group); safe while holding ``_lock``."""
         if self._log_lock.acquire(blocking=False):
@@ -901,7 +668,7 @@ class Engine:
                 "store_ok": self._down is None,
                 "store_error": None if self._down is None else str(self._down),
                 "paused": live.paused,
-                "budget": _budget(live.spec.policy, state),
+                "budget": budget_of(live.spec.policy, state),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,7 +80,7 @@ def test_decide_and_reward_over_http(sidecar: Sidecar) -> None:
         r = http.get("/_autoexp/experiments/ranker/definition")
         assert r.json()["alternatives"] == ["v1", "v2"]
         assert r.json()["params"] == [{"depth": 1}, {"depth": 2}]
-        assert http.get("/_autoexp/healthz").json() == {"ok": True}
+        assert http.get("/_autoexp/healthz").json() == {"ok": True, "pid": os.getpid()}
         assert http.get("/_autoexp/readyz").status_code == 200
     state, log = snapshot(sidecar.engine)
     assert sum(state["policy.n"][0]) == 6 and sum(state["policy.sum_reward"][0]) == 3.5

@@ -1,0 +1,171 @@
+"""An experiment's definition (:class:`ExperimentSpec`), what a decision returns
+(:class:`Decision`), and a replica's live view of one experiment (:class:`Live`) with the
+small pure helpers the engine uses on it."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.base import PolicyBase
+from policies.promotion import PromotionRule
+from policies.safety import ConservativeBudget
+
+from .errors import ConfigError
+
+__all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live"]
+
+HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """One experiment: a control and alternatives, and how to decide between them.
+
+    Parameters
+    ----------
+    name : the experiment's name (the store keys everything by it)
+    alternatives : names, control first (at least two)
+    params : per alternative, the parameters it stands for (default: none)
+    policy : the policy stack (e.g. ``TrafficCap(ConservativeBudget(ThompsonBeta()))``)
+    test : the primary sequential test (``None``: no promotion or rollback)
+    guardrails : :class:`policies.safety.Guardrail` s on the reward
+    rule : the promotion rule (default: ``PromotionRule(test_name=test.name)``)
+    reward_range : (low, high) of valid rewards
+    refresh_every : decisions and rewards between snapshot refreshes of a replica
+    token_ttl_s : how long a decision's token can be rewarded
+    join_window_s : rewards later than this after the decision are refused and counted;
+        :meth:`Engine.expire` applies ``default_reward`` to decisions whose window closed
+        unrewarded
+    default_reward : the reward of a decision nobody rewarded (``None``: none applied)
+    """
+
+    name: str
+    alternatives: tuple[str, ...]
+    policy: PolicyBase
+    params: tuple[Mapping[str, Any], ...] | None = None
+    test: Any = None
+    guardrails: tuple[Any, ...] = ()
+    rule: PromotionRule | None = None
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    refresh_every: int = 100
+    token_ttl_s: float = 7 * 24 * 3600.0
+    join_window_s: float = 24 * 3600.0
+    default_reward: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"experiments.{self.name}"
+        if not isinstance(self.name, str) or not self.name or "{" in self.name:
+            raise ConfigError(f"experiments: bad name {self.name!r}")
+        names = tuple(self.alternatives)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(
+                f"{where}.alternatives: need a control and at least one alternative, all "
+                f"distinct (got {list(names)!r})"
+            )
+        if not isinstance(self.policy, PolicyBase):
+            raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
+        if self.params is not None and len(self.params) != len(names):
+            raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
+        low, high = self.reward_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"{where}.reward_range: need finite low < high (got {low}, {high})")
+        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
+            raise ConfigError(f"{where}.refresh_every: must be an integer >= 1")
+        for key in ("token_ttl_s", "join_window_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key}: must be > 0 (got {getattr(self, key)!r})")
+        if self.default_reward is not None and not low <= self.default_reward <= high:
+            raise ConfigError(f"{where}.default_reward: must be in [{low}, {high}]")
+        if (self.guardrails or self.rule is not None) and self.test is None:
+            raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``decide`` returns: the alternative to serve and the token to reward it by."""
+
+    id: str
+    experiment: str
+    arm: int
+    alternative: str
+    propensity: float
+    params: Mapping[str, Any]
+    policy: str
+    allocation_version: int
+    token: str
+    sticky: bool = False
+
+
+@dataclass
+class Live:
+    """A replica's view of one experiment."""
+
+    spec: ExperimentSpec
+    rule: PromotionRule | None
+    shapes: dict[str, tuple[int, ...]]  # its store fields ("policy.n", "test.eb.t", ...)
+    policy_state: Any = None
+    test_state: Any = None
+    guard_states: list[Any] = field(default_factory=list)
+    allocation: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    status: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), dtype=np.int8))
+    version: int = 0
+    since_refresh: int = 0
+    late: int = 0
+    row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
+    cumulative: list[float] = field(default_factory=list)
+    buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
+    paused: bool = False
+    # (time, version, allocation, status, paused) at each refresh, for the status page
+    history: deque[tuple[float, int, list[float], list[str], bool]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY)
+    )
+
+
+def draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
+    """The arm whose cumulative share first exceeds ``u * total`` (an arm with no share
+    is never drawn, even at the edges of rounding)."""
+    x = u * cumulative[-1]
+    arm = len(row) - 1
+    for i, c in enumerate(cumulative):
+        if x < c:
+            arm = i
+            break
+    while row[arm] <= 0.0:
+        arm -= 1
+    return arm
+
+
+def rows_into(
+    entries: list[list[tuple[str, int, float]]], prefix: str, data: Mapping[str, Any]
+) -> None:
+    """Row ``i`` of each (N, ...) increment array, as ``(field, flat index, amount)``
+    entries of item ``i`` (zeros left out)."""
+    for name, array in data.items():
+        a = np.asarray(array, dtype=np.float64)
+        flat = a.reshape(a.shape[0], -1)
+        rows, cols = np.nonzero(flat)
+        field = f"{prefix}.{name}"
+        for r, c, v in zip(rows.tolist(), cols.tolist(), flat[rows, cols].tolist(), strict=True):
+            entries[r].append((field, c, v))
+
+
+def budget_of(policy: Any, stats: Any) -> dict[str, float] | None:
+    """The conservative budget in a policy stack: ``alpha``, ``delta`` and ``remaining``
+    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one."""
+    while policy is not None:
+        if isinstance(policy, ConservativeBudget):
+            left = float(policy.remaining(stats)[0])
+            return {"alpha": policy.alpha, "delta": policy.delta, "remaining": left}
+        policy = getattr(policy, "policy", None)  # a traffic cap keeps its policy's state
+    return None
+
+
+def part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in data.items() if k.startswith(p)}

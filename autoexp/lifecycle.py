@@ -1,0 +1,132 @@
+"""An experiment's lifecycle on the store: the promotion rule's changes, an operator's
+changes, and what a status page or the admin API reads about them.
+
+Every change is logged as a ``transition`` record with its evidence (the rule's) or its
+reason (an operator's), and kept as the alternative's last change in the store's
+``change:ARM`` entry (``change:paused`` for pause and resume), so every replica and
+every restart sees it. The engine calls these with its locks held.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from policies.promotion import STATUS, PromotionRule
+
+from .errors import StateError, UnknownExperimentError
+from .experiment import Live
+from .store.base import Store
+
+__all__ = ["ACTIONS", "changes_of", "evidence_of", "history_of", "look", "operator_change"]
+
+ACTIONS = ("pause", "resume", "promote", "roll_back")
+
+
+def look(store: Store, live: Live, rule: PromotionRule, status: np.ndarray, now: float) -> Any:
+    """Let the rule read the evidence in ``live``'s snapshot: the new status, with each
+    change logged exactly once across replicas (keyed by arm and new state)."""
+    spec = live.spec
+    ev = spec.test.evaluate(live.test_state)
+    gev = [(g.name, g.evaluate(s)) for g, s in zip(spec.guardrails, live.guard_states, strict=True)]
+    users = float(ev.n.sum()) if ev.n is not None else 0.0
+    new, changes = rule.step(status, ev, gev, t=np.array([users]))
+    for c in changes:
+        evidence = {  # an unbounded side of a bound is null in JSON
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in c.to_dict().items()
+        }
+        record = {
+            "type": "transition",
+            "time": now,
+            "experiment": spec.name,
+            "alternative": spec.alternatives[c.arm],
+            **evidence,
+        }
+        if store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record):
+            store.set(spec.name, f"change:{c.arm}", json.dumps(record))
+    if changes:
+        store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
+    return new
+
+
+def operator_change(
+    store: Store, live: Live, action: str, *, alternative: str | None, reason: str, now: float
+) -> None:
+    """Apply and log an operator's ``action`` (one of :data:`ACTIONS`) in the store."""
+    spec = live.spec
+    name = spec.name
+    record: dict[str, Any] = {
+        "type": "transition",
+        "time": now,
+        "experiment": name,
+        "by": "operator",
+        "reason": reason,
+        "action": action,
+    }
+    if action in ("pause", "resume"):
+        store.set(name, "paused", "1" if action == "pause" else "0")
+        about = "paused"
+    elif action in ("promote", "roll_back"):
+        if alternative not in spec.alternatives:
+            raise UnknownExperimentError(
+                f"{name}: no alternative {alternative!r}; defined: {list(spec.alternatives)}"
+            )
+        arm = spec.alternatives.index(alternative)
+        if arm == 0:
+            raise StateError(f"{name}: {alternative!r} is the control")
+        raw = store.get(name, "status")
+        status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
+        new = "promoted" if action == "promote" else "rolled_back"
+        if new == "promoted" and "promoted" in status:
+            winner = spec.alternatives[status.index("promoted")]
+            raise StateError(f"{name}: {winner!r} is promoted already")
+        status[arm] = new
+        store.set(name, "status", json.dumps(status))
+        record |= {"arm": arm, "alternative": alternative, "new": new}
+        about = str(arm)
+    else:
+        raise StateError(f"{name}: unknown action {action!r}; {', '.join(ACTIONS)}")
+    store.add(name, {}, once=f"operator:{os.urandom(8).hex()}", record=record)
+    store.set(name, f"change:{about}", json.dumps(record))
+
+
+def evidence_of(live: Live) -> dict[str, Any]:
+    """The primary test's (``test``) and each guardrail's (``guardrail:NAME``) evidence in
+    ``live``'s snapshot: per alternative against control, ``estimate``, ``lower`` and
+    ``upper`` (the confidence sequence of the difference; ``None`` while unbounded) and
+    ``n``."""
+    spec = live.spec
+    parts = []
+    if spec.test is not None:
+        parts.append(("test", spec.test.evaluate(live.test_state)))
+    for g, state in zip(spec.guardrails, live.guard_states, strict=True):
+        parts.append((f"guardrail:{g.name}", g.test.evaluate(state)))
+    return {
+        label: {
+            key: [
+                float(x) if math.isfinite(x) else None
+                for x in np.asarray(getattr(ev, key), dtype=np.float64)[0].tolist()
+            ]
+            for key in ("estimate", "lower", "upper", "n")
+        }
+        for label, ev in parts
+    }
+
+
+def changes_of(store: Store, live: Live) -> list[dict[str, Any]]:
+    """The last change of each alternative and the last pause or resume, oldest first."""
+    name = live.spec.name
+    keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused"]
+    found = (store.get(name, f"change:{key}") for key in keys)
+    return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
+
+
+def history_of(live: Live) -> list[dict[str, Any]]:
+    """``live``'s allocation and states at its last refreshes, oldest first."""
+    keys = ("time", "version", "allocation", "status", "paused")
+    return [dict(zip(keys, row, strict=True)) for row in live.history]
