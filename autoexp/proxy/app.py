@@ -23,6 +23,8 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
 ``/_autoexp/admin/...``
     inspect, pause, resume, promote, roll back, with a bearer token
     (:mod:`autoexp.proxy.admin`).
+``GET /_autoexp/ui`` (and its data, ``/_autoexp/ui/data``)
+    the status page, read-only (:mod:`autoexp.proxy.ui`).
 
 Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
 4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
@@ -51,6 +53,7 @@ from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler
 from .routes import ProxySettings, Route
+from .ui import add_ui_routes
 from .upstream import Forwarder
 
 __all__ = ["MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
@@ -278,6 +281,7 @@ def make_app(
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
     app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder))
     add_admin_routes(app, engine, admin_token)
+    add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/
         app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
