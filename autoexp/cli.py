@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ._simulate import add_commands
 from ._version import __version__
+from .demo import add_demo_command
 from .errors import ConfigError, StoreError
 
 __all__ = ["main"]
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_policies)
     add_commands(sub)
+    add_demo_command(sub)
     p = sub.add_parser(
         "proxy",
         help="the sidecar: decide and reward over HTTP for the config's experiments",
