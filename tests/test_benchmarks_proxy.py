@@ -1,0 +1,165 @@
+"""The pure parts of ``benchmarks/proxy.py``: reading wrk's output, the nginx configs, the
+autoexp config, the py-spy summary. The benchmark itself (servers, wrk) never runs here."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from autoexp.config import parse_config
+from benchmarks.proxy import (
+    PATH,
+    autoexp_config,
+    nginx_conf,
+    parse_wrk,
+    proxy_server,
+    time_us,
+    top_frames,
+    upstream_server,
+)
+
+# wrk 4.1.0 against an nginx answering 503, 2000 connections, --timeout 1: every line
+# parse_wrk reads, the error lines included.
+WRK_ERRORS = """\
+Running 2s test @ http://127.0.0.1:18555/x
+  2 threads and 2000 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    33.28ms   35.74ms 994.64ms   96.28%
+    Req/Sec    24.48k    11.84k   47.26k    62.16%
+  Latency Distribution
+     50%   25.82ms
+     75%   40.95ms
+     90%   54.36ms
+     99%  107.39ms
+  93756 requests in 2.10s, 15.92MB read
+  Socket errors: connect 0, read 0, write 0, timeout 42
+  Non-2xx or 3xx responses: 93756
+Requests/sec:  44680.20
+Transfer/sec:      7.58MB
+"""
+
+# wrk 4.1.0, one connection, no errors: wrk prints no error lines at all then.
+WRK_CLEAN = """\
+Running 1s test @ http://127.0.0.1:18555/search?q=1
+  1 threads and 1 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    69.38us  140.28us   3.72ms   99.34%
+    Req/Sec    16.35k     2.68k   24.08k    90.91%
+  Latency Distribution
+     50%   61.00us
+     75%   66.00us
+     90%   72.00us
+     99%  129.00us
+  17867 requests in 1.10s, 2.54MB read
+Requests/sec:  16253.00
+Transfer/sec:      2.31MB
+"""
+
+
+def test_wrk_durations_in_microseconds() -> None:
+    assert time_us("61.00us") == 61.0
+    assert time_us("1.38ms") == 1380.0
+    assert time_us("2.10s") == 2_100_000.0
+    assert time_us("1.00m") == 60_000_000.0
+    with pytest.raises(ValueError, match="not a wrk duration"):
+        time_us("12 ms")
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    out = parse_wrk(WRK_ERRORS)
+    assert out["requests"] == 93756
+    assert out["seconds"] == pytest.approx(2.10)
+    assert out["requests_per_s"] == 44680.20
+    assert out["latency_avg_us"] == pytest.approx(33_280.0)
+    assert out["latency_max_us"] == pytest.approx(994_640.0)
+    assert out["p50_us"] == pytest.approx(25_820.0)
+    assert out["p75_us"] == pytest.approx(40_950.0)
+    assert out["p90_us"] == pytest.approx(54_360.0)
+    assert out["p99_us"] == pytest.approx(107_390.0)
+    assert out["socket_errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 42}
+    assert out["non_2xx_3xx"] == 93756
+    assert out["errors"] == 93756 + 42
+
+
+def test_parse_wrk_without_error_lines_counts_none() -> None:
+    out = parse_wrk(WRK_CLEAN)
+    assert out["requests"] == 17867
+    assert out["requests_per_s"] == 16253.00
+    assert out["p50_us"] == 61.0
+    assert out["p99_us"] == 129.0
+    assert out["socket_errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert out["non_2xx_3xx"] == 0
+    assert out["errors"] == 0
+
+
+def test_parse_wrk_refuses_output_without_a_count() -> None:
+    with pytest.raises(ValueError, match="no request count"):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_nginx_conf_keeps_everything_under_its_prefix(tmp_path: Path) -> None:
+    conf = nginx_conf(tmp_path, workers=2, servers=[upstream_server(8080)], user=None)
+    lines = [x.strip() for x in conf.splitlines()]
+    assert "daemon off;" in lines
+    assert "worker_processes 2;" in lines
+    assert f"pid {tmp_path / 'nginx.pid'};" in lines
+    assert f"error_log {tmp_path / 'error.log'} warn;" in lines
+    assert "access_log off;" in lines
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        assert f"{kind}_temp_path {tmp_path / 'temp' / kind};" in lines
+    assert not any(x.startswith("user ") for x in lines)  # not root: nginx ignores it
+    assert conf.count("{") == conf.count("}")
+    assert "listen 127.0.0.1:8080 reuseport" in conf
+    assert 'return 200 "ok";' in conf
+    # every absolute path nginx opens is inside the prefix (none of /var/log, /run, ...)
+    words = [w.rstrip(";") for x in lines for w in x.split()]
+    paths = [w for w in words if w.startswith("/") and w != "/"]  # not `location /`
+    assert paths and all(p.startswith(str(tmp_path)) for p in paths)
+
+
+def test_nginx_conf_as_root_names_the_user(tmp_path: Path) -> None:
+    conf = nginx_conf(tmp_path, workers=1, servers=[], user="root root")
+    assert "user root root;" in conf.splitlines()
+
+
+def test_nginx_reverse_proxy_keeps_connections_to_the_upstream() -> None:
+    conf = proxy_server(9000, 8080)
+    assert "server 127.0.0.1:8080; keepalive" in conf
+    assert "listen 127.0.0.1:9000" in conf
+    assert "proxy_http_version 1.1;" in conf
+    assert 'proxy_set_header Connection "";' in conf  # else nginx closes each connection
+    assert conf.count("{") == conf.count("}")
+
+
+def test_autoexp_config_routes_the_benchmarked_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTOEXP_STORE", raising=False)
+    monkeypatch.delenv("AUTOEXP_SECRET", raising=False)
+    config = parse_config(tomllib.loads(autoexp_config(8080, "sqlite:///bench.db")))
+    assert config.store == "sqlite:///bench.db"
+    assert config.proxy is not None and config.proxy.upstream == "http://127.0.0.1:8080"
+    (spec,) = config.experiments
+    assert len(spec.alternatives) == 2
+    (route,) = config.routes
+    assert route.reward_from == "status"
+    path = PATH.split("?")[0]
+    assert route.matches("GET", "127.0.0.1", path, {})
+
+
+def test_top_frames_splits_the_event_loop_from_other_threads(tmp_path: Path) -> None:
+    raw = tmp_path / "1.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (a.py:1);decide (e.py:10) 6\n"
+        "thread (1): MainThread;run (a.py:1);write (w.py:5) 2\n"
+        "thread (2): asyncio_0;work (t.py:3);add (s.py:7) 2\n"
+    )
+    other = tmp_path / "2.txt"  # --subprocesses prefixes the process
+    other.write_text('process 9:"python x";thread (9): MainThread;run (a.py:1) 10\n')
+    found = top_frames([raw, other])
+    assert found["samples"] == 20
+    assert found["MainThread"]["share"] == pytest.approx(18 / 20)
+    top = found["MainThread"]["top"]
+    assert top[0] == ("run (a.py:1)", pytest.approx(10 / 18), pytest.approx(1.0))
+    assert top[1] == ("decide (e.py:10)", pytest.approx(6 / 18), pytest.approx(6 / 18))
+    assert found["other"]["top"] == [("add (s.py:7)", 1.0, 1.0)]
