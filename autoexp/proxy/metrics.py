@@ -13,7 +13,7 @@ allocation version, late rewards refused, decisions not yet logged; the store's 
 (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
-...). The snapshot is refreshed on the engine's cadence, so the
+``client_gone``...). The snapshot is refreshed on the engine's cadence, so the
 figures move in steps of ``refresh_every`` events, summed over every replica.
 """
 

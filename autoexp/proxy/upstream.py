@@ -15,8 +15,13 @@ SLO, or a header the upstream sets (hidden from the client); an alternative that
 and was retried on control gets the lowest reward, so its errors feed its guardrail. They
 are queued and applied in batches (``reward_many``) by a background task every 50 ms,
 never on the request's path; ``rewards_refused`` counts header values out of range.
-Hop-by-hop headers are dropped both ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host``
-are set; bodies are streamed, never buffered whole, and capped at ``max_body_bytes``.
+A client that goes away mid-answer is not the upstream's failure: ``client_gone`` counts
+it and the answer is rewarded as the upstream gave it. An upstream that breaks off after
+its answer's head was sent cannot be retried: the client's connection is closed (it sees a
+truncated answer, never a second one), ``upstream_error`` counts it and the decision gets
+the lowest reward. Hop-by-hop headers are dropped both ways; ``X-Forwarded-For``,
+``-Proto`` and ``-Host`` are set; bodies are streamed, never buffered whole, and capped at
+``max_body_bytes``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -61,6 +66,17 @@ DECISION_HEADER = "X-Autoexp-Decision"
 CHUNK = 64 * 1024
 FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
 REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
+
+
+class _ClientGone(Exception):
+    """Writing the answer to the client failed: it closed or reset its connection."""
+
+
+async def _to_client(write: Awaitable[object]) -> None:
+    try:
+        await write
+    except ConnectionError as e:  # aiohttp's ClientConnectionResetError is one
+        raise _ClientGone from e
 
 
 class _TooLarge(Exception):
@@ -217,16 +233,13 @@ class Forwarder:
         started = time.monotonic()
         if not retry:
             response = await self._safe(request, base, extra, hide=hide)
-            if response.get(FAILED):  # no answer from the upstream at all
-                self._queue(decision, self.engine.spec(route.experiment).reward_range[0])
-            else:
-                self._earned(route, decision, response, time.monotonic() - started)
+            self._outcome(route, decision, response, started)
             return response
         try:
             response = await self._forward(request, base, extra, raise_5xx=True, hide=hide)
-            self._earned(route, decision, response, time.monotonic() - started)
+            self._outcome(route, decision, response, started)
             return response
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (aiohttp.ClientError, TimeoutError) as e:  # before anything reached the client
             self.counts["retried"] += 1
             low = self.engine.spec(route.experiment).reward_range[0]
             self._queue(decision, low)  # the alternative failed: its guardrail sees it
@@ -235,6 +248,14 @@ class Forwarder:
             return await self._safe(
                 request, self.settings.upstream, {"X-Autoexp-Alternative": control}
             )
+
+    def _outcome(
+        self, route: Route, decision: Decision, response: web.StreamResponse, started: float
+    ) -> None:
+        if response.get(FAILED):  # no (whole) answer from the upstream
+            self._queue(decision, self.engine.spec(route.experiment).reward_range[0])
+        else:
+            self._earned(route, decision, response, time.monotonic() - started)
 
     async def _safe(
         self, request: web.Request, base: str, extra: dict[str, str], hide: str | None = None
@@ -295,10 +316,23 @@ class Forwarder:
                         response[REWARD] = response.headers.popall(hide)[0]
                 if DECISION_HEADER in extra:
                     response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
-                await response.prepare(request)
-                async for chunk in up.content.iter_chunked(CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
+                try:
+                    await _to_client(response.prepare(request))
+                    try:
+                        async for chunk in up.content.iter_chunked(CHUNK):
+                            await _to_client(response.write(chunk))
+                    except (aiohttp.ClientError, TimeoutError) as e:
+                        # the head is sent: no retry, no second answer; the client's
+                        # connection closes on a truncated one
+                        self.counts["upstream_error"] += 1
+                        response[FAILED] = True
+                        if request.transport is not None:
+                            request.transport.close()
+                        log.warning("autoexp: %s broke off its answer: %r", base, e)
+                        return response
+                    await _to_client(response.write_eof())
+                except _ClientGone:
+                    self.counts["client_gone"] += 1
                 return response
         except _TooLarge:
             return web.json_response(

@@ -42,6 +42,20 @@ def upstream(name: str, mode: str = "ok") -> web.Application:
             assert request.transport is not None
             request.transport.abort()
             await asyncio.sleep(1)
+        if "slow_body" in request.query or "break_body" in request.query:
+            # a 2 MiB answer in 64 KiB pieces over about 1.6 s; "break_body" aborts it
+            # after the head and the first piece
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            for i in range(32):
+                if i == 1 and "break_body" in request.query:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await response.write(b"x" * 65536)
+                await asyncio.sleep(0.05)
+            await response.write_eof()
+            return response
         body = await request.read()
         extra = {"X-Autoexp-Reward": request.query["reward"]} if "reward" in request.query else {}
         return web.json_response(
@@ -201,6 +215,63 @@ def test_a_failing_alternative_is_retried_on_control(servers: dict[str, Served],
             for r in answers
         )
         assert retried >= 5 and retried + decided_alt >= 40
+    finally:
+        side.close()
+
+
+def test_a_client_gone_mid_answer_is_not_an_upstream_failure(servers: dict[str, Served]) -> None:
+    # 12 clients read the head of a slow 2 MiB answer, then reset their connections (RST,
+    # SO_LINGER 0) while the proxy is still streaming: the proxy counts each as client_gone,
+    # never as an upstream error, retries nothing, and rewards each decision from its
+    # status (200: 1.0) for whichever alternative answered. Counting them as failures (as
+    # before) would hand each alternative a 0 and a retry for its user's disconnect.
+    import socket
+    import struct
+
+    side = sidecar(servers, reward_from="status")
+    try:
+        for _ in range(12):
+            with socket.create_connection(("127.0.0.1", side.port), timeout=5) as sock:
+                sock.sendall(b"GET /search?slow_body=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        forwarder = side.app[FORWARDER]
+        deadline = time.monotonic() + 10  # each answer's remaining writes fail within 1.6 s
+        while forwarder.counts["client_gone"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counts = dict(forwarder.counts)
+        state = settle(side)
+        assert counts.get("client_gone") == 12
+        assert not {"upstream_error", "upstream_timeout", "retried"} & counts.keys()
+        assert sum(state["policy.n"]) == 12 and sum(state["policy.sum_reward"]) == 12.0
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("alt", ["alt", "params"])
+def test_an_upstream_breaking_off_mid_answer_is_cut_not_retried(
+    servers: dict[str, Served], alt: str
+) -> None:
+    # Upstreams (both arms) send the head and 64 KiB, then abort. Once the head reached the
+    # client a retry on control would write a second answer into the same connection, so
+    # the proxy must close it instead: each of 16 GETs ends in a protocol error (never a
+    # 200 with a whole body), nothing is retried, and every decision gets the lowest reward.
+    side = sidecar(servers, alt, reward_from="status")
+    try:
+        failures = 0
+        for _ in range(16):
+            with httpx.Client(base_url=side.url, timeout=10) as http:
+                try:
+                    r = http.get("/search?break_body=1")
+                except httpx.HTTPError:
+                    failures += 1
+                else:
+                    raise AssertionError(f"a whole answer: {r.status_code}, {len(r.content)} B")
+        assert failures == 16
+        counts = side.app[FORWARDER].counts
+        assert counts["upstream_error"] == 16 and counts["retried"] == 0
+        state = settle(side)
+        assert sum(state["policy.n"]) == 16 and sum(state["policy.sum_reward"]) == 0.0
     finally:
         side.close()
 
