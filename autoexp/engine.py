@@ -41,6 +41,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,17 @@ from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
+
+
+@dataclass
+class _Scan:
+    """What :meth:`Engine.expire` has read of one experiment's log: positions
+    ``[start, end)``, and in them the decisions not yet rewarded nor defaulted (id to
+    position and ticket)."""
+
+    start: int
+    end: int
+    open: dict[str, tuple[int, Ticket]] = field(default_factory=dict)
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -141,6 +153,8 @@ class Engine:
         self._lock = threading.RLock()
         self._log_lock = threading.RLock()
         self._wake = threading.Event()
+        self._expiring = threading.Lock()
+        self._scans: dict[str, _Scan] = {}  # expire's reading of each experiment's log
         self._live: dict[str, Live] = {}
         for spec in experiments:
             if spec.name in self._live:
@@ -185,10 +199,19 @@ class Engine:
         """Re-read the shared state; recompute the allocation; let the rule look."""
         spec = live.spec
         self._try_flush(live)
+        # the store's answers first, without the state lock (decisions go on meanwhile)
         data = self.store.read(spec.name)
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
             data = self.store.read(spec.name)
+        raw = self.store.get(spec.name, "status")
+        paused = self.store.get(spec.name, "paused") == "1"
+        with self._lock:
+            self._install(live, data, raw, paused)
+
+    def _install(self, live: Live, data: dict[str, Any], raw: str | None, paused: bool) -> None:
+        """A refresh's new snapshot from the store's answers (the caller holds the lock)."""
+        spec = live.spec
         live.policy_state = spec.policy.state_from_dict(part("policy", data))
         if spec.test is not None:
             live.test_state = spec.test.state_from_dict(part("test", data))
@@ -196,14 +219,13 @@ class Engine:
             g.test.state_from_dict(part(f"guard.{i}", data)) for i, g in enumerate(spec.guardrails)
         ]
         k = len(spec.alternatives)
-        raw = self.store.get(spec.name, "status")
         status = np.zeros((1, k), dtype=np.int8)
         if raw is not None:
             status[0] = [STATUS.index(s) for s in json.loads(raw)]
         if live.rule is not None and spec.test is not None:
             status = look(self.store, live, live.rule, status, self._clock())
         live.status = status
-        live.paused = self.store.get(spec.name, "paused") == "1"
+        live.paused = paused
         alloc = spec.policy.allocation(live.policy_state)[0].copy()
         if live.paused:  # an operator's pause: control only, until resumed
             alloc = np.eye(len(spec.alternatives))[0]
@@ -409,15 +431,19 @@ class Engine:
 
     def _rewards(self, items: Sequence[tuple[Any, Any]], *, single: bool) -> list[bool]:
         now = self._clock()
-        with self._log_lock, self._lock:
+        # _log_lock for the whole call (a decision's record is written before its
+        # reward's); the state lock only while reading or changing the snapshot, never
+        # across a store call, so decisions on the event loop do not wait for the store
+        with self._log_lock:
             checked = []
-            for n, (decision, value) in enumerate(items):
-                try:
-                    checked.append(self._check(decision, value, now))
-                except (RewardError, UnknownExperimentError) as e:
-                    if single:
-                        raise
-                    raise type(e)(f"rewards[{n}]: {e.args[0]}") from None
+            with self._lock:
+                for n, (decision, value) in enumerate(items):
+                    try:
+                        checked.append(self._check(decision, value, now))
+                    except (RewardError, UnknownExperimentError) as e:
+                        if single:
+                            raise
+                        raise type(e)(f"rewards[{n}]: {e.args[0]}") from None
             out = [False] * len(checked)
             groups: dict[str, list[int]] = {}
             for n, (live, _, _) in enumerate(checked):
@@ -448,7 +474,8 @@ class Engine:
         source: str,
     ) -> list[bool]:
         """Apply rewards: each one's increments, once, with its log record."""
-        entries = self._increments(live, tickets, values)
+        with self._lock:  # against the snapshot; the store call below goes without it
+            entries = self._increments(live, tickets, values)
         spec = live.spec
         reward = np.asarray(values, dtype=np.float64)
         batch = [
@@ -520,14 +547,18 @@ class Engine:
         applied here.
 
         The log is the source of truth: each experiment keeps a cursor (``expire_cursor``
-        in the store) before which every decision is settled; the records after it are
-        read, unrewarded decisions past their window get the default (once: replicas
-        running ``expire`` at the same time never double it), and the cursor moves to the
-        first decision still open. Call it on a cadence (the proxy does).
+        in the store) before which every decision is settled. This replica reads the log
+        from there once and then only what was appended since its last call, keeping the
+        decisions not yet rewarded (memory: those within their join window); the ones
+        past their window get the default (once: the store refuses a second reward for a
+        decision, so replicas running ``expire`` together never double it, and a reward
+        that came meanwhile wins), and the cursor moves to the first decision still open.
+        The reads and the store writes go without the engine's state lock, so decisions
+        are not held up. Call it on a cadence (the proxy does).
         """
         now = self._clock()
         done = 0
-        with self._log_lock, self._lock:
+        with self._expiring:  # one pass at a time in this replica
             for live in self._live.values():
                 if live.spec.default_reward is not None:
                     done += self._expire(live, live.spec.default_reward, now)
@@ -535,44 +566,44 @@ class Engine:
 
     def _expire(self, live: Live, default: float, now: float) -> int:
         spec = live.spec
-        self._write_log(live, quiet=True)  # this replica's own pending decisions count
+        with self._log_lock:
+            self._write_log(live, quiet=True)  # this replica's own pending decisions count
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
-        open_: dict[str, tuple[int, Ticket]] = {}
-        rewarded: set[str] = set()
-        position = cursor
+        scan = self._scans.get(spec.name)
+        if scan is None or not scan.start <= cursor <= scan.end:
+            scan = self._scans[spec.name] = _Scan(cursor, cursor)
+        elif cursor > scan.start:  # another replica settled up to there
+            scan.open = {k: v for k, v in scan.open.items() if v[0] >= cursor}
+            scan.start = cursor
         while True:
-            page = self.store.records(spec.name, start=position, limit=10_000)
+            page = self.store.records(spec.name, start=scan.end, limit=10_000)
             for record in page:
                 kind = record.get("type")
                 if kind == "decision":
+                    issued = float(record["time"])
                     ticket = Ticket(
                         record["decision_id"],
                         spec.name,
                         int(record["arm"]),
                         tuple(float(x) for x in record["allocation"]),
-                        float(record["time"]),
-                        float(record["time"]) + spec.token_ttl_s,
+                        issued,
+                        issued + spec.token_ttl_s,
                     )
-                    open_[ticket.id] = (position, ticket)
+                    scan.open[ticket.id] = (scan.end, ticket)
                 elif kind == "reward":
-                    rewarded.add(record["decision_id"])
-                position += 1
+                    scan.open.pop(record["decision_id"], None)
+                scan.end += 1
             if len(page) < 10_000:
                 break
-        due: list[Ticket] = []
-        first_open = position
-        for pos, ticket in open_.values():
-            if ticket.id in rewarded:
-                continue
-            if now > ticket.issued + spec.join_window_s:
-                due.append(ticket)
-            else:
-                first_open = min(first_open, pos)
+        due = [t for _, t in scan.open.values() if now > t.issued + spec.join_window_s]
         done = 0
         for start in range(0, len(due), 1_000):
             chunk = due[start : start + 1_000]
             done += sum(self._apply(live, chunk, [default] * len(chunk), now, source="default"))
-        self.store.set(spec.name, "expire_cursor", str(first_open))
+            for t in chunk:
+                del scan.open[t.id]
+        scan.start = min((pos for pos, _ in scan.open.values()), default=scan.end)
+        self.store.set(spec.name, "expire_cursor", str(scan.start))
         if done:
             self._tick(live)
         return done
