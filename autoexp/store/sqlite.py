@@ -159,24 +159,42 @@ class SQLiteStore:
                 shapes = self._load_shapes(experiment)
             lines = check_items(experiment, shapes, items)
             done = []
+            # One transaction, a few statements for the whole batch: the ids already
+            # applied, then the new ids, their increments summed per cell (additive: the
+            # same state as one by one) and their records, in order.
             with self._write():
+                seen = self._applied(experiment, [once for once, _, _ in items])
+                totals: dict[tuple[str, int], float] = {}
+                new_ids, log_rows = [], []
                 for (once, entries, _), line in zip(items, lines, strict=True):
-                    cur = self._db.execute(
-                        "INSERT OR IGNORE INTO once VALUES (?, ?)", (experiment, once)
-                    )
-                    if cur.rowcount == 0:
+                    if once in seen:
                         done.append(False)
                         continue
-                    self._db.executemany(
-                        "UPDATE state SET value = value + ? WHERE exp = ? AND field = ? "
-                        "AND idx = ?",
-                        [(amount, experiment, name, index) for name, index, amount in entries],
-                    )
-                    self._db.execute(
-                        "INSERT INTO log (exp, record) VALUES (?, ?)", (experiment, line)
-                    )
+                    seen.add(once)
                     done.append(True)
+                    new_ids.append((experiment, once))
+                    log_rows.append((experiment, line))
+                    for name, index, amount in entries:
+                        totals[name, index] = totals.get((name, index), 0.0) + amount
+                self._db.executemany("INSERT INTO once VALUES (?, ?)", new_ids)
+                self._db.executemany(
+                    "UPDATE state SET value = value + ? WHERE exp = ? AND field = ? AND idx = ?",
+                    [(v, experiment, name, index) for (name, index), v in totals.items()],
+                )
+                self._db.executemany("INSERT INTO log (exp, record) VALUES (?, ?)", log_rows)
             return done
+
+    def _applied(self, experiment: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` were applied before (inside the caller's transaction)."""
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):  # under SQLite's limit on parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT id FROM once WHERE exp = ? AND id IN ({marks})", (experiment, *chunk)
+            )
+            out.update(str(r[0]) for r in rows)
+        return out
 
     # --- assignments, log, meta ----------------------------------------------------------
 
