@@ -36,11 +36,12 @@ import atexit
 import hashlib
 import json
 import math
+import numbers
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +50,37 @@ import numpy as np
 from policies.base import Decision as PolicyDecision
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
 
-from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
+from .errors import (
+    ConfigError,
+    RequestError,
+    RewardError,
+    StoreError,
+    UnknownExperimentError,
+)
 from .experiment import Decision, ExperimentSpec, Live, budget_of, draw, part, rows_into
 from .lifecycle import changes_of, evidence_of, history_of, look, operator_change
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
+
+
+MAX_CONTEXT = 4096  # numbers in one decision's context
+
+
+def _features(context: Any) -> list[float]:
+    """A decision's context as plain floats; :class:`RequestError` (nothing recorded)
+    for anything else: a value the log could not hold would fail its whole group."""
+    if isinstance(context, str | bytes | Mapping) or not isinstance(context, Iterable):
+        raise RequestError(f"context: must be a sequence of numbers (got {context!r:.60})")
+    out = []
+    for i, x in enumerate(context):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise RequestError(f"context[{i}]: must be a finite number (got {x!r:.60})")
+        out.append(float(x))
+        if i >= MAX_CONTEXT:
+            raise RequestError(f"context: at most {MAX_CONTEXT} numbers")
+    return out
 
 
 @dataclass
@@ -312,6 +337,7 @@ class Engine:
         self, name: str, *, unit: str | None = None, context: Sequence[float] | None = None
     ) -> Decision:
         """Choose the alternative for one request (see the module docstring)."""
+        features = None if context is None else _features(context)
         with self._lock:
             live = self._get(name)
             if self._down is not None and time.monotonic() - self._probed >= 1.0:
@@ -337,7 +363,7 @@ class Engine:
                     "time": now,
                     "experiment": name,
                     "unit_hash": unit_hash,
-                    "context": None if context is None else list(context),
+                    "context": features,
                     "arm": arm,
                     "alternative": spec.alternatives[arm],
                     "propensity": row[arm],

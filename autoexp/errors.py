@@ -38,4 +38,5 @@ class StateError(AutoexpError, RuntimeError):
 
 
 class RequestError(AutoexpError, ValueError):
-    """The sidecar refused a request as malformed (the message says which part)."""
+    """A request was refused as malformed, by the sidecar or the engine (a decision's
+    context that is not finite numbers); the message says which part."""

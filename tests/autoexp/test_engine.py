@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autoexp.engine import Engine, ExperimentSpec
-from autoexp.errors import ConfigError, RewardError, UnknownExperimentError
+from autoexp.errors import ConfigError, RequestError, RewardError, UnknownExperimentError
 from autoexp.tokens import Ticket, keys_from, sign
 from policies import ConservativeBudget, OffPolicyCS, ThompsonBeta, TrafficCap
 from policies.greedy import EpsilonGreedy
@@ -301,6 +301,37 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
     silent = {d.id for i, d in enumerate(made) if i % 3} | {d.id for d in later}
     assert sorted(defaults) == sorted(silent)  # each once
     assert store.read("ranker")["policy.n"].sum() == 350.0
+
+
+@pytest.mark.parametrize(
+    ("context", "match"),
+    [
+        ([0.5, math.nan], r"context\[1\]: must be a finite number \(got nan\)"),
+        ([math.inf], r"context\[0\]: must be a finite number"),
+        (["1.5"], r"context\[0\]: must be a finite number \(got '1.5'\)"),
+        ([[1.0]], r"context\[0\]"),
+        ([True], r"context\[0\]"),
+        ("12", r"context: must be a sequence of numbers"),
+        ({"a": 1.0}, r"context: must be a sequence of numbers"),
+        (3.0, r"context: must be a sequence of numbers"),
+        ([0.0] * 4097, r"context: at most 4096 numbers"),
+    ],
+)
+def test_a_bad_context_is_refused_before_anything_is_recorded(
+    store: Any, context: Any, match: str
+) -> None:
+    # A NaN context used to be accepted, then failed its whole log group when written
+    # (JSON cannot hold it): the good decisions around it were never logged, and the
+    # store counted as down. Now it is refused at decide, and the engine goes on.
+    engine = Engine(store, [spec()], secret=SECRET, seed=23, log_flush_s=0.0)
+    good = engine.decide("ranker", context=np.array([0.25, 1.0]))
+    with pytest.raises(RequestError, match=match):
+        engine.decide("ranker", context=context)
+    after = engine.decide("ranker", context=[1, 2.5])
+    engine.flush()
+    logged = {r["decision_id"]: r["context"] for r in store.records("ranker")}
+    assert logged == {good.id: [0.25, 1.0], after.id: [1.0, 2.5]}
+    assert engine.check_store() == (True, None)
 
 
 def test_decisions_are_logged_in_groups_and_on_close(store: Any) -> None:
