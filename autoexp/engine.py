@@ -394,6 +394,8 @@ class Engine:
                 live.version,
                 token,
                 sticky,
+                ticket,
+                self._keys,
             )
 
     def _sticky(
@@ -429,8 +431,13 @@ class Engine:
         return self._rewards(items, single=False)
 
     def _check(self, decision: Any, value: Any, now: float) -> tuple[Live, Ticket, float]:
-        token = decision.token if isinstance(decision, Decision) else decision
-        ticket = verify(self._keys, token, now=now)
+        if isinstance(decision, Decision) and decision.signer is self._keys:
+            ticket = decision.ticket  # made here: its signature is known good
+            if now > ticket.expires:
+                verify(self._keys, decision.token, now=now)  # refused as expired, as said there
+        else:
+            token = decision.token if isinstance(decision, Decision) else decision
+            ticket = verify(self._keys, token, now=now)
         live = self._get(ticket.experiment)
         spec = live.spec
         k = len(spec.alternatives)

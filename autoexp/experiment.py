@@ -100,6 +100,10 @@ class Decision:
     allocation_version: int
     token: str
     sticky: bool = False
+    # the signed ticket and the keys that signed it, kept by the engine that decided, so
+    # that rewarding this object there needs no second look at its own signature
+    ticket: Any = field(default=None, repr=False, compare=False)
+    signer: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

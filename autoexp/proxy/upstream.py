@@ -92,7 +92,7 @@ class Forwarder:
     routes: Sequence[Route]
     session: aiohttp.ClientSession | None = None
     counts: Counter[str] = field(default_factory=Counter)
-    pending: list[tuple[str, float]] = field(default_factory=list)  # rewards to apply
+    pending: list[tuple[Decision, float]] = field(default_factory=list)  # rewards to apply
     max_pending: int = 100_000
     applying: int = 0  # reward batches in a store call right now
 
@@ -132,7 +132,7 @@ class Forwarder:
             if not ok:
                 return
 
-    async def _apply_batch(self, batch: list[tuple[str, float]]) -> bool:
+    async def _apply_batch(self, batch: list[tuple[Decision, float]]) -> bool:
         """Apply one batch; ``False`` if the store failed (then it waits for next time)."""
         try:
             await asyncio.to_thread(self.engine.reward_many, batch)
@@ -178,7 +178,7 @@ class Forwarder:
 
     def _queue(self, decision: Decision, value: float) -> None:
         if len(self.pending) < self.max_pending:
-            self.pending.append((decision.token, value))
+            self.pending.append((decision, value))  # this engine's: not verified again
         else:
             self.counts["rewards_dropped"] += 1
 

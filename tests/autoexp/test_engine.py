@@ -334,6 +334,27 @@ def test_a_bad_context_is_refused_before_anything_is_recorded(
     assert engine.check_store() == (True, None)
 
 
+def test_a_decision_object_skips_the_signature_check_only_where_it_was_made(
+    store: Any,
+) -> None:
+    # The engine that decided trusts its own Decision objects (the proxy rewards them
+    # without checking their signature again); another engine, with another key, checks
+    # the token and refuses it; expiry is still enforced on trusted ones.
+    clock = Clock()
+    a = Engine(store, [spec(token_ttl_s=60.0)], secret=SECRET, seed=24, clock=clock)
+    b = Engine(store, [spec(token_ttl_s=60.0)], secret="o" * 32, seed=25, clock=clock)
+    made, late = a.decide("ranker"), a.decide("ranker")
+    before = snapshot(store)
+    with pytest.raises(RewardError, match="forged or signed with another key"):
+        b.reward(made, 1.0)
+    assert snapshot(store) == before
+    assert a.reward(made, 1.0) and not a.reward(made, 1.0)
+    clock.now += 61
+    with pytest.raises(RewardError, match=r"token: expired 1 s ago"):
+        a.reward(late, 1.0)
+    assert store.read("ranker")["policy.n"].sum() == 1.0
+
+
 def test_decisions_are_logged_in_groups_and_on_close(store: Any) -> None:
     # No background writer: 5 decisions (fewer than a group of 8) stay pending; the 8th
     # writes a group; a reward writes its decision first; close() writes the rest.
