@@ -96,8 +96,9 @@ class _Scan:
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
     """The background writer: pending decisions to the log every ``every_s``, or at once
-    when a group fills (``wake``). It holds the engine's state lock only to take the
-    pending group, so decisions go on while the store writes (an fsync, a round trip)."""
+    when a group fills (``wake``), and the refreshes ``decide`` asked for. It holds the
+    engine's state lock only to take the pending group or install a snapshot, so decisions
+    go on while the store works (an fsync, a round trip)."""
     while not stop.is_set():
         wake.wait(every_s)
         wake.clear()
@@ -108,6 +109,9 @@ def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s:
             try:
                 for live in engine._live.values():
                     engine._write_log(live, quiet=True)
+                    if live.refresh_due:  # decide's cadence, off its path
+                        live.refresh_due = False
+                        engine._refresh_now(live)
                 engine._probe()
             except Exception as e:  # a client library failing oddly (e.g. a store closed
                 # under it): the writer must not die; the store counts as down, and
@@ -323,13 +327,25 @@ class Engine:
         """The definition of experiment ``name``."""
         return self._get(name).spec
 
-    def _tick(self, live: Live) -> None:
+    def _tick(self, live: Live, *, defer: bool = False) -> None:
+        """Count one event; refresh at the cadence, here or (``defer``, from ``decide``
+        with a background writer) in the writer's thread, so that a decision never waits
+        for the store (a commit, a checkpoint's fsync, a round trip)."""
         live.since_refresh += 1
         if live.since_refresh >= live.spec.refresh_every:
-            try:
-                self._refresh(live)
-            except StoreError as e:  # keep serving this snapshot's decision; say so
-                self._down = e
+            if defer:
+                live.refresh_due = True
+                self._wake.set()
+                return
+            self._refresh_now(live)
+
+    def _refresh_now(self, live: Live) -> None:
+        if live.since_refresh < live.spec.refresh_every:
+            return  # refreshed meanwhile (by a reward)
+        try:
+            self._refresh(live)
+        except StoreError as e:  # keep serving this snapshot's decisions; say so
+            self._down = e
 
     # --- decide -----------------------------------------------------------------------
 
@@ -381,7 +397,7 @@ class Engine:
                     self._wake.set()  # written by the background writer, off this path
                 else:
                     self._try_flush(live)
-            self._tick(live)
+            self._tick(live, defer=self._flusher is not None)
             params = spec.params[arm] if spec.params is not None else {}
             return Decision(
                 did,

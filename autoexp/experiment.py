@@ -105,6 +105,26 @@ class Decision:
     ticket: Any = field(default=None, repr=False, compare=False)
     signer: Any = field(default=None, repr=False, compare=False)
 
+    def public(self) -> dict[str, Any]:
+        """The fields a caller sees (the sidecar's answer to a decide), as plain data."""
+        out = {name: getattr(self, name) for name in _PUBLIC}
+        out["params"] = dict(self.params)
+        return out
+
+
+_PUBLIC = (
+    "id",
+    "experiment",
+    "arm",
+    "alternative",
+    "propensity",
+    "params",
+    "policy",
+    "allocation_version",
+    "token",
+    "sticky",
+)
+
 
 @dataclass
 class Live:
@@ -120,6 +140,7 @@ class Live:
     status: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), dtype=np.int8))
     version: int = 0
     since_refresh: int = 0
+    refresh_due: bool = False  # decide's cadence reached: the background writer refreshes
     late: int = 0
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
     cumulative: list[float] = field(default_factory=list)

@@ -42,7 +42,6 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -135,7 +134,7 @@ async def decide(request: web.Request) -> web.Response:
         ) from None
     except StoreError as e:
         return json_error(503, "StoreError", str(e), fail_open=True)
-    return web.json_response(asdict(decision))
+    return web.json_response(decision.public())
 
 
 def _reward_items(body: Mapping[str, Any]) -> tuple[list[tuple[Any, Any]], bool]:
