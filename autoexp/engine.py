@@ -619,9 +619,11 @@ class Engine:
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
         scan = self._scans.get(spec.name)
-        if scan is None or not scan.start <= cursor <= scan.end:
+        if scan is None or cursor > scan.end:  # first pass, or others settled past it
             scan = self._scans[spec.name] = _Scan(cursor, cursor)
         elif cursor > scan.start:  # another replica settled up to there
+            # (a cursor behind scan.start, from a replica's older pass, changes nothing:
+            # this replica saw everything before scan.start settled)
             scan.open = {k: v for k, v in scan.open.items() if v[0] >= cursor}
             scan.start = cursor
         while True:
