@@ -276,6 +276,58 @@ def test_an_upstream_breaking_off_mid_answer_is_cut_not_retried(
         side.close()
 
 
+@pytest.mark.parametrize("alt", ["five", "hang", "reset"])
+def test_a_failing_alternative_is_rolled_back_and_no_user_request_fails(
+    servers: dict[str, Served], alt: str
+) -> None:
+    # Control answers 200 (reward 1, read from the status); the alternative answers 503,
+    # hangs past the read timeout (0.5 s) or resets the connection. Each of its requests
+    # is retried on control, so the user gets a 200, and it gets a 0: its guardrail (the
+    # off-policy sequence, tuned for 50) sees 1 against 0 and rolls it back, after which
+    # nothing reaches it. Users come 16 at a time, at most 480. Epsilon-greedy (0.5) in a
+    # 50% cap sends it about a quarter of the traffic until then. Measured while this test
+    # was written (4 runs of each kind): rolled back after 8 to 15 of its own failures,
+    # within the first 32 requests; the bounds below (40 failures, 160 requests) leave
+    # room for slow machines, where more requests are in flight before a refresh.
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = ExperimentSpec(
+        name="ranker",
+        alternatives=("v1", "v2"),
+        policy=TrafficCap(policy=EpsilonGreedy(epsilon=0.5), explore_share=0.5),
+        test=OffPolicyCS(n_expected=1_000),
+        guardrails=(Guardrail(name="errors", harm="decrease", test=OffPolicyCS(n_expected=50)),),
+        refresh_every=10,
+    )
+    engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=11)
+    route = Route(
+        experiment="ranker",
+        upstreams=(None, servers[alt].url),
+        path_prefix="/search",
+        reward_from="status",
+    )
+    proxy = ProxySettings(upstream=servers["control"].url, read_timeout_s=0.5)
+    side = Sidecar(engine, proxy=proxy, routes=[route])
+    forwarder = side.app[FORWARDER]
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http, ThreadPoolExecutor(16) as pool:
+            codes: list[int] = []
+            while len(codes) < 480 and engine.status("ranker")["status"][1] != "rolled_back":
+                codes += pool.map(lambda _: http.get("/search").status_code, range(16))
+                time.sleep(0.06)  # the forwarder applies its queued rewards every 50 ms
+            failures = forwarder.counts["retried"]
+            after = [http.get("/search").json() for _ in range(40)]
+        assert engine.status("ranker")["status"] == ["exploring", "rolled_back"], len(codes)
+        assert codes == [200] * len(codes)  # no user request failed
+        assert failures <= 40 and len(codes) <= 160, (failures, len(codes))
+        assert {a["headers"]["X-Autoexp-Alternative"] for a in after} == {"v1"}
+        assert forwarder.counts["retried"] == failures  # nothing reached it afterwards
+        (move,) = [r for r in engine.store.records("ranker") if r["type"] == "transition"]
+        assert (move["arm"], move["new"], move["source"]) == (1, "rolled_back", "errors")
+    finally:
+        side.close()
+
+
 def settle(side: Sidecar) -> dict[str, list[float]]:
     """Wait until the forwarder's queued rewards are applied; the policy's state per arm."""
     forwarder = side.app[FORWARDER]
