@@ -97,6 +97,9 @@ def _errors(where: str) -> Any:
     return _Wrap(where)
 
 
+_PAGE = 10_000  # stream entries per XRANGE
+
+
 class _Wrap:
     def __init__(self, where: str) -> None:
         self.where = where
@@ -134,6 +137,8 @@ class RedisStore:
             socket_connect_timeout=connect_timeout,
             decode_responses=True,
         )
+        # per experiment: (the position after the last record read, that record's id)
+        self._read_at: dict[str, tuple[int, str]] = {}
         self._add = self._r.register_script(_ADD)
         self._add_many = self._r.register_script(_ADD_MANY)
         self._append = self._r.register_script(_APPEND)
@@ -238,13 +243,33 @@ class RedisStore:
     def records(
         self, experiment: str, *, start: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        # A stream has no positions, only ids: this client remembers the id after the last
+        # position it read, so reading on from there (expire's passes, paged exports) asks
+        # only for new entries; any other start pages from the beginning to it, once.
+        key = self._key(experiment, "log")
+        out: list[tuple[str, dict[str, str]]] = []
         with _errors("records"):
-            count = None if limit is None else start + limit
-            rows = cast(
-                list[tuple[str, dict[str, str]]],
-                self._r.xrange(self._key(experiment, "log"), count=count),
-            )
-        return [json.loads(fields["r"]) for _, fields in rows[start:]]
+            pos, after = self._read_at.get(experiment, (0, "-"))
+            if start < pos:
+                pos, after = 0, "-"
+            while pos < start or limit is None or len(out) < limit:
+                skipping = pos < start
+                want = min(start - pos if skipping else _PAGE, _PAGE)
+                if not skipping and limit is not None:
+                    want = min(want, limit - len(out))
+                low = after if after == "-" else f"({after}"
+                page = cast(
+                    list[tuple[str, dict[str, str]]], self._r.xrange(key, min=low, count=want)
+                )
+                if not page:
+                    break
+                pos, after = pos + len(page), page[-1][0]
+                if not skipping:
+                    out.extend(page)
+                if len(page) < want:
+                    break
+            self._read_at[experiment] = (pos, after)
+        return [json.loads(fields["r"]) for _, fields in out]
 
     def get(self, experiment: str, name: str) -> str | None:
         with _errors("get"):

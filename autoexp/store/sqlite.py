@@ -78,6 +78,8 @@ class SQLiteStore:
             raise StoreError(f"store: cannot open {path} ({e})") from None
         self._lock = threading.Lock()
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        # per experiment: (the position after the last record read, that record's seq)
+        self._read_at: dict[str, tuple[int, int]] = {}
 
     # --- state ---------------------------------------------------------------------------
 
@@ -220,12 +222,24 @@ class SQLiteStore:
     def records(
         self, experiment: str, *, start: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        # Reading on from where the last read ended (expire's passes, paged exports) goes
+        # by seq, not OFFSET, which would walk every earlier row: the log only grows and
+        # its seqs are committed in order, so a position keeps its seq.
         with self._lock:
-            rows = self._db.execute(
-                "SELECT record FROM log WHERE exp = ? ORDER BY seq LIMIT ? OFFSET ?",
-                (experiment, -1 if limit is None else limit, start),
-            ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+            pos, after = self._read_at.get(experiment, (-1, 0))
+            if pos == start:
+                rows = self._db.execute(
+                    "SELECT seq, record FROM log WHERE exp = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (experiment, after, -1 if limit is None else limit),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT seq, record FROM log WHERE exp = ? ORDER BY seq LIMIT ? OFFSET ?",
+                    (experiment, -1 if limit is None else limit, start),
+                ).fetchall()
+            if rows:
+                self._read_at[experiment] = (start + len(rows), int(rows[-1][0]))
+        return [json.loads(r[1]) for r in rows]
 
     def get(self, experiment: str, name: str) -> str | None:
         with self._lock:

@@ -103,6 +103,31 @@ def test_log_keeps_order_and_pages(store: Any) -> None:
     assert store.records("exp")[3]["v"] == 1.5
 
 
+def test_log_read_on_in_pages_while_it_grows(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reading on from where the last read ended (as expire and paged exports do) is served
+    # from the store's remembered place, not by skipping from the start; whatever the path,
+    # pages read while the log grows, and reads from any start (behind, at, past the
+    # remembered place, in another experiment between), agree with one full read. Redis
+    # reads its stream in pages of 4 here, so reads span and skip several.
+    monkeypatch.setattr("autoexp.store.redis._PAGE", 4)
+    store.append("other", [{"o": 0}])
+    got: list[int] = []
+    for round_ in range(6):
+        store.append("exp", [{"i": 7 * round_ + j} for j in range(7)])
+        while page := store.records("exp", start=len(got), limit=3):
+            got += [r["i"] for r in page]
+            assert store.records("other") == [{"o": 0}]
+    assert got == list(range(42)) == [r["i"] for r in store.records("exp")]
+    assert [r["i"] for r in store.records("exp", start=40)] == [40, 41]
+    assert [r["i"] for r in store.records("exp", start=5, limit=2)] == [5, 6]  # behind
+    assert [r["i"] for r in store.records("exp", start=7, limit=2)] == [7, 8]  # at it
+    assert [r["i"] for r in store.records("exp", start=30, limit=1)] == [30]  # past it
+    assert store.records("exp", start=42) == [] and store.records("exp", start=99) == []
+    assert store.records("exp", start=3, limit=0) == []
+    store.append("exp", [{"i": 42}])
+    assert [r["i"] for r in store.records("exp", start=41)] == [41, 42]
+
+
 def test_meta_and_experiments(store: Any) -> None:
     assert store.get("exp", "status") is None
     store.set("exp", "status", "exploring")
