@@ -226,7 +226,7 @@ def summed(index: npt.NDArray[np.int64], values: FloatArray) -> dict[int, float]
 def dumps(record: Mapping[str, Any]) -> str:
     """A log record as strict JSON (numpy numbers as plain ones; NaN refused)."""
     try:
-        return json.dumps(record, default=_plain, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(record)
     except (TypeError, ValueError) as e:
         raise StoreError(f"store: record is not JSON-serialisable ({e})") from None
 
@@ -237,3 +237,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# one encoder for every record (json.dumps builds one per call when given options)
+_ENCODER = json.JSONEncoder(default=_plain, allow_nan=False, separators=(",", ":"))
