@@ -147,6 +147,29 @@ def test_autoexp_config_routes_the_benchmarked_path(monkeypatch: pytest.MonkeyPa
     assert route.matches("GET", "127.0.0.1", path, {})
 
 
+def test_instruction_settings_differ_only_in_what_they_measure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # benchmarks/proxy_instructions.py: "forwarded" routes no request, "decided" decides
+    # but rewards nothing, "rewarded" is proxy.py's setting; otherwise the same config.
+    from benchmarks.proxy_instructions import SETTINGS, config
+
+    monkeypatch.delenv("AUTOEXP_STORE", raising=False)
+    monkeypatch.delenv("AUTOEXP_SECRET", raising=False)
+    path = PATH.split("?")[0]
+    routes = {}
+    for setting in SETTINGS:
+        parsed = parse_config(tomllib.loads(config(setting, 8080, "sqlite:///x.db")))
+        (routes[setting],) = parsed.routes
+        assert (
+            parsed.experiments == parse_config(tomllib.loads(autoexp_config(8080, "s"))).experiments
+        )
+    assert not routes["forwarded"].matches("GET", "127.0.0.1", path, {})
+    assert routes["decided"].matches("GET", "127.0.0.1", path, {})
+    assert routes["decided"].reward_from == "none"
+    assert config("rewarded", 8080, "sqlite:///x.db") == autoexp_config(8080, "sqlite:///x.db")
+
+
 def test_top_frames_splits_the_event_loop_from_other_threads(tmp_path: Path) -> None:
     raw = tmp_path / "1.txt"
     raw.write_text(
