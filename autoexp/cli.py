@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy",
         help="the sidecar: decide and reward over HTTP for the config's experiments",
         description="Serve the sidecar's API (POST /_autoexp/decide, POST /_autoexp/rewards, "
-        "GET /_autoexp/healthz and readyz) for the experiments of a config file. "
-        "SIGINT/SIGTERM drain requests in flight and write the pending log.",
+        "GET /_autoexp/healthz and readyz, /_autoexp/metrics, the status page at "
+        "/_autoexp/ui, the admin API with AUTOEXP_ADMIN_TOKEN) for the experiments of a "
+        "config file; with a [proxy] table, also forward every other request to the "
+        "application, deciding and rewarding those the routes match. SIGINT/SIGTERM drain "
+        "requests in flight and write the pending log.",
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")

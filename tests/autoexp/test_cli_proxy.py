@@ -193,3 +193,27 @@ def test_workers_need_a_shared_store_and_a_fixed_port(tmp_path: Path) -> None:
             timeout=60,
         )
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
+def test_each_worker_gets_the_supervisors_options() -> None:
+    # A supervised worker's command line parses back into the options it was given, the
+    # access log included, plus the hidden --reuse-port that lets the workers share a port.
+    from autoexp.cli import build_parser
+    from autoexp.proxy.serve import ServeOptions
+
+    for access_log in (False, True):
+        options = ServeOptions(
+            config="x.toml",
+            host="127.0.0.1",
+            port=8701,
+            workers=3,
+            expire_every_s=2.5,
+            shutdown_timeout_s=4.0,
+            access_log=access_log,
+        )
+        argv = options.worker_argv()
+        assert argv[:4] == [sys.executable, "-m", "autoexp.cli", "proxy"]
+        args = build_parser().parse_args(argv[3:])
+        assert (args.config, args.host, args.port) == ("x.toml", "127.0.0.1", 8701)
+        assert (args.expire_every_s, args.shutdown_timeout_s) == (2.5, 4.0)
+        assert args.access_log is access_log and args.reuse_port and args.workers == 1
