@@ -13,6 +13,7 @@ from __future__ import annotations
 from .base import ArmStats, Decision, Policy, PolicyBase, Stats, draw
 from .exp3 import EXP3, EXP3IX
 from .greedy import EpsilonGreedy
+from .linear import LinearStats, LinTS, LinUCB
 from .nonstationary import DiscountedThompson, SlidingWindowUCB
 from .promotion import PromotionRule, Transition
 from .safety import ConservativeBudget, Guardrail, TrafficCap
@@ -42,6 +43,13 @@ REGISTRY: dict[str, type[PolicyBase]] = {
     "sliding-window-ucb": SlidingWindowUCB,
 }
 
+#: Contextual policies: each decision takes a context of ``dim`` numbers. Not yet served
+#: by the engine, the simulators or the safety wrappers (which take context-free ones).
+CONTEXTUAL: dict[str, type[PolicyBase]] = {
+    "lin-ucb": LinUCB,
+    "lin-ts": LinTS,
+}
+
 #: Safety wrappers: each wraps any policy (arm 0 is control).
 SAFETY: dict[str, type[PolicyBase]] = {
     "traffic-cap": TrafficCap,
@@ -49,6 +57,7 @@ SAFETY: dict[str, type[PolicyBase]] = {
 }
 
 __all__ = [
+    "CONTEXTUAL",
     "EXP3",
     "EXP3IX",
     "KLUCB",
@@ -67,6 +76,9 @@ __all__ = [
     "EpsilonGreedy",
     "Evidence",
     "Guardrail",
+    "LinTS",
+    "LinUCB",
+    "LinearStats",
     "MixtureSPRT",
     "OffPolicyCS",
     "Policy",
