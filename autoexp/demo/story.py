@@ -8,7 +8,11 @@ from typing import Any
 
 EXPERIMENT = "shop"
 TAIL = 300  # requests served after the story concluded, to show where traffic goes then
-SHOPPERS = 1_000  # distinct shoppers (sticky units) the load draws from
+# Distinct shoppers (sticky units) the load draws from. A returning shopper keeps the
+# version first shown, with the propensity of that first exposure; its visits are then
+# not independent draws, so the tests' intervals are an approximation here (a good one:
+# most of the demo's 1,000 to 2,000 requests come from shoppers seen a few times at most)
+SHOPPERS = 1_000
 STUCK_S = 1.0  # a promotion with harmful still exploring: its late outcomes may yet roll it back
 PLOTS = ("allocation", "evidence", "reward")
 COLOURS = {"control": "#7f7f7f", "better": "#2ca02c", "harmful": "#d62728"}
