@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -106,24 +106,11 @@ class Decision:
     signer: Any = field(default=None, repr=False, compare=False)
 
     def public(self) -> dict[str, Any]:
-        """The fields a caller sees (the sidecar's answer to a decide), as plain data."""
-        out = {name: getattr(self, name) for name in _PUBLIC}
+        """The fields a caller sees (the sidecar's answer to a decide), as plain data: all
+        but the engine's own ``ticket`` and ``signer``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
         out["params"] = dict(self.params)
         return out
-
-
-_PUBLIC = (
-    "id",
-    "experiment",
-    "arm",
-    "alternative",
-    "propensity",
-    "params",
-    "policy",
-    "allocation_version",
-    "token",
-    "sticky",
-)
 
 
 @dataclass
