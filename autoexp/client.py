@@ -143,14 +143,22 @@ class Client:
     # --- the engine's calls -----------------------------------------------------------------
 
     def decide(
-        self, name: str, *, unit: str | None = None, context: Sequence[float] | None = None
+        self,
+        name: str,
+        *,
+        unit: str | None = None,
+        context: Sequence[float] | Mapping[str, Any] | None = None,
     ) -> Decision:
         """The decision for one request of experiment ``name``."""
         body = {"experiment": name, "unit": unit, "context": _context(context)}
         return _decision(self._call("POST", "/_autoexp/decide", body))
 
     async def adecide(
-        self, name: str, *, unit: str | None = None, context: Sequence[float] | None = None
+        self,
+        name: str,
+        *,
+        unit: str | None = None,
+        context: Sequence[float] | Mapping[str, Any] | None = None,
     ) -> Decision:
         body = {"experiment": name, "unit": unit, "context": _context(context)}
         return _decision(await self._acall("POST", "/_autoexp/decide", body))
@@ -203,9 +211,15 @@ class Client:
         self.close()
 
 
-def _context(context: Sequence[float] | None) -> list[float] | None:
+def _context(
+    context: Sequence[float] | Mapping[str, Any] | None,
+) -> list[float] | dict[str, Any] | None:
+    """The context as JSON for the sidecar: named feature values as an object (the
+    sidecar encodes them by its config), numbers as a list."""
     if context is None:
         return None
+    if isinstance(context, Mapping):
+        return {str(k): v for k, v in context.items()}
     try:
         return [float(x) for x in context]
     except (TypeError, ValueError):

@@ -16,6 +16,14 @@
     reward = { low = 0.0, high = 1.0, join_window_s = 86_400, default = 0.0 }
     refresh_every = 100
 
+    [experiments.ranker.context]         # named features (see autoexp.context); with a
+    features = [                         # contextual policy (lin-ucb, lin-ts) they decide,
+      { name = "device", header = "X-Device", one_hot = ["mobile", "desktop"] },
+    ]                                    # else they are logged for the next model
+
+A contextual policy's ``dim`` defaults to the context's width and its ``low``/``high`` to
+the reward's range.
+
 Validated once, at load: every error is a :class:`~autoexp.errors.ConfigError` naming the
 dotted path (``experiments.ranker.safety.explore_share: must be in (0, 1] (got 5)``).
 ``AUTOEXP_STORE`` and ``AUTOEXP_SECRET`` override the file.
@@ -30,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies import REGISTRY, TESTS
+from policies import CONTEXTUAL, REGISTRY, TESTS
 from policies.build import guardrails as build_guardrails
 from policies.build import named, promotion_rule, safety_stack
 
+from .context import parse_context, policy_defaults
 from .engine import Engine, ExperimentSpec
 from .errors import ConfigError
 from .proxy.routes import ProxySettings, Route, parse_proxy, parse_route
@@ -53,6 +62,7 @@ _EXPERIMENT = (
     "refresh_every",
     "token_ttl_s",
     "route",
+    "context",
 )
 _REWARD = ("low", "high", "join_window_s", "default")
 
@@ -125,8 +135,10 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
     _unknown(reward, _REWARD, f"{where}.reward")
     low = _number(reward.get("low", 0.0), f"{where}.reward.low")
     high = _number(reward.get("high", 1.0), f"{where}.reward.high")
+    context = parse_context(raw["context"], f"{where}.context") if "context" in raw else None
+    table = policy_defaults(_table(raw, "policy", where) or {"name": None}, context, (low, high))
     try:
-        policy = named(REGISTRY, _table(raw, "policy", where) or {"name": None}, f"{where}.policy")
+        policy = named({**REGISTRY, **CONTEXTUAL}, table, f"{where}.policy")
         policy = safety_stack(
             policy, _table(raw, "safety", where), refresh=refresh, where=f"{where}.safety"
         )
@@ -158,6 +170,7 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
             if "default" not in reward
             else _number(reward["default"], f"{where}.reward.default")
         ),
+        context=context,
     )
 
 

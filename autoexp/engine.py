@@ -43,12 +43,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
 
 from policies.base import Decision as PolicyDecision
-from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, STATUS, PromotionRule
+from policies.promotion import STATUS, PromotionRule
 
 from .errors import (
     ConfigError,
@@ -57,7 +58,16 @@ from .errors import (
     StoreError,
     UnknownExperimentError,
 )
-from .experiment import Decision, ExperimentSpec, Live, budget_of, draw, part, rows_into
+from .experiment import (
+    Decision,
+    ExperimentSpec,
+    Live,
+    budget_of,
+    draw,
+    part,
+    rows_into,
+    served,
+)
 from .lifecycle import changes_of, evidence_of, history_of, look, operator_change
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
@@ -255,17 +265,16 @@ class Engine:
             status = look(self.store, live, live.rule, status, self._clock())
         live.status = status
         live.paused = paused
-        alloc = spec.policy.allocation(live.policy_state)[0].copy()
-        if live.paused:  # an operator's pause: control only, until resumed
-            alloc = np.eye(len(spec.alternatives))[0]
-        elif (status == PROMOTED).any():
-            alloc = (status[0] == PROMOTED).astype(np.float64)
-        else:
-            # rolled back, or inconclusive at the horizon: no more traffic
-            off = (status[0] == ROLLED_BACK) | (status[0] == INCONCLUSIVE)
-            alloc[0] += alloc[off].sum()
-            alloc[off] = 0.0
-        live.allocation = alloc / alloc.sum()
+        if spec.policy.context_dim is None:
+            alloc = spec.policy.allocation(live.policy_state)[0]
+        elif live.served_sum is not None and live.served_n:
+            # a contextual policy has one allocation per context: show the mean served
+            alloc = live.served_sum / live.served_n
+        else:  # none served yet: the allocation at the context with every feature missing
+            alloc = spec.policy.allocation(live.policy_state, self._blank(spec))[0]
+        live.served_sum = None
+        live.served_n = 0
+        live.allocation = served(alloc, status, paused)
         live.row = tuple(float(x) for x in live.allocation)
         live.cumulative = np.cumsum(live.allocation).tolist()
         live.version += 1
@@ -279,6 +288,12 @@ class Engine:
                 live.paused,
             )
         )
+
+    def _blank(self, spec: ExperimentSpec) -> np.ndarray:
+        """(1, dim): the context with every feature missing (zeros without a spec)."""
+        if spec.context is not None:
+            return np.array([spec.context.encode({}, now=self._clock())])
+        return np.zeros((1, spec.policy.context_dim or 0))
 
     def _get(self, name: str) -> Live:
         try:
@@ -350,19 +365,43 @@ class Engine:
     # --- decide -----------------------------------------------------------------------
 
     def decide(
-        self, name: str, *, unit: str | None = None, context: Sequence[float] | None = None
+        self,
+        name: str,
+        *,
+        unit: str | None = None,
+        context: Sequence[float] | Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Choose the alternative for one request (see the module docstring)."""
-        features = None if context is None else _features(context)
+        """Choose the alternative for one request (see the module docstring).
+
+        ``context``: named feature values (a mapping, encoded by the experiment's
+        :class:`~autoexp.context.ContextSpec`) or the numbers themselves. A contextual
+        policy needs one (with a context spec, a missing one means every feature
+        missing); :class:`RequestError` otherwise, with nothing recorded.
+        """
+        live = self._get(name)
+        features = self._context(live.spec, context)
+        dim = live.spec.policy.context_dim
         with self._lock:
-            live = self._get(name)
             if self._down is not None and time.monotonic() - self._probed >= 1.0:
                 self._probe()  # at most once a second from here (the writer probes too)
             if self._down is not None:
                 raise StoreError(f"store unavailable since its last call failed: {self._down}")
             spec = live.spec
-            arm = draw(live.cumulative, live.row, self._rng.random())
-            row = live.row
+            if dim is None:
+                arm = draw(live.cumulative, live.row, self._rng.random())
+                row = live.row
+            else:  # this request's own allocation, from the snapshot
+                x = np.array([features])
+                alloc = served(
+                    spec.policy.allocation(live.policy_state, x)[0], live.status, live.paused
+                )
+                row = tuple(alloc.tolist())
+                arm = draw(list(accumulate(row)), row, self._rng.random())
+                if live.served_sum is None:
+                    live.served_sum = alloc
+                else:
+                    live.served_sum += alloc
+                live.served_n += 1
             sticky = False
             unit_hash = None
             did = os.urandom(12).hex()
@@ -370,7 +409,15 @@ class Engine:
                 unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
                 arm, row, sticky = self._sticky(live, unit_hash, did, arm, row)
             now = self._clock()
-            ticket = Ticket(did, name, arm, row, now, now + spec.token_ttl_s)
+            ticket = Ticket(
+                did,
+                name,
+                arm,
+                row,
+                now,
+                now + spec.token_ttl_s,
+                None if dim is None else tuple(features),  # type: ignore[arg-type]
+            )
             token = sign(self._keys, ticket)
             live.buffer.append(
                 {
@@ -413,6 +460,35 @@ class Engine:
                 ticket,
                 self._keys,
             )
+
+    def _context(self, spec: ExperimentSpec, context: Any) -> list[float] | None:
+        """The numbers to log and (for a contextual policy) decide on; RequestError for
+        a context the experiment cannot take."""
+        where = f"experiment {spec.name!r}"
+        dim = spec.policy.context_dim
+        if isinstance(context, Mapping):
+            if spec.context is None:
+                raise RequestError(
+                    f"context: {where} defines no named features ([experiments.{spec.name}."
+                    "context]); pass a list of numbers"
+                )
+            return spec.context.encode(context, now=self._clock())
+        if context is None:
+            if dim is None:
+                return None
+            if spec.context is not None:  # every feature missing (the clock's still known)
+                return spec.context.encode({}, now=self._clock())
+            raise RequestError(
+                f"context: {where}'s policy {spec.policy.name} needs a context of {dim} numbers"
+            )
+        features = _features(context)
+        want = spec.context.dim if spec.context is not None else dim
+        if want is not None and len(features) != want:
+            raise RequestError(
+                f"context: {where} takes {want} numbers (got {len(features)})"
+                + (f": {', '.join(spec.context.describe())}" if spec.context is not None else "")
+            )
+        return features
 
     def _sticky(
         self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
@@ -459,6 +535,12 @@ class Engine:
         k = len(spec.alternatives)
         if ticket.arm >= k or len(ticket.propensity) != k:
             raise RewardError(f"token: does not match experiment {spec.name!r}'s arms")
+        dim = spec.policy.context_dim
+        if dim is not None and (ticket.context is None or len(ticket.context) != dim):
+            raise RewardError(
+                f"token: carries no context of {dim} numbers, which experiment "
+                f"{spec.name!r}'s policy {spec.policy.name} learns from"
+            )
         try:
             r = float(value)
         except (TypeError, ValueError):
@@ -556,7 +638,12 @@ class Engine:
         prop = np.array([t.propensity for t in tickets])
         reward = np.asarray(values, dtype=np.float64)
         entries: list[list[tuple[str, int, float]]] = [[] for _ in range(n)]
-        sparse = spec.policy.sparse_increment(arm, reward, prop[np.arange(n), arm], k)
+        contextual = spec.policy.context_dim is not None
+        sparse = (
+            None
+            if contextual
+            else spec.policy.sparse_increment(arm, reward, prop[np.arange(n), arm], k)
+        )
         if sparse is not None:  # amounts at [0, arm] of each (1, K) field
             for name, amount in sparse.items():
                 for i, (a, v) in enumerate(
@@ -566,7 +653,8 @@ class Engine:
         else:
             for i in range(n):
                 one = PolicyDecision(arm[i : i + 1], prop[i : i + 1])
-                inc = spec.policy.increment(one, reward[i : i + 1]).to_dict()
+                x = np.array([tickets[i].context]) if contextual else None
+                inc = spec.policy.increment(one, reward[i : i + 1], x).to_dict()
                 rows_into(entries[i : i + 1], "policy", inc)
         # the tests' increments, one row per reward, against the same snapshot
         rows = np.zeros(n, dtype=np.int64)
@@ -587,7 +675,9 @@ class Engine:
         with self._lock:
             for live in self._live.values():
                 k = len(live.spec.alternatives)
-                ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0)
+                dim = live.spec.policy.context_dim
+                x = None if dim is None else (0.0,) * dim
+                ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0, x)
                 self._increments(live, [ticket], [live.spec.reward_range[0]])
 
     def expire(self) -> int:
@@ -617,6 +707,7 @@ class Engine:
         spec = live.spec
         with self._log_lock:
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
+        dim = spec.policy.context_dim
         cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
         scan = self._scans.get(spec.name)
         if scan is None or cursor > scan.end:  # first pass, or others settled past it
@@ -639,6 +730,7 @@ class Engine:
                         tuple(float(x) for x in record["allocation"]),
                         issued,
                         issued + spec.token_ttl_s,
+                        None if dim is None else tuple(record["context"]),
                     )
                     scan.open[ticket.id] = (scan.end, ticket)
                 elif kind == "reward":

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from policies.base import PolicyBase
-from policies.promotion import PromotionRule
+from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, PromotionRule
 from policies.safety import ConservativeBudget
 
+from .context import ContextSpec
 from .errors import ConfigError
 
 __all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live"]
@@ -43,6 +44,11 @@ class ExperimentSpec:
         :meth:`Engine.expire` applies ``default_reward`` to decisions whose window closed
         unrewarded
     default_reward : the reward of a decision nobody rewarded (``None``: none applied)
+    context : the named features a decision's context is encoded from
+        (:mod:`autoexp.context`); without one, contexts are plain lists of numbers. A
+        contextual policy (``policy.context_dim`` not ``None``) needs a context of that
+        many numbers at every decision; a context-free one logs whatever context it is
+        given, for training and evaluating the next model.
     """
 
     name: str
@@ -57,6 +63,7 @@ class ExperimentSpec:
     token_ttl_s: float = 7 * 24 * 3600.0
     join_window_s: float = 24 * 3600.0
     default_reward: float | None = None
+    context: ContextSpec | None = None
 
     def __post_init__(self) -> None:
         where = f"experiments.{self.name}"
@@ -84,6 +91,14 @@ class ExperimentSpec:
             raise ConfigError(f"{where}.default_reward: must be in [{low}, {high}]")
         if (self.guardrails or self.rule is not None) and self.test is None:
             raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
+        if self.context is not None and not isinstance(self.context, ContextSpec):
+            raise ConfigError(f"{where}.context: must be a ContextSpec (got {self.context!r})")
+        dim = self.policy.context_dim
+        if dim is not None and self.context is not None and dim != self.context.dim:
+            raise ConfigError(
+                f"{where}.policy.dim: the context has {self.context.dim} numbers "
+                f"({', '.join(self.context.describe())}) (got dim = {dim})"
+            )
 
 
 @dataclass(frozen=True)
@@ -132,11 +147,30 @@ class Live:
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
     cumulative: list[float] = field(default_factory=list)
     buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
+    # a contextual policy's allocations served since the last refresh: their sum and count
+    # (the status page shows their mean as "the" allocation)
+    served_sum: np.ndarray | None = None
+    served_n: int = 0
     paused: bool = False
     # (time, version, allocation, status, paused) at each refresh, for the status page
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(
         default_factory=lambda: deque(maxlen=HISTORY)
     )
+
+
+def served(alloc: np.ndarray, status: np.ndarray, paused: bool) -> np.ndarray:
+    """The allocation actually served, from the policy's (K,) one: control only while
+    paused; everything to a promoted alternative; nothing to one rolled back or
+    inconclusive at the horizon (its share goes to control)."""
+    if paused:  # an operator's pause: control only, until resumed
+        return np.asarray(np.eye(alloc.shape[0])[0])
+    if (status == PROMOTED).any():
+        return np.asarray((status[0] == PROMOTED).astype(np.float64))
+    alloc = alloc.copy()
+    off = (status[0] == ROLLED_BACK) | (status[0] == INCONCLUSIVE)
+    alloc[0] += alloc[off].sum()
+    alloc[off] = 0.0
+    return np.asarray(alloc / alloc.sum())
 
 
 def draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:

@@ -35,10 +35,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from policies import REGISTRY, TESTS
+from policies import CONTEXTUAL, REGISTRY, TESTS
 from policies.build import named, safety_stack
 from policies.safety import Guardrail
 
+from .context import ContextSpec, parse_context, policy_defaults
 from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
 from .store import Store, open_store
@@ -65,8 +66,13 @@ class Experiment:
     Parameters
     ----------
     name : the experiment's name in the store
-    policy : a name in ``policies.REGISTRY`` (``autoexp policies`` lists them)
-    policy_params : the policy's hyperparameters
+    policy : a name in ``policies.REGISTRY`` or ``policies.CONTEXTUAL`` (``autoexp
+        policies`` lists them)
+    policy_params : the policy's hyperparameters (a contextual policy's ``dim`` defaults
+        to the context's width, ``low`` and ``high`` to ``reward_range``)
+    context : named features, as the config's ``context`` table (``{"features": [{"name":
+        "device", "one_hot": ["mobile", "desktop"]}]}``, see :mod:`autoexp.context`) or a
+        :class:`~autoexp.context.ContextSpec`; then calls take ``context={"device": ...}``
     explore_share : the alternatives' total share of traffic (traffic cap); ``None``: none
     conservative_alpha, conservative_delta : the conservative budget (``None``: none)
     test : a name in ``policies.TESTS`` that promotes and rolls back (``None``: never)
@@ -100,6 +106,7 @@ class Experiment:
         token_ttl_s: float = 7 * 24 * 3600.0,
         join_window_s: float = 24 * 3600.0,
         default_reward: float | None = None,
+        context: Mapping[str, Any] | ContextSpec | None = None,
         store: str | Store | None = None,
         secret: Any = None,
         seed: int | None = None,
@@ -111,8 +118,14 @@ class Experiment:
                 f"{where}: a sidecar client decides with the sidecar's store and key; "
                 "do not pass store or secret with client"
             )
+        spec = (
+            parse_context(context, f"{where}.context")
+            if context is not None and not isinstance(context, ContextSpec)
+            else context
+        )
         try:
-            built = named(REGISTRY, {"name": policy, **(policy_params or {})}, f"{where}.policy")
+            table = policy_defaults({"name": policy, **(policy_params or {})}, spec, reward_range)
+            built = named({**REGISTRY, **CONTEXTUAL}, table, f"{where}.policy")
             safety: dict[str, Any] = {}
             if explore_share is not None:
                 safety["explore_share"] = explore_share
@@ -135,6 +148,7 @@ class Experiment:
             "token_ttl_s": token_ttl_s,
             "join_window_s": join_window_s,
             "default_reward": default_reward,
+            "context": spec,
         }
         self._store_arg = store
         self._secret = secret
@@ -260,7 +274,7 @@ class Experiment:
         return self._client
 
     def decide(
-        self, *, unit: str | None = None, context: Sequence[float] | None = None
+        self, *, unit: str | None = None, context: Sequence[float] | Mapping[str, Any] | None = None
     ) -> Decision:
         """The decision for one request, without running anything."""
         if self._client is not None:
@@ -290,7 +304,7 @@ class Experiment:
         log.warning("autoexp: %s failed open to control: %s", self.name, error)
 
     def _choose(
-        self, unit: str | None, context: Sequence[float] | None
+        self, unit: str | None, context: Sequence[float] | Mapping[str, Any] | None
     ) -> tuple[Callable[..., Any], Decision | None]:
         self._functions_ready()
         try:
@@ -301,7 +315,7 @@ class Experiment:
         return self._pick(decision)
 
     async def _achoose(
-        self, unit: str | None, context: Sequence[float] | None
+        self, unit: str | None, context: Sequence[float] | Mapping[str, Any] | None
     ) -> tuple[Callable[..., Any], Decision | None]:
         self._functions_ready()
         if self._client is None:  # a local engine decides in memory: no need to await
@@ -318,7 +332,7 @@ class Experiment:
         self,
         *args: Any,
         unit: str | None = None,
-        context: Sequence[float] | None = None,
+        context: Sequence[float] | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run the chosen alternative on the arguments; an :class:`Answer` (awaitable when

@@ -5,6 +5,9 @@ payload is ``"1|id|arm|issued|expires|p_0,p_1,...|experiment"`` (format 1; float
 with ``repr``, so they read back exactly): decision id, arm, issue time, expiry, the
 allocation the arm was drawn from (its propensities: the one for the arm and the rest,
 which off-policy tests need) and the experiment (last, so its name may hold ``|``). A
+decision of a contextual policy also carries its context, whose numbers the reward's
+update needs: ``"2|id|arm|issued|expires|p_0,...|x_0,x_1,...|experiment"`` (format 2), so
+any replica can apply the reward without looking the decision up. A
 fixed text layout rather than JSON because a token is made and checked on every decision
 and reward. Anyone holding the token can send a reward for it; nobody without the key can
 make one up, change the arm or the propensity, or revive an expired one.
@@ -43,6 +46,7 @@ class Ticket:
     propensity: tuple[float, ...]
     issued: float
     expires: float
+    context: tuple[float, ...] | None = None
 
     @property
     def played(self) -> float:
@@ -99,16 +103,22 @@ def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
     """The token of ``ticket``, signed with the first key."""
     if "|" in ticket.id or not all(math.isfinite(p) for p in ticket.propensity):
         raise ValueError(f"ticket: id without '|' and finite propensities (got {ticket!r})")
-    payload = (
-        f"1|{ticket.id}|{ticket.arm:d}|{ticket.issued!r}|{ticket.expires!r}|"
-        f"{','.join(map(repr, ticket.propensity))}|{ticket.experiment}"
-    ).encode()
+    head = (
+        f"|{ticket.id}|{ticket.arm:d}|{ticket.issued!r}|{ticket.expires!r}|"
+        f"{','.join(map(repr, ticket.propensity))}|"
+    )
+    if ticket.context is None:
+        payload = f"1{head}{ticket.experiment}".encode()
+    else:
+        if not all(math.isfinite(x) for x in ticket.context):
+            raise ValueError(f"ticket: context must be finite numbers (got {ticket.context!r})")
+        payload = f"2{head}{','.join(map(repr, ticket.context))}|{ticket.experiment}".encode()
     return f"{_b64(payload)}.{_b64(_digest(keys[0], payload))}"
 
 
 def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
     """The ticket of a genuine, unexpired token; :class:`RewardError` otherwise."""
-    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 8192:
+    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 65_536:
         raise RewardError(f"token: malformed (got {str(token)[:40]!r})")
     body, _, tag = token.partition(".")
     try:
@@ -118,9 +128,15 @@ def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
     if not any(hmac.compare_digest(_digest(k, payload), mac) for k in keys):
         raise RewardError("token: forged or signed with another key (signature mismatch)")
     try:
-        version, id_, arm, issued, expires, propensity, experiment = payload.decode().split("|", 6)
-        if version != "1":
-            raise ValueError(version)
+        text = payload.decode()
+        context = None
+        if text.startswith("2|"):
+            version, id_, arm, issued, expires, propensity, xs, experiment = text.split("|", 7)
+            context = tuple(map(float, xs.split(","))) if xs else ()
+        else:
+            version, id_, arm, issued, expires, propensity, experiment = text.split("|", 6)
+            if version != "1":
+                raise ValueError(version)
         ticket = Ticket(
             id_,
             experiment,
@@ -128,6 +144,7 @@ def verify(keys: Sequence[bytes], token: object, *, now: float) -> Ticket:
             tuple(map(float, propensity.split(","))),
             float(issued),
             float(expires),
+            context,
         )
     except (ValueError, UnicodeDecodeError):
         raise RewardError("token: malformed payload") from None

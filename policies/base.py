@@ -381,6 +381,11 @@ class PolicyBase:
     def init(self, n_arms: int, batch: int = 1) -> Any:
         raise NotImplementedError
 
+    @property
+    def context_dim(self) -> int | None:
+        """Numbers each context must have; ``None`` for a policy that takes no context."""
+        return None
+
     def allocation(self, stats: Any, context: FloatArray | None = None) -> FloatArray:
         raise NotImplementedError
 

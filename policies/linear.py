@@ -13,8 +13,9 @@ posterior score is the largest, computed by the same quadrature as
 :class:`~policies.thompson.ThompsonGaussian` (the scores of disjoint models are
 independent normals given ``x``).
 
-They are registered in :data:`policies.CONTEXTUAL`, not :data:`policies.REGISTRY`: the
-engine, the simulators and the safety wrappers serve context-free policies today.
+They are registered in :data:`policies.CONTEXTUAL`, apart from :data:`policies.REGISTRY`
+(whose contract battery is context-free); the runtime serves them with a context per
+decision (``context_dim`` numbers), carried in the decision's token to its reward.
 """
 
 from __future__ import annotations
@@ -61,13 +62,25 @@ class _Linear(PolicyBase):
     """What LinUCB and linear Thompson sampling share: state, context checks, estimates."""
 
     __slots__ = ()
-    reward_range: ClassVar[tuple[float | None, float | None]] = (None, None)
     dim: int
     ridge: float
+    low: float | None
+    high: float | None
+
+    @property
+    def reward_range(self) -> tuple[float | None, float | None]:  # type: ignore[override]
+        return self.low, self.high
 
     def _check_common(self) -> None:
+        low = -np.inf if self.low is None else self.low
+        high = np.inf if self.high is None else self.high
         check_params(
             self.name,
+            high=(
+                bool(low < high) and all(b is None or np.isfinite(b) for b in self.reward_range),
+                (self.low, self.high),
+                "finite bounds with low < high, or None (unbounded)",
+            ),
             dim=(
                 isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim >= 1,
                 self.dim,
@@ -75,6 +88,10 @@ class _Linear(PolicyBase):
             ),
             ridge=(bool(np.isfinite(self.ridge) and self.ridge > 0), self.ridge, "finite and > 0"),
         )
+
+    @property
+    def context_dim(self) -> int | None:
+        return self.dim
 
     def init(self, n_arms: int, batch: int = 1) -> LinearStats:
         d = self.dim
@@ -144,6 +161,9 @@ class LinUCB(_Linear):
         Width of the confidence bonus (0: greedy on the ridge estimate).
     ridge : float > 0
         The ridge penalty (the prior's precision).
+    low, high : float or None
+        Bounds of valid rewards (``None``: unbounded); rewards outside are refused. A
+        conservative budget needs them inside [0, 1].
 
     Notes
     -----
@@ -156,6 +176,8 @@ class LinUCB(_Linear):
     dim: int
     alpha: float = 1.0
     ridge: float = 1.0
+    low: float | None = None
+    high: float | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -191,6 +213,9 @@ class LinTS(_Linear):
         Scale of the posterior (the reward noise's standard deviation; larger explores more).
     ridge : float > 0
         The ridge penalty (the prior's precision, in units of ``noise_sd^-2``).
+    low, high : float or None
+        Bounds of valid rewards (``None``: unbounded); rewards outside are refused. A
+        conservative budget needs them inside [0, 1].
 
     Notes
     -----
@@ -202,6 +227,8 @@ class LinTS(_Linear):
     dim: int
     noise_sd: float = 0.5
     ridge: float = 1.0
+    low: float | None = None
+    high: float | None = None
 
     def __post_init__(self) -> None:
         self._check_common()

@@ -87,6 +87,10 @@ class TrafficCap(PolicyBase):
         return bool(self.policy.additive)
 
     @property
+    def context_dim(self) -> int | None:
+        return self.policy.context_dim  # type: ignore[no-any-return]
+
+    @property
     def reward_range(self) -> tuple[float | None, float | None]:  # type: ignore[override]
         return self.policy.reward_range  # type: ignore[no-any-return]
 
@@ -245,6 +249,10 @@ class ConservativeBudget(PolicyBase):
     @property
     def additive(self) -> bool:  # type: ignore[override]
         return bool(self.policy.additive)
+
+    @property
+    def context_dim(self) -> int | None:
+        return self.policy.context_dim  # type: ignore[no-any-return]
 
     def init(self, n_arms: int, batch: int = 1) -> BudgetStats:
         return BudgetStats(

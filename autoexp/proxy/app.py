@@ -47,7 +47,7 @@ from typing import Any
 from aiohttp import web
 
 from ..engine import Engine
-from ..errors import RewardError, StoreError, UnknownExperimentError
+from ..errors import RequestError, RewardError, StoreError, UnknownExperimentError
 from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler
@@ -114,7 +114,10 @@ async def decide(request: web.Request) -> web.Response:
     if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= 1024):
         raise _Refused(400, f"unit: must be a string of 1 to 1024 characters (got {unit!r:.60})")
     context = body.get("context")
-    if context is not None and not (
+    if isinstance(context, Mapping):  # named feature values, encoded by the config
+        if len(context) > 256:
+            raise _Refused(400, "context: at most 256 named features")
+    elif context is not None and not (
         isinstance(context, list)
         and len(context) <= 4096
         and all(
@@ -122,12 +125,18 @@ async def decide(request: web.Request) -> web.Response:
             for x in context
         )
     ):
-        raise _Refused(400, "context: must be a list of at most 4096 finite numbers")
+        raise _Refused(
+            400,
+            "context: must be a list of at most 4096 finite numbers or an object of named "
+            "feature values",
+        )
     try:
         if unit is None:  # an in-memory draw (a store write only every so often)
             decision = engine.decide(name, unit=unit, context=context)
         else:  # a sticky unit reads and writes the store
             decision = await asyncio.to_thread(engine.decide, name, unit=unit, context=context)
+    except RequestError as e:  # a context this experiment cannot take
+        raise _Refused(400, str(e)) from None
     except UnknownExperimentError:
         raise _Refused(
             404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"

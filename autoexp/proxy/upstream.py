@@ -42,6 +42,7 @@ from multidict import CIMultiDict
 
 from ..engine import Decision, Engine
 from ..errors import StoreError
+from .features import request_context
 from .routes import ProxySettings, Route
 
 __all__ = ["Forwarder"]
@@ -193,9 +194,13 @@ class Forwarder:
     async def _decide(self, route: Route, request: web.Request) -> Decision | None:
         unit = self._unit(request)
         try:
+            spec = self.engine.spec(route.experiment).context
+            context = None if spec is None else request_context(spec, request)
             if unit is None:
-                return self.engine.decide(route.experiment)
-            return await asyncio.to_thread(self.engine.decide, route.experiment, unit=unit)
+                return self.engine.decide(route.experiment, context=context)
+            return await asyncio.to_thread(
+                self.engine.decide, route.experiment, unit=unit, context=context
+            )
         except Exception as e:  # fail open: whatever broke, the request goes to control
             self.counts["fail_open"] += 1
             log.warning("autoexp: %s failed open to control: %r", route.experiment, e)

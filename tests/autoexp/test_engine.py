@@ -315,7 +315,7 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
         ([[1.0]], r"context\[0\]"),
         ([True], r"context\[0\]"),
         ("12", r"context: must be a sequence of numbers"),
-        ({"a": 1.0}, r"context: must be a sequence of numbers"),
+        ({"a": 1.0}, r"context: experiment .ranker. defines no named features"),
         (3.0, r"context: must be a sequence of numbers"),
         ([0.0] * 4097, r"context: at most 4096 numbers"),
     ],
