@@ -13,6 +13,7 @@
     test = { name = "off-policy-cs", n_expected = 10_000 }
     guardrails = [{ name = "conversion", harm = "decrease" }]
     rule = { margin = 0.0 }
+    drift = { tolerance = 0.05, threshold = 25 }   # after a promotion, watch the champion
     reward = { low = 0.0, high = 1.0, join_window_s = 86_400, default = 0.0 }
     refresh_every = 100
 
@@ -39,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from policies import CONTEXTUAL, REGISTRY, TESTS
+from policies.build import construct, named, promotion_rule, safety_stack
 from policies.build import guardrails as build_guardrails
-from policies.build import named, promotion_rule, safety_stack
+from policies.drift import PageHinkley
 
 from .context import parse_context, policy_defaults
 from .engine import Engine, ExperimentSpec
@@ -63,6 +65,7 @@ _EXPERIMENT = (
     "token_ttl_s",
     "route",
     "context",
+    "drift",
 )
 _REWARD = ("low", "high", "join_window_s", "default")
 
@@ -149,6 +152,7 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
             )
         guards = build_guardrails(raw.get("guardrails", []), f"{where}.guardrails", TESTS)
         rule = promotion_rule(raw["rule"], test, f"{where}.rule") if "rule" in raw else None
+        drift = drift_detector(raw.get("drift"), f"{where}.drift")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return ExperimentSpec(
@@ -171,7 +175,20 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
             else _number(reward["default"], f"{where}.reward.default")
         ),
         context=context,
+        drift=drift,
     )
+
+
+def drift_detector(raw: Any, where: str) -> PageHinkley | None:
+    """``drift = true`` (the defaults) or ``{ tolerance, threshold, min_n }``: a
+    :class:`~policies.drift.PageHinkley`; ``None``/``false``: none."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: must be true or a table of tolerance, threshold, min_n")
+    return construct(PageHinkley, raw, where)  # type: ignore[no-any-return]
 
 
 def _number(value: Any, where: str) -> float:

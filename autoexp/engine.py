@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import Decision as PolicyDecision
-from policies.promotion import STATUS, PromotionRule
+from policies.promotion import PROMOTED, STATUS, PromotionRule
 
 from .errors import (
     ConfigError,
@@ -102,6 +102,18 @@ class _Scan:
     start: int
     end: int
     open: dict[str, tuple[int, Ticket]] = field(default_factory=dict)
+
+
+@dataclass
+class _Watch:
+    """The drift detector's reading of one experiment's log in one epoch: from
+    ``position``, the promoted ``arm``'s rewards once its promotion was seen (``armed``)."""
+
+    epoch: int
+    arm: int
+    position: int
+    armed: bool
+    stats: Any
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -239,6 +251,19 @@ class Engine:
         spec = live.spec
         self._try_flush(live)
         # the store's answers first, without the state lock (decisions go on meanwhile)
+        if spec.drift is not None:
+            self._watch(live)
+            epoch = int(self.store.get(spec.name, "epoch") or 0)
+            if epoch != live.epoch:  # reopened (here or by another replica): new baseline
+                raw_base = self.store.get(spec.name, "baseline")
+                base = json.loads(raw_base) if raw_base else {}
+                baseline = {
+                    k: np.asarray(base[k], dtype=np.float64).reshape(shape)
+                    for k, shape in live.shapes.items()
+                    if k in base
+                }
+                with self._lock:
+                    live.epoch, live.baseline = epoch, baseline
         data = self.store.read(spec.name)
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
@@ -251,6 +276,8 @@ class Engine:
     def _install(self, live: Live, data: dict[str, Any], raw: str | None, paused: bool) -> None:
         """A refresh's new snapshot from the store's answers (the caller holds the lock)."""
         spec = live.spec
+        if live.baseline:  # this epoch's evidence only: additive state minus the snapshot
+            data = {k: v - live.baseline[k] if k in live.baseline else v for k, v in data.items()}
         live.policy_state = spec.policy.state_from_dict(part("policy", data))
         if spec.test is not None:
             live.test_state = spec.test.state_from_dict(part("test", data))
@@ -288,6 +315,83 @@ class Engine:
                 live.paused,
             )
         )
+
+    def _watch(self, live: Live) -> None:
+        """Feed the promoted alternative's rewards, in log order, to the drift detector;
+        on a drop, reopen. Every replica reads the same log from the same point (this
+        epoch's promotion), so all would signal at the same reward; the store lets one
+        reopen."""
+        spec = live.spec
+        detector = spec.drift
+        with self._lock:
+            promoted = np.flatnonzero(live.status[0] == PROMOTED)
+            epoch = live.epoch
+        if not promoted.size or live.paused:
+            live.watch = None
+            return
+        arm = int(promoted[0])
+        w = live.watch
+        if w is None or w.epoch != epoch or w.arm != arm:
+            start = int(self.store.get(spec.name, "epoch_start") or 0)
+            w = live.watch = _Watch(epoch, arm, start, False, detector.init(1))
+        while True:
+            page = self.store.records(spec.name, start=w.position, limit=10_000)
+            for record in page:
+                w.position += 1
+                kind = record.get("type")
+                if (
+                    kind == "transition"
+                    and record.get("new") == "promoted"
+                    and record.get("arm") == arm
+                    and record.get("epoch", 0) == epoch
+                ):
+                    w.armed = True  # the champion's stream starts at its promotion
+                elif kind == "reward" and w.armed and record.get("arm") == arm:
+                    w.stats = detector.update(w.stats, np.array([float(record["reward"])]))
+                    if detector.detected(w.stats)[0]:
+                        self._reopen(live, w)
+                        return
+            if len(page) < 10_000:
+                return
+
+    def _reopen(self, live: Live, w: _Watch) -> None:
+        """Log the drift (once across replicas) and start a new epoch: the state from now
+        on counts from a snapshot, and every alternative explores again."""
+        spec = live.spec
+        d = spec.drift
+        stat = float(d.statistic(w.stats)[0])
+        n = int(w.stats.n[0])
+        mean = float(w.stats.mean[0])
+        record = {
+            "type": "transition",
+            "by": "drift",
+            "time": self._clock(),
+            "experiment": spec.name,
+            "epoch": w.epoch + 1,
+            "arm": w.arm,
+            "alternative": spec.alternatives[w.arm],
+            "new": "reopened",
+            "source": d.name,
+            "statistic": stat,
+            "threshold": d.threshold,
+            "n": n,
+            "mean": mean,
+            "reason": (
+                f"the champion's reward dropped: Page-Hinkley statistic {stat:.1f} > "
+                f"threshold {d.threshold:g} after {n} rewards since its promotion (mean "
+                f"{mean:.3f}); exploring again on fresh evidence"
+            ),
+        }
+        if not self.store.add(spec.name, {}, once=f"drift:{w.epoch}", record=record):
+            return  # another replica reopened; this one follows at its next refresh
+        state = self.store.read(spec.name)
+        baseline = {k: np.asarray(v).ravel().tolist() for k, v in state.items()}
+        self.store.set(spec.name, "baseline", json.dumps(baseline))
+        self.store.set(spec.name, "epoch_start", str(w.position))
+        self.store.set(spec.name, "status", json.dumps(["exploring"] * len(spec.alternatives)))
+        self.store.set(spec.name, "change:drift", json.dumps(record))
+        self.store.set(spec.name, "epoch", str(w.epoch + 1))  # last: the rest is in place
+        live.watch = None
 
     def _blank(self, spec: ExperimentSpec) -> np.ndarray:
         """(1, dim): the context with every feature missing (zeros without a spec)."""
@@ -842,9 +946,27 @@ class Engine:
                 "store_ok": self._down is None,
                 "store_error": None if self._down is None else str(self._down),
                 "paused": live.paused,
+                "epoch": live.epoch,
+                "drift": self._drift_status(live),
                 "budget": budget_of(live.spec.policy, state),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
+
+    @staticmethod
+    def _drift_status(live: Live) -> dict[str, Any] | None:
+        """The drift detector's reading of the champion now (``None`` without one or
+        while nothing is promoted)."""
+        d, w = live.spec.drift, live.watch
+        if d is None or w is None:
+            return None
+        return {
+            "detector": d.name,
+            "alternative": live.spec.alternatives[w.arm],
+            "rewards": int(w.stats.n[0]),
+            "mean": float(w.stats.mean[0]),
+            "statistic": float(d.statistic(w.stats)[0]),
+            "threshold": d.threshold,
+        }
 
     @property
     def experiments(self) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import PolicyBase
+from policies.drift import PageHinkley
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, PromotionRule
 from policies.safety import ConservativeBudget
 
@@ -49,6 +50,10 @@ class ExperimentSpec:
         contextual policy (``policy.context_dim`` not ``None``) needs a context of that
         many numbers at every decision; a context-free one logs whatever context it is
         given, for training and evaluating the next model.
+    drift : a change detector (:class:`policies.drift.PageHinkley`) watching the promoted
+        alternative's rewards; when it signals a drop, exploration reopens (a new epoch:
+        every alternative exploring again, on fresh evidence). ``None``: a promotion is
+        final.
     """
 
     name: str
@@ -64,6 +69,7 @@ class ExperimentSpec:
     join_window_s: float = 24 * 3600.0
     default_reward: float | None = None
     context: ContextSpec | None = None
+    drift: Any = None
 
     def __post_init__(self) -> None:
         where = f"experiments.{self.name}"
@@ -93,6 +99,10 @@ class ExperimentSpec:
             raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
         if self.context is not None and not isinstance(self.context, ContextSpec):
             raise ConfigError(f"{where}.context: must be a ContextSpec (got {self.context!r})")
+        if self.drift is not None and not isinstance(self.drift, PageHinkley):
+            raise ConfigError(f"{where}.drift: must be a PageHinkley detector (got {self.drift!r})")
+        if self.drift is not None and self.test is None:
+            raise ConfigError(f"{where}.drift: watches a promoted alternative; needs a test")
         dim = self.policy.context_dim
         if dim is not None and self.context is not None and dim != self.context.dim:
             raise ConfigError(
@@ -151,6 +161,11 @@ class Live:
     # (the status page shows their mean as "the" allocation)
     served_sum: np.ndarray | None = None
     served_n: int = 0
+    # epochs: a drift reopened the experiment this many times; the state counts from the
+    # store's "baseline" snapshot taken at the last reopening
+    epoch: int = 0
+    baseline: dict[str, np.ndarray] | None = None
+    watch: Any = None  # the drift detector's reading of the log (engine._Watch)
     paused: bool = False
     # (time, version, allocation, status, paused) at each refresh, for the status page
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(

@@ -44,10 +44,15 @@ def look(store: Store, live: Live, rule: PromotionRule, status: np.ndarray, now:
             "type": "transition",
             "time": now,
             "experiment": spec.name,
+            "epoch": live.epoch,
             "alternative": spec.alternatives[c.arm],
             **evidence,
         }
-        if store.add(spec.name, {}, once=f"transition:{c.arm}:{c.new}", record=record):
+        # once per epoch (a reopened experiment may promote the same alternative again)
+        once = f"transition:{c.arm}:{c.new}"
+        if live.epoch:
+            once = f"transition:{live.epoch}:{c.arm}:{c.new}"
+        if store.add(spec.name, {}, once=once, record=record):
             store.set(spec.name, f"change:{c.arm}", json.dumps(record))
     if changes:
         store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
@@ -67,6 +72,7 @@ def operator_change(
         "by": "operator",
         "reason": reason,
         "action": action,
+        "epoch": live.epoch,
     }
     if action in ("pause", "resume"):
         store.set(name, "paused", "1" if action == "pause" else "0")
@@ -121,7 +127,7 @@ def evidence_of(live: Live) -> dict[str, Any]:
 def changes_of(store: Store, live: Live) -> list[dict[str, Any]]:
     """The last change of each alternative and the last pause or resume, oldest first."""
     name = live.spec.name
-    keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused"]
+    keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused", "drift"]
     found = (store.get(name, f"change:{key}") for key in keys)
     return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
 

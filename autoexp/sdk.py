@@ -39,6 +39,7 @@ from policies import CONTEXTUAL, REGISTRY, TESTS
 from policies.build import named, safety_stack
 from policies.safety import Guardrail
 
+from .config import drift_detector
 from .context import ContextSpec, parse_context, policy_defaults
 from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
@@ -73,6 +74,9 @@ class Experiment:
     context : named features, as the config's ``context`` table (``{"features": [{"name":
         "device", "one_hot": ["mobile", "desktop"]}]}``, see :mod:`autoexp.context`) or a
         :class:`~autoexp.context.ContextSpec`; then calls take ``context={"device": ...}``
+    drift : after a promotion, watch the champion's reward and reopen exploration when it
+        drops: ``True`` (Page-Hinkley's defaults) or ``{"tolerance": ..., "threshold":
+        ..., "min_n": ...}`` (:class:`policies.drift.PageHinkley`)
     explore_share : the alternatives' total share of traffic (traffic cap); ``None``: none
     conservative_alpha, conservative_delta : the conservative budget (``None``: none)
     test : a name in ``policies.TESTS`` that promotes and rolls back (``None``: never)
@@ -107,6 +111,7 @@ class Experiment:
         join_window_s: float = 24 * 3600.0,
         default_reward: float | None = None,
         context: Mapping[str, Any] | ContextSpec | None = None,
+        drift: bool | Mapping[str, Any] | None = None,
         store: str | Store | None = None,
         secret: Any = None,
         seed: int | None = None,
@@ -138,6 +143,7 @@ class Experiment:
             self._test = (
                 None if test is None else named(TESTS, {"name": test, **params}, f"{where}.test")
             )
+            detector = drift_detector(drift, f"{where}.drift")
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.name = name
@@ -149,6 +155,7 @@ class Experiment:
             "join_window_s": join_window_s,
             "default_reward": default_reward,
             "context": spec,
+            "drift": detector,
         }
         self._store_arg = store
         self._secret = secret

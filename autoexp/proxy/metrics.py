@@ -87,6 +87,17 @@ class _EngineCollector(Collector):
             "(1 - alpha) times control's)",
             labels=["experiment"],
         )
+        epoch = GaugeMetricFamily(
+            "autoexp_epoch",
+            "Times drift reopened the experiment (exploration on fresh evidence)",
+            labels=["experiment"],
+        )
+        drift = GaugeMetricFamily(
+            "autoexp_drift_statistic",
+            "The drift detector's statistic on the promoted alternative's reward (it reopens "
+            "the experiment above the threshold label)",
+            labels=["experiment", "alternative", "detector", "threshold"],
+        )
         ok = True
         for name in self.engine.experiments:
             st: dict[str, Any] = self.engine.status(name)
@@ -125,12 +136,17 @@ class _EngineCollector(Collector):
                 )
             if st["budget"] is not None:
                 budget.add_metric([name], st["budget"]["remaining"])
+            epoch.add_metric([name], st["epoch"])
+            if st["drift"] is not None:
+                d = st["drift"]
+                labels = [name, d["alternative"], d["detector"], f"{d['threshold']:g}"]
+                drift.add_metric(labels, d["statistic"])
             version.add_metric([name], st["version"])
             late.add_metric([name], st["late_rewards"])
             unlogged.add_metric([name], st["unlogged"])
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (bounds["lower"], bounds["upper"], paused, budget, changed)
+        yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift)
         if self.forwarder is not None:
             events = CounterMetricFamily(
                 "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]

@@ -46,6 +46,7 @@ BADGES = {
     "rolled_back": "#b91c1c",
     "inconclusive": "#a16207",
     "paused": "#6d28d9",
+    "reopened": "#0e7490",
 }
 OTHER = "#6b7280"
 BARS = {"better": "#16a34a", "worse": "#dc2626", "open": "#9ca3af"}
@@ -214,6 +215,14 @@ def _card(e: Mapping[str, Any]) -> str:
             f"budget left {left} (alpha {_short(budget['alpha'])}, delta {_short(budget['delta'])})"
         )
     meta.append(f"allocation version {_esc(e['version'])}")
+    if e["epoch"]:
+        meta.append(f"epoch {_esc(e['epoch'])} (reopened by drift)")
+    if e["drift"] is not None:
+        d = e["drift"]
+        meta.append(
+            f"drift watch on {_esc(d['alternative'])}: {_esc(d['detector'])} "
+            f"{_fixed(d['statistic'], 1)} of {_short(d['threshold'])}"
+        )
     if not e["store_ok"]:
         meta.append(f'<span class="err">store failing: {_esc(e["store_error"])}</span>')
     out = f'<section class="card"><div class="head"><h2>{_esc(e["experiment"])}</h2> '
@@ -347,6 +356,14 @@ function card(e) {
     meta.push(`budget left ${left} (alpha ${short(budget.alpha)}, delta ${short(budget.delta)})`);
   }
   meta.push(`allocation version ${esc(e.version)}`);
+  if (e.epoch) meta.push(`epoch ${esc(e.epoch)} (reopened by drift)`);
+  if (e.drift != null) {
+    const d = e.drift;
+    meta.push(
+      `drift watch on ${esc(d.alternative)}: ${esc(d.detector)} ` +
+        `${fixed(d.statistic, 1)} of ${short(d.threshold)}`,
+    );
+  }
   if (!e.store_ok) meta.push(`<span class="err">store failing: ${esc(e.store_error)}</span>`);
   let out = `<section class="card"><div class="head"><h2>${esc(e.experiment)}</h2> `;
   out += meta.join(" · ") + "</div>";
