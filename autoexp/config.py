@@ -47,6 +47,7 @@ from policies.drift import PageHinkley
 from .context import parse_context, policy_defaults
 from .engine import Engine, ExperimentSpec
 from .errors import ConfigError
+from .generate import parse_generation
 from .proxy.routes import ProxySettings, Route, parse_proxy, parse_route
 from .store import open_store
 
@@ -66,6 +67,7 @@ _EXPERIMENT = (
     "route",
     "context",
     "drift",
+    "generate",
 )
 _REWARD = ("low", "high", "join_window_s", "default")
 
@@ -104,8 +106,12 @@ def _unknown(raw: Mapping[str, Any], accepted: tuple[str, ...], where: str) -> N
             )
 
 
-def _alternatives(raw: Any, where: str) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
-    if not isinstance(raw, list) or len(raw) < 2:
+def _alternatives(
+    raw: Any, where: str, *, generated: bool = False
+) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    if generated and not (isinstance(raw, list) and len(raw) == 1):
+        raise _fail(where, f"a generated experiment lists its control only (got {raw!r})")
+    if not isinstance(raw, list) or len(raw) < (1 if generated else 2):
         raise _fail(where, f"need a control and at least one alternative (got {raw!r})")
     names: list[str] = []
     params: list[dict[str, Any]] = []
@@ -130,7 +136,15 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
     if not isinstance(raw, Mapping):
         raise _fail(where, f"must be a table (got {raw!r})")
     _unknown(raw, _EXPERIMENT, where)
-    names, params = _alternatives(raw.get("alternatives"), f"{where}.alternatives")
+    generated = "generate" in raw
+    names, params = _alternatives(
+        raw.get("alternatives"), f"{where}.alternatives", generated=generated
+    )
+    generate = None
+    if generated:
+        generate = parse_generation(raw["generate"], f"{where}.generate", params[0])
+        names = (names[0], *generate.slot_names())
+        params = (params[0], *({} for _ in generate.slot_names()))
     refresh = raw.get("refresh_every", 100)
     if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 1:
         raise _fail(f"{where}.refresh_every", f"must be an integer >= 1 (got {refresh!r})")
@@ -176,6 +190,7 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
         ),
         context=context,
         drift=drift,
+        generate=generate,
     )
 
 
@@ -209,6 +224,9 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         where = f"experiments.{name}"
         alternatives = body.get("alternatives", [])
         if "route" in body:
+            spec = next(e for e in specs if e.name == str(name))
+            if spec.generate is not None:  # the slots: parameters for the control's upstream
+                alternatives = [*alternatives, *spec.alternatives[1:]]
             routes.append(parse_route(str(name), body["route"], alternatives, f"{where}.route"))
         elif any(isinstance(a, Mapping) and "upstream" in a for a in alternatives):
             raise _fail(f"{where}.route", "missing; an alternative with an upstream needs one")

@@ -50,6 +50,7 @@ import numpy as np
 
 from policies.base import Decision as PolicyDecision
 from policies.promotion import PROMOTED, STATUS, PromotionRule
+from policies.safety import restricted_allocation
 
 from .errors import (
     ConfigError,
@@ -68,7 +69,15 @@ from .experiment import (
     rows_into,
     served,
 )
-from .lifecycle import changes_of, evidence_of, history_of, look, operator_change
+from .generate import generated_allocation, generation_active, generation_step
+from .lifecycle import (
+    begin_epoch,
+    changes_of,
+    evidence_of,
+    history_of,
+    look,
+    operator_change,
+)
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 
@@ -243,6 +252,8 @@ class Engine:
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
         live = Live(spec=spec, rule=rule, shapes=shapes)
+        live.names = list(spec.alternatives)
+        live.params = list(spec.params) if spec.params is not None else [{} for _ in range(k)]
         self._refresh(live)
         return live
 
@@ -253,6 +264,7 @@ class Engine:
         # the store's answers first, without the state lock (decisions go on meanwhile)
         if spec.drift is not None:
             self._watch(live)
+        if spec.drift is not None or spec.generate is not None:
             epoch = int(self.store.get(spec.name, "epoch") or 0)
             if epoch != live.epoch:  # reopened (here or by another replica): new baseline
                 raw_base = self.store.get(spec.name, "baseline")
@@ -262,8 +274,18 @@ class Engine:
                     for k, shape in live.shapes.items()
                     if k in base
                 }
+                control = None
+                if spec.generate is not None:
+                    raw_control = self.store.get(spec.name, f"control_params:{epoch}")
+                    control = json.loads(raw_control) if raw_control else None
                 with self._lock:
                     live.epoch, live.baseline = epoch, baseline
+                    live.control_params = control
+                    live.since = {}
+            if spec.generate is not None:
+                admitted = int(self.store.get(spec.name, f"admitted:{live.epoch}") or 0)
+                with self._lock:
+                    live.admitted = min(admitted, spec.generate.slots)
         data = self.store.read(spec.name)
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
@@ -272,6 +294,8 @@ class Engine:
         paused = self.store.get(spec.name, "paused") == "1"
         with self._lock:
             self._install(live, data, raw, paused)
+        if spec.generate is not None:
+            generation_step(self.store, live, self._lock, self._clock())
 
     def _install(self, live: Live, data: dict[str, Any], raw: str | None, paused: bool) -> None:
         """A refresh's new snapshot from the store's answers (the caller holds the lock)."""
@@ -292,7 +316,11 @@ class Engine:
             status = look(self.store, live, live.rule, status, self._clock())
         live.status = status
         live.paused = paused
-        if spec.policy.context_dim is None:
+        if spec.generate is not None:  # only the candidates in play draw a share
+            alloc = restricted_allocation(
+                spec.policy, live.policy_state, generation_active(live, status[0])
+            )[0]
+        elif spec.policy.context_dim is None:
             alloc = spec.policy.allocation(live.policy_state)[0]
         elif live.served_sum is not None and live.served_n:
             # a contextual policy has one allocation per context: show the mean served
@@ -301,6 +329,8 @@ class Engine:
             alloc = spec.policy.allocation(live.policy_state, self._blank(spec))[0]
         live.served_sum = None
         live.served_n = 0
+        if spec.generate is not None:  # the candidates now in the slots, and their caps
+            alloc = generated_allocation(live, alloc)
         live.allocation = served(alloc, status, paused)
         live.row = tuple(float(x) for x in live.allocation)
         live.cumulative = np.cumsum(live.allocation).tolist()
@@ -355,8 +385,9 @@ class Engine:
                 return
 
     def _reopen(self, live: Live, w: _Watch) -> None:
-        """Log the drift (once across replicas) and start a new epoch: the state from now
-        on counts from a snapshot, and every alternative explores again."""
+        """Log the drift and start a new epoch (:func:`~autoexp.lifecycle.begin_epoch`):
+        the state from now on counts from a snapshot, and every alternative explores
+        again."""
         spec = live.spec
         d = spec.drift
         stat = float(d.statistic(w.stats)[0])
@@ -367,9 +398,8 @@ class Engine:
             "by": "drift",
             "time": self._clock(),
             "experiment": spec.name,
-            "epoch": w.epoch + 1,
             "arm": w.arm,
-            "alternative": spec.alternatives[w.arm],
+            "alternative": live.names[w.arm],
             "new": "reopened",
             "source": d.name,
             "statistic": stat,
@@ -382,15 +412,7 @@ class Engine:
                 f"{mean:.3f}); exploring again on fresh evidence"
             ),
         }
-        if not self.store.add(spec.name, {}, once=f"drift:{w.epoch}", record=record):
-            return  # another replica reopened; this one follows at its next refresh
-        state = self.store.read(spec.name)
-        baseline = {k: np.asarray(v).ravel().tolist() for k, v in state.items()}
-        self.store.set(spec.name, "baseline", json.dumps(baseline))
-        self.store.set(spec.name, "epoch_start", str(w.position))
-        self.store.set(spec.name, "status", json.dumps(["exploring"] * len(spec.alternatives)))
-        self.store.set(spec.name, "change:drift", json.dumps(record))
-        self.store.set(spec.name, "epoch", str(w.epoch + 1))  # last: the rest is in place
+        begin_epoch(self.store, live, record, position=w.position)
         live.watch = None
 
     def _blank(self, spec: ExperimentSpec) -> np.ndarray:
@@ -532,7 +554,7 @@ class Engine:
                     "unit_hash": unit_hash,
                     "context": features,
                     "arm": arm,
-                    "alternative": spec.alternatives[arm],
+                    "alternative": live.names[arm],
                     "propensity": row[arm],
                     "allocation": list(row),
                     "policy": spec.policy.name,
@@ -548,15 +570,13 @@ class Engine:
                     self._wake.set()  # written by the background writer, off this path
                 else:
                     self._try_flush(live)
-            self._tick(live, defer=self._flusher is not None)
-            params = spec.params[arm] if spec.params is not None else {}
-            return Decision(
+            decision = Decision(
                 did,
                 name,
                 arm,
-                spec.alternatives[arm],
+                live.names[arm],
                 row[arm],
-                params,
+                live.params[arm],
                 spec.policy.name,
                 live.version,
                 token,
@@ -564,6 +584,9 @@ class Engine:
                 ticket,
                 self._keys,
             )
+            # last: a refresh here may rename the arms (a new epoch of candidates)
+            self._tick(live, defer=self._flusher is not None)
+            return decision
 
     def _context(self, spec: ExperimentSpec, context: Any) -> list[float] | None:
         """The numbers to log and (for a contextual policy) decide on; RequestError for
@@ -937,7 +960,8 @@ class Engine:
             state = live.policy_state
             return {
                 "experiment": name,
-                "alternatives": list(live.spec.alternatives),
+                "alternatives": list(live.names),
+                "params": [dict(p) for p in live.params],
                 "allocation": live.allocation.tolist(),
                 "status": [STATUS[s] for s in live.status[0]],
                 "version": live.version,
@@ -961,7 +985,7 @@ class Engine:
             return None
         return {
             "detector": d.name,
-            "alternative": live.spec.alternatives[w.arm],
+            "alternative": live.names[w.arm],
             "rewards": int(w.stats.n[0]),
             "mean": float(w.stats.mean[0]),
             "statistic": float(d.statistic(w.stats)[0]),

@@ -19,6 +19,7 @@ from policies.safety import ConservativeBudget
 
 from .context import ContextSpec
 from .errors import ConfigError
+from .generate import Generation
 
 __all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live"]
 
@@ -54,6 +55,9 @@ class ExperimentSpec:
         alternative's rewards; when it signals a drop, exploration reopens (a new epoch:
         every alternative exploring again, on fresh evidence). ``None``: a promotion is
         final.
+    generate : generated alternatives (:mod:`autoexp.generate`): then ``alternatives``
+        are the control and ``generate.slot_names()``, and the control's ``params`` set
+        every parameter of the space.
     """
 
     name: str
@@ -70,6 +74,7 @@ class ExperimentSpec:
     default_reward: float | None = None
     context: ContextSpec | None = None
     drift: Any = None
+    generate: Generation | None = None
 
     def __post_init__(self) -> None:
         where = f"experiments.{self.name}"
@@ -103,12 +108,40 @@ class ExperimentSpec:
             raise ConfigError(f"{where}.drift: must be a PageHinkley detector (got {self.drift!r})")
         if self.drift is not None and self.test is None:
             raise ConfigError(f"{where}.drift: watches a promoted alternative; needs a test")
+        if self.generate is not None:
+            self._check_generate(where, names)
         dim = self.policy.context_dim
         if dim is not None and self.context is not None and dim != self.context.dim:
             raise ConfigError(
                 f"{where}.policy.dim: the context has {self.context.dim} numbers "
                 f"({', '.join(self.context.describe())}) (got dim = {dim})"
             )
+
+    def _check_generate(self, where: str, names: tuple[str, ...]) -> None:
+        gen = self.generate
+        if not isinstance(gen, Generation):
+            raise ConfigError(f"{where}.generate: must be a Generation (got {gen!r})")
+        if names[1:] != gen.slot_names():
+            raise ConfigError(
+                f"{where}.alternatives: a generated experiment has the control and "
+                f"{', '.join(gen.slot_names()[:2])}, ... (got {list(names)!r})"
+            )
+        if self.test is None:
+            raise ConfigError(f"{where}.test: generated candidates need a sequential test")
+        if budget_of(self.policy, None, check=True) is None:
+            raise ConfigError(
+                f"{where}.safety.conservative_alpha: generated candidates need a "
+                "conservative budget (nothing generated may push served reward below it)"
+            )
+        if self.drift is not None:
+            raise ConfigError(
+                f"{where}.drift: a generated experiment never stops exploring; drift "
+                "watches a final promotion"
+            )
+        control = self.params[0] if self.params is not None else {}
+        missing = [p.name for p in gen.space if p.name not in control]
+        if missing:
+            raise ConfigError(f"{where}.alternatives[0].params: must set {', '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +199,12 @@ class Live:
     epoch: int = 0
     baseline: dict[str, np.ndarray] | None = None
     watch: Any = None  # the drift detector's reading of the log (engine._Watch)
+    # each arm's name and parameters now (generated experiments: the candidates')
+    names: list[str] = field(default_factory=list)
+    params: list[Mapping[str, Any]] = field(default_factory=list)
+    admitted: int = 0  # generated: slots admitted in this epoch
+    since: dict[int, float] = field(default_factory=dict)  # generated: users at admission
+    control_params: Mapping[str, Any] | None = None  # generated: the champion's, epoch > 0
     paused: bool = False
     # (time, version, allocation, status, paused) at each refresh, for the status page
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(
@@ -216,11 +255,14 @@ def rows_into(
             entries[r].append((field, c, v))
 
 
-def budget_of(policy: Any, stats: Any) -> dict[str, float] | None:
+def budget_of(policy: Any, stats: Any, *, check: bool = False) -> dict[str, float] | None:
     """The conservative budget in a policy stack: ``alpha``, ``delta`` and ``remaining``
-    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one."""
+    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one.
+    ``check``: only whether there is one (``{}`` if so)."""
     while policy is not None:
         if isinstance(policy, ConservativeBudget):
+            if check:
+                return {}
             left = float(policy.remaining(stats)[0])
             return {"alpha": policy.alpha, "delta": policy.delta, "remaining": left}
         policy = getattr(policy, "policy", None)  # a traffic cap keeps its policy's state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,12 @@ from .store.base import Store
 __all__ = ["ACTIONS", "changes_of", "evidence_of", "history_of", "look", "operator_change"]
 
 ACTIONS = ("pause", "resume", "promote", "roll_back")
+
+
+def transition_key(epoch: int, arm: int, new: str) -> str:
+    """The store's once-key of a lifecycle change: one per arm and state in each epoch
+    (a reopened experiment may promote the same arm again)."""
+    return f"transition:{arm}:{new}" if epoch == 0 else f"transition:{epoch}:{arm}:{new}"
 
 
 def look(store: Store, live: Live, rule: PromotionRule, status: np.ndarray, now: float) -> Any:
@@ -45,14 +52,10 @@ def look(store: Store, live: Live, rule: PromotionRule, status: np.ndarray, now:
             "time": now,
             "experiment": spec.name,
             "epoch": live.epoch,
-            "alternative": spec.alternatives[c.arm],
+            "alternative": live.names[c.arm],
             **evidence,
         }
-        # once per epoch (a reopened experiment may promote the same alternative again)
-        once = f"transition:{c.arm}:{c.new}"
-        if live.epoch:
-            once = f"transition:{live.epoch}:{c.arm}:{c.new}"
-        if store.add(spec.name, {}, once=once, record=record):
+        if store.add(spec.name, {}, once=transition_key(live.epoch, c.arm, c.new), record=record):
             store.set(spec.name, f"change:{c.arm}", json.dumps(record))
     if changes:
         store.set(spec.name, "status", json.dumps([STATUS[s] for s in new[0]]))
@@ -127,7 +130,12 @@ def evidence_of(live: Live) -> dict[str, Any]:
 def changes_of(store: Store, live: Live) -> list[dict[str, Any]]:
     """The last change of each alternative and the last pause or resume, oldest first."""
     name = live.spec.name
-    keys = [*(str(arm) for arm in range(1, len(live.spec.alternatives))), "paused", "drift"]
+    keys = [
+        *(str(arm) for arm in range(1, len(live.spec.alternatives))),
+        "paused",
+        "drift",
+        "epoch",
+    ]
     found = (store.get(name, f"change:{key}") for key in keys)
     return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
 
@@ -136,3 +144,68 @@ def history_of(live: Live) -> list[dict[str, Any]]:
     """``live``'s allocation and states at its last refreshes, oldest first."""
     keys = ("time", "version", "allocation", "status", "paused")
     return [dict(zip(keys, row, strict=True)) for row in live.history]
+
+
+def begin_epoch(
+    store: Store,
+    live: Live,
+    record: dict[str, Any],
+    *,
+    position: int | None = None,
+    control_params: Mapping[str, Any] | None = None,
+) -> bool:
+    """Start epoch ``live.epoch + 1`` (once across replicas, whatever caused it: a drift,
+    a champion, spent slots): log ``record``, snapshot the state as the new epoch's
+    baseline (its evidence is counted afresh), set every alternative exploring, and
+    (generated experiments) the control's new parameters. ``False`` if another replica
+    began it first. The epoch number is written last, when the rest is in place."""
+    name = live.spec.name
+    epoch = live.epoch + 1
+    record = {**record, "epoch": epoch}
+    if not store.add(name, {}, once=f"epoch:{live.epoch}", record=record):
+        return False
+    state = store.read(name)
+    store.set(name, "baseline", json.dumps({k: v.ravel().tolist() for k, v in state.items()}))
+    if position is not None:  # where the drift watch reads the new epoch's log from
+        store.set(name, "epoch_start", str(position))
+    store.set(name, "status", json.dumps(["exploring"] * len(live.spec.alternatives)))
+    if control_params is not None:
+        store.set(name, f"control_params:{epoch}", json.dumps(dict(control_params)))
+    store.set(
+        name, "change:epoch" if record.get("by") != "drift" else "change:drift", json.dumps(record)
+    )
+    store.set(name, "epoch", str(epoch))
+    return True
+
+
+def retire(
+    store: Store,
+    live: Live,
+    arm: int,
+    new: str,
+    reason: str,
+    evidence: Mapping[str, Any],
+    now: float,
+) -> None:
+    """Log that generated candidate ``arm`` is retired (``rolled_back`` as futile, or
+    ``inconclusive``) with its evidence, once, and mark it in the shared status."""
+    spec = live.spec
+    record = {
+        "type": "transition",
+        "by": "generator",
+        "time": now,
+        "experiment": spec.name,
+        "epoch": live.epoch,
+        "arm": arm,
+        "alternative": live.names[arm],
+        "new": new,
+        "source": "generator",
+        "reason": reason,
+        **evidence,
+    }
+    if store.add(spec.name, {}, once=transition_key(live.epoch, arm, new), record=record):
+        store.set(spec.name, f"change:{arm}", json.dumps(record))
+        raw = store.get(spec.name, "status")
+        status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
+        status[arm] = new
+        store.set(spec.name, "status", json.dumps(status))

@@ -271,7 +271,11 @@ class ConservativeBudget(PolicyBase):
         return np.asarray(conservative_slack(stats.budget, self.alpha, self.delta, 0)[:, -1])
 
     def allocation(self, stats: BudgetStats, context: FloatArray | None = None) -> FloatArray:
-        p = self.policy.allocation(stats.base, context)
+        return self.gate(self.policy.allocation(stats.base, context), stats)
+
+    def gate(self, p: FloatArray, stats: BudgetStats) -> FloatArray:
+        """``p`` (B, K) with the share of every arm the budget does not allow moved to
+        control."""
         ok = self.allowed(stats)
         out = np.where(ok, p, 0.0)
         out[:, 0] += (p * ~ok).sum(axis=1)
@@ -454,3 +458,30 @@ def over_slo(latency_ms: npt.ArrayLike, slo_ms: float) -> FloatArray:
     array([0., 0., 1.])
     """
     return (np.asarray(latency_ms, dtype=np.float64) > slo_ms).astype(np.float64)
+
+
+def restricted_allocation(
+    policy: Any, stats: Any, active: npt.ArrayLike, context: FloatArray | None = None
+) -> FloatArray:
+    """``policy``'s (B, K) allocation when only the ``active`` (K,) arms may be played
+    (control, arm 0, always is): the innermost policy chooses among the active arms as
+    if the others did not exist (its state sliced on the arm axis), and the safety
+    wrappers act on the whole state as usual: a conservative budget keeps counting
+    every arm's rewards, so retiring an arm never forgets what it cost.
+
+    For arms that come and go (generated candidates): an empty slot's uninformed prior
+    would otherwise draw a share that belongs to the arms in play.
+    """
+    on = np.asarray(active, dtype=bool).copy()
+    on[0] = True
+    if isinstance(policy, TrafficCap):
+        return cap_allocation(
+            restricted_allocation(policy.policy, stats, on, context), policy.explore_share
+        )
+    if isinstance(policy, ConservativeBudget):
+        return policy.gate(restricted_allocation(policy.policy, stats.base, on, context), stats)
+    sliced = stats.like({k: np.asarray(v)[:, on] for k, v in stats.to_dict().items()})
+    sub = policy.allocation(sliced, context)
+    out = np.zeros((sub.shape[0], on.shape[0]))
+    out[:, on] = sub
+    return out

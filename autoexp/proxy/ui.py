@@ -91,7 +91,15 @@ def collect(engine: Engine) -> dict[str, Any]:
         except StoreError as e:
             changes, st["store_ok"], st["store_error"] = None, False, str(e)
         evidence, history = engine.evidence(name), _thin(engine.history(name))
-        out.append({**st, "evidence": evidence, "changes": changes, "history": history})
+        out.append(
+            {
+                **st,
+                "param_text": [_param_text(p) for p in st["params"]],
+                "evidence": evidence,
+                "changes": changes,
+                "history": history,
+            }
+        )
     return dict(_clean({"time": time.time(), "refresh_s": REFRESH_S, "experiments": out}))
 
 
@@ -118,6 +126,19 @@ def _signed(x: float | None, none: str) -> str:
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(math.floor(t)))
+
+
+EPOCH_CHANGES = ("champion", "exhausted", "reopened")  # changes that begin a new epoch
+
+
+def _param_text(params: Mapping[str, Any]) -> str:
+    """An alternative's parameters as one line (``timeout_ms=800, ranker="bm25"``)."""
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))
+
+
+def _params(text: str) -> str:
+    """An alternative's parameters, small, under its name."""
+    return f'<div class="reason">{_esc(text)}</div>' if text else ""
 
 
 def _badge(state: str) -> str:
@@ -230,6 +251,9 @@ def _card(e: Mapping[str, Any]) -> str:
     pauses = [c for c in changes if not c.get("new")]
     if pauses:
         out += f'<div class="pause">{_change(pauses[-1])}</div>'
+    epochs = [c for c in changes if c.get("new") in EPOCH_CHANGES]
+    if epochs:
+        out += f'<div class="pause">{_change(epochs[-1])}</div>'
     out += _chart(e) + "<table><tr><th>alternative</th><th>state</th><th>share</th>"
     labels = list(e["evidence"])
     out += "".join(f"<th>{_esc(label)}: difference vs control</th>" for label in labels)
@@ -237,7 +261,8 @@ def _card(e: Mapping[str, Any]) -> str:
     scales = [_scale(e["evidence"][label]) for label in labels]
     for i, name in enumerate(alts):
         out += f'<tr><td><span class="sw" style="background:{SERIES[i % len(SERIES)]}"></span>'
-        out += f"{_esc(name)}</td><td>{_badge(e['status'][i])}</td>"
+        out += f"{_esc(name)}{_params(e['param_text'][i])}</td>"
+        out += f"<td>{_badge(e['status'][i])}</td>"
         out += f"<td>{_fixed(100 * e['allocation'][i], 1)}%</td>"
         for j, label in enumerate(labels):
             ev = e["evidence"][label]
@@ -277,6 +302,7 @@ const when = (t) =>
 const color = (s) => (Object.hasOwn(C.badges, s) ? C.badges[s] : C.other);
 const badge = (s) => `<span class="badge" style="background:${color(s)}">${esc(s)}</span>`;
 const series = (j) => C.series[j % C.series.length];
+const params = (text) => (text ? `<div class="reason">${esc(text)}</div>` : "");
 
 function chart(e) {
   const h = e.history, k = e.alternatives.length;
@@ -369,6 +395,8 @@ function card(e) {
   out += meta.join(" · ") + "</div>";
   const pauses = changes.filter((c) => !c.new);
   if (pauses.length) out += `<div class="pause">${change(pauses[pauses.length - 1])}</div>`;
+  const epochs = changes.filter((c) => C.epoch_changes.includes(c.new));
+  if (epochs.length) out += `<div class="pause">${change(epochs[epochs.length - 1])}</div>`;
   out += chart(e) + "<table><tr><th>alternative</th><th>state</th><th>share</th>";
   const labels = Object.keys(e.evidence);
   out += labels.map((label) => `<th>${esc(label)}: difference vs control</th>`).join("");
@@ -376,7 +404,8 @@ function card(e) {
   const scales = labels.map((label) => scaleOf(e.evidence[label]));
   alts.forEach((name, i) => {
     out += `<tr><td><span class="sw" style="background:${series(i)}"></span>`;
-    out += `${esc(name)}</td><td>${badge(e.status[i])}</td>`;
+    out += `${esc(name)}${params(e.param_text[i])}</td>`;
+    out += `<td>${badge(e.status[i])}</td>`;
     out += `<td>${fixed(100 * e.allocation[i], 1)}%</td>`;
     labels.forEach((label, j) => {
       const ev = e.evidence[label];
@@ -411,6 +440,7 @@ setInterval(refresh, C.refresh_s * 1000);
 _CONSTANTS = {
     "series": SERIES,
     "badges": BADGES,
+    "epoch_changes": EPOCH_CHANGES,
     "other": OTHER,
     "bars": BARS,
     "left": LEFT,

@@ -61,6 +61,8 @@ def specs() -> list[ExperimentSpec]:
     ranker = ExperimentSpec(
         name="ranker",
         alternatives=("v1", SCRIPT_NAME, IMG_NAME),
+        # parameters are shown under the names, escaped like them
+        params=({}, {"depth": 2, "note": "<b>bold</b>"}, {"boost": 0.25}),
         policy=TrafficCap(policy=ThompsonBeta(), explore_share=0.6),
         test=OffPolicyCS(n_expected=500),
         refresh_every=20,
@@ -162,6 +164,9 @@ def test_the_page_shows_it_escaped_and_self_contained(side: Sidecar) -> None:
     assert SCRIPT_NAME not in page and IMG_NAME not in page
     assert html.escape(SCRIPT_NAME) in page and html.escape(IMG_NAME) in page
     assert "ship it &lt;now&gt;" in page
+    # an alternative's parameters under its name, as text
+    assert "depth=2, note=&quot;&lt;b&gt;bold&lt;/b&gt;&quot;" in main and "<b>bold" not in page
+    assert "boost=0.25" in main
     # each alternative's row: name, state, share, the test's interval, the last change
     rows = re.findall(r"<tr><td>(.*?)</tr>", main)
     assert len(rows) == 3 + 2 + 3
