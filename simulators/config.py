@@ -16,7 +16,7 @@ A scenario file::
     # delay = { mean_delay = 50 }   # rewards arrive after a random delay (simulators.envs.Delayed)
 
     [policy]                   # any name in policies.REGISTRY, with its hyperparameters
-    name = "thompson-beta"
+    name = "thompson-beta"     # (or in policies.CONTEXTUAL: see below)
 
     [safety]                   # optional: traffic cap and conservative budget
     explore_share = 0.2
@@ -35,6 +35,23 @@ A scenario file::
     [rule]                     # optional: policies.promotion.PromotionRule
     margin = 0.0
 
+A contextual policy (a name in ``policies.CONTEXTUAL``: ``lin-ts``, ``lin-ucb``, ...) needs
+an environment that draws a context per user (``segments``, ``linear``, ``logistic``). Its
+``dim`` defaults to the environment's context width (if given, it must equal it), and its
+reward bounds ``low`` and ``high``, where it has them, default to the environment's
+``reward_range`` (so that a conservative budget can wrap it)::
+
+    [env]
+    kind = "segments"          # simulators.envs.Segments: the best arm depends on the segment
+    segments = ["mobile", "desktop", "tablet"]
+    weights = [0.5, 0.35, 0.15]
+    p = [[0.10, 0.14, 0.06], [0.10, 0.06, 0.15], [0.10, 0.08, 0.09]]
+
+    [policy]
+    name = "lin-ts"            # dim = 3 and low, high = 0, 1 from the environment
+
+Context-free policies run on these environments too (they are given no context).
+
 The conservative constraint checked in the results is ``served >= (1 - alpha) control``
 with ``alpha = safety.conservative_alpha`` (or ``budget_alpha`` set at the top level).
 
@@ -52,6 +69,7 @@ Every error names the dotted path of the bad key (``env.p: ...``, ``grid."safety
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from collections.abc import Mapping
@@ -61,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from policies import REGISTRY, TESTS, ConservativeBudget, TrafficCap
+from policies import CONTEXTUAL, REGISTRY, TESTS, ConservativeBudget, TrafficCap
 from policies.build import construct, named, promotion_rule, safety_stack
 from policies.build import guardrails as build_guardrails
 
@@ -189,6 +207,36 @@ def _env(raw: dict[str, Any], base_dir: Path | None) -> tuple[Any, tuple[str, ..
     return env, tuple(names)
 
 
+def _policy(raw: dict[str, Any], env: Any) -> Any:
+    """The ``[policy]`` table: a context-free policy, or a contextual one fitted to ``env``."""
+    name = raw.get("name")
+    if isinstance(name, str) and name in CONTEXTUAL:
+        width = int(getattr(env, "dim", 0) or 0)
+        kind = getattr(env, "env", env).name
+        if width == 0:
+            raise _fail(
+                "policy.name",
+                f"{name} is contextual (every decision takes a context) but env kind "
+                f"{kind!r} draws none; use env.kind 'segments', 'linear' or 'logistic', or a "
+                f"context-free policy ({', '.join(sorted(REGISTRY))})",
+            )
+        raw = dict(raw)
+        if "dim" not in raw:
+            raw["dim"] = width
+        elif isinstance(raw["dim"], bool) or raw["dim"] != width:
+            raise _fail(
+                "policy.dim",
+                f"must equal the width of env kind {kind!r}'s contexts, {width} (got "
+                f"{raw['dim']!r}); leave it out to take the environment's",
+            )
+        cls: Any = CONTEXTUAL[name]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for end, value in zip(("low", "high"), env.reward_range, strict=True):
+            if end in fields and end not in raw and value is not None:
+                raw[end] = float(value)
+    return _named({**REGISTRY, **CONTEXTUAL}, raw, "policy")
+
+
 def _test(raw: Any, where: str) -> Any:
     if not isinstance(raw, Mapping):
         raise _fail(where, f"must be a table with a name (got {raw!r})")
@@ -234,7 +282,7 @@ def _scenario(
         raise _fail("steps", "missing; how many steps (users) each replicate runs")
 
     env, names = _env(_table(raw, "env", ""), base_dir)
-    policy = _named(REGISTRY, _table(raw, "policy", ""), "policy")
+    policy = _policy(_table(raw, "policy", ""), env)
     safety = _table(raw, "safety", "")
     budget_alpha = top.pop("budget_alpha", None)
     try:  # the budget reserves for as many rounds as an allocation is used for

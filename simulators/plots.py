@@ -2,7 +2,9 @@
 
 For each :class:`~simulators.runner.Result`: :func:`plot_regret` (cumulative regret over
 time with its spread), :func:`plot_allocation` (who got the traffic) and :func:`plot_loss`
-(reward lost against control per replicate, against a budget). For a sweep (a list of rows,
+(reward lost against control per replicate, against a budget); for several policies on one
+scenario, :func:`plot_compare` (their regret and reward per user over time, with
+Monte-Carlo bands). For a sweep (a list of rows,
 one per cell, holding the cell's parameters and its ``Result.summary()``):
 :func:`plot_frontier`, expected regret against worst-case loss with the Pareto-optimal
 cells (:func:`pareto`) labelled. :mod:`simulators.report` puts them in one page.
@@ -29,7 +31,15 @@ if TYPE_CHECKING:
 Names = Sequence[str] | None
 Rows = Sequence[Mapping[str, Any]]
 
-__all__ = ["pareto", "plot_allocation", "plot_frontier", "plot_loss", "plot_ope", "plot_regret"]
+__all__ = [
+    "pareto",
+    "plot_allocation",
+    "plot_compare",
+    "plot_frontier",
+    "plot_loss",
+    "plot_ope",
+    "plot_regret",
+]
 
 #: Resolution and sizes (inches) of every plot: 100 dpi, so 800 x 450 px and 1100 x 600 px.
 DPI = 100
@@ -236,6 +246,100 @@ def plot_loss(result: Result, path: str | Path, *, budget: float | None = None) 
         ax.axvline(budget, color=_ACCENT, lw=2.0, label=beyond)
         ax.axvspan(budget, max(budget, float(loss.max())) + 1e-12, color=_ACCENT, alpha=0.08)
     fig.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_compare(
+    results: Mapping[str, Result],
+    path: str | Path,
+    *,
+    title: str = "",
+    oracle: float | None = None,
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """Policies on one scenario: mean cumulative regret over time, each with its
+    Monte-Carlo band (the mean +- 2 standard errors over replicates, ``2 sd / sqrt(B)``);
+    with ``oracle``, a second panel of the expected reward per user so far.
+
+    Regret is measured against the best arm for each user (its context), so
+    ``oracle - regret(t) / t`` is an unbiased estimate of the expected reward per user over
+    the first ``t`` users when ``oracle`` is the expected reward of that best arm (e.g.
+    :meth:`simulators.envs.Segments.oracle_mean`); its band is the regret's divided by t.
+
+    Parameters
+    ----------
+    results : label -> :class:`~simulators.runner.Result` (same scenario, same steps), each
+        with ``regret_sd``
+    path : where to write the PNG (1100 x 450 px with ``oracle``, else 800 x 450)
+    title : shown above the plot
+    oracle : the expected reward per user of the best arm for each user
+    references : label -> reward per user, drawn as horizontal lines on the second panel
+        (e.g. control's, the best single arm's)
+
+    Returns
+    -------
+    Path : ``path``
+    """
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"results: must be a non-empty dict of label -> Result (got {results!r})")
+    for label, r in results.items():
+        _arm_names(f"results[{label!r}]", r, None)
+        if getattr(r, "regret_sd", None) is None:
+            raise ValueError(
+                f"results[{label!r}]: has no regret_sd; run it with simulators.runner.run"
+            )
+    oracle = None if oracle is None else _number("oracle", oracle)
+    fig = _figure((11.0, 4.5) if oracle is not None else SIZE)
+    axes = fig.subplots(1, 2 if oracle is not None else 1, squeeze=False)[0]
+    ax = axes[0]
+    if title:
+        fig.suptitle(title)
+    ax.set(
+        title="Cumulative regret against the best arm for each user",
+        xlabel="step (users served)",
+        ylabel="cumulative regret (reward)",
+    )
+    for i, (label, r) in enumerate(results.items()):
+        steps = np.asarray(r.steps, dtype=float)
+        mean = np.asarray(r.regret_curve, dtype=float)
+        half = 2.0 * np.asarray(r.regret_sd, dtype=float) / math.sqrt(len(r.regret))
+        colour = _TAB[i % len(_TAB)]
+        ax.fill_between(steps, mean - half, mean + half, color=colour, alpha=0.25, lw=0)
+        ax.plot(steps, mean, color=colour, lw=1.8, label=str(label))
+        if oracle is not None:
+            axes[1].fill_between(
+                steps,
+                oracle - (mean + half) / steps,
+                oracle - (mean - half) / steps,
+                color=colour,
+                alpha=0.25,
+                lw=0,
+            )
+            axes[1].plot(steps, oracle - mean / steps, color=colour, lw=1.8)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    counts = sorted({len(r.regret) for r in results.values()})
+    band = f"mean ± 2 SE over {' / '.join(map(str, counts))} replicates"
+    ax.legend(loc="upper left", frameon=False, fontsize=9, title=band, title_fontsize=9)
+    if oracle is not None:
+        side = axes[1]
+        side.set(
+            title="Expected reward per user so far",
+            xlabel="step (users served)",
+            ylabel="reward per user",
+        )
+        side.axhline(
+            oracle, color="black", lw=1.0, ls="--", label=f"each user's best arm ({oracle:.4g})"
+        )
+        styles = [":", "-.", (0, (1, 3))]
+        for j, (label, value) in enumerate((references or {}).items()):
+            v = _number(f"references[{label!r}]", value)
+            style = styles[j % len(styles)]
+            side.axhline(v, color=_GREY, lw=1.2, ls=style, label=f"{label} ({v:.4g})")
+        side.set_xlim(left=0)
+        side.grid(alpha=0.3)
+        side.legend(loc="center right", frameon=False, fontsize=8, title="reward per user of")
     return _save(fig, path)
 
 

@@ -17,13 +17,21 @@ increments). With ``refresh_every=1`` and nothing downstream needing propensitie
 come from ``policy.sample_arm`` (the same law, without computing the allocation). Delayed
 rewards are applied step by step as they arrive.
 
-Recorded per replicate: pseudo-regret against the best arm present (entered), reward lost
+Contextual policies (``policy.context_dim`` set, e.g. :data:`policies.CONTEXTUAL`) get each
+step's context from the environment: inside a segment the state is the one read at its
+start and the allocation is that state's at each user's own context (a replica's
+recompute gives it the state; every request brings its context); each observation's
+increment takes its context. Context-free policies are given no context, even by an
+environment that draws one (they refuse it): they learn the population's best arm.
+
+Recorded per replicate: pseudo-regret against the best arm present (entered) for each
+user's context (``env.means(t, context)`` row by row), reward lost
 against control alone, control's own expected reward (the conservative budget's scale),
 whether the constraint ``served >= (1 - alpha) control`` ever broke, when (and which arm)
 was promoted and whether that arm was in fact no better than control (a false
 promotion), when each arm was rolled back and whether an arm worse than control was left
 live (a missed rollback), pulls of arms worse than control, pulls per arm; and, over time,
-the mean allocation and the regret's mean and quantiles.
+the mean allocation and the regret's mean, standard deviation and quantiles.
 """
 
 from __future__ import annotations
@@ -105,6 +113,20 @@ class Scenario:
                     f"use ConservativeBudget(refresh={self.refresh_every}, ...)"
                 )
             layer = getattr(layer, "policy", None)
+        need = self.policy.context_dim
+        if need is not None:
+            width = int(getattr(self.env, "dim", 0) or 0)
+            if width == 0:
+                raise ValueError(
+                    f"scenario.policy: {self.policy.name} needs a context of {need} numbers "
+                    f"per user but the environment ({self.env.name}) gives none; use a "
+                    "contextual environment (segments, linear, logistic)"
+                )
+            if width != need:
+                raise ValueError(
+                    f"scenario.policy.dim: must equal the environment's context width "
+                    f"{width} (got {need})"
+                )
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,9 @@ class Result:
     regret_curve: FloatArray
     regret_quantiles: FloatArray
     transitions: list[Transition] = field(repr=False)
+    #: (M,) standard deviation of the cumulative regret over replicates at each step in
+    #: ``steps`` (``regret_curve`` +- 2 sd / sqrt(B): its Monte-Carlo band)
+    regret_sd: FloatArray | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, float]:
         """Means over replicates, and the rates users tune on."""
@@ -255,9 +280,11 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         else (PromotionRule(test_name=sc.test.name) if sc.test is not None else None)
     )
     sampled = _sample_path(sc)
+    contextual = policy.context_dim is not None
     sparse = (
         policy.additive
         and not sampled
+        and not contextual
         and policy.sparse_increment(np.zeros(1, np.int64), np.zeros(1), np.ones(1), k) is not None
     )
     state = policy.init(k, b)
@@ -282,9 +309,12 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
     alloc_curve = np.zeros((marks.size, k))
     regret_curve = np.zeros(marks.size)
     regret_q = np.zeros((marks.size, 3))
+    regret_sd = np.zeros(marks.size)
     transitions: list[Transition] = []
-    pending: dict[int, list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]] = {}
+    pending: dict[int, list[_Arrival]] = {}
     alloc = np.empty((b, k))
+    snap: Any = state  # a contextual policy's state as of the last refresh
+    sum_means = np.zeros(k)  # contexts' means summed over steps (population means)
     last_means = np.zeros((1, k))
     no_propensity = np.zeros((1, k))
     mark = 0
@@ -303,6 +333,11 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         if sampled:  # the law of the allocation, without computing it
             p = no_propensity
             arms = np.empty((n, b), dtype=np.int64)
+        elif contextual:  # the allocation at each step's contexts, from the refreshed state
+            if t % sc.refresh_every == 0:
+                snap = state
+            u = rng.random((n, b))
+            arms = np.empty((n, b), dtype=np.int64)
         else:
             if t % sc.refresh_every == 0:
                 alloc = policy.allocation(state)
@@ -312,7 +347,10 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         for i in range(n):
             ti = t + i
             context = env.context(ti, rng, b)
-            if sampled:
+            if contextual:
+                p = _restrict(policy.allocation(snap, context), live, status, done)
+                arms[i] = _draw_many(p, u[i : i + 1])[0]
+            elif sampled:
                 a = policy.sample_arm(state, rng)
                 a = np.where(live[rows_b, a], a, 0)
                 if done.any():
@@ -321,6 +359,8 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             a = arms[i]
             r = env.sample(ti, a, rng, context)
             m = last_means = env.means(ti, context)
+            if context is not None:
+                sum_means += m.mean(axis=0)
             got = m[0, a] if m.shape[0] == 1 else m[rows_b, a]
             ctrl = m[:, 0]
             regret += np.where(entry <= ti, m, -np.inf).max(axis=1) - got
@@ -334,6 +374,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
                 alloc_curve[mark] = np.bincount(a, minlength=k) / b if sampled else p.mean(axis=0)
                 regret_curve[mark] = regret.mean()
                 regret_q[mark] = np.quantile(regret, [0.05, 0.5, 0.95])
+                regret_sd[mark] = regret.std(ddof=1) if b > 1 else 0.0
                 mark += 1
             if sampled:
                 state = policy.update(state, Decision(a, no_propensity), r)
@@ -341,13 +382,13 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             elif sparse and not delayed:
                 rewards[i] = r
             else:
-                arrivals = _arrive(sc, ti, rng, a, r, p, pending)
-                for rows, aa, rr, prop in arrivals:
+                x = context if contextual else None
+                for rows, aa, rr, prop, xx in _arrive(sc, ti, rng, a, r, p, x, pending):
                     decision = Decision(aa, prop)
                     if rows.all():
-                        state = policy.update(state, decision, rr)
+                        state = policy.update(state, decision, rr, xx)
                     else:
-                        state = state + _masked(policy.increment(decision, rr), rows)
+                        state = state + _masked(policy.increment(decision, rr, xx), rows)
                     tstate, gstates = _feed(
                         sc, tstate, gstates, aa[:, None], rr[:, None], prop, rows
                     )
@@ -371,7 +412,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
                 if c.new == "promoted":
                     promoted_at[c.row] = t
                     promoted_arm[c.row] = c.arm
-                    population = last_means.mean(axis=0)
+                    population = _population(last_means, sum_means, t)
                     false_promotion[c.row] = population[c.arm] <= population[0]
                 elif c.new == "rolled_back":
                     rolled_back_at[c.row, c.arm] = t
@@ -379,7 +420,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         if progress is not None:
             progress(t)
 
-    population = last_means.mean(axis=0)
+    population = _population(last_means, sum_means, steps)
     # harmful arms (worse than control at the end, entered) still live at the end
     worse = (population < population[0]) & (entry < steps)
     missed = (worse[None, :] & ~np.isfinite(rolled_back_at)).any(axis=1)
@@ -400,7 +441,21 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         regret_curve=regret_curve,
         regret_quantiles=regret_q,
         transitions=transitions,
+        regret_sd=regret_sd,
     )
+
+
+def _population(last_means: FloatArray, sum_means: FloatArray, t: int) -> FloatArray:
+    """(K,) each arm's mean over users: with contexts, averaged over every step so far
+    (stationary contextual environments: the population's means, not one step's users);
+    without, the last step's (non-stationary ones: the arms as they are now)."""
+    if sum_means.any():
+        return np.asarray(sum_means / t)
+    return np.asarray(last_means.mean(axis=0))
+
+
+#: An observation reaching the learners: rows it applies to, arm, reward, propensity, context.
+_Arrival = tuple[BoolArray, IntArray, FloatArray, FloatArray, FloatArray | None]
 
 
 def _arrive(
@@ -410,15 +465,16 @@ def _arrive(
     arm: IntArray,
     reward: FloatArray,
     p: FloatArray,
-    pending: dict[int, list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]],
-) -> list[tuple[BoolArray, IntArray, FloatArray, FloatArray]]:
-    """The observations (rows, arm, reward, propensity) that reach the learners at step
-    ``t``: this step's, or, with delays, those whose delay ends now."""
+    context: FloatArray | None,
+    pending: dict[int, list[_Arrival]],
+) -> list[_Arrival]:
+    """The observations (rows, arm, reward, propensity, context) that reach the learners at
+    step ``t``: this step's, or, with delays, those whose delay ends now."""
     if not isinstance(sc.env, Delayed):
-        return [(np.ones(arm.shape[0], dtype=bool), arm, reward, p)]
+        return [(np.ones(arm.shape[0], dtype=bool), arm, reward, p, context)]
     delay = sc.env.delay(t, rng, arm.shape[0])
     for d in np.unique(delay):
-        pending.setdefault(t + int(d), []).append((delay == d, arm, reward, p))
+        pending.setdefault(t + int(d), []).append((delay == d, arm, reward, p, context))
     return pending.pop(t, [])
 
 

@@ -163,5 +163,5 @@ def test_delayed_refuses_what_is_not_an_environment() -> None:
 def test_registry_names() -> None:
     assert sorted(ENVIRONMENTS) == [
         "abrupt-change", "adversarial", "bernoulli", "drift", "gaussian", "linear",
-        "logistic", "revenue",
+        "logistic", "revenue", "segments",
     ]  # fmt: skip
