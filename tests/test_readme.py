@@ -20,7 +20,7 @@ def toml_blocks() -> list[str]:
 
 def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
     blocks = toml_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 6
     spec = scenario(tomllib.loads(blocks[0]))
     assert spec.arm_names == ("control", "better", "harmful")
     sweep = tmp_path / "sweep.toml"
@@ -34,3 +34,14 @@ def test_readme_scenario_and_sweep_snippets_build(tmp_path: Path) -> None:
     assert proxied.proxy is not None and proxied.proxy.upstream == "http://127.0.0.1:8080"
     (route,) = proxied.routes
     assert route.upstreams == (None, "http://127.0.0.1:8081", None)
+
+
+def test_readme_autonomous_loop_snippets_build() -> None:
+    blocks = toml_blocks()
+    contextual = parse_config(tomllib.loads(blocks[4]))
+    (spec,) = contextual.experiments
+    assert spec.context is not None and spec.policy.context_dim == spec.context.dim == 11
+    assert len(contextual.routes) == 1
+    (tune,) = parse_config(tomllib.loads(blocks[5])).experiments
+    assert tune.generate is not None and tune.generate.challengers == 3
+    assert tune.alternatives[1:] == tune.generate.slot_names()
