@@ -40,15 +40,16 @@ The encoded vector is what the policy reads and what the decision log keeps.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, RequestError
 
-__all__ = ["ContextSpec", "Feature", "parse_context", "policy_defaults"]
+__all__ = ["ContextSpec", "Feature", "decision_context", "parse_context", "policy_defaults"]
 
 _SOURCES = ("header", "query", "path", "time")
 _ENCODINGS = ("one_hot", "hash", "number")
@@ -268,3 +269,49 @@ def policy_defaults(
         out.setdefault("low", reward_range[0])
         out.setdefault("high", reward_range[1])
     return out
+
+
+def _numbers(context: Any) -> list[float]:
+    """A decision's context given as numbers, as plain floats; :class:`RequestError`
+    (nothing recorded) for anything else: a value the log could not hold would fail its
+    whole group."""
+    if isinstance(context, str | bytes | Mapping) or not isinstance(context, Iterable):
+        raise RequestError(f"context: must be a sequence of numbers (got {context!r:.60})")
+    out = []
+    for i, x in enumerate(context):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise RequestError(f"context[{i}]: must be a finite number (got {x!r:.60})")
+        out.append(float(x))
+        if i >= _MAX_WIDTH:
+            raise RequestError(f"context: at most {_MAX_WIDTH} numbers")
+    return out
+
+
+def decision_context(spec: Any, context: Any, clock: Callable[[], float]) -> list[float] | None:
+    """The numbers a decision of experiment ``spec`` logs and (for a contextual policy)
+    decides on: named values encoded by its :class:`ContextSpec`, or numbers checked
+    against its width; :class:`RequestError` for a context it cannot take."""
+    where = f"experiment {spec.name!r}"
+    dim = spec.policy.context_dim
+    named: ContextSpec | None = spec.context
+    if isinstance(context, Mapping):
+        if named is None:
+            raise RequestError(
+                f"context: {where} defines no named features ([experiments.{spec.name}."
+                "context]); pass a list of numbers"
+            )
+        return named.encode(context, now=clock())
+    if context is None:
+        if dim is None:
+            return None
+        if named is not None:  # every feature missing (the clock's still known)
+            return named.encode({}, now=clock())
+        raise RequestError(
+            f"context: {where}'s policy {spec.policy.name} needs a context of {dim} numbers"
+        )
+    features = _numbers(context)
+    want = named.dim if named is not None else dim
+    if want is not None and len(features) != want:
+        names = f": {', '.join(named.describe())}" if named is not None else ""
+        raise RequestError(f"context: {where} takes {want} numbers (got {len(features)}){names}")
+    return features
