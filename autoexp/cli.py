@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._simulate import add_commands
 from ._version import __version__
@@ -68,6 +69,77 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from policies.gate import Gate
+
+    from .config import load_config
+    from .errors import UnknownExperimentError
+    from .learn import Learner, is_learner
+    from .store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(args.config)
+    spec = next((e for e in config.experiments if e.name == args.experiment), None)
+    if spec is None:
+        raise ConfigError(
+            f"--experiment: {args.experiment!r} is not in {args.config}; defined: "
+            f"{', '.join(e.name for e in config.experiments)}"
+        )
+    policy: Any = spec.policy
+    while not is_learner(policy) and hasattr(policy, "policy"):  # inside safety wrappers
+        policy = policy.policy
+    if not is_learner(policy):
+        raise ConfigError(
+            f"experiments.{spec.name}.policy: {spec.policy.name!r} is not a learner; "
+            "accepted: vw-cb, river-ts"
+        )
+    try:
+        gate = Gate(
+            alpha=args.alpha,
+            margin=args.margin,
+            max_weight=args.max_weight,
+            n_expected=args.n_expected,
+            low=policy.low,
+            high=policy.high,
+        )
+    except ValueError as e:  # a flag out of range, named as the gate's parameter
+        raise ConfigError(str(e)) from None
+    store = open_store(config.store)
+    try:
+        try:
+            learner = Learner(
+                store,
+                spec.name,
+                policy,
+                gate=gate,
+                publish_every=args.publish_every,
+                join_window_s=spec.join_window_s,
+            )
+        except UnknownExperimentError as e:
+            raise ConfigError(f"--experiment: {e.args[0]}") from None
+
+        def progress(s: dict[str, object]) -> None:
+            print(
+                f"{time.strftime('%H:%M:%S')} {s['experiment']}: {s['rewards']} rewards "
+                f"learned (log position {s['position']}), {s['proposed']} proposed, "
+                f"deployed version {s['deployed']}, {len(s['pending'])} pending",  # type: ignore[arg-type]
+                flush=True,
+            )
+
+        if args.once:
+            learner.step()
+            progress(learner.status())
+        else:
+            progress(learner.status())
+            learner.run(poll_s=args.poll_s, progress=progress)
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoexp",
@@ -121,6 +193,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)
+    p = sub.add_parser(
+        "learn",
+        help="train a learner (vw-cb, river-ts) on an experiment's log; deploy through a gate",
+        description="Read the experiment's decision log from the learner's cursor (kept in "
+        "the store: a restarted learner resumes), train its policy in log order, propose a "
+        "snapshot every --publish-every rewards, and deploy a snapshot only when an "
+        "anytime-valid off-policy lower bound, on rows it was not trained on, shows it at "
+        "least as good as the deployed one (autoexp.learn). Runs until interrupted.",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
+    p.add_argument("--experiment", required=True, metavar="NAME", help="the experiment")
+    p.add_argument("--once", action="store_true", help="process what the log holds and exit")
+    p.add_argument(
+        "--publish-every", type=int, default=1000, help="rewards between proposals (1000)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="P(ever deploying a worse model) (0.05)"
+    )
+    p.add_argument("--margin", type=float, default=0.0, help="lower bound needed to deploy (0)")
+    p.add_argument(
+        "--max-weight",
+        type=float,
+        default=20.0,
+        help="bound on |pi_new - pi_current| / logged propensity (20)",
+    )
+    p.add_argument(
+        "--n-expected", type=float, default=5000.0, help="rows where the gate is tightest"
+    )
+    p.add_argument("--poll-s", type=float, default=1.0, help="seconds between log reads (1)")
+    p.set_defaults(func=_cmd_learn)
     p = sub.add_parser("log", help="the decision log")
     logs = p.add_subparsers(dest="log_command", metavar="ACTION", required=True)
     e = logs.add_parser("export", help="export an experiment's decisions joined with rewards")

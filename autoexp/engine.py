@@ -33,15 +33,15 @@ Lifecycle
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import math
-import numbers
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -49,12 +49,12 @@ from typing import Any
 import numpy as np
 
 from policies.base import Decision as PolicyDecision
-from policies.promotion import PROMOTED, STATUS, PromotionRule
+from policies.promotion import STATUS, PromotionRule
 from policies.safety import restricted_allocation
 
+from .context import decision_context
 from .errors import (
     ConfigError,
-    RequestError,
     RewardError,
     StoreError,
     UnknownExperimentError,
@@ -71,35 +71,18 @@ from .experiment import (
 )
 from .generate import generated_allocation, generation_active, generation_step
 from .lifecycle import (
-    begin_epoch,
     changes_of,
     evidence_of,
     history_of,
     look,
     operator_change,
 )
+from .snapshot import serving_policy
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
+from .watch import drift_status, watch
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
-
-
-MAX_CONTEXT = 4096  # numbers in one decision's context
-
-
-def _features(context: Any) -> list[float]:
-    """A decision's context as plain floats; :class:`RequestError` (nothing recorded)
-    for anything else: a value the log could not hold would fail its whole group."""
-    if isinstance(context, str | bytes | Mapping) or not isinstance(context, Iterable):
-        raise RequestError(f"context: must be a sequence of numbers (got {context!r:.60})")
-    out = []
-    for i, x in enumerate(context):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-            raise RequestError(f"context[{i}]: must be a finite number (got {x!r:.60})")
-        out.append(float(x))
-        if i >= MAX_CONTEXT:
-            raise RequestError(f"context: at most {MAX_CONTEXT} numbers")
-    return out
 
 
 @dataclass
@@ -111,18 +94,6 @@ class _Scan:
     start: int
     end: int
     open: dict[str, tuple[int, Ticket]] = field(default_factory=dict)
-
-
-@dataclass
-class _Watch:
-    """The drift detector's reading of one experiment's log in one epoch: from
-    ``position``, the promoted ``arm``'s rewards once its promotion was seen (``armed``)."""
-
-    epoch: int
-    arm: int
-    position: int
-    armed: bool
-    stats: Any
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -235,6 +206,10 @@ class Engine:
     # --- setup and refresh ------------------------------------------------------------
 
     def _start(self, spec: ExperimentSpec) -> Live:
+        # a learner (VW, river) serves its deployed snapshots: see autoexp.snapshot
+        policy, reader = serving_policy(spec.policy, self.store, spec.name)
+        if reader is not None:
+            spec = dataclasses.replace(spec, policy=policy)
         k = len(spec.alternatives)
         rule = spec.rule
         if rule is None and spec.test is not None:
@@ -251,7 +226,7 @@ class Engine:
         self.store.declare(spec.name, shapes)
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
-        live = Live(spec=spec, rule=rule, shapes=shapes)
+        live = Live(spec=spec, rule=rule, shapes=shapes, reader=reader)
         live.names = list(spec.alternatives)
         live.params = list(spec.params) if spec.params is not None else [{} for _ in range(k)]
         self._refresh(live)
@@ -262,8 +237,10 @@ class Engine:
         spec = live.spec
         self._try_flush(live)
         # the store's answers first, without the state lock (decisions go on meanwhile)
+        if live.reader is not None:  # a newly deployed model, loaded before it serves
+            live.reader.refresh()
         if spec.drift is not None:
-            self._watch(live)
+            watch(self.store, live, self._lock, self._clock)
         if spec.drift is not None or spec.generate is not None:
             epoch = int(self.store.get(spec.name, "epoch") or 0)
             if epoch != live.epoch:  # reopened (here or by another replica): new baseline
@@ -345,75 +322,6 @@ class Engine:
                 live.paused,
             )
         )
-
-    def _watch(self, live: Live) -> None:
-        """Feed the promoted alternative's rewards, in log order, to the drift detector;
-        on a drop, reopen. Every replica reads the same log from the same point (this
-        epoch's promotion), so all would signal at the same reward; the store lets one
-        reopen."""
-        spec = live.spec
-        detector = spec.drift
-        with self._lock:
-            promoted = np.flatnonzero(live.status[0] == PROMOTED)
-            epoch = live.epoch
-        if not promoted.size or live.paused:
-            live.watch = None
-            return
-        arm = int(promoted[0])
-        w = live.watch
-        if w is None or w.epoch != epoch or w.arm != arm:
-            start = int(self.store.get(spec.name, "epoch_start") or 0)
-            w = live.watch = _Watch(epoch, arm, start, False, detector.init(1))
-        while True:
-            page = self.store.records(spec.name, start=w.position, limit=10_000)
-            for record in page:
-                w.position += 1
-                kind = record.get("type")
-                if (
-                    kind == "transition"
-                    and record.get("new") == "promoted"
-                    and record.get("arm") == arm
-                    and record.get("epoch", 0) == epoch
-                ):
-                    w.armed = True  # the champion's stream starts at its promotion
-                elif kind == "reward" and w.armed and record.get("arm") == arm:
-                    w.stats = detector.update(w.stats, np.array([float(record["reward"])]))
-                    if detector.detected(w.stats)[0]:
-                        self._reopen(live, w)
-                        return
-            if len(page) < 10_000:
-                return
-
-    def _reopen(self, live: Live, w: _Watch) -> None:
-        """Log the drift and start a new epoch (:func:`~autoexp.lifecycle.begin_epoch`):
-        the state from now on counts from a snapshot, and every alternative explores
-        again."""
-        spec = live.spec
-        d = spec.drift
-        stat = float(d.statistic(w.stats)[0])
-        n = int(w.stats.n[0])
-        mean = float(w.stats.mean[0])
-        record = {
-            "type": "transition",
-            "by": "drift",
-            "time": self._clock(),
-            "experiment": spec.name,
-            "arm": w.arm,
-            "alternative": live.names[w.arm],
-            "new": "reopened",
-            "source": d.name,
-            "statistic": stat,
-            "threshold": d.threshold,
-            "n": n,
-            "mean": mean,
-            "reason": (
-                f"the champion's reward dropped: Page-Hinkley statistic {stat:.1f} > "
-                f"threshold {d.threshold:g} after {n} rewards since its promotion (mean "
-                f"{mean:.3f}); exploring again on fresh evidence"
-            ),
-        }
-        begin_epoch(self.store, live, record, position=w.position)
-        live.watch = None
 
     def _blank(self, spec: ExperimentSpec) -> np.ndarray:
         """(1, dim): the context with every feature missing (zeros without a spec)."""
@@ -505,7 +413,7 @@ class Engine:
         missing); :class:`RequestError` otherwise, with nothing recorded.
         """
         live = self._get(name)
-        features = self._context(live.spec, context)
+        features = decision_context(live.spec, context, self._clock)
         dim = live.spec.policy.context_dim
         with self._lock:
             if self._down is not None and time.monotonic() - self._probed >= 1.0:
@@ -587,35 +495,6 @@ class Engine:
             # last: a refresh here may rename the arms (a new epoch of candidates)
             self._tick(live, defer=self._flusher is not None)
             return decision
-
-    def _context(self, spec: ExperimentSpec, context: Any) -> list[float] | None:
-        """The numbers to log and (for a contextual policy) decide on; RequestError for
-        a context the experiment cannot take."""
-        where = f"experiment {spec.name!r}"
-        dim = spec.policy.context_dim
-        if isinstance(context, Mapping):
-            if spec.context is None:
-                raise RequestError(
-                    f"context: {where} defines no named features ([experiments.{spec.name}."
-                    "context]); pass a list of numbers"
-                )
-            return spec.context.encode(context, now=self._clock())
-        if context is None:
-            if dim is None:
-                return None
-            if spec.context is not None:  # every feature missing (the clock's still known)
-                return spec.context.encode({}, now=self._clock())
-            raise RequestError(
-                f"context: {where}'s policy {spec.policy.name} needs a context of {dim} numbers"
-            )
-        features = _features(context)
-        want = spec.context.dim if spec.context is not None else dim
-        if want is not None and len(features) != want:
-            raise RequestError(
-                f"context: {where} takes {want} numbers (got {len(features)})"
-                + (f": {', '.join(spec.context.describe())}" if spec.context is not None else "")
-            )
-        return features
 
     def _sticky(
         self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
@@ -971,26 +850,11 @@ class Engine:
                 "store_error": None if self._down is None else str(self._down),
                 "paused": live.paused,
                 "epoch": live.epoch,
-                "drift": self._drift_status(live),
+                "drift": drift_status(live),
+                "model_version": None if live.reader is None else live.reader.version,
                 "budget": budget_of(live.spec.policy, state),
                 "state": {k: np.asarray(v).tolist() for k, v in state.to_dict().items()},
             }
-
-    @staticmethod
-    def _drift_status(live: Live) -> dict[str, Any] | None:
-        """The drift detector's reading of the champion now (``None`` without one or
-        while nothing is promoted)."""
-        d, w = live.spec.drift, live.watch
-        if d is None or w is None:
-            return None
-        return {
-            "detector": d.name,
-            "alternative": live.names[w.arm],
-            "rewards": int(w.stats.n[0]),
-            "mean": float(w.stats.mean[0]),
-            "statistic": float(d.statistic(w.stats)[0]),
-            "threshold": d.threshold,
-        }
 
     @property
     def experiments(self) -> list[str]:

@@ -198,7 +198,8 @@ class Live:
     # store's "baseline" snapshot taken at the last reopening
     epoch: int = 0
     baseline: dict[str, np.ndarray] | None = None
-    watch: Any = None  # the drift detector's reading of the log (engine._Watch)
+    watch: Any = None  # the drift detector's reading of the log (autoexp.watch.Watch)
+    reader: Any = None  # a learner's deployed snapshots (autoexp.model.ModelReader)
     # each arm's name and parameters now (generated experiments: the candidates')
     names: list[str] = field(default_factory=list)
     params: list[Mapping[str, Any]] = field(default_factory=list)

@@ -16,6 +16,7 @@ from .greedy import EpsilonGreedy
 from .linear import LinearStats, LinTS, LinUCB
 from .nonstationary import DiscountedThompson, SlidingWindowUCB
 from .promotion import PromotionRule, Transition
+from .river_ts import RiverThompson
 from .safety import ConservativeBudget, Guardrail, TrafficCap
 from .sequential import (
     TESTS,
@@ -28,6 +29,7 @@ from .sequential import (
 )
 from .thompson import ThompsonBeta, ThompsonGaussian
 from .ucb import KLUCB, MOSS, UCB1
+from .vw import VWExplore
 
 #: Registered policies by their kebab-case name.
 REGISTRY: dict[str, type[PolicyBase]] = {
@@ -48,6 +50,8 @@ REGISTRY: dict[str, type[PolicyBase]] = {
 CONTEXTUAL: dict[str, type[PolicyBase]] = {
     "lin-ucb": LinUCB,
     "lin-ts": LinTS,
+    "vw-cb": VWExplore,
+    "river-ts": RiverThompson,
 }
 
 #: Safety wrappers: each wraps any policy (arm 0 is control).
@@ -84,11 +88,13 @@ __all__ = [
     "Policy",
     "PolicyBase",
     "PromotionRule",
+    "RiverThompson",
     "SlidingWindowUCB",
     "Stats",
     "ThompsonBeta",
     "ThompsonGaussian",
     "TrafficCap",
     "Transition",
+    "VWExplore",
     "draw",
 ]
