@@ -16,14 +16,18 @@ __all__ = ["main"]
 
 
 def _cmd_policies(args: argparse.Namespace) -> int:
-    from policies import REGISTRY, SAFETY, TESTS
+    from policies import CONTEXTUAL, REGISTRY, SAFETY, TESTS
 
-    rows = [(name, cls.example()) for name, cls in {**REGISTRY, **SAFETY}.items()]
-    width = max(len(name) for name in [*REGISTRY, *SAFETY, *TESTS])
+    groups = {**REGISTRY, **SAFETY, **CONTEXTUAL}
+    rows = [(name, cls.example()) for name, cls in groups.items()]
+    width = max(len(name) for name in [*groups, *TESTS])
     print(f"{'policy':<{width}}  additive  regret bound")
     for name, policy in rows:
         kind = "yes" if policy.additive else "no "
-        print(f"{name:<{width}}  {kind}       {policy.regret_bound()}")
+        # contextual: decides on a context (a learner that is not additive trains in
+        # `autoexp learn`)
+        tag = "[context] " if name in CONTEXTUAL else ""
+        print(f"{name:<{width}}  {kind}       {tag}{policy.regret_bound()}")
     print()
     print(f"{'sequential test':<{width}}  adaptive  what it is")
     for name, cls in TESTS.items():

@@ -11,7 +11,7 @@ import pytest
 
 from autoexp import __version__
 from autoexp.cli import main
-from policies import REGISTRY, SAFETY, TESTS
+from policies import CONTEXTUAL, REGISTRY, SAFETY, TESTS
 
 
 def test_version_from_the_installed_script() -> None:
@@ -30,7 +30,8 @@ def test_policies_lists_every_policy_with_its_bound(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     policies, tests = out.split("\n\n")
     rows = {line.split()[0]: line for line in policies.splitlines()[1:]}
-    assert set(rows) == set(REGISTRY) | set(SAFETY)
+    assert set(rows) == set(REGISTRY) | set(SAFETY) | set(CONTEXTUAL)
+    assert all(("[context]" in line) == (name in CONTEXTUAL) for name, line in rows.items())
     listed = {line.split()[0]: line.split()[1] for line in tests.strip().splitlines()[1:]}
     assert listed == {name: "yes" if cls.adaptive else "no" for name, cls in TESTS.items()}
     for name, line in rows.items():

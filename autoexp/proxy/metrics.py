@@ -98,6 +98,11 @@ class _EngineCollector(Collector):
             "the experiment above the threshold label)",
             labels=["experiment", "alternative", "detector", "threshold"],
         )
+        model = GaugeMetricFamily(
+            "autoexp_model_version",
+            "The learner's deployed snapshot this replica serves (0: none yet, exploring)",
+            labels=["experiment"],
+        )
         ok = True
         for name in self.engine.experiments:
             st: dict[str, Any] = self.engine.status(name)
@@ -137,6 +142,8 @@ class _EngineCollector(Collector):
             if st["budget"] is not None:
                 budget.add_metric([name], st["budget"]["remaining"])
             epoch.add_metric([name], st["epoch"])
+            if st["model_version"] is not None:
+                model.add_metric([name], st["model_version"])
             if st["drift"] is not None:
                 d = st["drift"]
                 labels = [name, d["alternative"], d["detector"], f"{d['threshold']:g}"]
@@ -146,7 +153,7 @@ class _EngineCollector(Collector):
             unlogged.add_metric([name], st["unlogged"])
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift)
+        yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
         if self.forwarder is not None:
             events = CounterMetricFamily(
                 "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]

@@ -78,6 +78,11 @@ def test_explore_log_learn_deploy_then_serve_the_snapshot(durable_store: Any) ->
     # snapshot's allocation at that decision's context
     engine.refresh("layout")
     assert engine.status("layout")["model_version"] == deployed["model_version"]
+    from autoexp.proxy.metrics import _EngineCollector  # what the sidecar's /metrics says
+
+    families = {f.name: f for f in _EngineCollector(engine, None).collect()}
+    (sample,) = families["autoexp_model_version"].samples
+    assert sample.value == deployed["model_version"]
     reader = policy.policy.reader
     second = play(engine, 1_500, rng)
     x = {dev: np.array([1.0, *(1.0 if e == dev else 0.0 for e in DEVICES)]) for dev in DEVICES}
