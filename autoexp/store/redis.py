@@ -189,7 +189,7 @@ class RedisStore:
         line = dumps(record) if record is not None else ""
         with _errors("add"):
             shapes = self._shapes.get(experiment) or {}
-            if not set(amounts) <= set(shapes):
+            if not shapes or not set(amounts) <= set(shapes):  # declared elsewhere since
                 shapes = self._load_shapes(experiment)
             checked = check_amounts(experiment, shapes, amounts, at)
             args: list[str] = ["" if once is None else str(self.once_ttl_s), line]
@@ -207,7 +207,7 @@ class RedisStore:
         with _errors("add_many"):
             shapes = self._shapes.get(experiment) or {}
             names = {name for _, entries, _ in items for name, _, _ in entries}
-            if not names <= set(shapes):
+            if not shapes or not names <= set(shapes):
                 shapes = self._load_shapes(experiment)
             lines = check_items(experiment, shapes, items)
             if not items:

@@ -130,7 +130,7 @@ class SQLiteStore:
         line = dumps(record) if record is not None else None
         with self._lock:
             shapes = self._shapes.get(experiment) or {}
-            if not set(amounts) <= set(shapes):  # declared by another process since
+            if not shapes or not set(amounts) <= set(shapes):  # declared elsewhere since
                 shapes = self._load_shapes(experiment)
             checked = check_amounts(experiment, shapes, amounts, at)
             updates: list[tuple[float, str, str, int]] = []
@@ -157,7 +157,7 @@ class SQLiteStore:
         with self._lock:
             shapes = self._shapes.get(experiment) or {}
             names = {name for _, entries, _ in items for name, _, _ in entries}
-            if not names <= set(shapes):
+            if not shapes or not names <= set(shapes):
                 shapes = self._load_shapes(experiment)
             lines = check_items(experiment, shapes, items)
             done = []

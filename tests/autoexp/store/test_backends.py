@@ -128,3 +128,21 @@ def test_store_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
         assert store.url == "sqlite:///autoexp.db" and (tmp_path / "autoexp.db").exists()
     finally:
         store.close()
+
+
+def test_another_process_logs_a_record_without_declaring(durable_store: Any) -> None:
+    # A learner process opens the store of an experiment a sidecar declared and logs
+    # records that change no state: it must not need the shapes itself (it used to be
+    # refused, "no declared state", since it had never declared them).
+    durable_store.declare("exp", {"n": (1, 2)})
+    other = open_store(durable_store.url)
+    try:
+        assert other.add("exp", {}, once="model:1", record={"type": "model", "v": 1})
+        assert not other.add("exp", {}, once="model:1", record={"type": "model", "v": 1})
+        assert other.add_many("exp", [("model:2", [], {"type": "model", "v": 2})]) == [True]
+    finally:
+        other.close()
+    assert [r["v"] for r in durable_store.records("exp")] == [1, 2]
+    # an experiment nobody declared is still refused, with nothing written
+    with pytest.raises(StoreError, match="no declared state"):
+        durable_store.add("nobody", {}, record={"type": "x"})
