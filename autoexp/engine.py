@@ -500,12 +500,15 @@ class Engine:
         self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
     ) -> tuple[int, tuple[float, ...], bool]:
         # the value names this decision, so "stored == value" means "assigned just now"
-        value = json.dumps([arm, list(p), did])
+        value = json.dumps([arm, list(p), did, live.epoch])
         stored = self.store.assign(live.spec.name, unit_hash, value)
         if stored == value:
             return arm, p, False
-        old_arm, old_row = json.loads(stored)[:2]
-        if p[old_arm] > 0.0:  # still live: keep it, with its first exposure's propensity
+        old = json.loads(stored)
+        old_arm, old_row = old[:2]
+        # a generated experiment's slot holds another candidate in another epoch
+        same = live.spec.generate is None or (old[3] if len(old) > 3 else 0) == live.epoch
+        if same and p[old_arm] > 0.0:  # still live: keep it, with its first propensity
             return int(old_arm), tuple(float(x) for x in old_row), True
         stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
         new_arm, new_row = json.loads(stored)[:2]

@@ -277,3 +277,32 @@ def gen_challengers(config: Any) -> int:
     gen = config.experiments[0].generate
     assert isinstance(gen, Generation)
     return gen.challengers
+
+
+def test_a_sticky_unit_does_not_follow_its_slot_into_another_candidate() -> None:
+    # a unit stays with its candidate while it is live; in a new epoch the slot holds
+    # another candidate, so the unit is assigned afresh
+    (spec,) = parse_config(tuning.config(seed=2)).experiments
+    engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=8, log_flush_s=0.0)
+    rng = np.random.default_rng(9)
+    unit, first = None, None
+    for i in range(20_000):
+        d = engine.decide("tune", unit=f"u{i}")  # new users, and one that comes back
+        if first is None and d.arm > 0:
+            unit, first = f"u{i}", d
+        engine.reward(d, float(rng.random() < tuning.reward_mean(d.params["timeout_ms"])))
+        if engine.status("tune")["epoch"] >= 1:
+            break
+    assert first is not None and unit is not None
+    assert engine.status("tune")["epoch"] >= 1
+    # go on until the unit's slot serves a candidate of the new epoch
+    for j in range(20_000):
+        if engine.status("tune")["allocation"][first.arm] > 0:
+            break
+        d = engine.decide("tune", unit=f"v{j}")
+        engine.reward(d, float(rng.random() < tuning.reward_mean(d.params["timeout_ms"])))
+    st = engine.status("tune")
+    assert st["allocation"][first.arm] > 0 and st["alternatives"][first.arm] != first.alternative
+    again = engine.decide("tune", unit=unit)
+    assert not again.sticky  # assigned afresh, with this epoch's propensity
+    engine.close()
