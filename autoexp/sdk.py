@@ -43,6 +43,7 @@ from .config import drift_detector
 from .context import ContextSpec, parse_context, policy_defaults
 from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
+from .generate import parse_generation
 from .store import Store, open_store
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class Experiment:
     drift : after a promotion, watch the champion's reward and reopen exploration when it
         drops: ``True`` (Page-Hinkley's defaults) or ``{"tolerance": ..., "threshold":
         ..., "min_n": ...}`` (:class:`policies.drift.PageHinkley`)
+    generate : generated alternatives, as the config's ``generate`` table (``{"space":
+        {"timeout_ms": {"low": 50, "high": 5000, "log": True}}, "challengers": 2, ...}``,
+        see :mod:`autoexp.generate`); then define only the control, as a setting that
+        sets every parameter (``exp.setting("current", timeout_ms=200)``), and use
+        ``exp.decide().params``
     explore_share : the alternatives' total share of traffic (traffic cap); ``None``: none
     conservative_alpha, conservative_delta : the conservative budget (``None``: none)
     test : a name in ``policies.TESTS`` that promotes and rolls back (``None``: never)
@@ -112,6 +118,7 @@ class Experiment:
         default_reward: float | None = None,
         context: Mapping[str, Any] | ContextSpec | None = None,
         drift: bool | Mapping[str, Any] | None = None,
+        generate: Mapping[str, Any] | None = None,
         store: str | Store | None = None,
         secret: Any = None,
         seed: int | None = None,
@@ -164,6 +171,7 @@ class Experiment:
         self._functions: list[Callable[..., Any] | None] = []
         self._params: list[dict[str, Any]] = []
         self._engine: Engine | None = None
+        self._generate = generate
         self._client = client
         self._started = False  # with a client: checked against the sidecar's definition
         self._closed = False
@@ -245,7 +253,19 @@ class Experiment:
                 "it has no local engine"
             )
         if self._engine is None:
-            if len(self._names) < 2:
+            names, params = tuple(self._names), tuple(self._params)
+            generate = None
+            if self._generate is not None:  # the control only; the slots are generated
+                if len(names) != 1 or self._functions[0] is not None:
+                    raise StateError(
+                        f"experiment {self.name!r} generates its alternatives: define only "
+                        f"the control, as a setting (has {self._names!r})"
+                    )
+                where = f"Experiment({self.name!r}).generate"
+                generate = parse_generation(self._generate, where, params[0])
+                names = (names[0], *generate.slot_names())
+                params = (params[0], *({} for _ in generate.slot_names()))
+            elif len(names) < 2:
                 raise StateError(
                     f"experiment {self.name!r}: needs a control and at least one alternative "
                     f"before it can run (has {self._names!r})"
@@ -255,10 +275,11 @@ class Experiment:
                 store = open_store(store)
             spec = ExperimentSpec(
                 name=self.name,
-                alternatives=tuple(self._names),
-                params=tuple(self._params),
+                alternatives=names,
+                params=params,
                 policy=self._policy,
                 test=self._test,
+                generate=generate,
                 **self._options,  # type: ignore[arg-type]
             )
             self._engine = Engine(store, [spec], secret=self._secret, seed=self._seed)

@@ -306,3 +306,42 @@ def test_a_sticky_unit_does_not_follow_its_slot_into_another_candidate() -> None
     again = engine.decide("tune", unit=unit)
     assert not again.sticky  # assigned afresh, with this epoch's propensity
     engine.close()
+
+
+def test_the_sdk_generates_alternatives_from_its_control() -> None:
+    import autoexp
+    from autoexp.errors import StateError
+
+    def experiment(**extra: Any) -> Any:
+        return autoexp.Experiment(
+            "tune",
+            explore_share=0.5,
+            conservative_alpha=0.1,
+            test_params={"n_expected": 2_000},
+            refresh_every=50,
+            generate=tuning.config(1)["experiments"]["tune"]["generate"],
+            store=MemoryStore(),
+            secret=SECRET,
+            seed=1,
+            **extra,
+        )
+
+    exp = experiment()
+    exp.setting("current", timeout_ms=200)
+    exp.setting("other", timeout_ms=900)
+    with pytest.raises(StateError, match="generates its alternatives: define only the control"):
+        exp.decide()
+    exp = experiment()
+    exp.setting("current", timeout=200)  # the space's parameter is timeout_ms
+    with pytest.raises(ConfigError, match=r"generate.space.timeout_ms: the control must set it"):
+        exp.decide()
+    exp = experiment()
+    exp.setting("current", timeout_ms=200)
+    rng = np.random.default_rng(5)
+    for _ in range(6_000):
+        d = exp.decide()
+        exp.reward(d, float(rng.random() < tuning.reward_mean(d.params["timeout_ms"])))
+    st = exp.status()
+    # a champion was found (well above the control's 0.306) and serves as control
+    assert st["epoch"] >= 1 and tuning.reward_mean(st["params"][0]["timeout_ms"]) > 0.45
+    exp.close()
