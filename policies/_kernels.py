@@ -221,6 +221,10 @@ def _combine(edges, weights, dens, fnode, mean, out):  # type: ignore[no-untyped
                     out[k] += wm * dens[p, m, k] * pre[k] * suf[k + 1]
     total = 0.0
     for k in range(k_arms):
+        # the quadrature of an arm with (almost) no chance can round to about -1e-14:
+        # a probability is never negative (consumers check it), so it is 0
+        if out[k] < 0.0:
+            out[k] = 0.0
         total += out[k]
     if total <= 0.0 or not math.isfinite(total):
         # Unreachable for valid posteriors; fall back to the arm with the largest mean.

@@ -74,8 +74,8 @@ def run_gate(
     lower = {name: np.empty((replicates, looks.size)) for name in cands}
     first = {name: np.full(replicates, -1, dtype=np.int64) for name in cands}
     start = 0
-    for j, stop in enumerate(looks):
-        n = stop - start
+    for j, stop in enumerate(looks.tolist()):
+        n = int(stop - start)
         x = env.context(0, rng, replicates * n)
         seg = env.segment(x).reshape(replicates, n)
         u = rng.random((replicates, n))
