@@ -81,8 +81,10 @@ def _print_outcome(spec: Any, result: Any, summary: dict[str, float]) -> None:
     b = result.regret.shape[0]
     print(f"{'arm':<16} {'share of users':>15} {'promoted':>9} {'rolled back':>12}")
     share = result.pulls.sum(axis=0) / result.pulls.sum()
+    # with a drift detector, an arm promoted in any epoch (a reopening starts a new one)
+    epochs = result.epoch_arm if result.epoch_arm is not None else result.promoted_arm[:, None]
     for k, name in enumerate(spec.arm_names):
-        promoted = float((result.promoted_arm == k).mean())
+        promoted = float((epochs == k).any(axis=1).mean())
         rolled = float(np.isfinite(result.rolled_back_at[:, k]).mean())
         print(f"{name:<16} {share[k]:>14.2%} {promoted:>9.1%} {rolled:>12.1%}")
     print()

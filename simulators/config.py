@@ -35,6 +35,12 @@ A scenario file::
     [rule]                     # optional: policies.promotion.PromotionRule
     margin = 0.0
 
+    [drift]                    # optional: after a promotion, watch the champion for a drop
+    tolerance = 0.05           # policies.drift.PageHinkley (or drift = true: its defaults);
+    threshold = 25.0           # a detected drop reopens exploration in that replicate
+    min_n = 30                 # (needs a [test]); env kind "abrupt-change" gives the known
+                               # change step the report measures the time to detect from
+
 A contextual policy (a name in ``policies.CONTEXTUAL``: ``lin-ts``, ``lin-ucb``, ...) needs
 an environment that draws a context per user (``segments``, ``linear``, ``logistic``). Its
 ``dim`` defaults to the environment's context width (if given, it must equal it), and its
@@ -82,6 +88,7 @@ import numpy as np
 from policies import CONTEXTUAL, REGISTRY, TESTS, ConservativeBudget, TrafficCap
 from policies.build import construct, named, promotion_rule, safety_stack
 from policies.build import guardrails as build_guardrails
+from policies.drift import PageHinkley
 
 from .envs import ENVIRONMENTS, Delayed
 from .runner import Scenario
@@ -99,7 +106,7 @@ _TOP = {
     "snapshots": int,
     "budget_alpha": float,
 }
-_SECTIONS = ("env", "policy", "safety", "test", "guardrails", "rule")
+_SECTIONS = ("env", "policy", "safety", "test", "guardrails", "rule", "drift")
 
 
 class ScenarioError(ValueError):
@@ -243,6 +250,22 @@ def _test(raw: Any, where: str) -> Any:
     return _named(TESTS, raw, where)
 
 
+def _drift(raw: Any, test: Any) -> PageHinkley | None:
+    """``drift = true`` (the defaults), ``false`` (none) or a table of its parameters."""
+    if raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _fail(
+            "drift", f"must be true or a table of tolerance, threshold, min_n (got {raw!r})"
+        )
+    if test is None:
+        raise _fail("drift", "needs a [test]: the detector watches the arm the test promoted")
+    detector: PageHinkley = _kwargs(PageHinkley, dict(raw), "drift")
+    return detector
+
+
 def scenario(
     raw: Mapping[str, Any],
     *,
@@ -303,6 +326,7 @@ def _scenario(
     guardrails = list(guards)
     if guardrails and test is None:
         raise _fail("guardrails", "need a [test]: the promotion rule that acts on them reads it")
+    drift = _drift(raw["drift"], test) if "drift" in raw else None
     try:
         built = Scenario(
             env=env,
@@ -310,6 +334,7 @@ def _scenario(
             test=test,
             guardrails=tuple(guardrails),
             rule=rule,
+            drift=drift,
             budget_alpha=budget_alpha,
             spawn_key=spawn_key,
             **{k: v for k, v in top.items() if k not in ("name", "description")},

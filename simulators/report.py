@@ -2,8 +2,9 @@
 
 :func:`write_summary` writes the numbers as strict JSON and CSV; :func:`write_report`
 draws every applicable plot (:mod:`simulators.plots`: regret, allocation and loss per
-result; the frontier for a sweep) and writes an HTML page that embeds them, so the one file
-can be mailed or attached to a ticket. Importing this module does not load matplotlib.
+result, and the drift plot for a scenario with a drift detector; the frontier for a sweep)
+and writes an HTML page that embeds them, so the one file can be mailed or attached to a
+ticket. Importing this module does not load matplotlib.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .plots import (
     _number,
     pareto,
     plot_allocation,
+    plot_drift,
     plot_frontier,
     plot_loss,
     plot_regret,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "pareto",
     "plot_allocation",
+    "plot_drift",
     "plot_frontier",
     "plot_loss",
     "plot_regret",
@@ -238,9 +241,14 @@ def _result_html(name: str, info: Mapping[str, Any], plots: Sequence[Path], b: A
         "Reward lost against serving control alone, one count per replicate, over the whole "
         "run (negative: gained). Dashed line: 99th percentile, the loss exceeded in 1 run in "
         "100. Red line (if set): the budget, with the share of runs that lost more.",
+        "Drift: left, the share of replicates in each lifecycle state over time (never "
+        "promoted; an arm promoted; exploring again after the drift detector saw the "
+        "champion's reward drop), the dashed line the environment's change. Right: steps "
+        "from the change to its detection, one count per replicate that detected it.",
     )
     figs = "".join(
-        _figure_html(p, f"{name}: {p.stem}", c) for p, c in zip(plots, captions, strict=True)
+        _figure_html(p, f"{name}: {p.stem}", c)
+        for p, c in zip(plots, captions[: len(plots)], strict=True)
     )
     tables = _table(["metric", "value"], rows) + _table(["arm", "pulls (mean)", "share"], arms)
     tables += _table(["transition to", "reason", "count"], trans)
@@ -313,7 +321,8 @@ def write_report(
 ) -> Path:
     """Write every applicable plot, ``summary.json``, ``summary.csv`` and ``report.html``.
 
-    Per result: regret, allocation and loss plots; for a sweep: the frontier. The HTML is
+    Per result: regret, allocation and loss plots (and the drift plot when the scenario
+    had a drift detector); for a sweep: the frontier. The HTML is
     self-contained (plots as base64 data URIs, inline CSS, no script, no external link).
 
     Parameters
@@ -362,6 +371,8 @@ def write_report(
             plot_allocation(r, f"{stem}-allocation.png", arm_names=arm_names),
             plot_loss(r, f"{stem}-loss.png", budget=budget),
         ]
+        if getattr(r, "drift_at", None) is not None:
+            plots.append(plot_drift(r, f"{stem}-drift.png", arm_names=arm_names))
         parts.append(_result_html(str(name), summaries[str(name)], plots, len(r.regret)))
     if rows is not None:
         frontier = plot_frontier(rows, params or [], out / "frontier.png")

@@ -32,6 +32,16 @@ was promoted and whether that arm was in fact no better than control (a false
 promotion), when each arm was rolled back and whether an arm worse than control was left
 live (a missed rollback), pulls of arms worse than control, pulls per arm; and, over time,
 the mean allocation and the regret's mean, standard deviation and quantiles.
+
+With a drift detector (``Scenario.drift``, a :class:`~policies.drift.PageHinkley`), each
+replicate watches its champion as the runtime does: after a promotion, the promoted arm's
+rewards that arrive from then on are fed to the detector in order; when it signals a drop,
+the replicate starts a new epoch at the end of the segment (every alternative exploring
+again, the policy's, test's and guardrails' rows back to their initial values, the
+detector off until the next promotion). Recorded: the step of every detection, the arm
+promoted in every epoch, and the environment's change step when it has one
+(:class:`~simulators.envs.AbruptChange`), from which :meth:`Result.summary` gives the
+time to detect, false reopenings and how often the new best arm is promoted after one.
 """
 
 from __future__ import annotations
@@ -44,11 +54,12 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.base import ArmStatsPolicy, Decision, FloatArray, IntArray, PolicyBase
+from policies.drift import DriftStats, PageHinkley
 from policies.nonstationary import DiscountedThompson
-from policies.promotion import PROMOTED, ROLLED_BACK, PromotionRule, Transition
+from policies.promotion import EXPLORING, PROMOTED, ROLLED_BACK, PromotionRule, Transition
 from policies.safety import ConservativeBudget
 
-from .envs import Delayed
+from .envs import AbruptChange, Delayed
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -75,6 +86,8 @@ class Scenario:
     budget_alpha : count replicates where served reward fell below ``(1 - budget_alpha)``
         times control's (the conservative constraint), in expectation given the arms played
     snapshots : how many points of the curves over time to keep
+    drift : a drop detector watching each replicate's champion after a promotion; a drop
+        reopens exploration in that replicate (needs ``test``; see the module docstring)
     """
 
     env: Any
@@ -90,6 +103,7 @@ class Scenario:
     budget_alpha: float | None = None
     snapshots: int = 100
     spawn_key: tuple[int, ...] = ()
+    drift: PageHinkley | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "replicates", "refresh_every", "check_every", "snapshots"):
@@ -104,6 +118,17 @@ class Scenario:
             )
         if (self.guardrails or self.rule is not None) and self.test is None:
             raise ValueError("scenario.test: guardrails and a rule need a sequential test")
+        if self.drift is not None:
+            if not isinstance(self.drift, PageHinkley):
+                raise TypeError(
+                    f"scenario.drift: must be a PageHinkley detector "
+                    f"(got {type(self.drift).__name__})"
+                )
+            if self.test is None:
+                raise ValueError(
+                    "scenario.test: a drift detector needs a sequential test (it watches "
+                    "the arm the test promoted)"
+                )
         layer: Any = self.policy
         while layer is not None:
             if isinstance(layer, ConservativeBudget) and layer.refresh < self.refresh_every:
@@ -152,12 +177,23 @@ class Result:
     #: (M,) standard deviation of the cumulative regret over replicates at each step in
     #: ``steps`` (``regret_curve`` +- 2 sd / sqrt(B): its Monte-Carlo band)
     regret_sd: FloatArray | None = field(default=None, repr=False)
+    #: with a drift detector: (B, E) steps (users so far) of each replicate's detections,
+    #: in order, ``inf`` past its last (E >= 1: the most detections in any replicate)
+    drift_at: FloatArray | None = field(default=None, repr=False)
+    #: with a drift detector: (B, E + 1) the arm promoted in each epoch (-1: none) and when
+    epoch_arm: IntArray | None = field(default=None, repr=False)
+    epoch_promoted_at: FloatArray | None = field(default=None, repr=False)
+    #: the environment's known change step (``AbruptChange.at``), else ``None``
+    change_at: int | None = None
+    #: the best arm at the end (population means over users)
+    best_arm: int = -1
 
     def summary(self) -> dict[str, float]:
-        """Means over replicates, and the rates users tune on."""
+        """Means over replicates, and the rates users tune on (with a drift detector, also
+        :meth:`drift_summary`'s)."""
         b = self.regret.shape[0]
         promoted = np.isfinite(self.promoted_at)
-        return {
+        out = {
             "replicates": float(b),
             "regret_mean": float(self.regret.mean()),
             "regret_p99": float(np.quantile(self.regret, 0.99)),
@@ -172,6 +208,53 @@ class Result:
             "false_promotion_rate": float(self.false_promotion.mean()),
             "missed_rollback_rate": float(self.missed_rollback.mean()),
             "harmful_pulls_mean": float(self.harmful_pulls.mean()),
+        }
+        return out if self.drift_at is None else {**out, **self.drift_summary()}
+
+    def drift_summary(self) -> dict[str, float]:
+        """The drift scenario's figures (``nan`` where undefined).
+
+        ``reopen_rate``: share of replicates that reopened at least once. With a known
+        change step ``c``: ``false_reopen_rate``, share with a detection at or before
+        ``c`` (on the old means only); ``detected_rate``, share with one after ``c``;
+        ``detect_delay_{mean,p50,p90,max}``: steps from ``c`` to the first detection
+        after it (the champion's rewards since the change: it serves everyone);
+        ``new_best_rate``: among replicates that reopened after ``c``, the share whose
+        next epoch promoted the best arm (at the end); ``repromotion_steps_mean``: steps
+        from that detection to that promotion (the reopening comes at the segment's end).
+        """
+        if self.drift_at is None or self.epoch_arm is None or self.epoch_promoted_at is None:
+            raise ValueError("drift_summary: this result ran without a drift detector")
+        at = self.drift_at
+        out = {"reopen_rate": float(np.isfinite(at[:, 0]).mean())}
+        c = self.change_at
+        nan = float("nan")
+        keys = (
+            "false_reopen_rate detected_rate detect_delay_mean detect_delay_p50 "
+            "detect_delay_p90 detect_delay_max new_best_rate"
+        ).split()
+        if c is None:
+            return {**out, **dict.fromkeys(keys, nan), "repromotion_steps_mean": nan}
+        after = np.isfinite(at) & (at > c)
+        hit = after.any(axis=1)
+        first = np.argmax(after, axis=1)  # the first detection after the change
+        rows = np.flatnonzero(hit)
+        delay = at[rows, first[rows]] - c
+        q = np.quantile(delay, [0.5, 0.9]) if delay.size else np.full(2, nan)
+        # the epoch that detection opened is first + 1
+        arm = self.epoch_arm[rows, first[rows] + 1]
+        when = self.epoch_promoted_at[rows, first[rows] + 1] - at[rows, first[rows]]
+        done = arm >= 0
+        return {
+            **out,
+            "false_reopen_rate": float((at <= c).any(axis=1).mean()),
+            "detected_rate": float(hit.mean()),
+            "detect_delay_mean": float(delay.mean()) if delay.size else nan,
+            "detect_delay_p50": float(q[0]),
+            "detect_delay_p90": float(q[1]),
+            "detect_delay_max": float(delay.max()) if delay.size else nan,
+            "new_best_rate": float((arm == self.best_arm).mean()) if rows.size else nan,
+            "repromotion_steps_mean": float(when[done].mean()) if done.any() else nan,
         }
 
 
@@ -188,7 +271,8 @@ def _live_mask(
 def _restrict(
     alloc: FloatArray, live: BoolArray, status: npt.NDArray[np.int8], done: BoolArray
 ) -> FloatArray:
-    out = np.where(live, alloc, 0.0)
+    # quadrature can leave an arm with no chance of being best at -1e-14: counted as 0
+    out = np.where(live & (alloc > 0.0), alloc, 0.0)
     # control takes what masked arms had; never below 0 from rounding (tests check [0, 1])
     out[:, 0] = np.maximum(out[:, 0] + 1.0 - out.sum(axis=1), 0.0)
     if done.any():  # a promoted arm takes all of its row's traffic
@@ -288,6 +372,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         and policy.sparse_increment(np.zeros(1, np.int64), np.zeros(1), np.ones(1), k) is not None
     )
     state = policy.init(k, b)
+    watch = _Watch(sc.drift, b) if sc.drift is not None else None
     tstate = sc.test.init(k, b) if sc.test is not None else None
     gstates = [g.init(k, b) for g in sc.guardrails]
     status = np.zeros((b, k), dtype=np.int8)
@@ -358,6 +443,8 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
                 arms[i] = a
             a = arms[i]
             r = env.sample(ti, a, rng, context)
+            if watch is not None and watch.on and not delayed:
+                watch.feed(a, r, ti)
             m = last_means = env.means(ti, context)
             if context is not None:
                 sum_means += m.mean(axis=0)
@@ -384,6 +471,8 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             else:
                 x = context if contextual else None
                 for rows, aa, rr, prop, xx in _arrive(sc, ti, rng, a, r, p, x, pending):
+                    if watch is not None and watch.on and delayed:
+                        watch.feed(aa, rr, ti, rows)
                     decision = Decision(aa, prop)
                     if rows.all():
                         state = policy.update(state, decision, rr, xx)
@@ -403,6 +492,23 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         pulls += np.bincount((rows_b * k + arms).ravel(), minlength=b * k)
         t = end
 
+        if watch is not None and watch.fired.any():  # a new epoch where the champion dropped
+            again, records = watch.reopen()
+            n_again = again.size
+            status[again] = EXPLORING
+            state = _reset(state, policy.init(k, n_again), again)
+            tstate = _reset(tstate, sc.test.init(k, n_again), again)
+            gstates = [
+                _reset(gs, g.init(k, n_again), again)
+                for g, gs in zip(sc.guardrails, gstates, strict=True)
+            ]
+            if contextual:
+                snap = _reset(snap, policy.init(k, n_again), again)
+            elif not sampled:  # as a replica's next refresh would read it
+                alloc[again] = policy.allocation(state.rows(again))
+            looks += 1
+            transitions.extend(records)
+
         if rule is not None and (t % sc.check_every == 0 or t == steps):
             ev = sc.test.evaluate(tstate)
             gev = [(g.name, g.evaluate(gs)) for g, gs in zip(sc.guardrails, gstates, strict=True)]
@@ -410,6 +516,10 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             looks += bool(changes)
             for c in changes:
                 if c.new == "promoted":
+                    if watch is not None:
+                        watch.promoted(c.row, c.arm, t)
+                    if np.isfinite(promoted_at[c.row]):  # a later epoch's (drift)
+                        continue
                     promoted_at[c.row] = t
                     promoted_arm[c.row] = c.arm
                     population = _population(last_means, sum_means, t)
@@ -421,9 +531,12 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
             progress(t)
 
     population = _population(last_means, sum_means, steps)
-    # harmful arms (worse than control at the end, entered) still live at the end
+    # harmful arms (worse than control at the end, entered) still live at the end, with
+    # nothing promoted (without drift, status is sticky: the arms never rolled back)
     worse = (population < population[0]) & (entry < steps)
-    missed = (worse[None, :] & ~np.isfinite(rolled_back_at)).any(axis=1)
+    missed = (worse[None, :] & (status != ROLLED_BACK)).any(axis=1)
+    missed &= ~(status == PROMOTED).any(axis=1)
+    drift_at, epoch_arm, epoch_at = watch.arrays() if watch is not None else (None, None, None)
     return Result(
         regret=regret,
         loss_vs_control=loss,
@@ -433,7 +546,7 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         promoted_arm=promoted_arm,
         rolled_back_at=rolled_back_at,
         false_promotion=false_promotion,
-        missed_rollback=missed & (promoted_arm < 0),
+        missed_rollback=missed,
         harmful_pulls=harmful,
         pulls=pulls.reshape(b, k),
         steps=marks + 1,
@@ -442,7 +555,115 @@ def run(scenario: Scenario, *, progress: Any = None) -> Result:
         regret_quantiles=regret_q,
         transitions=transitions,
         regret_sd=regret_sd,
+        drift_at=drift_at,
+        epoch_arm=epoch_arm,
+        epoch_promoted_at=epoch_at,
+        change_at=_change_step(env),
+        best_arm=int(np.argmax(population)),
     )
+
+
+def _change_step(env: Any) -> int | None:
+    """The environment's known change step (:class:`~simulators.envs.AbruptChange`)."""
+    base = env.env if isinstance(env, Delayed) else env
+    return int(base.at) if isinstance(base, AbruptChange) else None
+
+
+def _reset(state: Any, fresh: Any, rows: IntArray) -> Any:
+    """``state`` with its ``rows`` replaced by ``fresh``'s (``rows.size`` rows, in order)."""
+    flat, new = state.to_dict(), fresh.to_dict()
+    for name, value in flat.items():
+        value[rows] = new[name]
+    return state.like(flat, copy=False)
+
+
+class _Watch:
+    """Each replicate's drift watch (:class:`~policies.drift.PageHinkley`, vectorised):
+    the arm it watches (-1: none, before a promotion), the detector's state, detections
+    waiting for the segment's end, and the record of detections and promotions."""
+
+    def __init__(self, detector: PageHinkley, b: int) -> None:
+        self.detector = detector
+        self.stats: DriftStats = detector.init(b)
+        self.arm = np.full(b, -1, dtype=np.int64)
+        self.fired = np.zeros(b, dtype=bool)
+        self.fired_at = np.full(b, np.inf)
+        self.epoch = np.zeros(b, dtype=np.int64)
+        self.on = False  # whether any replicate is watching
+        self.found: list[tuple[int, float]] = []  # (row, step) of each detection
+        self.promotions: list[tuple[int, int, int, float]] = []  # (row, epoch, arm, step)
+
+    def feed(
+        self, arm: IntArray, reward: FloatArray, t: int, rows: BoolArray | None = None
+    ) -> None:
+        """Rewards (B,) of step ``t``: those of each row's watched arm go to the detector."""
+        on = (self.arm == arm) & ~self.fired
+        if rows is not None:
+            on &= rows
+        if not on.any():
+            return
+        self.stats = self.detector.update(self.stats, reward, on)
+        hit = on & self.detector.detected(self.stats)
+        if hit.any():
+            self.fired |= hit
+            self.fired_at[hit] = t + 1
+            self.found.extend((int(r), float(t + 1)) for r in np.flatnonzero(hit))
+
+    def promoted(self, row: int, arm: int, t: int) -> None:
+        """Watch ``arm`` of ``row`` from its promotion at ``t`` on."""
+        self.promotions.append((row, int(self.epoch[row]), arm, float(t)))
+        self.arm[row] = arm
+        self.on = True
+
+    def reopen(self) -> tuple[IntArray, list[Transition]]:
+        """The rows that detected a drop, now in a new epoch with the detector off, and a
+        record of each reopening."""
+        d, rows = self.detector, np.flatnonzero(self.fired)
+        stat = d.statistic(self.stats)
+        records = [
+            Transition(
+                row=int(r),
+                arm=int(self.arm[r]),
+                old="promoted",
+                new="reopened",
+                source=d.name,
+                reason=(
+                    f"the champion's reward dropped: Page-Hinkley statistic {stat[r]:.1f} > "
+                    f"threshold {d.threshold:g} after {self.stats.n[r]:.0f} rewards since "
+                    f"its promotion (mean {self.stats.mean[r]:.3f})"
+                ),
+                estimate=float(self.stats.mean[r]),
+                lower=float("nan"),
+                upper=float("nan"),
+                statistic=float(stat[r]),
+                boundary=float(d.threshold),
+                n_arm=float(self.stats.n[r]),
+                n_control=float("nan"),
+                t=float(self.fired_at[r]),
+            )
+            for r in rows
+        ]
+        self.stats = _reset(self.stats, d.init(rows.size), rows)
+        self.arm[rows] = -1
+        self.fired[rows] = False
+        self.fired_at[rows] = np.inf
+        self.epoch[rows] += 1
+        self.on = bool((self.arm >= 0).any())
+        return rows, records
+
+    def arrays(self) -> tuple[FloatArray, IntArray, FloatArray]:
+        """(B, E) detection steps, (B, E + 1) each epoch's promoted arm and its step."""
+        b, e = self.arm.size, max(int(self.epoch.max()), 1)
+        at = np.full((b, e), np.inf)
+        seen = np.zeros(b, dtype=np.int64)
+        for r, step in self.found:
+            at[r, seen[r]] = step
+            seen[r] += 1
+        arm = np.full((b, e + 1), -1, dtype=np.int64)
+        when = np.full((b, e + 1), np.inf)
+        for r, epoch, a, step in self.promotions:
+            arm[r, epoch], when[r, epoch] = a, step
+        return at, arm, when
 
 
 def _population(last_means: FloatArray, sum_means: FloatArray, t: int) -> FloatArray:
