@@ -48,9 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Decision as PolicyDecision
 from policies.promotion import STATUS, PromotionRule
-from policies.safety import restricted_allocation
 
 from .context import decision_context
 from .errors import (
@@ -65,19 +63,17 @@ from .experiment import (
     Live,
     budget_of,
     draw,
-    part,
-    rows_into,
     served,
 )
-from .generate import generated_allocation, generation_active, generation_step
+from .generate import generation_step
 from .lifecycle import (
     changes_of,
     evidence_of,
     history_of,
-    look,
     operator_change,
 )
 from .snapshot import serving_policy
+from .state import increments, install
 from .store.base import Store
 from .tokens import Ticket, keys_from, sign, verify
 from .watch import drift_status, watch
@@ -270,64 +266,9 @@ class Engine:
         raw = self.store.get(spec.name, "status")
         paused = self.store.get(spec.name, "paused") == "1"
         with self._lock:
-            self._install(live, data, raw, paused)
+            install(self.store, live, data, raw, paused, self._clock)
         if spec.generate is not None:
             generation_step(self.store, live, self._lock, self._clock())
-
-    def _install(self, live: Live, data: dict[str, Any], raw: str | None, paused: bool) -> None:
-        """A refresh's new snapshot from the store's answers (the caller holds the lock)."""
-        spec = live.spec
-        if live.baseline:  # this epoch's evidence only: additive state minus the snapshot
-            data = {k: v - live.baseline[k] if k in live.baseline else v for k, v in data.items()}
-        live.policy_state = spec.policy.state_from_dict(part("policy", data))
-        if spec.test is not None:
-            live.test_state = spec.test.state_from_dict(part("test", data))
-        live.guard_states = [
-            g.test.state_from_dict(part(f"guard.{i}", data)) for i, g in enumerate(spec.guardrails)
-        ]
-        k = len(spec.alternatives)
-        status = np.zeros((1, k), dtype=np.int8)
-        if raw is not None:
-            status[0] = [STATUS.index(s) for s in json.loads(raw)]
-        if live.rule is not None and spec.test is not None:
-            status = look(self.store, live, live.rule, status, self._clock())
-        live.status = status
-        live.paused = paused
-        if spec.generate is not None:  # only the candidates in play draw a share
-            alloc = restricted_allocation(
-                spec.policy, live.policy_state, generation_active(live, status[0])
-            )[0]
-        elif spec.policy.context_dim is None:
-            alloc = spec.policy.allocation(live.policy_state)[0]
-        elif live.served_sum is not None and live.served_n:
-            # a contextual policy has one allocation per context: show the mean served
-            alloc = live.served_sum / live.served_n
-        else:  # none served yet: the allocation at the context with every feature missing
-            alloc = spec.policy.allocation(live.policy_state, self._blank(spec))[0]
-        live.served_sum = None
-        live.served_n = 0
-        if spec.generate is not None:  # the candidates now in the slots, and their caps
-            alloc = generated_allocation(live, alloc)
-        live.allocation = served(alloc, status, paused)
-        live.row = tuple(float(x) for x in live.allocation)
-        live.cumulative = np.cumsum(live.allocation).tolist()
-        live.version += 1
-        live.since_refresh = 0
-        live.history.append(
-            (
-                self._clock(),
-                live.version,
-                list(live.row),
-                [STATUS[s] for s in status[0]],
-                live.paused,
-            )
-        )
-
-    def _blank(self, spec: ExperimentSpec) -> np.ndarray:
-        """(1, dim): the context with every feature missing (zeros without a spec)."""
-        if spec.context is not None:
-            return np.array([spec.context.encode({}, now=self._clock())])
-        return np.zeros((1, spec.policy.context_dim or 0))
 
     def _get(self, name: str) -> Live:
         try:
@@ -615,7 +556,7 @@ class Engine:
     ) -> list[bool]:
         """Apply rewards: each one's increments, once, with its log record."""
         with self._lock:  # against the snapshot; the store call below goes without it
-            entries = self._increments(live, tickets, values)
+            entries = increments(live, tickets, values)
         spec = live.spec
         reward = np.asarray(values, dtype=np.float64)
         batch = [
@@ -636,47 +577,6 @@ class Engine:
         ]
         return self.store.add_many(spec.name, batch)
 
-    def _increments(
-        self, live: Live, tickets: Sequence[Ticket], values: Sequence[float]
-    ) -> list[list[tuple[str, int, float]]]:
-        """Each reward's ``(field, flat index, amount)`` entries against the snapshot."""
-        spec = live.spec
-        k = len(spec.alternatives)
-        n = len(tickets)
-        arm = np.array([t.arm for t in tickets])
-        prop = np.array([t.propensity for t in tickets])
-        reward = np.asarray(values, dtype=np.float64)
-        entries: list[list[tuple[str, int, float]]] = [[] for _ in range(n)]
-        contextual = spec.policy.context_dim is not None
-        sparse = (
-            None
-            if contextual
-            else spec.policy.sparse_increment(arm, reward, prop[np.arange(n), arm], k)
-        )
-        if sparse is not None:  # amounts at [0, arm] of each (1, K) field
-            for name, amount in sparse.items():
-                for i, (a, v) in enumerate(
-                    zip(arm.tolist(), np.asarray(amount).tolist(), strict=True)
-                ):
-                    entries[i].append((f"policy.{name}", a, v))
-        else:
-            for i in range(n):
-                one = PolicyDecision(arm[i : i + 1], prop[i : i + 1])
-                x = np.array([tickets[i].context]) if contextual else None
-                inc = spec.policy.increment(one, reward[i : i + 1], x).to_dict()
-                rows_into(entries[i : i + 1], "policy", inc)
-        # the tests' increments, one row per reward, against the same snapshot
-        rows = np.zeros(n, dtype=np.int64)
-        if spec.test is not None:
-            inc = spec.test.increment(
-                live.test_state.rows(rows), arm[:, None], reward[:, None], prop
-            )
-            rows_into(entries, "test", inc.to_dict())
-        for g, (guard, state) in enumerate(zip(spec.guardrails, live.guard_states, strict=True)):
-            inc = guard.test.increment(state.rows(rows), arm[:, None], reward[:, None], prop)
-            rows_into(entries, f"guard.{g}", inc.to_dict())
-        return entries
-
     def warm_up(self) -> None:
         """Compute (and throw away) one reward's increments per experiment, so compiled
         code is loaded before the first real reward rather than during it; nothing is
@@ -687,7 +587,7 @@ class Engine:
                 dim = live.spec.policy.context_dim
                 x = None if dim is None else (0.0,) * dim
                 ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0, x)
-                self._increments(live, [ticket], [live.spec.reward_range[0]])
+                increments(live, [ticket], [live.spec.reward_range[0]])
 
     def expire(self) -> int:
         """Apply the default reward to every decision whose join window closed without a
