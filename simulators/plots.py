@@ -11,7 +11,9 @@ cell's parameters and its ``Result.summary()``):
 cells (:func:`pareto`) labelled. :mod:`simulators.report` puts them in one page.
 
 matplotlib is imported inside the plotting functions (``Figure`` and the Agg canvas, no
-pyplot and no global state), so importing this module does not load it.
+pyplot and no global state), so importing this module does not load it. The drift plots
+live in :mod:`simulators.plots_drift`, the sizes, palette and figure helpers every plot
+shares in :mod:`simulators._plot_base`; both are importable from here.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._plot_base import _ACCENT, _GREY, _TAB, _figure, _save
+from ._plot_base import DPI as DPI
+from ._plot_base import FRONTIER_SIZE as FRONTIER_SIZE
+from ._plot_base import SIZE as SIZE
+from ._plot_base import Names as Names
+from ._plot_base import _arm_names as _arm_names
+from .plots_drift import drift_states as drift_states
+from .plots_drift import plot_drift
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from policies.base import FloatArray
-
     from .runner import Result
 
-Names = Sequence[str] | None
 Rows = Sequence[Mapping[str, Any]]
 
 __all__ = [
@@ -45,17 +53,10 @@ __all__ = [
     "plot_regret",
 ]
 
-#: Resolution and sizes (inches) of every plot: 100 dpi, so 800 x 450 px and 1100 x 600 px.
-DPI = 100
-SIZE = (8.0, 4.5)
-FRONTIER_SIZE = (11.0, 6.0)
 
 #: Keys of a sweep row the frontier reads (``Result.summary()`` provides them).
 FRONTIER_KEYS = ("regret_mean", "loss_vs_control_p99", "steps_to_promotion_mean")
 
-_RESULT_ATTRS = (  # what the report reads of a Result
-    "regret loss_vs_control pulls steps allocation regret_quantiles regret_curve transitions"
-).split()
 #: Readable labels and kinds (for formatting) of the summary's keys.
 _METRICS: dict[str, tuple[str, str, str]] = {  # key: (label, short label, kind)
     "replicates": ("replicates", "replicates", "count"),
@@ -83,37 +84,6 @@ _METRICS: dict[str, tuple[str, str, str]] = {  # key: (label, short label, kind)
     "new_best_rate": ("promoted the new best after reopening", "new best", "rate"),
     "repromotion_steps_mean": ("steps from reopening to promotion, mean", "repromo", "num"),
 }
-_GREY = "#7f7f7f"
-_TAB = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
-_TAB += ["#17becf"]  # tab10 without its grey, which is control's
-_ACCENT = "#d62728"
-
-
-def _arm_names(where: str, result: Result, arm_names: Names) -> list[str]:
-    """Check ``result`` has what the report reads; the K arm names (default names if None)."""
-    missing = [a for a in _RESULT_ATTRS if not hasattr(result, a)]
-    if missing:
-        raise ValueError(
-            f"{where}: missing attributes {missing} (got {type(result).__name__}); "
-            "a simulators.runner.Result is accepted"
-        )
-    k = np.shape(result.pulls)[-1]
-    m = np.shape(result.steps)[0]
-    if np.shape(result.allocation) != (m, k) or np.shape(result.regret_quantiles) != (m, 3):
-        raise ValueError(
-            f"{where}: allocation {np.shape(result.allocation)} and regret_quantiles "
-            f"{np.shape(result.regret_quantiles)} must be ({m}, {k}) and ({m}, 3) for "
-            f"{m} steps and {k} arms"
-        )
-    if arm_names is None:
-        return ["control"] + [f"arm {i}" for i in range(1, k)]
-    names = [str(a) for a in arm_names]
-    if len(names) != k:
-        raise ValueError(
-            f"{where}: has {k} arms but arm_names has {len(names)} (got {names!r}); "
-            "give one name per arm, control first"
-        )
-    return names
 
 
 def _check_rows(rows: Rows, required: Sequence[str]) -> None:
@@ -151,22 +121,6 @@ def _number(where: str, value: Any) -> float:
         return float(value) if value is not None else math.nan
     except (TypeError, ValueError):
         raise ValueError(f"{where}: must be a number (got {value!r})") from None
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=size, dpi=DPI, layout="constrained")
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    out = Path(path)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, format="png", metadata={"Software": None})
-    fig.clear()  # a Figure outside pyplot is freed with its last reference; drop artists now
-    return out
 
 
 def _axes(title: str, xlabel: str, ylabel: str, steps: Any = None) -> tuple[Figure, Any]:
@@ -259,88 +213,6 @@ def plot_loss(result: Result, path: str | Path, *, budget: float | None = None) 
         ax.axvline(budget, color=_ACCENT, lw=2.0, label=beyond)
         ax.axvspan(budget, max(budget, float(loss.max())) + 1e-12, color=_ACCENT, alpha=0.08)
     fig.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=9)
-    return _save(fig, path)
-
-
-def drift_states(result: Result, steps: Any) -> tuple[FloatArray, list[str]]:
-    """The share of replicates in each lifecycle state at each of ``steps`` (S,): (S, K + 2)
-    with columns: exploring (never promoted), each arm promoted (K, control's stays 0),
-    exploring again after a reopening; and the columns' names (``arm k`` for arms)."""
-    if result.drift_at is None or result.epoch_promoted_at is None or result.epoch_arm is None:
-        raise ValueError("result: ran without a drift detector (Scenario.drift)")
-    t = np.asarray(steps, dtype=float)[:, None, None]
-    d = (result.drift_at[None] <= t).sum(axis=2)  # (S, B) detections so far
-    p = (result.epoch_promoted_at[None] <= t).sum(axis=2)  # promotions so far
-    k = np.shape(result.pulls)[-1]
-    champion = np.take_along_axis(result.epoch_arm[None], d[..., None], axis=2)[..., 0]
-    state = np.where(p > d, champion, np.where(d > 0, k, -1)) + 1  # 0: never promoted
-    share = np.stack([(state == j).mean(axis=1) for j in range(k + 2)], axis=1)
-    return share, ["exploring", *[f"arm {j}" for j in range(k)], "reopened, exploring"]
-
-
-def plot_drift(result: Result, path: str | Path, *, arm_names: Names = None) -> Path:
-    """Left: the share of replicates in each lifecycle state over time (stacked: never
-    promoted, each arm promoted, exploring again after a drift reopened it), the
-    environment's change step marked. Right: a histogram of the time to detect (steps
-    from the change to the first detection after it), or of the detection steps when the
-    change step is not known.
-
-    Parameters
-    ----------
-    result, path : a :class:`~simulators.runner.Result` of a scenario with a drift
-        detector; where to write the PNG (1100 x 450 px)
-    arm_names : K names, control first
-
-    Returns
-    -------
-    Path : ``path``
-
-    Raises
-    ------
-    ValueError : the result has no drift records
-    """
-    names = _arm_names("result", result, arm_names)
-    end = float(result.steps[-1])
-    grid = np.linspace(0.0, end, 400)
-    share, _ = drift_states(result, grid)
-    fig = _figure((11.0, 4.5))
-    left, right = fig.subplots(1, 2, width_ratios=[1.4, 1.0])
-    labels = ["exploring", *[f"{n} promoted" for n in names[1:]], "reopened, exploring"]
-    colours = ["#c7c7c7", *[_TAB[i % len(_TAB)] for i in range(len(names) - 1)], "#fdd0a2"]
-    shown = share[:, [0, *range(2, share.shape[1])]].T  # control is never promoted
-    left.stackplot(grid, shown, labels=labels, colors=colours, alpha=0.9)
-    left.set(xlim=(0, end), ylim=(0, 1), xlabel="step (users served)")
-    left.set(ylabel=f"share of replicates (of {len(result.regret)})")
-    left.set_title("Lifecycle state of each replicate")
-    c = result.change_at
-    if c is not None:
-        left.axvline(c, color="black", ls="--", lw=1.2, label=f"change at step {c:,}")
-    left.legend(loc="lower left", fontsize=8, framealpha=0.85)
-    at = np.asarray(result.drift_at, dtype=float)
-    right.grid(alpha=0.3)
-    if c is not None:
-        s = result.drift_summary()
-        after = np.where(np.isfinite(at) & (at > c), at, np.inf).min(axis=1)
-        delay = after[np.isfinite(after)] - c
-        if delay.size:  # whole steps: one bin per step, or per few
-            width = max(1, math.ceil((delay.max() - delay.min() + 1) / 40))
-            bins = np.arange(delay.min(), delay.max() + width + 1, width) - 0.5
-            right.hist(delay, bins=bins, color="#6baed6", edgecolor="white")
-            mean = f"mean {s['detect_delay_mean']:.4g}, 90% {s['detect_delay_p90']:.4g}"
-            right.axvline(s["detect_delay_mean"], color="#08306b", ls="--", label=mean)
-            right.legend(loc="upper right", fontsize=8, framealpha=0.85)
-        right.set(xlabel="steps from the change to its detection")
-        right.set_title(
-            f"Time to detect (detected in {s['detected_rate']:.1%})\nreopened before the "
-            f"change {s['false_reopen_rate']:.1%}; new best promoted {s['new_best_rate']:.1%}",
-            fontsize=9,
-        )
-    else:
-        first = at[:, 0][np.isfinite(at[:, 0])]
-        right.hist(first, bins=40, color="#6baed6", edgecolor="white")
-        right.set(xlabel="step of the first detection")
-        right.set_title("Detections (no known change step)", fontsize=9)
-    right.set(ylabel="replicates")
     return _save(fig, path)
 
 
