@@ -40,6 +40,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.report import write_report
     from simulators.runner import run
 
+    raw = _read_toml(Path(args.scenario))
+    if "experiment" in raw:  # generated alternatives: the real engine, against a curve
+        return _simulate_tuning(args, raw)
     try:
         spec = load_scenario(args.scenario, replicates=args.replicates, seed=args.seed)
     except ScenarioError as e:
@@ -71,6 +74,119 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         budget=budget,
     )
     print(f"report: {html}")
+    return 0
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+_TUNING = ("name", "replicates", "steps", "seed", "batch", "curve", "experiment")
+
+
+def _simulate_tuning(args: argparse.Namespace, raw: dict[str, Any]) -> int:
+    """A tuning scenario (:mod:`simulators.tuning`): the file's ``[experiment]``, with
+    generated alternatives, run by the real engine (an in-memory store) against its
+    ``[curve]``, replicate by replicate."""
+    from simulators.tuning import parse_curve
+
+    from .config import parse_config
+    from .demo import tuning
+
+    where = args.scenario
+    for key in raw:
+        if key not in _TUNING:
+            raise ConfigError(f"{where}: {key}: unknown key; accepted: {', '.join(_TUNING)}")
+    name = raw.get("name", Path(args.scenario).stem)
+    numbers = {}
+    for key, default in (("replicates", 10), ("steps", 24_000), ("seed", 0), ("batch", 50)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (key != "seed"):
+            raise ConfigError(f"{where}: {key}: must be an integer >= 1 (got {value!r})")
+        numbers[key] = value
+    replicates = args.replicates or numbers["replicates"]
+    seed = numbers["seed"] if args.seed is None else args.seed
+    steps, batch = numbers["steps"], numbers["batch"]
+    try:
+        curve = parse_curve(raw.get("curve"))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    table = raw["experiment"]
+    try:
+        (spec,) = parse_config({"experiments": {"experiment": table}}).experiments
+    except ConfigError as e:  # its paths as in this file
+        raise ConfigError(
+            f"{where}: {str(e).replace('experiments.experiment', 'experiment')}"
+        ) from None
+    if spec.generate is None or curve.param not in {p.name for p in spec.generate.space}:
+        raise ConfigError(
+            f"{where}: experiment.generate.space: must include curve.param {curve.param!r}"
+        )
+    out = Path(args.out) if args.out else Path("out") / name
+    print(
+        f"simulating {name}: {replicates:,} runs x {steps:,} requests through the engine "
+        f"(generated alternatives over {', '.join(p.name for p in spec.generate.space)}), "
+        f"seed {seed}",
+        file=sys.stderr,
+    )
+    runs = []
+    with _bar(replicates, name, "run", args.quiet) as bar:
+        for r in range(replicates):
+            runs.append(tuning.simulate(seed + r, steps, batch, curve=curve, table=table))
+            bar.update(1)
+    print(
+        f"{'seed':>6} {'final ' + curve.param:>16} {'gap':>6} {'served/ctl':>10} "
+        f"{'cands':>5} {'epochs':>6}"
+    )
+    for run in runs:
+        ratio = run.served[-1] / run.control[-1]
+        print(
+            f"{run.seed:>6} {run.final_ms:>16.6g} {run.final_gap:>6.3f} {ratio:>10.3f} "
+            f"{run.candidates:>5} {run.epochs:>6}"
+        )
+    within = sum(run.final_gap <= curve.tolerance for run in runs)
+    held = sum(run.worst_slack >= 0 for run in runs)
+    alpha = tuning._alpha(spec.policy)
+    print(
+        f"within {curve.tolerance:g} of the best reward ({curve.best:g}): {within} of "
+        f"{replicates}; served >= (1 - {alpha:g}) x control at every request: {held} of "
+        f"{replicates}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "steps": steps,
+                "within_tolerance": within,
+                "budget_held": held,
+                "runs": [
+                    {
+                        "seed": run.seed,
+                        "final": run.final_ms,
+                        "final_gap": run.final_gap,
+                        "served_over_control": run.served[-1] / run.control[-1],
+                        "worst_slack": run.worst_slack,
+                        "candidates": run.candidates,
+                        "epochs": run.epochs,
+                    }
+                    for run in runs
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    tuning.plot(runs, out / "tuning.png", alpha=alpha, batch=batch)
+    print(f"report: {out / 'summary.json'} and {out / 'tuning.png'}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,52 @@ def test_ope_refuses_bad_logs_and_settings(
     assert main(["ope", str(OBD), "--candidate", "best", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "candidate: unknown (got 'best'); accepted: best-arm, uniform, logging" in err
+
+
+def test_a_tuning_scenario_runs_generated_alternatives_through_the_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # examples/tuning.toml with shorter runs: the command runs the real engine against the
+    # file's response curve and writes the figures and the plot. The acceptance figures
+    # (10 runs of 24,000) are asserted in tests/autoexp/test_generate.py on the same
+    # scenario; here, what the command reports must be what the runs did.
+    text = (EXAMPLES / "tuning.toml").read_text().replace("steps = 24_000", "steps = 8_000")
+    scenario = tmp_path / "tuning.toml"
+    scenario.write_text(text)
+    out = tmp_path / "out"
+    code = main(["simulate", str(scenario), "--replicates", "2", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((out / "summary.json").read_text())
+    assert [r["seed"] for r in doc["runs"]] == [0, 1] and doc["steps"] == 8_000
+    for r in doc["runs"]:
+        # the budget's slack is a real minimum over requests (the first one's at most)
+        assert r["worst_slack"] <= 0.1 * 0.31 and r["candidates"] >= 3
+        assert 0.0 <= r["final_gap"] <= 0.6 - 0.3
+    held = sum(r["worst_slack"] >= 0 for r in doc["runs"])
+    assert f"served >= (1 - 0.1) x control at every request: {held} of 2" in printed
+    assert (out / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (("optimum = 800", "optimum = -8"), r"curve.optimum: a log scale needs > 0"),
+        (("width = 0.5", "width = 0.5\ncolour = 1"), r"curve.colour: unknown key"),
+        (("tolerance = 0.06", "tolerance = 0.5"), r"curve.tolerance: must be in"),
+        (('param = "timeout_ms"', 'param = "depth"'), r"generate.space: must include curve"),
+        (("initial = 8", "initial = -1"), r"experiment.generate.initial: must be an integer"),
+        (("steps = 24_000", "steps = 0"), r"steps: must be an integer >= 1"),
+    ],
+)
+def test_tuning_scenario_errors_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], match: str
+) -> None:
+    text = (EXAMPLES / "tuning.toml").read_text()
+    assert change[0] in text
+    scenario = tmp_path / "tuning.toml"
+    scenario.write_text(text.replace(change[0], change[1], 1))
+    assert main(["simulate", str(scenario), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
