@@ -223,6 +223,7 @@ class Engine:
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
         live = Live(spec=spec, rule=rule, shapes=shapes, reader=reader)
+        live.dim = spec.policy.context_dim
         live.names = list(spec.alternatives)
         live.params = list(spec.params) if spec.params is not None else [{} for _ in range(k)]
         self._refresh(live)
@@ -354,8 +355,13 @@ class Engine:
         missing); :class:`RequestError` otherwise, with nothing recorded.
         """
         live = self._get(name)
-        features = decision_context(live.spec, context, self._clock)
-        dim = live.spec.policy.context_dim
+        dim = live.dim
+        # the common case (no context, a context-free policy) without a call
+        features = (
+            None
+            if context is None and dim is None
+            else decision_context(live.spec, context, self._clock)
+        )
         with self._lock:
             if self._down is not None and time.monotonic() - self._probed >= 1.0:
                 self._probe()  # at most once a second from here (the writer probes too)
@@ -485,7 +491,7 @@ class Engine:
         k = len(spec.alternatives)
         if ticket.arm >= k or len(ticket.propensity) != k:
             raise RewardError(f"token: does not match experiment {spec.name!r}'s arms")
-        dim = spec.policy.context_dim
+        dim = live.dim
         if dim is not None and (ticket.context is None or len(ticket.context) != dim):
             raise RewardError(
                 f"token: carries no context of {dim} numbers, which experiment "

@@ -200,6 +200,7 @@ class Live:
     baseline: dict[str, np.ndarray] | None = None
     watch: Any = None  # the drift detector's reading of the log (autoexp.watch.Watch)
     reader: Any = None  # a learner's deployed snapshots (autoexp.model.ModelReader)
+    dim: int | None = None  # the policy's context_dim, read once (decide reads it each call)
     # each arm's name and parameters now (generated experiments: the candidates')
     names: list[str] = field(default_factory=list)
     params: list[Mapping[str, Any]] = field(default_factory=list)
