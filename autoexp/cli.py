@@ -77,6 +77,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     import logging
     import time
 
+    from policies.build import find_in_stack
     from policies.gate import Gate
 
     from .config import load_config
@@ -92,10 +93,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             f"--experiment: {args.experiment!r} is not in {args.config}; defined: "
             f"{', '.join(e.name for e in config.experiments)}"
         )
-    policy: Any = spec.policy
-    while not is_learner(policy) and hasattr(policy, "policy"):  # inside safety wrappers
-        policy = policy.policy
-    if not is_learner(policy):
+    policy: Any = find_in_stack(spec.policy, is_learner)  # inside safety wrappers
+    if policy is None:
         raise ConfigError(
             f"experiments.{spec.name}.policy: {spec.policy.name!r} is not a learner; "
             "accepted: vw-cb, river-ts"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import PolicyBase
+from policies.build import find_in_stack
 from policies.drift import PageHinkley
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, PromotionRule
 from policies.safety import ConservativeBudget
@@ -128,7 +129,7 @@ class ExperimentSpec:
             )
         if self.test is None:
             raise ConfigError(f"{where}.test: generated candidates need a sequential test")
-        if budget_of(self.policy, None, check=True) is None:
+        if budget_in(self.policy) is None:
             raise ConfigError(
                 f"{where}.safety.conservative_alpha: generated candidates need a "
                 "conservative budget (nothing generated may push served reward below it)"
@@ -257,18 +258,19 @@ def rows_into(
             entries[r].append((field, c, v))
 
 
-def budget_of(policy: Any, stats: Any, *, check: bool = False) -> dict[str, float] | None:
+def budget_in(policy: Any) -> ConservativeBudget | None:
+    """The conservative budget in a policy stack, if it has one."""
+    return find_in_stack(policy, lambda p: isinstance(p, ConservativeBudget))  # type: ignore[no-any-return]
+
+
+def budget_of(policy: Any, stats: Any) -> dict[str, float] | None:
     """The conservative budget in a policy stack: ``alpha``, ``delta`` and ``remaining``
-    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one.
-    ``check``: only whether there is one (``{}`` if so)."""
-    while policy is not None:
-        if isinstance(policy, ConservativeBudget):
-            if check:
-                return {}
-            left = float(policy.remaining(stats)[0])
-            return {"alpha": policy.alpha, "delta": policy.delta, "remaining": left}
-        policy = getattr(policy, "policy", None)  # a traffic cap keeps its policy's state
-    return None
+    (:meth:`~policies.safety.ConservativeBudget.remaining`); ``None`` without one."""
+    budget = budget_in(policy)
+    if budget is None:
+        return None
+    left = float(budget.remaining(stats)[0])  # a traffic cap keeps its policy's state
+    return {"alpha": budget.alpha, "delta": budget.delta, "remaining": left}
 
 
 def part(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,12 @@ __all__ = ["ACTIONS", "changes_of", "evidence_of", "history_of", "look", "operat
 ACTIONS = ("pause", "resume", "promote", "roll_back")
 
 
+def shared_status(store: Store, live: Live) -> list[str]:
+    """Each alternative's state as the store has it (all exploring before any change)."""
+    raw = store.get(live.spec.name, "status")
+    return json.loads(raw) if raw else ["exploring"] * len(live.spec.alternatives)
+
+
 def transition_key(epoch: int, arm: int, new: str) -> str:
     """The store's once-key of a lifecycle change: one per arm and state in each epoch
     (a reopened experiment may promote the same arm again)."""
@@ -88,8 +94,7 @@ def operator_change(
         arm = spec.alternatives.index(alternative)
         if arm == 0:
             raise StateError(f"{name}: {alternative!r} is the control")
-        raw = store.get(name, "status")
-        status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
+        status = shared_status(store, live)
         new = "promoted" if action == "promote" else "rolled_back"
         if new == "promoted" and "promoted" in status:
             winner = spec.alternatives[status.index("promoted")]
@@ -205,7 +210,6 @@ def retire(
     }
     if store.add(spec.name, {}, once=transition_key(live.epoch, arm, new), record=record):
         store.set(spec.name, f"change:{arm}", json.dumps(record))
-        raw = store.get(spec.name, "status")
-        status = json.loads(raw) if raw else ["exploring"] * len(spec.alternatives)
+        status = shared_status(store, live)
         status[arm] = new
         store.set(spec.name, "status", json.dumps(status))

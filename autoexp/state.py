@@ -103,7 +103,7 @@ def increments(
     prop = np.array([t.propensity for t in tickets])
     reward = np.asarray(values, dtype=np.float64)
     entries: list[list[tuple[str, int, float]]] = [[] for _ in range(n)]
-    contextual = spec.policy.context_dim is not None
+    contextual = live.dim is not None
     sparse = (
         None
         if contextual

@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from .base import Decision, FloatArray, PolicyBase, Stats, check_params, uniforms
+from .base import (
+    Decision,
+    FloatArray,
+    PolicyBase,
+    Stats,
+    check_params,
+    context_rows,
+    uniforms,
+)
 
 __all__ = ["LearnerStats", "ObjectArray"]
 
@@ -84,32 +92,8 @@ class _Learner(PolicyBase):
         )
 
     def context(self, context: npt.ArrayLike | None, batch: int) -> FloatArray:
-        """``context`` as a (B, dim) array of finite numbers.
-
-        Raises
-        ------
-        TypeError
-            If there is no context or it is not numbers.
-        ValueError
-            If its shape is not (B, dim) or (dim,) with B = 1, or a number is not finite.
-        """
-        if context is None:
-            raise TypeError(f"{self.name}: needs a context of {self.dim} numbers per row")
-        try:
-            x = np.asarray(context, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{self.name}: context must be numbers (got {type(context).__name__})"
-            ) from None
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.shape != (batch, self.dim):
-            raise ValueError(
-                f"{self.name}: context must have shape ({batch}, {self.dim}) (got {x.shape})"
-            )
-        if not np.isfinite(x).all():
-            raise ValueError(f"{self.name}: context must be finite numbers")
-        return x
+        """``context`` as a (B, dim) array of finite numbers (:func:`context_rows`)."""
+        return context_rows(self.name, self.dim, context, batch)
 
     def _observation(
         self, stats: LearnerStats, decision: Decision, reward: FloatArray, context: Any

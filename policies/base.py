@@ -39,6 +39,7 @@ __all__ = [
     "check_context_free",
     "check_params",
     "check_reward",
+    "context_rows",
     "draw",
     "ratio",
     "uniforms",
@@ -358,6 +359,34 @@ def check_reward(
             f"{where}: reward out of range (got {value!r} in row {bad}); accepted: [{low}, {high}]"
         )
     return r
+
+
+def context_rows(where: str, dim: int, context: npt.ArrayLike | None, batch: int) -> FloatArray:
+    """A contextual policy's ``context`` as a (B, dim) array of finite numbers (one row of
+    ``dim`` is taken for B = 1).
+
+    Raises
+    ------
+    TypeError
+        If there is no context or it is not numbers.
+    ValueError
+        If its shape is not (B, dim), or a number is not finite.
+    """
+    if context is None:
+        raise TypeError(f"{where}: needs a context of {dim} numbers per row")
+    try:
+        x = np.asarray(context, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{where}: context must be numbers (got {type(context).__name__})"
+        ) from None
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.shape != (batch, dim):
+        raise ValueError(f"{where}: context must have shape ({batch}, {dim}) (got {x.shape})")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: context must be finite numbers")
+    return x
 
 
 def check_context_free(where: str, context: object) -> None:

@@ -10,14 +10,22 @@ callers re-raise them as their own kind.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .base import PolicyBase
 from .promotion import PromotionRule
 from .safety import ConservativeBudget, Guardrail, TrafficCap
 
-__all__ = ["SAFETY_KEYS", "construct", "guardrails", "named", "promotion_rule", "safety_stack"]
+__all__ = [
+    "SAFETY_KEYS",
+    "construct",
+    "find_in_stack",
+    "guardrails",
+    "named",
+    "promotion_rule",
+    "safety_stack",
+]
 
 #: The settings of the safety wrappers, as config files and the SDK name them.
 SAFETY_KEYS = ("explore_share", "conservative_alpha", "conservative_delta")
@@ -118,3 +126,14 @@ def promotion_rule(raw: Any, test: Any, where: str) -> PromotionRule:
     params = {"test_name": test.name, **raw}
     rule: PromotionRule = construct(PromotionRule, params, where, skip=("test_name",))
     return rule
+
+
+def find_in_stack(policy: Any, accept: Callable[[Any], bool]) -> Any:
+    """The first policy in a stack (``policy``, then each wrapper's ``policy``) that
+    ``accept`` takes; ``None`` if none does. The wrappers pass their state through, so a
+    stack's state is also the state of what this finds (a budget's, say)."""
+    while policy is not None:
+        if accept(policy):
+            return policy
+        policy = getattr(policy, "policy", None)
+    return None

@@ -34,6 +34,7 @@ from .base import (
     Stats,
     argmax_allocation,
     check_params,
+    context_rows,
 )
 
 __all__ = ["LinTS", "LinUCB", "LinearStats"]
@@ -105,19 +106,8 @@ class _Linear(PolicyBase):
         return self.init(1, 1).like(data)
 
     def context(self, context: npt.ArrayLike | None, batch: int) -> FloatArray:
-        """``context`` as a (B, dim) array of finite numbers; ``ValueError`` otherwise."""
-        if context is None:
-            raise TypeError(f"{self.name}: needs a context of {self.dim} numbers per row")
-        x = np.asarray(context, dtype=np.float64)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.shape != (batch, self.dim):
-            raise ValueError(
-                f"{self.name}: context must have shape ({batch}, {self.dim}) (got {x.shape})"
-            )
-        if not np.isfinite(x).all():
-            raise ValueError(f"{self.name}: context must be finite numbers")
-        return x
+        """``context`` as a (B, dim) array of finite numbers (:func:`context_rows`)."""
+        return context_rows(self.name, self.dim, context, batch)
 
     def estimate(
         self, stats: LinearStats, context: npt.ArrayLike | None

@@ -147,11 +147,10 @@ def simulate(
 
 def _alpha(policy: Any) -> float:
     """The conservative budget's alpha in a policy stack (generated experiments have one)."""
-    while policy is not None:
-        if hasattr(policy, "alpha") and hasattr(policy, "delta"):
-            return float(policy.alpha)
-        policy = getattr(policy, "policy", None)
-    return math.nan
+    from autoexp.experiment import budget_in
+
+    budget = budget_in(policy)
+    return math.nan if budget is None else float(budget.alpha)
 
 
 def plot(runs: list[TuningRun], out: Path, *, alpha: float, batch: int = 50) -> None:
