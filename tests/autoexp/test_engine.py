@@ -522,3 +522,32 @@ def test_decisions_go_on_while_the_log_is_written() -> None:
     assert decided == [d.id for d in made + more]
     reward_at = next(i for i, r in enumerate(log) if r["type"] == "reward")
     assert reward_at > [r.get("decision_id") for r in log].index(more[-1].id)
+
+
+def test_decision_ids_sort_by_time_and_differ_after_a_fork(store: Any) -> None:
+    """Ids are 24 hex digits, the millisecond first: later decisions sort later (the
+    SQLite store's index of applied rewards grows at its end), and none repeats, in this
+    process or in a forked child (whose random part is reseeded)."""
+    import os
+
+    clock = Clock()
+    # no background writer: a forked child must not inherit a lock held by a thread
+    engine = Engine(store, [spec()], secret=SECRET, seed=2, clock=clock, log_flush_s=0.0)
+    ids = []
+    for _ in range(50):
+        ids += [engine.decide("ranker").id for _ in range(40)]
+        clock.now += 0.001
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    assert ids[::40] == sorted(ids[::40]) and len(set(ids)) == len(ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id to the parent, then out without cleanup
+        os.write(write, engine.decide("ranker").id.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = engine.decide("ranker").id  # without the reseed, the child's twin
+    assert len(child) == 24 and child[:11] == parent[:11]
+    assert child not in ids and child != parent

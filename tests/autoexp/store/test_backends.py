@@ -146,3 +146,23 @@ def test_another_process_logs_a_record_without_declaring(durable_store: Any) -> 
     # an experiment nobody declared is still refused, with nothing written
     with pytest.raises(StoreError, match="no declared state"):
         durable_store.add("nobody", {}, record={"type": "x"})
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["json_each", "executemany"])
+def test_sqlite_batches_keep_records_exact_and_in_order(tmp_path: Path, bulk: bool) -> None:
+    """A batch of log lines is inserted in one statement (SQLite's ``json_each``) where
+    the library has the JSON functions, row by row otherwise: either way each record
+    reads back equal to what was written, floats to the last bit, in order."""
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    store._json = bulk and store._json  # the row-by-row path, as on an SQLite without JSON
+    store.declare("e", {"n": (2,)})
+    rng = np.random.default_rng(3)
+    records = [
+        {"i": i, "x": float(v), "tiny": float(v) * 1e-300, "s": f'é"\\{i}\u2028', "n": None}
+        for i, v in enumerate(rng.standard_normal(300))
+    ]
+    store.append("e", records[:150])
+    items = [(f"r{i}", [("n", i % 2, 1.0)], r) for i, r in enumerate(records[150:])]
+    assert store.add_many("e", items + items[:3]) == [True] * 150 + [False] * 3
+    assert store.records("e") == records
+    assert store.read("e")["n"].tolist() == [75.0, 75.0]
