@@ -73,9 +73,10 @@ from .lifecycle import (
     history_of,
     operator_change,
 )
+from .records import decision_line, floats_json, reward_line
 from .snapshot import serving_policy
 from .state import increments, install
-from .store.base import Store
+from .store.base import Item, Record, Store
 from .tokens import Ticket, keys_from, sign, verify
 from .watch import drift_status, watch
 
@@ -277,12 +278,11 @@ class Engine:
                 admitted = int(self.store.get(spec.name, f"admitted:{live.epoch}") or 0)
                 with self._lock:
                     live.admitted = min(admitted, spec.generate.slots)
-        data = self.store.read(spec.name)
+        data, (raw, paused_raw) = self.store.read_meta(spec.name, ("status", "paused"))
         if not set(live.shapes) <= set(data):  # a store that lost everything (a Redis
             self.store.declare(spec.name, live.shapes)  # restarted without persistence)
             data = self.store.read(spec.name)
-        raw = self.store.get(spec.name, "status")
-        paused = self.store.get(spec.name, "paused") == "1"
+        paused = paused_raw == "1"
         with self._lock:
             install(self.store, live, data, raw, paused, self._clock)
         if spec.generate is not None:
@@ -342,8 +342,9 @@ class Engine:
         live.since_refresh += 1
         if live.since_refresh >= live.spec.refresh_every:
             if defer:
-                live.refresh_due = True
-                self._wake.set()
+                if not live.refresh_due:  # once: the writer clears it when it refreshes
+                    live.refresh_due = True
+                    self._wake.set()
                 return
             self._refresh_now(live)
 
@@ -416,8 +417,22 @@ class Engine:
                 None if dim is None else tuple(features),  # type: ignore[arg-type]
             )
             token = sign(self._keys, ticket)
-            live.buffer.append(
-                {
+            if features is None:  # the common record as JSON text (autoexp.records)
+                line: Record = decision_line(
+                    decision_id=did,
+                    time=now,
+                    experiment=name,
+                    unit_hash=unit_hash,
+                    arm=arm,
+                    alternative=live.names[arm],
+                    propensity=row[arm],
+                    allocation=live.row_json if row is live.row else floats_json(row),
+                    policy=spec.policy.name,
+                    version=live.version,
+                    seed=self._seed,
+                )
+            else:
+                line = {
                     "type": "decision",
                     "decision_id": did,
                     "time": now,
@@ -435,10 +450,13 @@ class Engine:
                     "reward": None,
                     "reward_time": None,
                 }
-            )
+            live.buffer.append(line)
             if len(live.buffer) >= self._log_batch:
                 if self._flusher is not None:
-                    self._wake.set()  # written by the background writer, off this path
+                    # written by the background writer, off this path; woken once (a set
+                    # flag means it has not yet cleared it, so it takes this one too)
+                    if not self._wake.is_set():
+                        self._wake.set()
                 else:
                     self._try_flush(live)
             decision = Decision(
@@ -580,20 +598,18 @@ class Engine:
         with self._lock:  # against the snapshot; the store call below goes without it
             entries = increments(live, tickets, values)
         spec = live.spec
-        reward = np.asarray(values, dtype=np.float64)
-        batch = [
+        batch: list[Item] = [
             (
                 f"reward:{t.id}",
                 entries[i],
-                {
-                    "type": "reward",
-                    "source": source,
-                    "decision_id": t.id,
-                    "experiment": spec.name,
-                    "arm": t.arm,
-                    "reward": float(reward[i]),
-                    "reward_time": now,
-                },
+                reward_line(
+                    source=source,
+                    decision_id=t.id,
+                    experiment=spec.name,
+                    arm=t.arm,
+                    reward=float(values[i]),
+                    time=now,
+                ),
             )
             for i, t in enumerate(tickets)
         ]

@@ -189,8 +189,9 @@ class Live:
     refresh_due: bool = False  # decide's cadence reached: the background writer refreshes
     late: int = 0
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
+    row_json: str = "[]"  # the row as the decision log writes it (autoexp.records)
     cumulative: list[float] = field(default_factory=list)
-    buffer: list[dict[str, Any]] = field(default_factory=list)  # decisions not yet logged
+    buffer: list[Any] = field(default_factory=list)  # decisions not yet logged (records)
     # a contextual policy's allocations served since the last refresh: their sum and count
     # (the status page shows their mean as "the" allocation)
     served_sum: np.ndarray | None = None

@@ -20,6 +20,7 @@ from policies.safety import restricted_allocation
 from .experiment import ExperimentSpec, Live, part, rows_into, served
 from .generate import generated_allocation, generation_active
 from .lifecycle import look
+from .records import floats_json
 from .store.base import Store
 from .tokens import Ticket
 
@@ -71,6 +72,7 @@ def install(
         alloc = generated_allocation(live, alloc)
     live.allocation = served(alloc, status, paused)
     live.row = tuple(float(x) for x in live.allocation)
+    live.row_json = floats_json(live.row)
     live.cumulative = np.cumsum(live.allocation).tolist()
     live.version += 1
     live.since_refresh = 0

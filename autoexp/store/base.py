@@ -29,7 +29,9 @@ import numpy.typing as npt
 from ..errors import StoreError
 
 __all__ = [
+    "Encoded",
     "Item",
+    "Record",
     "Store",
     "check_amounts",
     "check_declared",
@@ -41,8 +43,19 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class Encoded(str):
+    """A log record already written as strict JSON by its maker (the engine's most
+    frequent records: :mod:`autoexp.records`); stores write it as it is."""
+
+    __slots__ = ()
+
+
+#: A log record: a mapping (encoded by :func:`dumps`) or its JSON text.
+Record = Mapping[str, Any] | Encoded
 #: One reward of a batch: its once id, its (field, flat index, amount) entries, its record.
-Item = tuple[str, Sequence[tuple[str, int, float]], Mapping[str, Any]]
+Item = tuple[str, Sequence[tuple[str, int, float]], Record]
 
 
 class Store(Protocol):
@@ -58,6 +71,13 @@ class Store(Protocol):
         """The state's arrays (copies); ``{}`` if never declared."""
         ...
 
+    def read_meta(
+        self, experiment: str, names: Sequence[str]
+    ) -> tuple[dict[str, FloatArray], list[str | None]]:
+        """:meth:`read` and :meth:`get` of each of ``names``, together (one round trip
+        on Redis): what a replica reads at every refresh."""
+        ...
+
     def add(
         self,
         experiment: str,
@@ -65,7 +85,7 @@ class Store(Protocol):
         *,
         at: Mapping[str, npt.ArrayLike] | None = None,
         once: str | None = None,
-        record: Mapping[str, Any] | None = None,
+        record: Record | None = None,
     ) -> bool:
         """Add ``amounts`` to the state, atomically, and append ``record`` to the log.
 
@@ -91,7 +111,7 @@ class Store(Protocol):
         what is stored after the call (first exposure wins)."""
         ...
 
-    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+    def append(self, experiment: str, records: Sequence[Record]) -> None:
         """Append records to the log, in order, in one write."""
         ...
 
@@ -223,8 +243,10 @@ def summed(index: npt.NDArray[np.int64], values: FloatArray) -> dict[int, float]
     return out
 
 
-def dumps(record: Mapping[str, Any]) -> str:
+def dumps(record: Record) -> str:
     """A log record as strict JSON (numpy numbers as plain ones; NaN refused)."""
+    if type(record) is Encoded:
+        return record
     try:
         return _ENCODER.encode(record)
     except (TypeError, ValueError) as e:

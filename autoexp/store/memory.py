@@ -13,6 +13,7 @@ import numpy.typing as npt
 from .base import (
     FloatArray,
     Item,
+    Record,
     check_amounts,
     check_declared,
     check_items,
@@ -52,6 +53,11 @@ class MemoryStore:
         with self._lock:
             return {k: v.copy() for k, v in self._state.get(experiment, {}).items()}
 
+    def read_meta(
+        self, experiment: str, names: Sequence[str]
+    ) -> tuple[dict[str, FloatArray], list[str | None]]:
+        return self.read(experiment), [self.get(experiment, n) for n in names]
+
     def add(
         self,
         experiment: str,
@@ -59,7 +65,7 @@ class MemoryStore:
         *,
         at: Mapping[str, npt.ArrayLike] | None = None,
         once: str | None = None,
-        record: Mapping[str, Any] | None = None,
+        record: Record | None = None,
     ) -> bool:
         line = dumps(record) if record is not None else None
         with self._lock:
@@ -106,7 +112,7 @@ class MemoryStore:
                 table[unit] = value
             return table[unit]
 
-    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+    def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)
         lines = [dumps(r) for r in records]
         with self._lock:

@@ -27,6 +27,7 @@ from ..errors import ConfigError, StoreError
 from .base import (
     FloatArray,
     Item,
+    Record,
     check_amounts,
     check_declared,
     check_items,
@@ -149,8 +150,11 @@ class RedisStore:
     def _key(experiment: str, what: str) -> str:
         return f"autoexp:{{{experiment}}}:{what}"
 
-    def _load_shapes(self, experiment: str) -> dict[str, tuple[int, ...]]:
-        raw = cast(dict[str, str], self._r.hgetall(self._key(experiment, "shapes")))
+    def _load_shapes(
+        self, experiment: str, raw: dict[str, str] | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        if raw is None:
+            raw = cast(dict[str, str], self._r.hgetall(self._key(experiment, "shapes")))
         shapes = {f: tuple(int(d) for d in json.loads(s)) for f, s in raw.items()}
         self._shapes[experiment] = shapes
         return shapes
@@ -167,15 +171,26 @@ class RedisStore:
         check_declared(experiment, have, wanted)
 
     def read(self, experiment: str) -> dict[str, FloatArray]:
+        return self.read_meta(experiment, ())[0]
+
+    def read_meta(
+        self, experiment: str, names: Sequence[str]
+    ) -> tuple[dict[str, FloatArray], list[str | None]]:
         with _errors("read"):
-            shapes = self._load_shapes(experiment)
-            raw = cast(dict[str, str], self._r.hgetall(self._key(experiment, "state")))
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hgetall(self._key(experiment, "shapes"))
+            pipe.hgetall(self._key(experiment, "state"))
+            if names:
+                pipe.hmget(self._key(experiment, "meta"), list(names))
+            raw_shapes, raw, *meta = pipe.execute()
+        shapes = self._load_shapes(experiment, raw_shapes)
         out = {name: np.zeros(math.prod(shape)) for name, shape in shapes.items()}
         for key, value in raw.items():
             name, _, idx = key.rpartition(":")
             if name in out:
                 out[name][int(idx)] = float(value)
-        return {name: out[name].reshape(shape) for name, shape in shapes.items()}
+        values = [None if v is None else str(v) for v in meta[0]] if names else []
+        return {name: out[name].reshape(shape) for name, shape in shapes.items()}, values
 
     def add(
         self,
@@ -184,7 +199,7 @@ class RedisStore:
         *,
         at: Mapping[str, npt.ArrayLike] | None = None,
         once: str | None = None,
-        record: Mapping[str, Any] | None = None,
+        record: Record | None = None,
     ) -> bool:
         line = dumps(record) if record is not None else ""
         with _errors("add"):
@@ -229,7 +244,7 @@ class RedisStore:
             self._r.sadd(_INDEX, experiment)
         return str(out)
 
-    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+    def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)
         lines = [dumps(r) for r in records]
         with _errors("append"):

@@ -27,6 +27,7 @@ from ..errors import ConfigError, StoreError
 from .base import (
     FloatArray,
     Item,
+    Record,
     check_amounts,
     check_declared,
     check_items,
@@ -119,6 +120,11 @@ class SQLiteStore:
                 out[field][idx] = value
             return {name: out[name].reshape(shape) for name, shape in shapes.items()}
 
+    def read_meta(
+        self, experiment: str, names: Sequence[str]
+    ) -> tuple[dict[str, FloatArray], list[str | None]]:
+        return self.read(experiment), [self.get(experiment, n) for n in names]
+
     def add(
         self,
         experiment: str,
@@ -126,7 +132,7 @@ class SQLiteStore:
         *,
         at: Mapping[str, npt.ArrayLike] | None = None,
         once: str | None = None,
-        record: Mapping[str, Any] | None = None,
+        record: Record | None = None,
     ) -> bool:
         line = dumps(record) if record is not None else None
         with self._lock:
@@ -222,7 +228,7 @@ class SQLiteStore:
             ).fetchone()
             return str(row[0])
 
-    def append(self, experiment: str, records: Sequence[Mapping[str, Any]]) -> None:
+    def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)
         lines = [dumps(r) for r in records]
         with self._lock, self._write():

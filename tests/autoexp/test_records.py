@@ -1,0 +1,114 @@
+"""The decision log's text records read back as the dicts they stand for."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoexp.records import decision_line, floats_json, reward_line
+from autoexp.store.base import dumps
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+names = st.text(min_size=1, max_size=20)
+ids = st.one_of(st.text(alphabet="0123456789abcdef", min_size=24, max_size=24), names)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    did=ids,
+    time=finite,
+    experiment=names,
+    unit=st.none() | ids,
+    arm=st.integers(0, 50),
+    alternative=names,
+    row=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6),
+    policy=names,
+    version=st.integers(0, 10**9),
+    seed=st.none() | st.integers(0, 2**128),
+)
+def test_a_decision_line_is_the_record_the_encoder_writes(
+    did: str,
+    time: float,
+    experiment: str,
+    unit: str | None,
+    arm: int,
+    alternative: str,
+    row: list[float],
+    policy: str,
+    version: int,
+    seed: int | None,
+) -> None:
+    record = {
+        "type": "decision",
+        "decision_id": did,
+        "time": time,
+        "experiment": experiment,
+        "unit_hash": unit,
+        "context": None,
+        "arm": arm,
+        "alternative": alternative,
+        "propensity": row[0],
+        "allocation": row,
+        "policy": policy,
+        "policy_version": version,
+        "allocation_version": version,
+        "seed": seed,
+        "reward": None,
+        "reward_time": None,
+    }
+    line = decision_line(
+        decision_id=did,
+        time=time,
+        experiment=experiment,
+        unit_hash=unit,
+        arm=arm,
+        alternative=alternative,
+        propensity=row[0],
+        allocation=floats_json(row),
+        policy=policy,
+        version=version,
+        seed=seed,
+    )
+    assert dumps(line) is line  # stores write it as it is
+    assert json.loads(line) == record
+    assert list(json.loads(line)) == list(record)  # the same keys in the same order
+    assert line == dumps(record)  # byte for byte what the encoder writes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    source=st.sampled_from(["reward", "expire"]) | names,
+    did=ids,
+    experiment=names,
+    arm=st.integers(0, 50),
+    reward=finite,
+    time=finite,
+)
+def test_a_reward_line_is_the_record_the_encoder_writes(
+    source: str, did: str, experiment: str, arm: int, reward: float, time: float
+) -> None:
+    record = {
+        "type": "reward",
+        "source": source,
+        "decision_id": did,
+        "experiment": experiment,
+        "arm": arm,
+        "reward": reward,
+        "reward_time": time,
+    }
+    line = reward_line(
+        source=source, decision_id=did, experiment=experiment, arm=arm, reward=reward, time=time
+    )
+    assert line == dumps(record)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_number_json_cannot_hold_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="not a finite number"):
+        floats_json([0.5, bad])
+    with pytest.raises(ValueError, match="not a finite number"):
+        reward_line(source="reward", decision_id="a", experiment="e", arm=0, reward=bad, time=1.0)
