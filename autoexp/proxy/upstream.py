@@ -62,6 +62,12 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "x-autoexp-decision",
+    "x-autoexp-alternative",
+    "x-autoexp-params",
+}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DECISION_HEADER = "X-Autoexp-Decision"
 CHUNK = 64 * 1024
@@ -287,12 +293,10 @@ class Forwarder:
         hide: str | None = None,
     ) -> web.StreamResponse:
         assert self.session is not None
+        # hop-by-hop headers, Host (the upstream's own) and autoexp's (only it sets them)
         headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
+            (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
         )
-        headers.popall("Host", None)
-        for k in ("X-Autoexp-Decision", "X-Autoexp-Alternative", "X-Autoexp-Params"):
-            headers.popall(k, None)  # only autoexp sets these
         peer = request.remote or ""
         prior = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
