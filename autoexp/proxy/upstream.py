@@ -173,13 +173,14 @@ class Forwarder:
         stop = False
         while not stop:
             try:
-                batch = self._handoff.get(timeout=HAND_OVER_S if retry else None)
+                batches = [self._handoff.get(timeout=HAND_OVER_S if retry else None)]
             except queue.Empty:
-                batch = []
-            if batch is None:
-                stop = True
-                batch = []
-            work, retry = retry + batch, []
+                batches = []
+            with contextlib.suppress(queue.Empty):
+                while True:  # everything handed over meanwhile (a slow store call)
+                    batches.append(self._handoff.get_nowait())
+            stop = None in batches
+            work, retry = retry + [x for b in batches if b is not None for x in b], []
             for start in range(0, len(work), APPLY_BATCH):
                 chunk = work[start : start + APPLY_BATCH]
                 if not self._apply_chunk(chunk):
@@ -240,7 +241,8 @@ class Forwarder:
         self._queue(decision, value)
 
     def _queue(self, decision: Decision, value: float) -> None:
-        if len(self.pending) < self.max_pending:
+        # bounded with what the applier holds: a store down for long costs no memory
+        if len(self.pending) + self.applying < self.max_pending:
             self.pending.append((decision, value))  # this engine's: not verified again
         else:
             self.events["rewards_dropped"] += 1

@@ -408,6 +408,50 @@ def test_rewards_survive_a_store_that_fails_for_a_while(servers: dict[str, Serve
         side.close()
 
 
+def test_rewards_held_for_a_failing_store_are_bounded(servers: dict[str, Served]) -> None:
+    # While the store refuses every reward batch, what the forwarder holds (queued on the
+    # event loop, or handed to the applier thread and waiting to be tried again) never
+    # exceeds max_pending: the rest is dropped and counted. Once the store answers, what
+    # was held is applied, once.
+    side = sidecar(servers, reward_from="status")
+    forwarder = side.app[FORWARDER]
+    forwarder.max_pending = 3
+    store = side.engine.store
+    real = store.add_many
+    down = [True]
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if down[0]:
+            raise StoreError("store: refused for the test")
+        return real(*args, **kwargs)
+
+    store.add_many = failing  # type: ignore[method-assign]
+    try:
+        held, decided = [], 0
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            for _ in range(80):  # about 2 s: the engine's store probe (once a second) lets
+                answer = http.get("/search")  # it decide again after a failure
+                assert answer.status_code == 200
+                decided += "X-Autoexp-Decision" in answer.headers
+                held.append(len(forwarder.pending) + forwarder.applying)
+                time.sleep(0.02)  # the hand-over (every 50 ms) and the retries run between
+        assert max(held) <= 3 and decided > 3
+        deadline = time.monotonic() + 5
+        while forwarder.counts["reward_store_errors"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        down[0] = False
+        state = settle(side)
+        counts = forwarder.counts
+        # an engine that saw the store fail serves control without a decision until its
+        # probe succeeds: those requests earned nothing and are neither held nor dropped
+        applied = sum(state["policy.n"])
+        assert counts["reward_store_errors"] >= 2 and counts["rewards_dropped"] >= 1
+        assert 1 <= applied <= 3 and applied == counts["rewards"]
+        assert applied + counts["rewards_dropped"] == decided
+    finally:
+        side.close()
+
+
 def test_metrics_say_what_happened(servers: dict[str, Served]) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
