@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import threading
 import time
 import weakref
@@ -76,27 +75,43 @@ from .lifecycle import (
 from .records import decision_line, floats_json, reward_line
 from .snapshot import serving_policy
 from .state import increments, install
-from .store.base import Item, Record, Store
+from .store.base import Item, Store
 from .tokens import Ticket, keys_from, sign, verify
 from .watch import drift_status, watch
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
 
 
-_IDS = random.Random()  # seeded from os.urandom; again in a forked child
-os.register_at_fork(after_in_child=_IDS.seed)
+_FORKS = [0]  # forks of this process so far: a child draws its ids afresh
+os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+_ID_BLOCK = 1024  # random parts drawn at a time
 
 
-def _decision_id(now: float) -> str:
-    """24 hex digits: the time in milliseconds (11), then 52 random bits (13).
+class _Ids:
+    """Decision ids: 24 hex digits, the time in milliseconds (11), then 52 random bits (13).
 
     Time first, so ids made later sort later: the store's index of applied rewards
     (SQLite's ``once`` table) then grows at its end instead of at random pages, which
     made each batch's commit write a page per reward. Unique across replicas by the
-    random part (a collision needs two of them to draw the same 52 bits in the same
-    millisecond); a token's signature, not the id, is what makes a reward trustworthy.
+    random part, drawn from fresh OS entropy, never from the engine's seed (replicas
+    seeded alike must not make the same ids), and drawn again after a fork; a collision
+    needs two replicas to draw the same 52 bits in the same millisecond. A token's
+    signature, not the id, is what makes a reward trustworthy. Not thread-safe: the
+    engine calls it under its lock.
     """
-    return f"{int(now * 1000) & 0xFFFFFFFFFFF:011x}{_IDS.getrandbits(52):013x}"
+
+    def __init__(self) -> None:
+        self._forks = -1
+        self._rng = np.random.default_rng()
+        self._block: list[int] = []
+
+    def __call__(self, now: float) -> str:
+        if not self._block or self._forks != _FORKS[0]:
+            if self._forks != _FORKS[0]:
+                self._forks = _FORKS[0]
+                self._rng = np.random.default_rng()
+            self._block = self._rng.integers(0, 1 << 52, size=_ID_BLOCK).tolist()
+        return f"{int(now * 1000) & 0xFFFFFFFFFFF:011x}{self._block.pop():013x}"
 
 
 @dataclass
@@ -192,6 +207,7 @@ class Engine:
         self._seq = np.random.SeedSequence(seed)
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
         self._rng = np.random.default_rng(self._seq)
+        self._ids = _Ids()
         self._clock = clock
         # Lock order: _log_lock (log writes, in order) before _lock (engine state); code
         # holding only _lock may try _log_lock but never wait for it.
@@ -403,7 +419,7 @@ class Engine:
                 live.served_n += 1
             sticky = False
             unit_hash = None
-            did = _decision_id(now := self._clock())
+            did = self._ids(now := self._clock())
             if unit is not None:
                 unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
                 arm, row, sticky = self._sticky(live, unit_hash, did, arm, row)
@@ -417,12 +433,13 @@ class Engine:
                 None if dim is None else tuple(features),  # type: ignore[arg-type]
             )
             token = sign(self._keys, ticket)
-            if features is None:  # the common record as JSON text (autoexp.records)
-                line: Record = decision_line(
+            live.buffer.append(
+                decision_line(  # JSON text (autoexp.records)
                     decision_id=did,
                     time=now,
                     experiment=name,
                     unit_hash=unit_hash,
+                    context=None if features is None else floats_json(features),
                     arm=arm,
                     alternative=live.names[arm],
                     propensity=row[arm],
@@ -431,26 +448,7 @@ class Engine:
                     version=live.version,
                     seed=self._seed,
                 )
-            else:
-                line = {
-                    "type": "decision",
-                    "decision_id": did,
-                    "time": now,
-                    "experiment": name,
-                    "unit_hash": unit_hash,
-                    "context": features,
-                    "arm": arm,
-                    "alternative": live.names[arm],
-                    "propensity": row[arm],
-                    "allocation": list(row),
-                    "policy": spec.policy.name,
-                    "policy_version": live.version,
-                    "allocation_version": live.version,
-                    "seed": self._seed,
-                    "reward": None,
-                    "reward_time": None,
-                }
-            live.buffer.append(line)
+            )
             if len(live.buffer) >= self._log_batch:
                 if self._flusher is not None:
                     # written by the background writer, off this path; woken once (a set

@@ -52,6 +52,7 @@ def decision_line(
     time: float,
     experiment: str,
     unit_hash: str | None,
+    context: str | None,
     arm: int,
     alternative: str,
     propensity: float,
@@ -60,11 +61,13 @@ def decision_line(
     version: int,
     seed: int | None,
 ) -> Encoded:
-    """A context-free decision's record; ``allocation`` is :func:`floats_json` of it."""
+    """A decision's record; ``context`` and ``allocation`` are :func:`floats_json` of
+    them (``context`` ``None`` without one)."""
     unit = "null" if unit_hash is None else _id(unit_hash)
     return Encoded(
         f'{{"type":"decision","decision_id":{_id(decision_id)},"time":{_float(time)},'
-        f'"experiment":{_string(experiment)},"unit_hash":{unit},"context":null,'
+        f'"experiment":{_string(experiment)},"unit_hash":{unit},'
+        f'"context":{"null" if context is None else context},'
         f'"arm":{arm:d},"alternative":{_string(alternative)},'
         f'"propensity":{_float(propensity)},"allocation":{allocation},'
         f'"policy":{_string(policy)},"policy_version":{version:d},'
