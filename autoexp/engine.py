@@ -193,9 +193,13 @@ class Engine:
         clock: Callable[[], float] = time.time,
         log_batch: int = 256,
         log_flush_s: float = 0.05,
+        unit_cache: int = 65_536,
     ) -> None:
         if not isinstance(log_batch, int) or log_batch < 1:
             raise ConfigError(f"log_batch: must be an integer >= 1 (got {log_batch!r})")
+        if isinstance(unit_cache, bool) or not isinstance(unit_cache, int) or unit_cache < 0:
+            raise ConfigError(f"unit_cache: must be an integer >= 0 (got {unit_cache!r})")
+        self._unit_cache = unit_cache
         if not log_flush_s >= 0:
             raise ConfigError(f"log_flush_s: must be >= 0 (got {log_flush_s!r})")
         self.store = store
@@ -387,7 +391,39 @@ class Engine:
         :class:`~autoexp.context.ContextSpec`) or the numbers themselves. A contextual
         policy needs one (with a context spec, a missing one means every feature
         missing); :class:`RequestError` otherwise, with nothing recorded.
+
+        A sticky ``unit`` costs a store call (read, and write if new) unless this
+        engine holds its assignment: the last ``unit_cache`` units it assigned or read
+        are held, and one whose arm is still live in this replica's snapshot is served
+        from memory. An assignment changed by another replica (its arm rolled back
+        there first) is read here once this replica's snapshot has the arm rolled back
+        too, as every replica's view of the lifecycle lags by at most its refresh.
         """
+        decision = self._decide(name, unit, context, wait=True)
+        assert decision is not None  # with wait=True, always one
+        return decision
+
+    def try_decide(
+        self,
+        name: str,
+        *,
+        unit: str | None = None,
+        context: Sequence[float] | Mapping[str, Any] | None = None,
+    ) -> Decision | None:
+        """:meth:`decide`, if it needs no store call: without a unit, or for a unit
+        whose assignment this engine holds (its arm still live); ``None`` otherwise,
+        with nothing recorded. For callers on an event loop, which run :meth:`decide`
+        in a thread only when this says ``None``."""
+        return self._decide(name, unit, context, wait=False)
+
+    def _decide(
+        self,
+        name: str,
+        unit: str | None,
+        context: Sequence[float] | Mapping[str, Any] | None,
+        *,
+        wait: bool,
+    ) -> Decision | None:
         live = self._get(name)
         dim = live.dim
         # the common case (no context, a context-free policy) without a call
@@ -396,6 +432,9 @@ class Engine:
             if context is None and dim is None
             else decision_context(live.spec, context, self._clock)
         )
+        unit_hash = (
+            None if unit is None else hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
+        )
         with self._lock:
             if self._down is not None and time.monotonic() - self._probed >= 1.0:
                 self._probe()  # at most once a second from here (the writer probes too)
@@ -403,26 +442,39 @@ class Engine:
                 raise StoreError(f"store unavailable since its last call failed: {self._down}")
             spec = live.spec
             if dim is None:
-                arm = draw(live.cumulative, live.row, self._rng.random())
                 row = live.row
+                alloc = None
             else:  # this request's own allocation, from the snapshot
                 x = np.array([features])
                 alloc = served(
                     spec.policy.allocation(live.policy_state, x)[0], live.status, live.paused
                 )
                 row = tuple(alloc.tolist())
-                arm = draw(list(accumulate(row)), row, self._rng.random())
+            held = None if unit_hash is None else self._held(live, unit_hash, row)
+            if held is None and unit_hash is not None and not wait:
+                return None  # a store call: not from here
+            arm = draw(
+                live.cumulative if alloc is None else list(accumulate(row)),
+                row,
+                self._rng.random(),  # drawn for a held unit too: a seed's draws stay aligned
+            )
+            if alloc is not None:
                 if live.served_sum is None:
                     live.served_sum = alloc
                 else:
                     live.served_sum += alloc
                 live.served_n += 1
             sticky = False
-            unit_hash = None
             did = self._ids(now := self._clock())
-            if unit is not None:
-                unit_hash = hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
-                arm, row, sticky = self._sticky(live, unit_hash, did, arm, row)
+            if held is not None:
+                (arm, row), sticky = held, True
+            # what the decision is recorded with: a refresh during the store call below
+            # may install new names (a new epoch of candidates) and a new version
+            version, names, params, epoch = live.version, live.names, live.params, live.epoch
+        if held is None and unit_hash is not None:
+            # the store's part without the state lock: decisions on the event loop go on
+            arm, row, sticky = self._sticky(live, unit_hash, did, arm, row, epoch)
+        with self._lock:
             ticket = Ticket(
                 did,
                 name,
@@ -441,11 +493,11 @@ class Engine:
                     unit_hash=unit_hash,
                     context=None if features is None else floats_json(features),
                     arm=arm,
-                    alternative=live.names[arm],
+                    alternative=names[arm],
                     propensity=row[arm],
                     allocation=live.row_json if row is live.row else floats_json(row),
                     policy=spec.policy.name,
-                    version=live.version,
+                    version=version,
                     seed=self._seed,
                 )
             )
@@ -461,11 +513,11 @@ class Engine:
                 did,
                 name,
                 arm,
-                live.names[arm],
+                names[arm],
                 row[arm],
-                live.params[arm],
+                params[arm],
                 spec.policy.name,
-                live.version,
+                version,
                 token,
                 sticky,
                 ticket,
@@ -476,22 +528,60 @@ class Engine:
             return decision
 
     def _sticky(
-        self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...]
+        self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...], epoch: int
     ) -> tuple[int, tuple[float, ...], bool]:
+        """The unit's assignment from the store: ``arm`` drawn from ``p`` in ``epoch``
+        if it has none, or none that still stands; its arm and first propensities
+        otherwise. Called without the state lock."""
         # the value names this decision, so "stored == value" means "assigned just now"
-        value = json.dumps([arm, list(p), did, live.epoch])
+        value = json.dumps([arm, list(p), did, epoch])
         stored = self.store.assign(live.spec.name, unit_hash, value)
         if stored == value:
+            self._hold(live, unit_hash, arm, p, epoch)
             return arm, p, False
         old = json.loads(stored)
-        old_arm, old_row = old[:2]
+        old_arm, old_row = int(old[0]), tuple(float(x) for x in old[1])
+        old_epoch = int(old[3]) if len(old) > 3 else 0
         # a generated experiment's slot holds another candidate in another epoch
-        same = live.spec.generate is None or (old[3] if len(old) > 3 else 0) == live.epoch
-        if same and p[old_arm] > 0.0:  # still live: keep it, with its first propensity
-            return int(old_arm), tuple(float(x) for x in old_row), True
+        if self._stands(live, old_arm, old_epoch, p, epoch):  # kept, first propensities
+            self._hold(live, unit_hash, old_arm, old_row, old_epoch)
+            return old_arm, old_row, True
         stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
-        new_arm, new_row = json.loads(stored)[:2]
-        return int(new_arm), tuple(float(x) for x in new_row), stored != value
+        new = json.loads(stored)
+        new_arm, new_row = int(new[0]), tuple(float(x) for x in new[1])
+        self._hold(live, unit_hash, new_arm, new_row, int(new[3]) if len(new) > 3 else 0)
+        return new_arm, new_row, stored != value
+
+    @staticmethod
+    def _stands(live: Live, arm: int, epoch: int, p: tuple[float, ...], now: int) -> bool:
+        """Whether a unit's assignment (``arm`` in ``epoch``) still stands under the
+        allocation ``p`` of epoch ``now``: the arm has a share, and in a generated
+        experiment the slot still holds the same candidate (the same epoch)."""
+        return (live.spec.generate is None or epoch == now) and p[arm] > 0.0
+
+    def _held(
+        self, live: Live, unit_hash: str, p: tuple[float, ...]
+    ) -> tuple[int, tuple[float, ...]] | None:
+        """The unit's arm and first propensities if this engine holds its assignment
+        and it still stands; ``None``: ask the store."""
+        held = live.units.get(unit_hash)
+        if held is None or not self._stands(live, held[0], held[2], p, live.epoch):
+            return None
+        live.units.move_to_end(unit_hash)
+        return held[0], held[1]
+
+    def _hold(
+        self, live: Live, unit_hash: str, arm: int, row: tuple[float, ...], epoch: int
+    ) -> None:
+        """Hold a unit's assignment as the store has it (the least recently used goes
+        when ``unit_cache`` are held)."""
+        if self._unit_cache == 0:
+            return
+        with self._lock:  # _held reads and reorders them under it
+            live.units[unit_hash] = (arm, row, epoch)
+            live.units.move_to_end(unit_hash)
+            if len(live.units) > self._unit_cache:
+                live.units.popitem(last=False)
 
     # --- reward -----------------------------------------------------------------------
 

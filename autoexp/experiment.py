@@ -5,7 +5,7 @@ small pure helpers the engine uses on it."""
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -210,6 +210,10 @@ class Live:
     since: dict[int, float] = field(default_factory=dict)  # generated: users at admission
     control_params: Mapping[str, Any] | None = None  # generated: the champion's, epoch > 0
     paused: bool = False
+    # sticky units' assignments as the store holds them (unit hash to arm, first
+    # propensities, epoch), most recently used last: a unit seen again whose arm is still
+    # live is served without a store call (Engine's unit_cache bounds it)
+    units: OrderedDict[str, tuple[int, tuple[float, ...], int]] = field(default_factory=OrderedDict)
     # (time, version, allocation, status, paused) at each refresh, for the status page
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(
         default_factory=lambda: deque(maxlen=HISTORY)

@@ -28,8 +28,9 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
 
 Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
 4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
-503 for the store's. Decisions are in-memory draws and run on the event loop; rewards and
-probes touch the store and run in a worker thread, so a slow store never stalls decisions.
+503 for the store's. Decisions are in-memory draws and run on the event loop (a sticky
+unit's too, once the engine holds its assignment); a unit not held yet, rewards and probes
+touch the store and run in a worker thread, so a slow store never stalls decisions.
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ async def decide(request: web.Request) -> web.Response:
             "feature values",
         )
     try:
-        if unit is None:  # an in-memory draw (a store write only every so often)
-            decision = engine.decide(name, unit=unit, context=context)
-        else:  # a sticky unit reads and writes the store
+        # an in-memory draw, on the loop, unless a sticky unit's assignment is not held
+        # here (a store read and maybe write): then in a thread
+        decision = engine.try_decide(name, unit=unit, context=context)
+        if decision is None:
             decision = await asyncio.to_thread(engine.decide, name, unit=unit, context=context)
     except RequestError as e:  # a context this experiment cannot take
         raise _Refused(400, str(e)) from None

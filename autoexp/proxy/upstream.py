@@ -1,7 +1,8 @@
 """Forwarding: a request in, the chosen upstream's answer out, streamed both ways.
 
 For each request outside ``/_autoexp/``: the first route that matches names the
-experiment; the engine decides (sticky by the unit header or cookie); the request goes to
+experiment; the engine decides (sticky by the unit header or cookie: on the event loop,
+or in a worker thread when the unit's assignment needs a store call); the request goes to
 the alternative's upstream (or to the default one with ``X-Autoexp-Alternative`` and
 ``X-Autoexp-Params``), and the answer comes back with the decision's token in
 ``X-Autoexp-Decision``. Unmatched requests go straight to the default upstream.
@@ -260,8 +261,11 @@ class Forwarder:
         try:
             spec = self.engine.spec(route.experiment).context
             context = None if spec is None else request_context(spec, request)
-            if unit is None:
-                return self.engine.decide(route.experiment, context=context)
+            # on the loop unless a store call is needed (a unit whose assignment this
+            # engine does not hold): then in a thread, so the loop never waits for it
+            decision = self.engine.try_decide(route.experiment, unit=unit, context=context)
+            if decision is not None:
+                return decision
             return await asyncio.to_thread(
                 self.engine.decide, route.experiment, unit=unit, context=context
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
@@ -90,6 +91,112 @@ def test_a_unit_keeps_its_arm_and_first_propensity(store: Any) -> None:
     # another engine (replica) on the same store sees the same assignment
     other = Engine(store, [spec()], secret=SECRET, seed=5)
     assert other.decide("ranker", unit="user-7").arm == first.arm
+
+
+class CountingAssign:
+    """The real store's ``assign``, counted (and, once ``hold`` is cleared, held until it
+    is set): which decisions cost a store call."""
+
+    def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+        real = store.assign
+
+        def assign(*args: Any, **kwargs: Any) -> str:
+            self.calls += 1
+            self.entered.set()
+            self.hold.wait(10)
+            return str(real(*args, **kwargs))
+
+        monkeypatch.setattr(store, "assign", assign)
+
+
+def test_a_held_unit_is_served_without_a_store_call(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = CountingAssign(store, monkeypatch)
+    engine = Engine(store, [spec()], secret=SECRET, seed=21, unit_cache=3)
+    first = engine.decide("ranker", unit="user-1")
+    assert counted.calls == 1
+    for _ in range(20):  # held: the same arm and first propensity, no store call
+        again = engine.decide("ranker", unit="user-1")
+        assert (again.arm, again.propensity, again.sticky) == (first.arm, first.propensity, True)
+        held = engine.try_decide("ranker", unit="user-1")
+        assert held is not None and held.sticky and held.arm == first.arm
+    assert counted.calls == 1
+    engine.flush()
+    logged = len(store.records("ranker"))
+    assert logged == 41  # every decision logged, held or not
+    # a unit not held: try_decide declines, with nothing drawn or logged
+    assert engine.try_decide("ranker", unit="user-2") is None
+    engine.flush()
+    assert len(store.records("ranker")) == logged and counted.calls == 1
+    # without a unit it always decides
+    assert engine.try_decide("ranker") is not None
+    # at most unit_cache held, the least recently used goes first
+    for unit in ("user-2", "user-3", "user-1", "user-4"):  # user-2 goes
+        engine.decide("ranker", unit=unit)
+    assert counted.calls == 4
+    engine.decide("ranker", unit="user-1")
+    assert counted.calls == 4
+    engine.decide("ranker", unit="user-2")  # asked again: the store still has it
+    assert counted.calls == 5
+    # unit_cache = 0: every sticky decision asks the store
+    none = Engine(store, [spec()], secret=SECRET, seed=22, unit_cache=0)
+    for _ in range(3):
+        assert none.decide("ranker", unit="user-1").arm == first.arm
+    assert counted.calls == 8
+    with pytest.raises(ConfigError, match=r"unit_cache: must be an integer >= 0"):
+        Engine(store, [spec()], secret=SECRET, unit_cache=-1)
+
+
+def test_a_held_unit_follows_another_replicas_reassignment_at_the_next_refresh(
+    store: Any,
+) -> None:
+    # Replica A holds units on the alternative; replica B sees it rolled back first and
+    # reassigns them to control in the store. A keeps serving its snapshot (the arm is
+    # live there) until its refresh shows the roll-back; then it reads B's assignment:
+    # control, with B's propensity (sticky: B's first exposure), the same as B serves.
+    a = Engine(store, [spec()], secret=SECRET, seed=23)
+    b = Engine(store, [spec()], secret=SECRET, seed=24)
+    units = [f"u{i}" for i in range(40)]
+    on_alt = [u for u in units if a.decide("ranker", unit=u).arm == 1]
+    assert on_alt  # a 50% cap: about half
+    store.set("ranker", "status", '["exploring", "rolled_back"]')
+    b.refresh()
+    moved = {u: b.decide("ranker", unit=u) for u in on_alt}
+    assert all(d.arm == 0 and not d.sticky for d in moved.values())
+    assert all(a.decide("ranker", unit=u).arm == 1 for u in on_alt)  # A's snapshot
+    a.refresh()
+    for u in on_alt:
+        d = a.decide("ranker", unit=u)
+        assert (d.arm, d.propensity, d.sticky) == (0, moved[u].propensity, True)
+
+
+def test_a_units_store_call_does_not_hold_up_other_decisions(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sticky decision waiting for the store (a slow commit, a round trip) must not
+    # stop the event loop's decisions: the store call runs without the state lock.
+    counted = CountingAssign(store, monkeypatch)
+    engine = Engine(store, [spec()], secret=SECRET, seed=25)
+    counted.hold.clear()
+    got: list[Any] = []
+    waiting = threading.Thread(target=lambda: got.append(engine.decide("ranker", unit="u1")))
+    waiting.start()
+    try:
+        assert counted.entered.wait(5)
+        started = time.monotonic()
+        others = [engine.decide("ranker") for _ in range(10)]
+        assert time.monotonic() - started < 5  # not held up by the waiting store call
+        assert not got and len(others) == 10
+    finally:
+        counted.hold.set()
+        waiting.join(10)
+    assert got and got[0].sticky is False
+    assert engine.decide("ranker", unit="u1").arm == got[0].arm
 
 
 def test_duplicate_rewards_count_once(store: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from autoexp.errors import ConfigError, StoreError
 from autoexp.proxy.app import FORWARDER
 from autoexp.proxy.routes import ProxySettings, Route
 from autoexp.store.memory import MemoryStore
+from autoexp.tokens import keys_from, verify
 from policies import OffPolicyCS, ThompsonBeta, TrafficCap
 from policies.greedy import EpsilonGreedy
 from policies.safety import Guardrail
@@ -173,6 +175,34 @@ def test_matched_requests_are_decided_logged_and_rewardable(servers: dict[str, S
         log = side.engine.store.records("ranker")
         assert sum(r["type"] == "decision" for r in log) == 70
         assert sum(r["type"] == "reward" for r in log) == 60
+    finally:
+        side.close()
+
+
+def test_a_held_unit_is_decided_without_the_store_or_a_thread(
+    servers: dict[str, Served],
+) -> None:
+    # A unit's first request reads and writes the store, in a worker thread (never on the
+    # event loop); its later ones are served from the assignment the engine holds: no
+    # store call, no thread hop, the same alternative with its first propensity.
+    side = sidecar(servers)
+    threads: list[str] = []
+    real = side.engine.store.assign
+
+    def assign(*args: Any, **kwargs: Any) -> str:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    side.engine.store.assign = assign  # type: ignore[method-assign]
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            answers = [http.get("/search", headers={"X-User-Id": "u1"}) for _ in range(10)]
+        assert len(threads) == 1 and threads[0] != side.thread.name
+        assert len({r.json()["who"] for r in answers}) == 1
+        keys = keys_from(SECRET)
+        tickets = [verify(keys, r.headers["X-Autoexp-Decision"], now=time.time()) for r in answers]
+        assert len({(t.arm, t.propensity) for t in tickets}) == 1
+        assert len({t.id for t in tickets}) == 10  # each request its own decision
     finally:
         side.close()
 
