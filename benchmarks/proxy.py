@@ -19,7 +19,12 @@ so it is never the bottleneck. Rows, all measured with wrk in this run:
 * ``autoexp sqlite``, ``autoexp redis`` (``x2``: ``--workers 2``): ``autoexp proxy`` from
   its CLI, one live experiment (Thompson sampling in a 10% traffic cap, two alternatives:
   control and a parameter alternative on the same upstream) whose route matches the
-  benchmarked path, rewards from the status.
+  benchmarked path, rewards from the status;
+* ``autoexp sqlite units``, ``autoexp redis units``: the same with sticky units, as a
+  service whose requests carry a user id would run it: every request sends
+  ``X-User-Id`` (the default unit header), one of 10,000 returning users drawn at
+  random, so each user's first request reads and writes the store and the later ones
+  are served from the assignments the engine holds.
 
 Each row: warm-up, then ``wrk -t2 -c64 --latency`` (throughput, p50 and p99 under load) and
 ``wrk -t1 -c1 --latency`` (p50 of one request at a time). Errors are wrk's non-2xx/3xx
@@ -64,7 +69,16 @@ ROWS = (
     "autoexp sqlite x2",
     "autoexp redis",
     "autoexp redis x2",
+    "autoexp sqlite units",
+    "autoexp redis units",
 )
+UNITS = 10_000  # the units rows' returning users (X-User-Id), drawn uniformly per request
+# wrk's request for the units rows: each a user of the pool, in the default unit header
+UNITS_LUA = f"""\
+request = function()
+  return wrk.format(nil, nil, {{["X-User-Id"] = "user-" .. math.random(1, {UNITS})}})
+end
+"""
 PATH = "/search?q=bench"  # the experiment's route matches it (path_prefix "/search")
 SECRET = "p" * 32
 PROBES = 20  # requests sent one by one before the load, each checked
@@ -453,8 +467,12 @@ def probe(port: int, *, decided: bool, n: int = PROBES) -> list[str]:
 # --- measuring --------------------------------------------------------------------------
 
 
-def wrk(url: str, *, connections: int, threads: int, duration_s: float) -> dict[str, Any]:
+def wrk(
+    url: str, *, connections: int, threads: int, duration_s: float, script: Path | None = None
+) -> dict[str, Any]:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    if script is not None:
+        argv[-1:-1] = ["-s", str(script)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr}")
@@ -509,7 +527,8 @@ def serving(row: str, s: Setting) -> Iterator[tuple[int, list[Service], dict[str
             url = f"sqlite:///{s.folder / tag}.db"
             if store == "redis":
                 assert s.redis_url is not None
-                url = f"{s.redis_url.rsplit('/', 1)[0]}/{workers}"  # one database per row
+                db = workers + (2 if row.endswith(" units") else 0)  # one database per row
+                url = f"{s.redis_url.rsplit('/', 1)[0]}/{db}"
             config = s.folder / f"{tag}.toml"
             config.write_text(autoexp_config(s.upstream_port, url))
             env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOEXP_")}
@@ -586,7 +605,16 @@ def measure(row: str, s: Setting, progress: Any) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}{PATH}"
         autoexp = row.startswith("autoexp")
         problems = probe(port, decided=autoexp)
-        warm = wrk(url, connections=s.connections, threads=s.threads, duration_s=s.warmup_s)
+        script = None
+        if row.endswith(" units"):
+            script = s.folder / "units.lua"
+            script.write_text(UNITS_LUA)
+        load_options: dict[str, Any] = {
+            "connections": s.connections,
+            "threads": s.threads,
+            "script": script,
+        }
+        warm = wrk(url, duration_s=s.warmup_s, **load_options)
         progress(f"{row}: c{s.connections}")
         raws: list[Path] = []
         spies: list[subprocess.Popen[bytes]] = []
@@ -594,11 +622,11 @@ def measure(row: str, s: Setting, progress: Any) -> dict[str, Any]:
             folder = s.py_spy / row.replace(" ", "-")
             folder.mkdir(parents=True, exist_ok=True)
             raws, spies = profile(services, folder, s.duration_s)
-        load = wrk(url, connections=s.connections, threads=s.threads, duration_s=s.duration_s)
+        load = wrk(url, duration_s=s.duration_s, **load_options)
         for spy in spies:
             spy.wait(timeout=60)
         progress(f"{row}: c1")
-        one = wrk(url, connections=1, threads=1, duration_s=s.duration_s)
+        one = wrk(url, connections=1, threads=1, duration_s=s.duration_s, script=script)
         out = info | {"warmup": warm, "load": load, "c1": one, "probe_problems": problems}
         if raws:
             out["py_spy"] = top_frames(raws) | {"files": [str(x) for x in raws]}
@@ -909,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "quick": args.quick,
                 "path": PATH,
+                "units": UNITS,
                 "upstream_workers": os.cpu_count(),
                 "bare_loop": bare_loop,
                 "autoexp_workers_option": autoexp_workers,
