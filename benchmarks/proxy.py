@@ -566,10 +566,10 @@ def profile(
 def top_frames(raws: list[Path], n: int = 12) -> dict[str, Any]:
     """Where the samples of py-spy's raw outputs (``--threads``) went, summed over files.
 
-    Per thread kind (``MainThread``: the event loop; ``other``: the thread pool of
-    ``asyncio.to_thread`` and the engine's writer): its share of all samples, and its ``n``
-    leaf lines with the most samples: (line, share of the kind's samples on the line
-    itself, share with its function anywhere on the stack).
+    Per thread kind (``MainThread``: the event loop; ``other``: the offload and reward
+    threads, the engine's writer): its share of all samples, and its ``n`` leaf lines
+    with the most samples: (line, share of the kind's samples on the line itself, share
+    with its function anywhere on the stack).
     """
     own: dict[str, Counter[str]] = {"MainThread": Counter(), "other": Counter()}
     total: dict[str, Counter[str]] = {"MainThread": Counter(), "other": Counter()}

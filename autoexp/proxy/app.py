@@ -29,8 +29,9 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
 Every error is JSON ``{"error": "<where>: <what is wrong>", "kind": "<class>"}`` with a
 4xx for the caller's mistakes (400 malformed, 404 unknown experiment, 413 too large) and
 503 for the store's. Decisions are in-memory draws and run on the event loop (a sticky
-unit's too, once the engine holds its assignment); a unit not held yet, rewards and probes
-touch the store and run in a worker thread, so a slow store never stalls decisions.
+unit's too, once the engine holds its assignment); a unit not held yet and rewards touch
+the store and run in the offload thread (:mod:`autoexp.proxy.offload`), probes and chores
+in worker threads, so a slow store never stalls decisions.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ..errors import RequestError, RewardError, StoreError, UnknownExperimentErr
 from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler
+from .offload import Offload
 from .routes import ProxySettings, Route
 from .ui import add_ui_routes
 from .upstream import Forwarder
@@ -64,6 +66,7 @@ MAX_BODY_BYTES = 2 << 20  # a request body larger than this gets 413
 MAX_REWARDS = 1_000  # rewards in one request
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder", Forwarder)
+OFFLOAD: web.AppKey[Offload] = web.AppKey("offload", Offload)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -133,10 +136,11 @@ async def decide(request: web.Request) -> web.Response:
         )
     try:
         # an in-memory draw, on the loop, unless a sticky unit's assignment is not held
-        # here (a store read and maybe write): then in a thread
+        # here (a store read and maybe write): then in the offload thread
         decision = engine.try_decide(name, unit=unit, context=context)
         if decision is None:
-            decision = await asyncio.to_thread(engine.decide, name, unit=unit, context=context)
+            offload = request.app[OFFLOAD]
+            decision = await offload.run(engine.decide, name, unit=unit, context=context)
     except RequestError as e:  # a context this experiment cannot take
         raise _Refused(400, str(e)) from None
     except UnknownExperimentError:
@@ -176,11 +180,12 @@ def _reward_items(body: Mapping[str, Any]) -> tuple[list[tuple[Any, Any]], bool]
 async def rewards(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     items, single = _reward_items(await _body(request))
+    offload = request.app[OFFLOAD]
     try:
         if single:
-            applied = [await asyncio.to_thread(engine.reward, *items[0])]
+            applied = [await offload.run(engine.reward, *items[0])]
         else:
-            applied = await asyncio.to_thread(engine.reward_many, items)
+            applied = await offload.run(engine.reward_many, items)
     except RewardError as e:
         raise _Refused(400, str(e), "RewardError") from None
     except UnknownExperimentError as e:
@@ -277,6 +282,8 @@ def make_app(
 
     app.cleanup_ctx.append(lifetime)  # unwinds last: after the chores stopped
     app.cleanup_ctx.append(_background(expire_every_s))
+    offload = app[OFFLOAD] = Offload()
+    app.cleanup_ctx.append(offload.lifetime)  # stopped after the forwarder's requests
     app.router.add_post("/_autoexp/decide", decide)
     app.router.add_post("/_autoexp/rewards", rewards)
     app.router.add_get("/_autoexp/experiments/{name}/definition", definition)
@@ -286,7 +293,7 @@ def make_app(
         raise ValueError("make_app: routes need proxy settings (the default upstream)")
     forwarder = None
     if proxy is not None:
-        forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes))
+        forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes), offload=offload)
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
     app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder))

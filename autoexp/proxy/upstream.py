@@ -2,7 +2,7 @@
 
 For each request outside ``/_autoexp/``: the first route that matches names the
 experiment; the engine decides (sticky by the unit header or cookie: on the event loop,
-or in a worker thread when the unit's assignment needs a store call); the request goes to
+or in the offload thread when the unit's assignment needs a store call); the request goes to
 the alternative's upstream (or to the default one with ``X-Autoexp-Alternative`` and
 ``X-Autoexp-Params``), and the answer comes back with the decision's token in
 ``X-Autoexp-Decision``. Unmatched requests go straight to the default upstream.
@@ -47,6 +47,7 @@ from multidict import CIMultiDict
 from ..engine import Decision, Engine
 from ..errors import StoreError
 from .features import request_context
+from .offload import Offload
 from .routes import ProxySettings, Route
 
 __all__ = ["Forwarder"]
@@ -114,6 +115,7 @@ class Forwarder:
         default_factory=queue.SimpleQueue
     )
     _applying_lock: threading.Lock = field(default_factory=threading.Lock)
+    offload: Offload = field(default_factory=Offload)  # store calls (a unit not held)
 
     @property
     def counts(self) -> Counter[str]:
@@ -262,11 +264,11 @@ class Forwarder:
             spec = self.engine.spec(route.experiment).context
             context = None if spec is None else request_context(spec, request)
             # on the loop unless a store call is needed (a unit whose assignment this
-            # engine does not hold): then in a thread, so the loop never waits for it
+            # engine does not hold): then in the offload thread, never on the loop
             decision = self.engine.try_decide(route.experiment, unit=unit, context=context)
             if decision is not None:
                 return decision
-            return await asyncio.to_thread(
+            return await self.offload.run(
                 self.engine.decide, route.experiment, unit=unit, context=context
             )
         except Exception as e:  # fail open: whatever broke, the request goes to control
