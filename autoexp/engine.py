@@ -471,10 +471,14 @@ class Engine:
             # what the decision is recorded with: a refresh during the store call below
             # may install new names (a new epoch of candidates) and a new version
             version, names, params, epoch = live.version, live.names, live.params, live.epoch
-        if held is None and unit_hash is not None:
-            # the store's part without the state lock: decisions on the event loop go on
-            arm, row, sticky = self._sticky(live, unit_hash, did, arm, row, epoch)
-        with self._lock:
+            if held is None and unit_hash is not None:
+                # the store's part without the state lock (unless a caller holds it too),
+                # so decisions on the event loop go on meanwhile
+                self._lock.release()
+                try:
+                    arm, row, sticky = self._sticky(live, unit_hash, did, arm, row, epoch)
+                finally:
+                    self._lock.acquire()
             ticket = Ticket(
                 did,
                 name,
