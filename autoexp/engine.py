@@ -181,6 +181,10 @@ class Engine:
         background writer; then a full group or a refresh writes inline). A decision not
         yet written when the process dies is lost from the log (its reward, if any,
         never is).
+    unit_cache : sticky units' assignments held in memory, per experiment (least
+        recently used dropped first; 0: none, every sticky decision asks the store). A
+        held unit whose arm is still live is decided without a store call
+        (:meth:`try_decide` says whether one is needed).
     """
 
     def __init__(
