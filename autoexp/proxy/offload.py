@@ -7,28 +7,30 @@ with every request a new unit (wrk c64, one SQLite worker), the event loop spent
 410 us of CPU per request, against 150 for a request without a unit, and the pool's
 threads contended for the GIL and the store's lock. Here calls go through a queue to one
 thread, which runs them in order and hands their results back to the loop with one
-wake-up per group: at most :data:`GROUP` results, or fewer when nothing more is queued.
-Calls are short (one store call each); the engine's chores (``expire``) stay elsewhere.
+wake-up per group: what is done when nothing more is queued, or at most :data:`GROUP`
+results, or what is done once the first of it has waited :data:`HOLD_S` (so under load
+a result waits for the calls after it at most a millisecond or one call). Calls are short
+(one store call each; a batch of rewards is one call); the engine's chores (``expire``)
+stay elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-__all__ = ["GROUP", "Offload"]
-
-log = logging.getLogger("autoexp.proxy")
+__all__ = ["GROUP", "HOLD_S", "Offload"]
 
 T = TypeVar("T")
 GROUP = 32  # results handed back to the loop in one wake-up, at most
+HOLD_S = 0.001  # a result waits at most about this long for others to go back with
 STOP_S = 30.0  # at exit, the calls still queued are awaited this long
 _STOP = object()
 _Call = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -69,6 +71,7 @@ class Offload:
 
     def _worker(self) -> None:
         done: list[_Done] = []
+        since = 0.0  # when the first of ``done`` was done
         while True:
             item = self._calls.get()
             while True:
@@ -81,7 +84,9 @@ class Offload:
                     done.append((future, fn(*args, **kwargs), None))
                 except BaseException as e:  # handed to the awaiting coroutine
                     done.append((future, None, e))
-                if len(done) >= GROUP:
+                if len(done) == 1:
+                    since = time.monotonic()
+                if len(done) >= GROUP or time.monotonic() - since >= HOLD_S:
                     self._hand_back(done)
                     done = []
                 try:
