@@ -595,7 +595,7 @@ class Engine:
 
     def reward(self, decision: Decision | str, value: float) -> bool:
         """Record the outcome of a decision; ``False`` if it was already rewarded."""
-        return self._rewards([(decision, value)], single=True)[0]
+        return bool(self._rewards([(decision, value)], single=True)[0])
 
     def reward_many(self, items: Sequence[tuple[Decision | str, float]]) -> list[bool]:
         """Record many outcomes in one store call per experiment (one transaction, one
@@ -646,24 +646,38 @@ class Engine:
             )
         return live, ticket, r
 
-    def _rewards(self, items: Sequence[tuple[Any, Any]], *, single: bool) -> list[bool]:
+    def reward_each(
+        self, items: Sequence[tuple[Decision | str, float]]
+    ) -> list[bool | RewardError | UnknownExperimentError]:
+        """Record many independent outcomes (each its own caller's): like
+        :meth:`reward_many`, one store call per experiment, but each item is checked on
+        its own: a bad one gets its error in its place (as :meth:`reward` would raise
+        it) and the others are applied. A store failure raises for all of them."""
+        return self._rewards(items, single=False, each=True)
+
+    def _rewards(
+        self, items: Sequence[tuple[Any, Any]], *, single: bool, each: bool = False
+    ) -> list[Any]:
         now = self._clock()
         # _log_lock for the whole call (a decision's record is written before its
         # reward's); the state lock only while reading or changing the snapshot, never
         # across a store call, so decisions on the event loop do not wait for the store
         with self._log_lock:
-            checked = []
+            out: list[Any] = [False] * len(items)
+            checked: dict[int, tuple[Live, Ticket, float]] = {}
             with self._lock:
                 for n, (decision, value) in enumerate(items):
                     try:
-                        checked.append(self._check(decision, value, now))
+                        checked[n] = self._check(decision, value, now)
                     except (RewardError, UnknownExperimentError) as e:
+                        if each:
+                            out[n] = e
+                            continue
                         if single:
                             raise
                         raise type(e)(f"rewards[{n}]: {e.args[0]}") from None
-            out = [False] * len(checked)
             groups: dict[str, list[int]] = {}
-            for n, (live, _, _) in enumerate(checked):
+            for n, (live, _, _) in checked.items():
                 groups.setdefault(live.spec.name, []).append(n)
             for idx in groups.values():
                 live = checked[idx[0]][0]

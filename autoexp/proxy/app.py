@@ -182,8 +182,8 @@ async def rewards(request: web.Request) -> web.Response:
     items, single = _reward_items(await _body(request))
     offload = request.app[OFFLOAD]
     try:
-        if single:
-            applied = [await offload.run(engine.reward, *items[0])]
+        if single:  # joined with other requests' single rewards queued meanwhile
+            applied = [await offload.run_each(engine.reward_each, items[0])]
         else:
             applied = await offload.run(engine.reward_many, items)
     except RewardError as e:

@@ -11,7 +11,10 @@ wake-up per group: what is done when nothing more is queued, or at most :data:`G
 results, or what is done once the first of it has waited :data:`HOLD_S` (so under load
 a result waits for the calls after it at most a millisecond or one call). Calls are short
 (one store call each; a batch of rewards is one call); the engine's chores (``expire``)
-stay elsewhere.
+stay elsewhere. Requests that each bring one item of the same kind (a single reward per
+``POST /_autoexp/rewards``) go through :meth:`Offload.run_each`: those queued together
+are handled in one call (one store transaction), each still getting its own result or
+error.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-__all__ = ["GROUP", "HOLD_S", "Offload"]
+__all__ = ["EACH_MAX", "GROUP", "HOLD_S", "Offload"]
 
 T = TypeVar("T")
 GROUP = 32  # results handed back to the loop in one wake-up, at most
 HOLD_S = 0.001  # a result waits at most about this long for others to go back with
 STOP_S = 30.0  # at exit, the calls still queued are awaited this long
 _STOP = object()
-_Call = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+EACH_MAX = 1_000  # items of consecutive run_each calls joined into one call, at most
+# (future, fn, args, kwargs, each): each=True is run_each's, args holding its one item
+_Call = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
 _Done = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -66,35 +71,84 @@ class Offload:
         if self._thread is None or self._loop is None:
             return await asyncio.to_thread(fn, *args, **kwargs)
         future: asyncio.Future[T] = self._loop.create_future()
-        self._calls.put((future, fn, args, kwargs))
+        self._calls.put((future, fn, args, kwargs, False))
         return await future
+
+    async def run_each(self, fn: Callable[[list[Any]], list[Any]], item: Any, /) -> Any:
+        """``fn([item, ...])[i]`` for this ``item``: consecutive queued ``run_each`` calls
+        of the same ``fn`` (up to :data:`EACH_MAX`) are joined into one call, whose
+        result has one entry per item, an exception instance being raised to its caller
+        (e.g. ``Engine.reward_each``: one store transaction for many requests' rewards).
+        An exception ``fn`` raises goes to all of them."""
+        if self._thread is None or self._loop is None:
+            got = (await asyncio.to_thread(fn, [item]))[0]
+        else:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            self._calls.put((future, fn, (item,), {}, True))
+            got = await future
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     def _worker(self) -> None:
         done: list[_Done] = []
         since = 0.0  # when the first of ``done`` was done
+        item: _Call | object | None = None  # taken from the queue, not run yet
         while True:
-            item = self._calls.get()
-            while True:
+            if item is None:
+                item = self._calls.get()
+            while item is not None:
                 if item is _STOP:
                     self._hand_back(done)
                     return
                 call: _Call = item  # type: ignore[assignment]
-                future, fn, args, kwargs = call
-                try:
-                    done.append((future, fn(*args, **kwargs), None))
-                except BaseException as e:  # handed to the awaiting coroutine
-                    done.append((future, None, e))
-                if len(done) == 1:
+                item = None
+                first = not done
+                if call[4]:
+                    item = self._run_each(call, done)  # it may take the next one out
+                else:
+                    future, fn, args, kwargs, _ = call
+                    try:
+                        done.append((future, fn(*args, **kwargs), None))
+                    except BaseException as e:  # handed to the awaiting coroutine
+                        done.append((future, None, e))
+                if first:
                     since = time.monotonic()
                 if len(done) >= GROUP or time.monotonic() - since >= HOLD_S:
                     self._hand_back(done)
                     done = []
-                try:
-                    item = self._calls.get_nowait()
-                except queue.Empty:
-                    break
+                if item is None:
+                    try:
+                        item = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
             self._hand_back(done)  # nothing more queued: what is done goes back now
             done = []
+
+    def _run_each(self, call: _Call, done: list[_Done]) -> _Call | object | None:
+        """Run ``call`` joined with the ``run_each`` calls of the same function queued
+        after it; the first other call taken from the queue, if any, is returned."""
+        fn = call[1]
+        futures, items = [call[0]], [call[2][0]]
+        after: _Call | object | None = None
+        while len(items) < EACH_MAX:
+            try:
+                nxt = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            # != rather than "is not": a bound method is made anew at each access
+            if nxt is _STOP or not nxt[4] or nxt[1] != fn:  # type: ignore[index]
+                after = nxt
+                break
+            futures.append(nxt[0])  # type: ignore[index]
+            items.append(nxt[2][0])  # type: ignore[index]
+        try:
+            results = fn(items)
+        except BaseException as e:  # every caller gets it
+            done.extend((f, None, e) for f in futures)
+        else:
+            done.extend((f, r, None) for f, r in zip(futures, results, strict=True))
+        return after
 
     def _hand_back(self, done: list[_Done]) -> None:
         if not done or self._loop is None:

@@ -199,6 +199,44 @@ def test_a_units_store_call_does_not_hold_up_other_decisions(
     assert engine.decide("ranker", unit="u1").arm == got[0].arm
 
 
+def test_reward_each_applies_the_good_items_and_returns_each_bad_ones_error(
+    store: Any,
+) -> None:
+    # Independent callers' rewards in one call: each bad item gets the error reward()
+    # would raise for it, and nothing of it is written; the good ones are applied once,
+    # in one store call, to the same state as applying them one by one.
+    engine = Engine(store, [spec()], secret=SECRET, seed=26)
+    made = [engine.decide("ranker") for _ in range(6)]
+    items: list[tuple[Any, float]] = [
+        (made[0], 1.0),
+        (made[1].token[:-4] + "AAAA", 1.0),  # forged
+        (made[2], 7.0),  # out of range
+        (made[3].token, 0.0),
+        (made[0].token, 1.0),  # the same decision again: a no-op
+        (sign(keys_from(SECRET), Ticket("x", "nope", 0, (0.5, 0.5), 1e9, 3e9)), 1.0),
+        (made[4], math.nan),
+    ]
+    calls = []
+    real = store.add_many
+
+    def add_many(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    store.add_many = add_many
+    got = engine.reward_each(items)
+    assert got[0] is True and got[3] is True and got[4] is False
+    assert isinstance(got[1], RewardError) and "forged" in str(got[1])
+    assert isinstance(got[2], RewardError) and "[0.0, 1.0]" in str(got[2])
+    assert isinstance(got[5], UnknownExperimentError)
+    assert isinstance(got[6], RewardError)
+    assert calls == [3]  # one store call for the three good items
+    n = store.read("ranker")["policy.n"]
+    assert n.sum() == 2.0  # made[0] once and made[3]
+    for bad in (made[1], made[2], made[4]):  # still rewardable: nothing recorded for them
+        assert engine.reward(bad, 1.0) is True
+
+
 def test_duplicate_rewards_count_once(store: Any) -> None:
     engine = Engine(store, [spec()], secret=SECRET, seed=6)
     d = engine.decide("ranker")

@@ -172,3 +172,36 @@ def test_calls_queued_at_exit_are_run_and_without_the_thread_it_falls_back() -> 
         return await offload.run(work, 9)  # stopped: asyncio.to_thread
 
     assert asyncio.run(main()) == 9
+
+
+def test_queued_single_items_are_joined_into_one_call_with_their_own_results() -> None:
+    # While the thread is busy, 10 run_each calls of one function and a plain run call
+    # between them are queued: the 5 before the plain call are joined into one call,
+    # the plain call runs next, then the 5 after it; an item's exception is raised to its
+    # own caller only.
+    gate = threading.Event()
+    batches: list[list[int]] = []
+
+    def each(items: list[int]) -> list[Any]:
+        batches.append(items)
+        return [ValueError(f"odd {n}") if n % 2 else n * 10 for n in items]
+
+    async def main() -> list[Any]:
+        async with started(Offload()) as offload:
+            busy = asyncio.ensure_future(offload.run(gate.wait, 10))
+            await asyncio.sleep(0.05)
+            calls = [asyncio.ensure_future(offload.run_each(each, n)) for n in range(5)]
+            calls.append(asyncio.ensure_future(offload.run(batches.append, [-1])))
+            calls += [asyncio.ensure_future(offload.run_each(each, n)) for n in range(5, 10)]
+            gate.set()
+            await busy
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    got = asyncio.run(main())
+    assert batches == [[0, 1, 2, 3, 4], [-1], [5, 6, 7, 8, 9]]
+    singles = got[:5] + got[6:]
+    for n, result in enumerate(singles):
+        if n % 2:
+            assert isinstance(result, ValueError) and str(result) == f"odd {n}"
+        else:
+            assert result == n * 10

@@ -4,10 +4,14 @@ decisions, rewards, refusals that change nothing, and failing open while the sto
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -23,7 +27,7 @@ from autoexp.errors import (
     StoreError,
     UnknownExperimentError,
 )
-from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS
+from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS, OFFLOAD
 from autoexp.tokens import Ticket, keys_from, sign
 from policies import OffPolicyCS, ThompsonBeta, TrafficCap
 from tests.autoexp.conftest import Sidecar, free_port
@@ -132,6 +136,47 @@ BAD_REQUESTS = [
     ),
     ("/_autoexp/rewards", b"[" + b" " * MAX_BODY_BYTES + b"]", 413, "RequestError", "larger"),
 ]
+
+
+def test_concurrent_single_rewards_are_joined_and_each_answered_on_its_own(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Single rewards posted while the offload thread is busy are applied in one engine
+    # call (one store transaction); a forged one among them still gets its 400, the
+    # others their 202, and only theirs are recorded.
+    engine = sidecar.engine
+    offload = sidecar.app[OFFLOAD]
+    sizes: list[int] = []
+    real = engine.reward_each
+
+    def reward_each(items: Any) -> Any:
+        sizes.append(len(items))
+        return real(items)
+
+    monkeypatch.setattr(engine, "reward_each", reward_each)
+    made = [engine.decide("ranker") for _ in range(12)]
+    tokens = [d.token for d in made]
+    tokens[5] = tokens[5][:-4] + "AAAA"
+    gate = threading.Event()
+    busy = asyncio.run_coroutine_threadsafe(offload.run(gate.wait, 10), sidecar.loop)
+
+    def post(token: str) -> httpx.Response:
+        with httpx.Client(base_url=sidecar.url, timeout=10) as http:
+            return http.post("/_autoexp/rewards", json={"token": token, "value": 1})
+
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        answers = [pool.submit(post, t) for t in tokens]
+        deadline = time.monotonic() + 10
+        while offload._calls.qsize() < len(tokens) and time.monotonic() < deadline:
+            time.sleep(0.01)  # every request queued behind the busy thread
+        gate.set()
+        got = [a.result() for a in answers]
+    busy.result(10)
+    assert [r.status_code for r in got] == [400 if i == 5 else 202 for i in range(12)]
+    assert "forged" in got[5].json()["error"]
+    assert all(r.json() == {"applied": [True]} for i, r in enumerate(got) if i != 5)
+    assert sizes == [12]  # one call for all of them
+    assert engine.store.read("ranker")["policy.n"].sum() == 11.0
 
 
 @pytest.mark.parametrize(("path", "body", "status", "kind", "words"), BAD_REQUESTS)
