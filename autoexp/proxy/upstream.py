@@ -15,8 +15,9 @@ Rewards from answers (a route's ``reward_from``): the status class, the latency 
 SLO, or a header the upstream sets (hidden from the client); an alternative that failed
 and was retried on control gets the lowest reward, so its errors feed its guardrail. They
 are queued and handed every 50 ms to a thread that applies them in batches
-(``reward_many``), never on the request's path; ``rewards_refused`` counts header values
-out of range.
+(``reward_each``: a refused one does not take the others with it), never on the request's
+path; ``rewards_refused`` counts header values out of range and rewards the engine
+refused.
 A client that goes away mid-answer is not the upstream's failure: ``client_gone`` counts
 it and the answer is rewarded as the upstream gave it. An upstream that breaks off after
 its answer's head was sent cannot be retried: the client's connection is closed (it sees a
@@ -196,18 +197,24 @@ class Forwarder:
             log.warning("autoexp: %d rewards not applied at exit: the store failed", len(retry))
 
     def _apply_chunk(self, chunk: list[tuple[Decision, float]]) -> bool:
-        """Apply one chunk; ``False`` if the store failed (the chunk is to be retried)."""
+        """Apply one chunk; ``False`` if the store failed (the chunk is to be retried).
+        Each reward is checked on its own (``reward_each``): one refused (late, its
+        experiment gone...) is dropped and counted, the others are applied."""
         try:
-            self.engine.reward_many(chunk)
+            results = self.engine.reward_each(chunk)
         except StoreError as e:  # kept for the next try (bounded), counted
             self.applier_events["reward_store_errors"] += 1
             log.warning("autoexp: applying %d rewards failed: %s", len(chunk), e)
             return False
-        except Exception as e:  # refused (a token expired while queued...): dropped, said
+        except Exception as e:  # the engine failing oddly: dropped, said
             self._done(len(chunk), "rewards_refused")
             log.warning("autoexp: %d rewards refused: %r", len(chunk), e)
-        else:
-            self._done(len(chunk), "rewards")
+            return True
+        refused = [r for r in results if isinstance(r, Exception)]
+        self._done(len(chunk) - len(refused), "rewards")
+        if refused:
+            self._done(len(refused), "rewards_refused")
+            log.warning("autoexp: %d rewards refused, the first: %s", len(refused), refused[0])
         return True
 
     def _done(self, n: int, event: str) -> None:

@@ -5,6 +5,7 @@ alternative that errors, hangs or resets being retried on control."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import threading
@@ -434,6 +435,34 @@ def test_rewards_survive_a_store_that_fails_for_a_while(servers: dict[str, Serve
         assert decided >= 1
         assert sum(state["policy.n"]) == decided and sum(state["policy.sum_reward"]) == decided
         assert side.app[FORWARDER].counts["reward_store_errors"] == 2
+    finally:
+        side.close()
+
+
+def test_a_refused_reward_does_not_take_the_others_in_its_batch_with_it(
+    servers: dict[str, Served],
+) -> None:
+    # Six rewards handed to the applier together (one store call), one of them past its
+    # decision's join window: it alone is refused and counted; the other five are applied.
+    side = sidecar(servers, reward_from="status")
+    forwarder = side.app[FORWARDER]
+    try:
+        good = [side.engine.decide("ranker") for _ in range(5)]
+        d = side.engine.decide("ranker")
+        late = dataclasses.replace(d, ticket=dataclasses.replace(d.ticket, issued=0.0))
+
+        def queue_all() -> None:  # on the event loop, as the forwarder queues them
+            for x in [*good[:2], late, *good[2:]]:
+                forwarder._queue(x, 1.0)
+
+        side.loop.call_soon_threadsafe(queue_all)
+        deadline = time.monotonic() + 10
+        while forwarder.counts["rewards"] + forwarder.counts["rewards_refused"] < 6:
+            assert time.monotonic() < deadline, forwarder.counts
+            time.sleep(0.02)
+        state = settle(side)
+        assert sum(state["policy.n"]) == 5 and sum(state["policy.sum_reward"]) == 5
+        assert forwarder.counts["rewards"] == 5 and forwarder.counts["rewards_refused"] == 1
     finally:
         side.close()
 
