@@ -29,6 +29,20 @@ async def started(offload: Offload) -> AsyncIterator[Offload]:
             await lifetime.__anext__()
 
 
+@pytest.fixture
+def wakeups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many results each wake-up of the loop handed back, in order."""
+    sizes: list[int] = []
+    real = offload_module._settle
+
+    def settle(done: list[Any]) -> None:
+        sizes.append(len(done))
+        real(done)
+
+    monkeypatch.setattr(offload_module, "_settle", settle)
+    return sizes
+
+
 def test_results_and_errors_reach_their_callers_from_one_thread() -> None:
     threads: set[str] = set()
 
@@ -52,18 +66,10 @@ def test_results_and_errors_reach_their_callers_from_one_thread() -> None:
     assert threads == {"autoexp-store"}
 
 
-def test_queued_calls_come_back_in_groups_and_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queued_calls_come_back_in_groups_and_in_order(wakeups: list[int]) -> None:
     # The first call blocks until 100 more are queued: they then run back to back and
     # come back with one wake-up of the loop per GROUP results (plus the first's), in the
     # order they were queued.
-    wakeups: list[int] = []
-    real = offload_module._settle
-
-    def settle(done: list[Any]) -> None:
-        wakeups.append(len(done))
-        real(done)
-
-    monkeypatch.setattr(offload_module, "_settle", settle)
     gate = threading.Event()
     order: list[int] = []
 
@@ -90,20 +96,10 @@ def test_queued_calls_come_back_in_groups_and_in_order(monkeypatch: pytest.Monke
     assert max(wakeups) <= GROUP
 
 
-def test_a_result_does_not_wait_long_for_slow_calls_after_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_result_does_not_wait_long_for_slow_calls_after_it(wakeups: list[int]) -> None:
     # Calls of 20 ms each, queued behind one that waits for a gate: every result goes
     # back once it has waited HOLD_S (1 ms) or one call, so never more than two together.
     assert HOLD_S < 0.02
-    wakeups: list[int] = []
-    real = offload_module._settle
-
-    def settle(done: list[Any]) -> None:
-        wakeups.append(len(done))
-        real(done)
-
-    monkeypatch.setattr(offload_module, "_settle", settle)
     gate = threading.Event()
 
     def work(n: int) -> int:
