@@ -159,8 +159,10 @@ def test_a_held_unit_follows_another_replicas_reassignment_at_the_next_refresh(
     # reassigns them to control in the store. A keeps serving its snapshot (the arm is
     # live there) until its refresh shows the roll-back; then it reads B's assignment:
     # control, with B's propensity (sticky: B's first exposure), the same as B serves.
-    a = Engine(store, [spec()], secret=SECRET, seed=23)
-    b = Engine(store, [spec()], secret=SECRET, seed=24)
+    # Refreshed only when the test says (a refresh at the cadence, in A's background
+    # writer, could otherwise come between the roll-back and A's "still its snapshot").
+    a = Engine(store, [spec(refresh_every=10_000)], secret=SECRET, seed=23)
+    b = Engine(store, [spec(refresh_every=10_000)], secret=SECRET, seed=24)
     units = [f"u{i}" for i in range(40)]
     on_alt = [u for u in units if a.decide("ranker", unit=u).arm == 1]
     assert on_alt  # a 50% cap: about half
