@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "check_shapes",
     "dumps",
     "summed",
+    "tally",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -221,6 +222,50 @@ def check_items(
                 raise StoreError(f"store.add_many: item {n}: {name!r}: amounts must be finite")
         lines.append(dumps(record))
     return lines
+
+
+def tally(
+    experiment: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    items: Sequence[Item],
+    seen: Container[str] = frozenset(),
+) -> tuple[list[str], list[bool], dict[tuple[str, int], float]]:
+    """Validate a batch for :meth:`Store.add_many` and sum it: its records as JSON lines,
+    which items to apply (``once`` neither in ``seen`` nor earlier in the batch), and each
+    cell's total over those.
+
+    The same checks as :func:`check_items`, in the one pass over the entries that
+    summing needs: what the pass does not look at on its own (a field or an index that
+    does not exist, an amount that is not finite) shows in the cells and totals it
+    builds, and then :func:`check_items` names the item at fault. Checking and summing
+    in two passes cost twice as much per reward (``benchmarks/engine.py``)."""
+    if not shapes:
+        raise StoreError(f"store: experiment {experiment!r} has no declared state")
+    totals: dict[tuple[str, int], float] = {}
+    lines, apply, fresh = [], [], set()
+    skipped = False
+    for once, entries, record in items:
+        if not isinstance(once, str) or not once:
+            check_items(experiment, shapes, items)  # raises, naming the item
+        lines.append(dumps(record))
+        if once in seen or once in fresh:
+            apply.append(False)
+            skipped = True
+            continue
+        fresh.add(once)
+        apply.append(True)
+        for name, index, amount in entries:
+            key = (name, index)
+            totals[key] = totals.get(key, 0.0) + amount
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    for (name, index), total in totals.items():
+        size = sizes.get(name)
+        if size is None or not 0 <= index < size or not math.isfinite(total):
+            check_items(experiment, shapes, items)  # raises, naming the item
+            raise StoreError(f"store.add_many: {name!r}: amounts must be finite (their sum)")
+    if skipped:  # not summed, but a bad entry in them refuses the batch all the same
+        check_items(experiment, shapes, items)
+    return lines, apply, totals
 
 
 def check_declared(

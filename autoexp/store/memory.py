@@ -16,10 +16,10 @@ from .base import (
     Record,
     check_amounts,
     check_declared,
-    check_items,
     check_name,
     check_shapes,
     dumps,
+    tally,
 )
 
 __all__ = ["MemoryStore"]
@@ -84,21 +84,14 @@ class MemoryStore:
 
     def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
         with self._lock:
-            lines = check_items(experiment, self._shapes.get(experiment, {}), items)
             seen = self._once.setdefault(experiment, set())
+            lines, done, totals = tally(experiment, self._shapes.get(experiment, {}), items, seen)
             state = self._state[experiment]
             log = self._log.setdefault(experiment, [])
-            done = []
-            totals: dict[tuple[str, int], float] = {}  # one array write per field and index
-            for (once, entries, _), line in zip(items, lines, strict=True):
-                if once in seen:
-                    done.append(False)
-                    continue
-                seen.add(once)
-                for name, index, amount in entries:
-                    totals[name, index] = totals.get((name, index), 0.0) + amount
-                log.append(line)
-                done.append(True)
+            for (once, _, _), line, applied in zip(items, lines, done, strict=True):
+                if applied:
+                    seen.add(once)
+                    log.append(line)
             for (name, index), amount in totals.items():
                 state[name].reshape(-1)[index] += amount
             return done

@@ -30,11 +30,11 @@ from .base import (
     Record,
     check_amounts,
     check_declared,
-    check_items,
     check_name,
     check_shapes,
     dumps,
     summed,
+    tally,
 )
 
 __all__ = ["SQLiteStore"]
@@ -90,6 +90,10 @@ class SQLiteStore:
         shapes = {f: tuple(json.loads(s)) for f, s in rows}
         self._shapes[experiment] = shapes
         return shapes
+
+    def _known(self, experiment: str) -> dict[str, tuple[int, ...]]:
+        """The experiment's fields as last read (read now if never)."""
+        return self._shapes.get(experiment) or self._load_shapes(experiment)
 
     def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_name("store.declare experiment", experiment)
@@ -162,35 +166,26 @@ class SQLiteStore:
 
     def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
         with self._lock:
-            shapes = self._shapes.get(experiment) or {}
-            names = {name for _, entries, _ in items for name, _, _ in entries}
-            if not shapes or not names <= set(shapes):
-                shapes = self._load_shapes(experiment)
-            lines = check_items(experiment, shapes, items)
-            done = []
             # One transaction, a few statements for the whole batch: the ids already
             # applied, then the new ids, their increments summed per cell (additive: the
             # same state as one by one) and their records, in order.
             with self._write():
                 seen = self._applied(experiment, [once for once, _, _ in items])
-                totals: dict[tuple[str, int], float] = {}
-                new_ids, log_rows = [], []
-                for (once, entries, _), line in zip(items, lines, strict=True):
-                    if once in seen:
-                        done.append(False)
-                        continue
-                    seen.add(once)
-                    done.append(True)
-                    new_ids.append(once)
-                    log_rows.append(line)
-                    for name, index, amount in entries:
-                        totals[name, index] = totals.get((name, index), 0.0) + amount
-                self._insert_once(experiment, new_ids)
+                try:
+                    lines, done, totals = tally(experiment, self._known(experiment), items, seen)
+                except StoreError:  # a field declared since (by another process)?
+                    lines, done, totals = tally(
+                        experiment, self._load_shapes(experiment), items, seen
+                    )
+                new = [
+                    (item[0], line) for item, line, d in zip(items, lines, done, strict=True) if d
+                ]
+                self._insert_once(experiment, [once for once, _ in new])
                 self._db.executemany(
                     "UPDATE state SET value = value + ? WHERE exp = ? AND field = ? AND idx = ?",
                     [(v, experiment, name, index) for (name, index), v in totals.items()],
                 )
-                self._insert_log(experiment, log_rows)
+                self._insert_log(experiment, [line for _, line in new])
             return done
 
     def _insert_once(self, experiment: str, ids: Sequence[str]) -> None:

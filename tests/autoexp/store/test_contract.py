@@ -211,3 +211,28 @@ def test_a_bad_item_refuses_the_whole_batch(store: Any, entry: Any, match: str) 
         store.add_many("exp", items)
     assert store.read("exp")["n"].sum() == 0.0 and store.records("exp") == []
     assert store.add_many("exp", items[:1]) == [True]  # its ids were not consumed
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [("n", 0, float("nan"))],
+        [("n", 0, float("inf")), ("n", 0, -float("inf"))],  # the sum is NaN
+        [("q", 0, 1.0)],
+    ],
+)
+def test_a_bad_entry_refuses_the_batch_even_in_an_item_not_applied(store: Any, bad: Any) -> None:
+    # Checked and summed in one pass (SQLite, memory): an item skipped as applied before,
+    # or repeated within the batch, is not summed, but a bad entry in it still refuses
+    # the batch, naming the item, with nothing written.
+    store.declare("exp", SHAPES)
+    assert store.add_many("exp", [("r1", [("n", 0, 1.0)], {"i": 1})]) == [True]
+    for items, at in [
+        ([("r2", [("n", 1, 1.0)], {"i": 2}), ("r1", bad, {"i": 3})], 1),
+        ([("r2", [("n", 1, 1.0)], {"i": 2}), ("r2", bad, {"i": 3})], 1),
+        ([("r3", bad, {"i": 3}), ("r2", [("n", 1, 1.0)], {"i": 2})], 0),
+    ]:
+        with pytest.raises(StoreError, match=rf"item {at}: "):
+            store.add_many("exp", items)
+    np.testing.assert_array_equal(store.read("exp")["n"], [[1.0, 0.0, 0.0]])
+    assert store.records("exp") == [{"i": 1}]
