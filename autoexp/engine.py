@@ -118,11 +118,11 @@ class _Ids:
 class _Scan:
     """What :meth:`Engine.expire` has read of one experiment's log: positions
     ``[start, end)``, and in them the decisions not yet rewarded nor defaulted (id to
-    position and ticket)."""
+    position and its record's time, arm, allocation and context)."""
 
     start: int
     end: int
-    open: dict[str, tuple[int, Ticket]] = field(default_factory=dict)
+    open: dict[str, tuple[int, tuple[Any, ...]]] = field(default_factory=dict)
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -215,6 +215,7 @@ class Engine:
         self._seq = np.random.SeedSequence(seed)
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
         self._rng = np.random.default_rng(self._seq)
+        self._uniforms: list[float] = []  # self._rng's next draws, the next one last
         self._ids = _Ids()
         self._clock = clock
         # Lock order: _log_lock (log writes, in order) before _lock (engine state); code
@@ -460,7 +461,7 @@ class Engine:
             arm = draw(
                 live.cumulative if alloc is None else list(accumulate(row)),
                 row,
-                self._rng.random(),  # drawn for a held unit too: a seed's draws stay aligned
+                self._uniform(),  # drawn for a held unit too: a seed's draws stay aligned
             )
             if alloc is not None:
                 if live.served_sum is None:
@@ -534,6 +535,14 @@ class Engine:
             # last: a refresh here may rename the arms (a new epoch of candidates)
             self._tick(live, defer=self._flusher is not None)
             return decision
+
+    def _uniform(self) -> float:
+        """The seeded stream's next draw: the same numbers as one ``random()`` call each,
+        taken 1,024 at a time (a call into numpy per decision cost more than the rest of
+        the draw). Called under the state lock."""
+        if not self._uniforms:
+            self._uniforms = self._rng.random(_ID_BLOCK).tolist()[::-1]
+        return self._uniforms.pop()
 
     def _sticky(
         self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...], epoch: int
@@ -776,26 +785,29 @@ class Engine:
             scan.start = cursor
         while True:
             page = self.store.records(spec.name, start=scan.end, limit=10_000)
-            for record in page:
+            for record in page:  # every decision and reward passes here once
                 kind = record.get("type")
                 if kind == "decision":
-                    issued = float(record["time"])
-                    ticket = Ticket(
-                        record["decision_id"],
-                        spec.name,
-                        int(record["arm"]),
-                        tuple(float(x) for x in record["allocation"]),
-                        issued,
-                        issued + spec.token_ttl_s,
-                        None if dim is None else tuple(record["context"]),
-                    )
-                    scan.open[ticket.id] = (scan.end, ticket)
+                    fields = (record["time"], record["arm"], record["allocation"])
+                    scan.open[record["decision_id"]] = (scan.end, (*fields, record["context"]))
                 elif kind == "reward":
                     scan.open.pop(record["decision_id"], None)
                 scan.end += 1
             if len(page) < 10_000:
                 break
-        due = [t for _, t in scan.open.values() if now > t.issued + spec.join_window_s]
+        due = [  # a ticket only for those due: most decisions are rewarded before
+            Ticket(
+                decision_id,
+                spec.name,
+                int(arm),
+                tuple(float(x) for x in allocation),
+                float(issued),
+                float(issued) + spec.token_ttl_s,
+                None if dim is None else tuple(context),
+            )
+            for decision_id, (_, (issued, arm, allocation, context)) in scan.open.items()
+            if now > float(issued) + spec.join_window_s
+        ]
         done = 0
         for start in range(0, len(due), 1_000):
             chunk = due[start : start + 1_000]
