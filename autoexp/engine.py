@@ -789,7 +789,7 @@ class Engine:
                 kind = record.get("type")
                 if kind == "decision":
                     fields = (record["time"], record["arm"], record["allocation"])
-                    scan.open[record["decision_id"]] = (scan.end, (*fields, record["context"]))
+                    scan.open[record["decision_id"]] = (scan.end, (*fields, record.get("context")))
                 elif kind == "reward":
                     scan.open.pop(record["decision_id"], None)
                 scan.end += 1
