@@ -63,6 +63,7 @@ from .experiment import (
     Live,
     budget_of,
     draw,
+    make_decision,
     served,
 )
 from .generate import generation_step
@@ -518,7 +519,7 @@ class Engine:
                         self._wake.set()
                 else:
                     self._try_flush(live)
-            decision = Decision(
+            decision = make_decision(
                 did,
                 name,
                 arm,

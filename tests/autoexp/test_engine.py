@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import threading
 import time
@@ -12,6 +14,8 @@ import pytest
 
 from autoexp.engine import Engine, ExperimentSpec
 from autoexp.errors import ConfigError, RequestError, RewardError, UnknownExperimentError
+from autoexp.experiment import Decision, make_decision
+from autoexp.store.memory import MemoryStore
 from autoexp.tokens import Ticket, keys_from, sign
 from policies import ConservativeBudget, OffPolicyCS, ThompsonBeta, TrafficCap
 from policies.greedy import EpsilonGreedy
@@ -700,3 +704,20 @@ def test_decision_ids_sort_by_time_and_differ_after_a_fork(store: Any) -> None:
     parent = engine.decide("ranker").id  # without the reseed, the child's twin
     assert len(child) == 24 and child[:11] == parent[:11]
     assert child not in ids and child != parent
+
+
+def test_make_decision_is_the_dataclass() -> None:
+    # The engine makes its decisions with make_decision (the frozen dataclass's __init__
+    # cost 3.2 us a decision): the same fields, in the same order, and an object equal to
+    # Decision(...) in every field, repr included, and as frozen; a field added to Decision
+    # without make_decision fails here.
+    params = inspect.signature(make_decision).parameters
+    assert list(params) == [f.name for f in dataclasses.fields(Decision)]
+    engine = Engine(MemoryStore(), [spec()], secret=SECRET, seed=3)
+    made = engine.decide("ranker")
+    values = [getattr(made, name) for name in params]
+    plain = Decision(*values)
+    assert type(made) is Decision and vars(made) == vars(plain)
+    assert made == plain and repr(made) == repr(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.arm = 1  # type: ignore[misc]
