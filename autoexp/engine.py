@@ -73,7 +73,7 @@ from .lifecycle import (
     history_of,
     operator_change,
 )
-from .records import decision_line, floats_json, reward_line
+from .records import decision_line, floats_json, reward_lines
 from .snapshot import serving_policy
 from .state import increments, install
 from .store.base import Item, Store
@@ -718,20 +718,10 @@ class Engine:
         with self._lock:  # against the snapshot; the store call below goes without it
             entries = increments(live, tickets, values)
         spec = live.spec
+        rewards = [(t.id, t.arm, float(v)) for t, v in zip(tickets, values, strict=True)]
+        lines = reward_lines(source, spec.name, now, rewards)
         batch: list[Item] = [
-            (
-                f"reward:{t.id}",
-                entries[i],
-                reward_line(
-                    source=source,
-                    decision_id=t.id,
-                    experiment=spec.name,
-                    arm=t.arm,
-                    reward=float(values[i]),
-                    time=now,
-                ),
-            )
-            for i, t in enumerate(tickets)
+            (f"reward:{t.id}", entries[i], lines[i]) for i, t in enumerate(tickets)
         ]
         return self.store.add_many(spec.name, batch)
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .store.base import Encoded
 
-__all__ = ["decision_line", "floats_json", "reward_line"]
+__all__ = ["decision_line", "floats_json", "reward_line", "reward_lines"]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -80,8 +80,18 @@ def reward_line(
     *, source: str, decision_id: str, experiment: str, arm: int, reward: float, time: float
 ) -> Encoded:
     """A reward's record."""
-    return Encoded(
-        f'{{"type":"reward","source":{_string(source)},"decision_id":{_id(decision_id)},'
-        f'"experiment":{_string(experiment)},"arm":{arm:d},"reward":{_float(reward)},'
-        f'"reward_time":{_float(time)}}}'
-    )
+    return reward_lines(source, experiment, time, [(decision_id, arm, reward)])[0]
+
+
+def reward_lines(
+    source: str, experiment: str, time: float, rewards: Sequence[tuple[str, int, float]]
+) -> list[Encoded]:
+    """The records of a batch of rewards ``(decision_id, arm, reward)`` of one experiment
+    and source, applied at ``time``: what they share is written once."""
+    head = f'{{"type":"reward","source":{_string(source)},"decision_id":'
+    middle = f',"experiment":{_string(experiment)},"arm":'
+    tail = f',"reward_time":{_float(time)}}}'
+    return [
+        Encoded(f'{head}{_id(did)}{middle}{arm:d},"reward":{_float(reward)}{tail}')
+        for did, arm, reward in rewards
+    ]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoexp.records import decision_line, floats_json, reward_line
+from autoexp.records import decision_line, floats_json, reward_line, reward_lines
 from autoexp.store.base import dumps
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -108,6 +108,10 @@ def test_a_reward_line_is_the_record_the_encoder_writes(
         source=source, decision_id=did, experiment=experiment, arm=arm, reward=reward, time=time
     )
     assert line == dumps(record)
+    # in a batch (what the engine writes), each record as it would be alone
+    other = {**record, "decision_id": f"{did}2", "arm": arm + 1, "reward": -reward}
+    batch = [(did, arm, reward), (f"{did}2", arm + 1, -reward)]
+    assert reward_lines(source, experiment, time, batch) == [dumps(record), dumps(other)]
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
