@@ -237,8 +237,8 @@ def tally(
     The same checks as :func:`check_items`, in the one pass over the entries that
     summing needs: what the pass does not look at on its own (a field or an index that
     does not exist, an amount that is not finite) shows in the cells and totals it
-    builds, and then :func:`check_items` names the item at fault. Checking and summing
-    in two passes cost twice as much per reward (``benchmarks/engine.py``)."""
+    builds, and then :func:`check_items` names the item at fault. A separate check
+    walked every entry of the batch a second time."""
     if not shapes:
         raise StoreError(f"store: experiment {experiment!r} has no declared state")
     totals: dict[tuple[str, int], float] = {}
