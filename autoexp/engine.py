@@ -86,6 +86,7 @@ __all__ = ["Decision", "Engine", "ExperimentSpec"]
 _FORKS = [0]  # forks of this process so far: a child draws its ids afresh
 os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 _ID_BLOCK = 1024  # random parts drawn at a time
+_DRAW_BLOCK = 1024  # the seeded uniforms of decisions' draws taken at a time
 
 
 class _Ids:
@@ -542,7 +543,7 @@ class Engine:
         taken 1,024 at a time (a call into numpy per decision cost more than the rest of
         the draw). Called under the state lock."""
         if not self._uniforms:
-            self._uniforms = self._rng.random(_ID_BLOCK).tolist()[::-1]
+            self._uniforms = self._rng.random(_DRAW_BLOCK).tolist()[::-1]
         return self._uniforms.pop()
 
     def _sticky(

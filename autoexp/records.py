@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .store.base import Encoded
 
-__all__ = ["decision_line", "floats_json", "reward_line", "reward_lines"]
+__all__ = ["decision_line", "floats_json", "reward_lines"]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,13 +74,6 @@ def decision_line(
         f'"allocation_version":{version:d},"seed":{"null" if seed is None else f"{seed:d}"},'
         '"reward":null,"reward_time":null}'
     )
-
-
-def reward_line(
-    *, source: str, decision_id: str, experiment: str, arm: int, reward: float, time: float
-) -> Encoded:
-    """A reward's record."""
-    return reward_lines(source, experiment, time, [(decision_id, arm, reward)])[0]
 
 
 def reward_lines(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoexp.records import decision_line, floats_json, reward_line, reward_lines
+from autoexp.records import decision_line, floats_json, reward_lines
 from autoexp.store.base import dumps
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -104,9 +104,7 @@ def test_a_reward_line_is_the_record_the_encoder_writes(
         "reward": reward,
         "reward_time": time,
     }
-    line = reward_line(
-        source=source, decision_id=did, experiment=experiment, arm=arm, reward=reward, time=time
-    )
+    (line,) = reward_lines(source, experiment, time, [(did, arm, reward)])
     assert line == dumps(record)
     # in a batch (what the engine writes), each record as it would be alone
     other = {**record, "decision_id": f"{did}2", "arm": arm + 1, "reward": -reward}
@@ -119,4 +117,4 @@ def test_a_number_json_cannot_hold_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="not a finite number"):
         floats_json([0.5, bad])
     with pytest.raises(ValueError, match="not a finite number"):
-        reward_line(source="reward", decision_id="a", experiment="e", arm=0, reward=bad, time=1.0)
+        reward_lines("reward", "e", 1.0, [("a", 0, bad)])
