@@ -73,7 +73,7 @@ from .lifecycle import (
     history_of,
     operator_change,
 )
-from .records import decision_line, floats_json, reward_lines
+from .records import decision_line, floats_json, outline, reward_lines
 from .snapshot import serving_policy
 from .state import increments, install
 from .store.base import Item, Store
@@ -120,11 +120,11 @@ class _Ids:
 class _Scan:
     """What :meth:`Engine.expire` has read of one experiment's log: positions
     ``[start, end)``, and in them the decisions not yet rewarded nor defaulted (id to
-    position and its record's time, arm, allocation and context)."""
+    position, its record's time and its record's JSON text, parsed only if it falls due)."""
 
     start: int
     end: int
-    open: dict[str, tuple[int, tuple[Any, ...]]] = field(default_factory=dict)
+    open: dict[str, tuple[int, float, str]] = field(default_factory=dict)
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -775,38 +775,42 @@ class Engine:
             # this replica saw everything before scan.start settled)
             scan.open = {k: v for k, v in scan.open.items() if v[0] >= cursor}
             scan.start = cursor
+        opened = scan.open
         while True:
-            page = self.store.records(spec.name, start=scan.end, limit=10_000)
-            for record in page:  # every decision and reward passes here once
-                kind = record.get("type")
+            page = self.store.lines(spec.name, start=scan.end, limit=10_000)
+            # every decision and reward passes here once: read by its head, the rest of
+            # a decision's record parsed only if it falls due
+            for pos, line in enumerate(page, scan.end):
+                kind, decision_id, issued = outline(line)
                 if kind == "decision":
-                    fields = (record["time"], record["arm"], record["allocation"])
-                    scan.open[record["decision_id"]] = (scan.end, (*fields, record.get("context")))
+                    opened[decision_id] = (pos, float(issued), line)
                 elif kind == "reward":
-                    scan.open.pop(record["decision_id"], None)
-                scan.end += 1
+                    opened.pop(decision_id, None)
+            scan.end += len(page)
             if len(page) < 10_000:
                 break
-        due = [  # a ticket only for those due: most decisions are rewarded before
-            Ticket(
-                decision_id,
-                spec.name,
-                int(arm),
-                tuple(float(x) for x in allocation),
-                float(issued),
-                float(issued) + spec.token_ttl_s,
-                None if dim is None else tuple(context),
-            )
-            for decision_id, (_, (issued, arm, allocation, context)) in scan.open.items()
-            if now > float(issued) + spec.join_window_s
-        ]
+        due = []  # most decisions are rewarded before their window closes
+        for decision_id, (_, issued, line) in scan.open.items():
+            if now > issued + spec.join_window_s:
+                record = json.loads(line)
+                due.append(
+                    Ticket(
+                        decision_id,
+                        spec.name,
+                        int(record["arm"]),
+                        tuple(float(x) for x in record["allocation"]),
+                        issued,
+                        issued + spec.token_ttl_s,
+                        None if dim is None else tuple(record.get("context")),
+                    )
+                )
         done = 0
         for start in range(0, len(due), 1_000):
             chunk = due[start : start + 1_000]
             done += sum(self._apply(live, chunk, [default] * len(chunk), now, source="default"))
             for t in chunk:
                 del scan.open[t.id]
-        scan.start = min((pos for pos, _ in scan.open.values()), default=scan.end)
+        scan.start = min((pos for pos, _, _ in scan.open.values()), default=scan.end)
         self.store.set(spec.name, "expire_cursor", str(scan.start))
         if done:
             self._tick(live)

@@ -114,10 +114,13 @@ class MemoryStore:
     def records(
         self, experiment: str, *, start: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines(experiment, start=start, limit=limit)]
+
+    def lines(self, experiment: str, *, start: int = 0, limit: int | None = None) -> list[str]:
         with self._lock:
             log = self._log.get(experiment, [])
             end = len(log) if limit is None else start + limit
-            return [json.loads(line) for line in log[start:end]]
+            return log[start:end]
 
     def get(self, experiment: str, name: str) -> str | None:
         with self._lock:

@@ -258,6 +258,9 @@ class RedisStore:
     def records(
         self, experiment: str, *, start: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines(experiment, start=start, limit=limit)]
+
+    def lines(self, experiment: str, *, start: int = 0, limit: int | None = None) -> list[str]:
         # A stream has no positions, only ids: this client remembers the id after the last
         # position it read, so reading on from there (expire's passes, paged exports) asks
         # only for new entries; any other start pages from the beginning to it, once.
@@ -284,7 +287,7 @@ class RedisStore:
                 if len(page) < want:
                     break
             self._read_at[experiment] = (pos, after)
-        return [json.loads(fields["r"]) for _, fields in out]
+        return [fields["r"] for _, fields in out]
 
     def get(self, experiment: str, name: str) -> str | None:
         with _errors("get"):

@@ -247,6 +247,9 @@ class SQLiteStore:
     def records(
         self, experiment: str, *, start: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines(experiment, start=start, limit=limit)]
+
+    def lines(self, experiment: str, *, start: int = 0, limit: int | None = None) -> list[str]:
         # Reading on from where the last read ended (expire's passes, paged exports) goes
         # by seq, not OFFSET, which would walk every earlier row: the log only grows and
         # its seqs are committed in order, so a position keeps its seq.
@@ -264,7 +267,7 @@ class SQLiteStore:
                 ).fetchall()
             if rows:
                 self._read_at[experiment] = (start + len(rows), int(rows[-1][0]))
-        return [json.loads(r[1]) for r in rows]
+        return [str(r[1]) for r in rows]
 
     def get(self, experiment: str, name: str) -> str | None:
         with self._lock:

@@ -425,15 +425,15 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
     clock = Clock()
     options = {"join_window_s": 60.0, "default_reward": 0.0}
     a = Engine(store, [spec(**options)], secret=SECRET, seed=21, clock=clock, log_flush_s=0.0)
-    real = store.records
+    real = store.lines  # expire reads the log's lines (their heads, see records.outline)
     read: list[int] = []
 
-    def counted(name: str, **kwargs: Any) -> list[dict[str, Any]]:
+    def counted(name: str, **kwargs: Any) -> list[str]:
         out = real(name, **kwargs)
         read.append(len(out))
         return out
 
-    monkeypatch.setattr(store, "records", counted)
+    monkeypatch.setattr(store, "lines", counted)
     made = [a.decide("ranker") for _ in range(300)]
     a.reward_many([(d, 1.0) for d in made[::3]])  # 100 rewarded, 200 silent
     assert a.expire() == 0
@@ -451,7 +451,7 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
     assert a.expire() == 0 and sum(read) == 0  # a knows what it read was settled
     clock.now += 30
     assert a.expire() + b.expire() == 50
-    defaults = [r["decision_id"] for r in real("ranker") if r.get("source") == "default"]
+    defaults = [r["decision_id"] for r in store.records("ranker") if r.get("source") == "default"]
     silent = {d.id for i, d in enumerate(made) if i % 3} | {d.id for d in later}
     assert sorted(defaults) == sorted(silent)  # each once
     assert store.read("ranker")["policy.n"].sum() == 350.0

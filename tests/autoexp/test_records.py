@@ -9,12 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoexp.records import decision_line, floats_json, reward_lines
+from autoexp.records import decision_line, floats_json, outline, reward_lines
 from autoexp.store.base import dumps
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 names = st.text(min_size=1, max_size=20)
 ids = st.one_of(st.text(alphabet="0123456789abcdef", min_size=24, max_size=24), names)
+
+
+def parsed_outline(line: str) -> tuple[object, object, object]:
+    """What :func:`outline` must give: the fields of the parsed record."""
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        return None, None, None
+    return record.get("type"), record.get("decision_id"), record.get("time")
 
 
 @settings(max_examples=300, deadline=None)
@@ -81,6 +89,7 @@ def test_a_decision_line_is_the_record_the_encoder_writes(
     assert list(json.loads(line)) == list(record)  # the same keys in the same order
     if not context or all(isinstance(x, float) for x in context):
         assert line == dumps(record)  # byte for byte what the encoder writes
+    assert outline(line) == parsed_outline(line)  # read from its head or parsed whole
 
 
 @settings(max_examples=300, deadline=None)
@@ -110,6 +119,10 @@ def test_a_reward_line_is_the_record_the_encoder_writes(
     other = {**record, "decision_id": f"{did}2", "arm": arm + 1, "reward": -reward}
     batch = [(did, arm, reward), (f"{did}2", arm + 1, -reward)]
     assert reward_lines(source, experiment, time, batch) == [dumps(record), dumps(other)]
+    assert [outline(x) for x in reward_lines(source, experiment, time, batch)] == [
+        ("reward", did, None),
+        ("reward", f"{did}2", None),
+    ]
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -118,3 +131,44 @@ def test_a_number_json_cannot_hold_is_refused(bad: float) -> None:
         floats_json([0.5, bad])
     with pytest.raises(ValueError, match="not a finite number"):
         reward_lines("reward", "e", 1.0, [("a", 0, bad)])
+
+
+def test_outline_reads_the_engines_own_lines_without_parsing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # expire reads every record of the log once; the engine's own decision and reward
+    # lines (hex ids) are read from their heads. Any other line is parsed whole, and
+    # gives what parsing gives.
+    decision = decision_line(
+        decision_id="1a21d2de423cdce34b51649f",
+        time=1795785876.515372,
+        experiment="bench",
+        unit_hash=None,
+        context=None,
+        arm=1,
+        alternative="deeper",
+        propensity=0.1,
+        allocation=floats_json([0.9, 0.1]),
+        policy="traffic-cap",
+        version=3,
+        seed=None,
+    )
+    (reward,) = reward_lines("reward", "bench", 2.5, [("1a21d2de423cdce34b51649f", 1, 1.0)])
+    others = [
+        '{"type":"transition","time":3.0,"to":"promoted"}',
+        '{"decision_id":"abc","type":"decision","time":1.5}',  # another writer's key order
+        '{"type":"decision","decision_id":"a\\"b","time":2.0,"arm":0}',  # an escaped id
+        '{"type":"decision","decision_id":"abc","time":"soon","arm":0}',  # not a number
+        "[1, 2]",
+    ]
+    expected = [parsed_outline(x) for x in others]
+
+    def refused(text: str) -> None:
+        raise AssertionError(f"parsed whole: {text}")
+
+    monkeypatch.setattr("autoexp.records.json.loads", refused)
+    assert outline(decision) == ("decision", "1a21d2de423cdce34b51649f", 1795785876.515372)
+    assert outline(reward) == ("reward", "1a21d2de423cdce34b51649f", None)
+    monkeypatch.undo()
+    assert [outline(x) for x in others] == expected
+    assert expected[1] == ("decision", "abc", 1.5) and expected[4] == (None, None, None)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -101,6 +102,12 @@ def test_log_keeps_order_and_pages(store: Any) -> None:
     assert [r["i"] for r in store.records("exp", start=2, limit=3)] == [2, 3, 4]
     assert store.records("exp", start=6) == []
     assert store.records("exp")[3]["v"] == 1.5
+    # the same records as their JSON texts, unparsed (expire reads their heads)
+    lines = store.lines("exp")
+    assert all(isinstance(x, str) for x in lines)
+    assert [json.loads(x) for x in lines] == store.records("exp")
+    assert [json.loads(x)["i"] for x in store.lines("exp", start=2, limit=3)] == [2, 3, 4]
+    assert store.lines("exp", start=6) == [] and store.lines("nothing") == []
 
 
 def test_log_read_on_in_pages_while_it_grows(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
