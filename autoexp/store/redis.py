@@ -39,25 +39,54 @@ from .base import (
 
 __all__ = ["RedisStore"]
 
-_ADD = """
-if ARGV[1] ~= '' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+# Redis does not roll a script back when a command in it fails, and HINCRBYFLOAT fails
+# on a total that is not a finite number: both scripts check every total first and write
+# nothing if one would not be finite (the name of its field, then the cell index, in
+# "field:index" keys).
+_FINITE = """
+local function refuse_unless_finite(state, cells, amounts)
+  for k, cell in ipairs(cells) do
+    local total = tonumber(redis.call('HGET', state, cell) or '0') + amounts[k]
+    if total ~= total or total == math.huge or total == -math.huge then
+      local field = string.match(cell, '^(.*):%d+$') or cell
+      return redis.error_reply("'" .. field .. "': amounts must be finite (their sum)")
+    end
+  end
+  return nil
 end
-for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+"""
+_ADD = (
+    _FINITE
+    + """
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local cells, amounts = {}, {}
+for i = 3, #ARGV, 2 do
+  cells[#cells + 1] = ARGV[i]
+  amounts[#amounts + 1] = tonumber(ARGV[i + 1])
+end
+local refused = refuse_unless_finite(KEYS[1], cells, amounts)
+if refused then return refused end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[3], '1', 'EX', ARGV[1]) end
+for k, cell in ipairs(cells) do redis.call('HINCRBYFLOAT', KEYS[1], cell, ARGV[2 + 2 * k]) end
 if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'r', ARGV[2]) end
 return 1
 """
-_ADD_MANY = """
+)
+_ADD_MANY = (
+    _FINITE
+    + """
 -- KEYS: state, log, then one once key per item. ARGV[1]: the once keys' time to live;
 -- ARGV[2]: the items as JSON, [[record, [field, amount, field, amount, ...]], ...] (one
 -- argument, so the client packs three arguments, not thousands). The increments of the
--- items whose once key is new are summed here and written once per field.
+-- items whose once key is new (and not earlier in the batch) are summed here, checked,
+-- and written once per field.
 local items = cjson.decode(ARGV[2])
-local out = {}
-local sums = {}
-local order = {}
+local out, sums, order, fresh = {}, {}, {}, {}
 for i, item in ipairs(items) do
-  if redis.call('SET', KEYS[i + 2], '1', 'NX', 'EX', ARGV[1]) then
+  local once = KEYS[i + 2]
+  if fresh[once] == nil and redis.call('EXISTS', once) == 0 then
+    fresh[once] = true
+    out[i] = 1
     local entries = item[2]
     for j = 1, #entries, 2 do
       local f = entries[j]
@@ -67,10 +96,18 @@ for i, item in ipairs(items) do
       end
       sums[f] = sums[f] + entries[j + 1]
     end
-    redis.call('XADD', KEYS[2], '*', 'r', item[1])
-    out[i] = 1
   else
     out[i] = 0
+  end
+end
+local totals = {}
+for k, f in ipairs(order) do totals[k] = sums[f] end
+local refused = refuse_unless_finite(KEYS[1], order, totals)
+if refused then return refused end
+for i, item in ipairs(items) do
+  if out[i] == 1 then
+    redis.call('SET', KEYS[i + 2], '1', 'EX', ARGV[1])
+    redis.call('XADD', KEYS[2], '*', 'r', item[1])
   end
 end
 for _, f in ipairs(order) do
@@ -78,6 +115,7 @@ for _, f in ipairs(order) do
 end
 return out
 """
+)
 _APPEND = """
 for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
 return #ARGV

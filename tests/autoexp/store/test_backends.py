@@ -103,6 +103,26 @@ def test_redis_down_raises_store_error_and_recovers(redis_server: Any) -> None:
     store.close()
 
 
+def test_redis_refuses_a_total_it_cannot_hold_and_writes_nothing(redis_server: Any) -> None:
+    # Redis keeps the writes a script made before one of its commands failed, and
+    # HINCRBYFLOAT fails on an infinite total: the scripts check every total first. Here
+    # a stored 1e308 plus 1e308 more (SQLite would store inf; Redis cannot hold it).
+    redis_server.flush()
+    store = open_store(redis_server.url)
+    store.declare("exp", {"n": (1, 2)})
+    assert store.add("exp", {"n": [1e308]}, at={"n": [0]}, once="r1", record={"i": 1})
+    for call in (
+        lambda: store.add("exp", {"n": [1.0, 1e308]}, at={"n": [1, 0]}, once="r2", record={}),
+        lambda: store.add_many("exp", [("r2", [("n", 1, 1.0), ("n", 0, 1e308)], {"i": 2})]),
+    ):
+        with pytest.raises(StoreError, match=r"'n': amounts must be finite \(their sum\)"):
+            call()
+    np.testing.assert_array_equal(store.read("exp")["n"], [[1e308, 0.0]])
+    assert store.records("exp") == [{"i": 1}]
+    assert store.add_many("exp", [("r2", [("n", 1, 1.0)], {"i": 2})]) == [True]  # r2 unused
+    store.close()
+
+
 def test_bad_urls_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"unknown URL scheme 'postgres'"):
         open_store("postgres://x")
