@@ -717,12 +717,12 @@ class Engine:
     ) -> list[bool]:
         """Apply rewards: each one's increments, once, with its log record."""
         with self._lock:  # against the snapshot; the store call below goes without it
-            entries = increments(live, tickets, values)
+            columns = increments(live, tickets, values)
         spec = live.spec
         rewards = [(t.id, t.arm, float(v)) for t, v in zip(tickets, values, strict=True)]
         lines = reward_lines(source, spec.name, now, rewards)
         batch: list[Item] = [
-            (f"reward:{t.id}", entries[i], lines[i]) for i, t in enumerate(tickets)
+            (f"reward:{t.id}", columns.row(i), lines[i]) for i, t in enumerate(tickets)
         ]
         return self.store.add_many(spec.name, batch)
 

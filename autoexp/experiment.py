@@ -285,20 +285,6 @@ def draw(cumulative: list[float], row: tuple[float, ...], u: float) -> int:
     return arm
 
 
-def rows_into(
-    entries: list[list[tuple[str, int, float]]], prefix: str, data: Mapping[str, Any]
-) -> None:
-    """Row ``i`` of each (N, ...) increment array, as ``(field, flat index, amount)``
-    entries of item ``i`` (zeros left out)."""
-    for name, array in data.items():
-        a = np.asarray(array, dtype=np.float64)
-        flat = a.reshape(a.shape[0], -1)
-        rows, cols = np.nonzero(flat)
-        field = f"{prefix}.{name}"
-        for r, c, v in zip(rows.tolist(), cols.tolist(), flat[rows, cols].tolist(), strict=True):
-            entries[r].append((field, c, v))
-
-
 def budget_in(policy: Any) -> ConservativeBudget | None:
     """The conservative budget in a policy stack, if it has one."""
     return find_in_stack(policy, lambda p: isinstance(p, ConservativeBudget))  # type: ignore[no-any-return]

@@ -17,11 +17,11 @@ from policies.base import Decision as PolicyDecision
 from policies.promotion import STATUS
 from policies.safety import restricted_allocation
 
-from .experiment import ExperimentSpec, Live, part, rows_into, served
+from .experiment import ExperimentSpec, Live, part, served
 from .generate import generated_allocation, generation_active
 from .lifecycle import look
 from .records import floats_json
-from .store.base import Store
+from .store.base import Columns, Store
 from .tokens import Ticket
 
 __all__ = ["blank_context", "increments", "install"]
@@ -94,17 +94,16 @@ def blank_context(spec: ExperimentSpec, now: float) -> np.ndarray:
     return np.zeros((1, spec.policy.context_dim or 0))
 
 
-def increments(
-    live: Live, tickets: Sequence[Ticket], values: Sequence[float]
-) -> list[list[tuple[str, int, float]]]:
-    """Each reward's ``(field, flat index, amount)`` entries against the snapshot."""
+def increments(live: Live, tickets: Sequence[Ticket], values: Sequence[float]) -> Columns:
+    """Each reward's increments against the snapshot: row ``i`` of each field's
+    ``(n, size)`` array is reward ``i``'s (its entries: ``.row(i)``)."""
     spec = live.spec
     k = len(spec.alternatives)
     n = len(tickets)
-    arm = np.array([t.arm for t in tickets])
+    arm = np.array([t.arm for t in tickets], dtype=np.int64)
     prop = np.array([t.propensity for t in tickets])
     reward = np.asarray(values, dtype=np.float64)
-    entries: list[list[tuple[str, int, float]]] = [[] for _ in range(n)]
+    fields: dict[str, np.ndarray] = {}
     contextual = live.dim is not None
     sparse = (
         None
@@ -113,20 +112,29 @@ def increments(
     )
     if sparse is not None:  # amounts at [0, arm] of each (1, K) field
         for name, amount in sparse.items():
-            for i, (a, v) in enumerate(zip(arm.tolist(), np.asarray(amount).tolist(), strict=True)):
-                entries[i].append((f"policy.{name}", a, v))
+            flat = np.zeros((n, k))
+            flat[np.arange(n), arm] = amount
+            fields[f"policy.{name}"] = flat
     else:
         for i in range(n):
             one = PolicyDecision(arm[i : i + 1], prop[i : i + 1])
             x = np.array([tickets[i].context]) if contextual else None
             inc = spec.policy.increment(one, reward[i : i + 1], x).to_dict()
-            rows_into(entries[i : i + 1], "policy", inc)
+            for name, array in inc.items():
+                row = np.asarray(array, dtype=np.float64).reshape(-1)
+                if f"policy.{name}" not in fields:
+                    fields[f"policy.{name}"] = np.zeros((n, row.size))
+                fields[f"policy.{name}"][i] = row
     # the tests' increments, one row per reward, against the same snapshot
     rows = np.zeros(n, dtype=np.int64)
+    parts = []
     if spec.test is not None:
         inc = spec.test.increment(live.test_state.rows(rows), arm[:, None], reward[:, None], prop)
-        rows_into(entries, "test", inc.to_dict())
+        parts.append(("test", inc.to_dict()))
     for g, (guard, state) in enumerate(zip(spec.guardrails, live.guard_states, strict=True)):
         inc = guard.test.increment(state.rows(rows), arm[:, None], reward[:, None], prop)
-        rows_into(entries, f"guard.{g}", inc.to_dict())
-    return entries
+        parts.append((f"guard.{g}", inc.to_dict()))
+    for prefix, data in parts:
+        for name, array in data.items():
+            fields[f"{prefix}.{name}"] = array
+    return Columns(n, fields)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,9 +29,11 @@ import numpy.typing as npt
 from ..errors import StoreError
 
 __all__ = [
+    "Columns",
     "Encoded",
     "Item",
     "Record",
+    "Row",
     "Store",
     "check_amounts",
     "check_declared",
@@ -51,6 +53,63 @@ class Encoded(str):
     frequent records: :mod:`autoexp.records`); stores write it as it is."""
 
     __slots__ = ()
+
+
+class Columns:
+    """A batch's increments as one matrix: row ``i`` holds item ``i``'s amounts, one
+    column per cell of the state (``fields``: each field's ``(n, size)`` array, its
+    columns in flat index order). Each item of the batch takes :meth:`row` ``i`` as its
+    entries. The stores that sum a batch (:func:`tally`) add the applied items' rows up
+    with a few numpy calls, not entry by entry; the others iterate the rows' entries
+    (each row's non-zero amounts) as they would a list's."""
+
+    __slots__ = ("_entries", "cells", "matrix", "n", "widths")
+
+    def __init__(self, n: int, fields: Mapping[str, npt.ArrayLike]) -> None:
+        arrays = {
+            name: np.asarray(a, dtype=np.float64).reshape(n, -1) for name, a in fields.items()
+        }
+        self.n = n
+        self.widths = {name: a.shape[1] for name, a in arrays.items()}
+        self.matrix = np.concatenate(list(arrays.values()), axis=1) if arrays else np.zeros((n, 0))
+        # column -> (field, flat index)
+        self.cells = [(name, j) for name, w in self.widths.items() for j in range(w)]
+        self._entries: list[list[tuple[str, int, float]]] | None = None
+
+    def row(self, i: int) -> Row:
+        return Row(self, i)
+
+    def entries(self) -> list[list[tuple[str, int, float]]]:
+        """Each row's ``(field, flat index, amount)`` entries, zeros left out (made once)."""
+        if self._entries is None:
+            out: list[list[tuple[str, int, float]]] = [[] for _ in range(self.n)]
+            rows, cols = np.nonzero(self.matrix)
+            values = self.matrix[rows, cols].tolist()
+            cells = self.cells
+            for r, c, v in zip(rows.tolist(), cols.tolist(), values, strict=True):
+                out[r].append((*cells[c], v))
+            self._entries = out
+        return self._entries
+
+
+class Row(Sequence[tuple[str, int, float]]):
+    """Row ``at`` of a :class:`Columns` batch as an item's entries: a sequence of
+    ``(field, flat index, amount)``."""
+
+    __slots__ = ("at", "columns")
+
+    def __init__(self, columns: Columns, at: int) -> None:
+        self.columns = columns
+        self.at = at
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.columns.entries()[self.at][i]
+
+    def __len__(self) -> int:
+        return len(self.columns.entries()[self.at])
+
+    def __iter__(self) -> Iterator[tuple[str, int, float]]:
+        return iter(self.columns.entries()[self.at])
 
 
 #: A log record: a mapping (encoded by :func:`dumps`) or its JSON text.
@@ -246,6 +305,9 @@ def tally(
     walked every entry of the batch a second time."""
     if not shapes:
         raise StoreError(f"store: experiment {experiment!r} has no declared state")
+    summed_columns = _tally_columns(shapes, items, seen)
+    if summed_columns is not None:
+        return summed_columns
     totals: dict[tuple[str, int], float] = {}
     lines, apply, fresh = [], [], set()
     skipped = False
@@ -270,6 +332,54 @@ def tally(
             raise StoreError(f"store.add_many: {name!r}: amounts must be finite (their sum)")
     if skipped:  # not summed, but a bad entry in them refuses the batch all the same
         check_items(experiment, shapes, items)
+    return lines, apply, totals
+
+
+def _tally_columns(
+    shapes: Mapping[str, tuple[int, ...]], items: Sequence[Item], seen: Container[str]
+) -> tuple[list[str], list[bool], dict[tuple[str, int], float]] | None:
+    """:func:`tally` of a batch whose items' entries are rows of one :class:`Columns`:
+    the applied rows summed per field with numpy, in item order (a cumulative sum, so
+    the totals are the very floats that adding entry by entry gives). ``None`` for any
+    other batch, and for one with anything to refuse (an unknown field, a size that is
+    not the field's, an amount that is not finite, a bad id): :func:`tally`'s own pass
+    then names what is wrong."""
+    first = items[0][1] if items else None
+    if type(first) is not Row:
+        return None
+    columns = first.columns
+    rows = []
+    for _, entries, _ in items:
+        if type(entries) is not Row or entries.columns is not columns:
+            return None
+        rows.append(entries.at)
+    for name, width in columns.widths.items():
+        shape = shapes.get(name)
+        if shape is None or width != math.prod(shape):
+            return None
+    if not np.all(np.isfinite(columns.matrix[rows])):
+        return None
+    lines, apply, fresh = [], [], set()
+    for once, _, record in items:
+        if not isinstance(once, str) or not once:
+            return None
+        lines.append(dumps(record))
+        new = once not in seen and once not in fresh
+        if new:
+            fresh.add(once)
+        apply.append(new)
+    take = [r for r, a in zip(rows, apply, strict=True) if a]
+    if not take:
+        return lines, apply, {}
+    part = columns.matrix[take]
+    touched = np.flatnonzero(np.any(part != 0.0, axis=0))
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite sum is refused below
+        sums = np.cumsum(part[:, touched], axis=0)[-1].tolist()
+    cells = columns.cells
+    totals = {cells[c]: v for c, v in zip(touched.tolist(), sums, strict=True)}
+    for (name, _), v in totals.items():
+        if not math.isfinite(v):
+            raise StoreError(f"store.add_many: {name!r}: amounts must be finite (their sum)")
     return lines, apply, totals
 
 

@@ -115,11 +115,15 @@ class SQLiteStore:
 
     def read(self, experiment: str) -> dict[str, FloatArray]:
         with self._lock:
-            shapes = self._load_shapes(experiment)
-            out = {name: np.zeros(math.prod(shape)) for name, shape in shapes.items()}
             rows = self._db.execute(
                 "SELECT field, idx, value FROM state WHERE exp = ?", (experiment,)
-            )
+            ).fetchall()
+            # the fields as last read, unless the rows show others (declared since by
+            # another process: a field's zeros are written with its shape)
+            shapes = self._shapes.get(experiment)
+            if shapes is None or {r[0] for r in rows} != shapes.keys():
+                shapes = self._load_shapes(experiment)
+            out = {name: np.zeros(math.prod(shape)) for name, shape in shapes.items()}
             for field, idx, value in rows:
                 out[field][idx] = value
             return {name: out[name].reshape(shape) for name, shape in shapes.items()}
@@ -127,7 +131,18 @@ class SQLiteStore:
     def read_meta(
         self, experiment: str, names: Sequence[str]
     ) -> tuple[dict[str, FloatArray], list[str | None]]:
-        return self.read(experiment), [self.get(experiment, n) for n in names]
+        state = self.read(experiment)
+        if not names:
+            return state, []
+        with self._lock:
+            marks = ",".join("?" * len(names))
+            found = dict(
+                self._db.execute(
+                    f"SELECT name, value FROM meta WHERE exp = ? AND name IN ({marks})",
+                    (experiment, *names),
+                ).fetchall()
+            )
+        return state, [None if n not in found else str(found[n]) for n in names]
 
     def add(
         self,

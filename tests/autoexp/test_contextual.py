@@ -473,7 +473,7 @@ def test_increments_through_the_engine_equal_the_policy_increment() -> None:
     engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=5, log_flush_s=0.0)
     x = (1.0, 0.0, 0.5, -2.0)
     ticket = Ticket("t", "ranker", 2, (0.2, 0.3, 0.5), 0.0, 1.0, x)
-    (entries,) = increments(engine._live["ranker"], [ticket], [0.75])
+    (entries,) = increments(engine._live["ranker"], [ticket], [0.75]).entries()
     inc = spec.policy.increment(
         PolicyDecision(np.array([2]), np.array([[0.2, 0.3, 0.5]])), np.array([0.75]), np.array([x])
     ).to_dict()

@@ -12,6 +12,7 @@ import pytest
 
 from autoexp.errors import StoreError
 from autoexp.store import open_store
+from autoexp.store.base import Columns
 
 SHAPES = {"n": (1, 3), "sum_reward": (1, 3)}
 
@@ -186,6 +187,26 @@ def test_reopened_store_keeps_everything(durable_store: Any) -> None:
         again.close()
 
 
+def test_a_field_declared_by_another_client_is_read(durable_store: Any) -> None:
+    # SQLite keeps the fields it last read and reads them again only when the state's
+    # rows show others: another process's new field is read at once, with its amounts
+    store = durable_store
+    store.declare("exp", SHAPES)
+    store.set("exp", "status", "exploring")
+    assert set(store.read("exp")) == set(SHAPES)
+    other = open_store(store.url)
+    try:
+        other.declare("exp", {"extra": (2,)})
+        other.add("exp", {"extra": [1.5]}, at={"extra": [1]})
+        state, meta = store.read_meta("exp", ("status", "paused", "status"))
+        assert set(state) == {*SHAPES, "extra"}
+        np.testing.assert_array_equal(state["extra"], [0.0, 1.5])
+        assert meta == ["exploring", None, "exploring"]
+        assert store.read_meta("exp", ())[1] == []
+    finally:
+        other.close()
+
+
 def test_add_many_applies_each_item_once_in_order(store: Any) -> None:
     store.declare("exp", SHAPES)
     items = [
@@ -243,3 +264,59 @@ def test_a_bad_entry_refuses_the_batch_even_in_an_item_not_applied(store: Any, b
             store.add_many("exp", items)
     np.testing.assert_array_equal(store.read("exp")["n"], [[1.0, 0.0, 0.0]])
     assert store.records("exp") == [{"i": 1}]
+
+
+def test_a_columns_batch_adds_exactly_what_its_entries_add(store: Any) -> None:
+    # The engine hands a batch's increments as rows of one matrix (Columns); SQLite and
+    # memory sum the applied rows with numpy, Redis iterates their entries. Either way
+    # the state, the applied flags and the log must be those of the same batch given as
+    # plain lists of entries, to the last bit (sums in item order): 60 items of thirds
+    # and sevenths (inexact in binary), some applied before, some repeated in the batch.
+    rng = np.random.default_rng(7)
+    n = 60
+    amounts = {
+        "n": rng.integers(0, 3, (n, 3)) / 3.0,
+        "sum_reward": rng.integers(-4, 5, (n, 3)) / 7.0,
+    }
+    amounts["n"][5] = amounts["sum_reward"][5] = 0.0  # an item that adds nothing
+    columns = Columns(n, amounts)
+    onces = [f"r{i}" for i in range(n)]
+    onces[10] = onces[3]  # repeated within the batch
+    for name in ("a", "b"):
+        store.declare(name, SHAPES)
+        assert store.add_many(name, [("r7", [("n", 0, 1.0)], {"i": -1})]) == [True]
+    as_columns = [(onces[i], columns.row(i), {"i": i}) for i in range(n)]
+    as_lists = [(onces[i], list(columns.row(i)), {"i": i}) for i in range(n)]
+    assert len(as_lists[5][1]) == 0 and len(as_lists[0][1]) == sum(amounts["n"][0] != 0) + sum(
+        amounts["sum_reward"][0] != 0
+    )
+    applied = store.add_many("a", as_columns)
+    assert applied == store.add_many("b", as_lists)
+    assert applied == [i not in (7, 10) for i in range(n)]
+    for field in SHAPES:
+        np.testing.assert_array_equal(store.read("a")[field], store.read("b")[field])
+    assert store.records("a") == store.records("b")
+    expected = amounts["n"][[i for i in range(n) if applied[i]]].sum(axis=0)
+    expected[0] += 1.0  # the batch before
+    np.testing.assert_allclose(store.read("a")["n"][0], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"n": [[1.0, 0.0, 0.0], [0.0, float("nan"), 0.0]]}, r"item 1: 'n': amounts must be"),
+        ({"q": [[1.0], [1.0]]}, r"item 0: 'exp' has no field 'q'"),
+        ({"n": [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]}, r"item 1: 'n': index 3 out of"),
+        ({"n": [[1e308, 0.0, 0.0], [1e308, 0.0, 0.0]]}, r"'n': amounts must be finite \(their"),
+    ],
+)
+def test_a_bad_columns_batch_is_refused_naming_the_item(
+    store: Any, fields: dict[str, Any], match: str
+) -> None:
+    store.declare("exp", SHAPES)
+    columns = Columns(2, {k: np.array(v) for k, v in fields.items()})
+    items = [("r1", columns.row(0), {"i": 1}), ("r2", columns.row(1), {"i": 2})]
+    with pytest.raises(StoreError, match=match):
+        store.add_many("exp", items)
+    assert store.read("exp")["n"].sum() == 0.0 and store.records("exp") == []
+    assert store.add_many("exp", [("r1", [("n", 0, 1.0)], {"i": 1})]) == [True]  # r1 unused
