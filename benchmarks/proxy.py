@@ -340,6 +340,18 @@ class Service:
         return False
 
 
+def cpu_s(services: list[Service]) -> float:
+    """CPU seconds (user + system) the services' processes and their workers have used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for service in services:
+        for pid in service.pids():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14, 15)
+    return total / tick
+
+
 def listeners(port: int) -> int:
     """Sockets listening on 127.0.0.1:``port`` (one per process with SO_REUSEPORT)."""
     local = f"0100007F:{port:04X}"
@@ -622,12 +634,16 @@ def measure(row: str, s: Setting, progress: Any) -> dict[str, Any]:
             folder = s.py_spy / row.replace(" ", "-")
             folder.mkdir(parents=True, exist_ok=True)
             raws, spies = profile(services, folder, s.duration_s)
+        cpu_before = cpu_s(services)
         load = wrk(url, duration_s=s.duration_s, **load_options)
+        cpu = cpu_s(services) - cpu_before
         for spy in spies:
             spy.wait(timeout=60)
         progress(f"{row}: c1")
         one = wrk(url, connections=1, threads=1, duration_s=s.duration_s, script=script)
         out = info | {"warmup": warm, "load": load, "c1": one, "probe_problems": problems}
+        if services and load["requests"]:  # the proxy's CPU per request under load
+            out["cpu_us_per_request"] = cpu / load["requests"] * 1e6
         if raws:
             out["py_spy"] = top_frames(raws) | {"files": [str(x) for x in raws]}
         if autoexp:
@@ -657,6 +673,7 @@ def summarise(row: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_us": median("load", "p99_us"),
         "c1_p50_us": median("c1", "p50_us"),
         "c1_p99_us": median("c1", "p99_us"),
+        "cpu_us_per_request": _median_of([r.get("cpu_us_per_request") for r in runs]),
         "errors": sum(r[k]["errors"] for r in runs for k in ("warmup", "load", "c1")),
         "probe_problems": sorted({p for r in runs for p in r["probe_problems"]}),
         "proxy_failures": None,
@@ -673,6 +690,11 @@ def summarise(row: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out | {"runs": runs}
 
 
+def _median_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def compare(rows: dict[str, dict[str, Any]]) -> None:
     """Add each row's comparisons: to direct, to bare aiohttp, two workers to one."""
     direct = rows.get("direct", {}).get("c1_p50_us")
@@ -680,12 +702,15 @@ def compare(rows: dict[str, dict[str, Any]]) -> None:
         if not r["available"]:
             continue
         r["c1_added_us"] = None if direct is None else r["c1_p50_us"] - direct
-        r["vs_bare"] = r["c1_added_vs_bare_us"] = r["x2_over_x1"] = None
+        r["vs_bare"] = r["c1_added_vs_bare_us"] = r["x2_over_x1"] = r["cpu_vs_bare"] = None
         if name.startswith("autoexp"):
             bare = rows.get("bare aiohttp x2" if name.endswith("x2") else "bare aiohttp")
             if bare and bare["available"]:
                 r["vs_bare"] = r["requests_per_s"] / bare["requests_per_s"]
                 r["c1_added_vs_bare_us"] = r["c1_p50_us"] - bare["c1_p50_us"]
+                if r["cpu_us_per_request"] and bare["cpu_us_per_request"]:
+                    # the share of bare's rate a proxy bound by its CPU would keep
+                    r["cpu_vs_bare"] = bare["cpu_us_per_request"] / r["cpu_us_per_request"]
         one = rows.get(name.removesuffix(" x2"))
         if name.endswith(" x2") and one and one["available"]:
             r["x2_over_x1"] = r["requests_per_s"] / one["requests_per_s"]
@@ -747,6 +772,8 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
         "+bare us",
         "vs bare",
         "x2/x1",
+        "cpu us/req",
+        "cpu vs bare",
         "errors",
         "proxy fails",
         "rewards/req",
@@ -770,6 +797,8 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
                 _us(r["c1_added_vs_bare_us"]),
                 "-" if r["vs_bare"] is None else f"{r['vs_bare']:.0%}",
                 "-" if r["x2_over_x1"] is None else f"{r['x2_over_x1']:.2f}x",
+                _us(r["cpu_us_per_request"]),
+                "-" if r["cpu_vs_bare"] is None else f"{r['cpu_vs_bare']:.0%}",
                 errors,
                 _us(r["proxy_failures"]),
                 "-" if r["rewarded_share"] is None else f"{r['rewarded_share']:.1%}",

@@ -1,8 +1,12 @@
 """The pure parts of ``benchmarks/proxy.py``: reading wrk's output, the nginx configs, the
-autoexp config, the py-spy summary. The benchmark itself (servers, wrk) never runs here."""
+autoexp config, the py-spy summary, the CPU reading and the comparisons. The benchmark
+itself (servers, wrk) never runs here."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -11,10 +15,14 @@ import pytest
 from autoexp.config import parse_config
 from benchmarks.proxy import (
     PATH,
+    Service,
     autoexp_config,
+    compare,
+    cpu_s,
     nginx_conf,
     parse_wrk,
     proxy_server,
+    table,
     time_us,
     top_frames,
     upstream_server,
@@ -186,3 +194,73 @@ def test_top_frames_splits_the_event_loop_from_other_threads(tmp_path: Path) -> 
     assert top[0] == ("run (a.py:1)", pytest.approx(10 / 18), pytest.approx(1.0))
     assert top[1] == ("decide (e.py:10)", pytest.approx(6 / 18), pytest.approx(6 / 18))
     assert found["other"]["top"] == [("add (s.py:7)", 1.0, 1.0)]
+
+
+SPINNER = """\
+import subprocess, sys, time
+
+def spin(seconds):
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
+
+if sys.argv[1] == "parent":
+    subprocess.Popen([sys.executable, __file__, "child"])
+spin(0.3)
+time.sleep(30)
+"""
+
+
+def test_cpu_s_counts_a_service_and_its_children(tmp_path: Path) -> None:
+    # A parent that starts a child, each spinning for 0.3 s of CPU: the reading over the
+    # service covers both (the x2 rows' workers are children of the supervisor). /proc
+    # counts in clock ticks (10 ms) and each interpreter's start costs some CPU too, so
+    # the bounds are 0.6 s (both spins) and 0.6 s plus a second of starts.
+    script = tmp_path / "spinner.py"
+    script.write_text(SPINNER)
+    proc = subprocess.Popen([sys.executable, str(script), "parent"])
+    service = Service("spinner", proc, tmp_path / "log")
+    try:
+        for _ in range(100):  # at most 10 s
+            if len(service.pids()) == 2 and cpu_s([service]) >= 0.6:
+                break
+            time.sleep(0.1)
+        assert len(service.pids()) == 2, service.pids()
+        assert 0.6 <= cpu_s([service]) <= 1.6
+    finally:
+        service.stop()
+
+
+def test_cpu_per_request_compared_with_bare_aiohttp() -> None:
+    # cpu vs bare: bare's CPU per request over the row's, the share of bare's rate a
+    # proxy bound by its CPU would keep (both measured over the same wrk run's requests)
+    def row(name: str, rate: float, cpu: float | None) -> dict[str, object]:
+        return {
+            "row": name,
+            "available": True,
+            "workers": 1,
+            "loop": "uvloop",
+            "requests_per_s": rate,
+            "p50_us": 1e4,
+            "p99_us": 5e4,
+            "c1_p50_us": 400.0,
+            "cpu_us_per_request": cpu,
+            "errors": 0,
+            "probe_problems": [],
+            "proxy_failures": 0,
+            "rewarded_share": 1.0,
+        }
+
+    rows = {
+        "direct": row("direct", 1e5, None),
+        "bare aiohttp": row("bare aiohttp", 5000.0, 180.0),
+        "autoexp sqlite": row("autoexp sqlite", 3000.0, 240.0),
+    }
+    compare(rows)
+    assert rows["autoexp sqlite"]["cpu_vs_bare"] == 0.75
+    assert rows["autoexp sqlite"]["vs_bare"] == 0.6
+    assert rows["bare aiohttp"]["cpu_vs_bare"] is None and rows["direct"]["cpu_vs_bare"] is None
+    text = table(rows, 64)
+    head, _, _, bare, autoexp = text.splitlines()
+    assert "cpu us/req" in head and "cpu vs bare" in head
+    assert " 240 " in autoexp and " 75% " in autoexp and " 180 " in bare
