@@ -8,7 +8,9 @@ same keys in the same order, floats as ``repr`` writes them (as the encoder does
 strings escaped by the encoder unless they are plain ASCII letters and digits.
 ``json.loads`` of a line equals the dict the engine logged before
 (``tests/autoexp/test_records.py`` checks it on random inputs). Stores write an
-:class:`~autoexp.store.base.Encoded` line as it is.
+:class:`~autoexp.store.base.Encoded` line as it is. :func:`outline` reads a line's type,
+decision id and time back from its head, for the engine's ``expire``, which reads every
+record of the log once.
 """
 
 from __future__ import annotations
