@@ -40,6 +40,7 @@ __all__ = [
     "check_items",
     "check_name",
     "check_shapes",
+    "columns_batch",
     "dumps",
     "summed",
     "tally",
@@ -59,9 +60,10 @@ class Columns:
     """A batch's increments as one matrix: row ``i`` holds item ``i``'s amounts, one
     column per cell of the state (``fields``: each field's ``(n, size)`` array, its
     columns in flat index order). Each item of the batch takes :meth:`row` ``i`` as its
-    entries. The stores that sum a batch (:func:`tally`) add the applied items' rows up
-    with a few numpy calls, not entry by entry; the others iterate the rows' entries
-    (each row's non-zero amounts) as they would a list's."""
+    entries. Stores take such a batch whole (:func:`columns_batch`): SQLite and memory add
+    the applied items' rows up with a few numpy calls (:func:`tally`), Redis sends the
+    matrix's non-zero cells to its script, instead of entry by entry. Anything else reads
+    a row's entries (its non-zero amounts) as it would a list's."""
 
     __slots__ = ("_entries", "cells", "matrix", "n", "widths")
 
@@ -335,22 +337,23 @@ def tally(
     return lines, apply, totals
 
 
-def _tally_columns(
-    shapes: Mapping[str, tuple[int, ...]], items: Sequence[Item], seen: Container[str]
-) -> tuple[list[str], list[bool], dict[tuple[str, int], float]] | None:
-    """:func:`tally` of a batch whose items' entries are rows of one :class:`Columns`:
-    the applied rows summed per field with numpy, in item order (a cumulative sum, so
-    the totals are the very floats that adding entry by entry gives). ``None`` for any
-    other batch, and for one with anything to refuse (an unknown field, a size that is
-    not the field's, an amount that is not finite, a bad id): :func:`tally`'s own pass
-    then names what is wrong."""
+def columns_batch(
+    shapes: Mapping[str, tuple[int, ...]], items: Sequence[Item]
+) -> tuple[Columns, list[int]] | None:
+    """The :class:`Columns` every item of a batch takes its entries from, and each item's
+    row, if the batch can be taken as it is: every field declared with its size, every
+    amount finite, every id a non-empty string. ``None`` otherwise (and for a batch of
+    plain entries): the checks entry by entry (:func:`check_items`) then name what is
+    wrong."""
     first = items[0][1] if items else None
     if type(first) is not Row:
         return None
     columns = first.columns
     rows = []
-    for _, entries, _ in items:
+    for once, entries, _ in items:
         if type(entries) is not Row or entries.columns is not columns:
+            return None
+        if not isinstance(once, str) or not once:
             return None
         rows.append(entries.at)
     for name, width in columns.widths.items():
@@ -359,10 +362,21 @@ def _tally_columns(
             return None
     if not np.all(np.isfinite(columns.matrix[rows])):
         return None
+    return columns, rows
+
+
+def _tally_columns(
+    shapes: Mapping[str, tuple[int, ...]], items: Sequence[Item], seen: Container[str]
+) -> tuple[list[str], list[bool], dict[tuple[str, int], float]] | None:
+    """:func:`tally` of a :func:`columns_batch`: the applied rows summed per cell with
+    numpy, in item order (a cumulative sum, so the totals are the very floats that adding
+    entry by entry gives); ``None`` for any other batch."""
+    batch = columns_batch(shapes, items)
+    if batch is None:
+        return None
+    columns, rows = batch
     lines, apply, fresh = [], [], set()
     for once, _, record in items:
-        if not isinstance(once, str) or not once:
-            return None
         lines.append(dumps(record))
         new = once not in seen and once not in fresh
         if new:

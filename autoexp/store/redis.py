@@ -25,14 +25,17 @@ import redis
 
 from ..errors import ConfigError, StoreError
 from .base import (
+    Columns,
     FloatArray,
     Item,
     Record,
+    Row,
     check_amounts,
     check_declared,
     check_items,
     check_name,
     check_shapes,
+    columns_batch,
     dumps,
     summed,
 )
@@ -116,6 +119,54 @@ end
 return out
 """
 )
+_ADD_ROWS = (
+    _FINITE
+    + """
+-- _ADD_MANY for a batch of store.base.Columns rows. KEYS: state, log, then one once key
+-- per item. ARGV[1]: the once keys' time to live; ARGV[2]: the batch as JSON: "cells"
+-- (each column's "field:index"), "records" (one per item), and the non-zero amounts as
+-- three lists "r" (the item, from 0), "c" (the column, from 0) and "v" (the amount), in
+-- item order, so each cell's sum adds its amounts in the order _ADD_MANY does.
+local batch = cjson.decode(ARGV[2])
+local records, cells = batch.records, batch.cells
+local out, fresh = {}, {}
+for i = 1, #records do
+  local once = KEYS[i + 2]
+  if fresh[once] == nil and redis.call('EXISTS', once) == 0 then
+    fresh[once] = true
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+local sums, order = {}, {}
+local r, c, v = batch.r, batch.c, batch.v
+for k = 1, #r do
+  if out[r[k] + 1] == 1 then
+    local cell = cells[c[k] + 1]
+    if sums[cell] == nil then
+      sums[cell] = 0
+      order[#order + 1] = cell
+    end
+    sums[cell] = sums[cell] + v[k]
+  end
+end
+local totals = {}
+for k, cell in ipairs(order) do totals[k] = sums[cell] end
+local refused = refuse_unless_finite(KEYS[1], order, totals)
+if refused then return refused end
+for i = 1, #records do
+  if out[i] == 1 then
+    redis.call('SET', KEYS[i + 2], '1', 'EX', ARGV[1])
+    redis.call('XADD', KEYS[2], '*', 'r', records[i])
+  end
+end
+for _, cell in ipairs(order) do
+  redis.call('HINCRBYFLOAT', KEYS[1], cell, string.format('%.17g', sums[cell]))
+end
+return out
+"""
+)
 _APPEND = """
 for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'r', ARGV[i]) end
 return #ARGV
@@ -180,6 +231,7 @@ class RedisStore:
         self._read_at: dict[str, tuple[int, str]] = {}
         self._add = self._r.register_script(_ADD)
         self._add_many = self._r.register_script(_ADD_MANY)
+        self._add_rows = self._r.register_script(_ADD_ROWS)
         self._append = self._r.register_script(_APPEND)
         self._assign = self._r.register_script(_ASSIGN)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -259,6 +311,11 @@ class RedisStore:
     def add_many(self, experiment: str, items: Sequence[Item]) -> list[bool]:
         with _errors("add_many"):
             shapes = self._shapes.get(experiment) or {}
+            batch = columns_batch(shapes, items)
+            if batch is None and items and type(items[0][1]) is Row:
+                batch = columns_batch(self._load_shapes(experiment), items)  # declared since?
+            if batch is not None:  # the engine's: sent as the matrix's non-zero cells
+                return self._add_columns(experiment, items, *batch)
             names = {name for _, entries, _ in items for name, _, _ in entries}
             if not shapes or not names <= set(shapes):
                 shapes = self._load_shapes(experiment)
@@ -273,6 +330,23 @@ class RedisStore:
             ]
             args = [str(self.once_ttl_s), json.dumps(payload, separators=(",", ":"))]
             return [bool(x) for x in self._add_many(keys=keys, args=args)]
+
+    def _add_columns(
+        self, experiment: str, items: Sequence[Item], columns: Columns, rows: list[int]
+    ) -> list[bool]:
+        part = columns.matrix[rows]
+        at, col = np.nonzero(part)  # row by row: each cell's amounts in item order
+        batch = {
+            "cells": [f"{name}:{j}" for name, j in columns.cells],
+            "records": [dumps(record) for _, _, record in items],
+            "r": at.tolist(),
+            "c": col.tolist(),
+            "v": part[at, col].tolist(),
+        }
+        keys = [self._key(experiment, "state"), self._key(experiment, "log")]
+        keys += [self._key(experiment, f"once:{once}") for once, _, _ in items]
+        args = [str(self.once_ttl_s), json.dumps(batch, separators=(",", ":"))]
+        return [bool(x) for x in self._add_rows(keys=keys, args=args)]
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
         check_name("store.assign unit", unit)
