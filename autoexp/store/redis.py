@@ -25,7 +25,6 @@ import redis
 
 from ..errors import ConfigError, StoreError
 from .base import (
-    Columns,
     FloatArray,
     Item,
     Record,
@@ -79,54 +78,12 @@ _ADD_MANY = (
     _FINITE
     + """
 -- KEYS: state, log, then one once key per item. ARGV[1]: the once keys' time to live;
--- ARGV[2]: the items as JSON, [[record, [field, amount, field, amount, ...]], ...] (one
--- argument, so the client packs three arguments, not thousands). The increments of the
--- items whose once key is new (and not earlier in the batch) are summed here, checked,
--- and written once per field.
-local items = cjson.decode(ARGV[2])
-local out, sums, order, fresh = {}, {}, {}, {}
-for i, item in ipairs(items) do
-  local once = KEYS[i + 2]
-  if fresh[once] == nil and redis.call('EXISTS', once) == 0 then
-    fresh[once] = true
-    out[i] = 1
-    local entries = item[2]
-    for j = 1, #entries, 2 do
-      local f = entries[j]
-      if sums[f] == nil then
-        sums[f] = 0
-        order[#order + 1] = f
-      end
-      sums[f] = sums[f] + entries[j + 1]
-    end
-  else
-    out[i] = 0
-  end
-end
-local totals = {}
-for k, f in ipairs(order) do totals[k] = sums[f] end
-local refused = refuse_unless_finite(KEYS[1], order, totals)
-if refused then return refused end
-for i, item in ipairs(items) do
-  if out[i] == 1 then
-    redis.call('SET', KEYS[i + 2], '1', 'EX', ARGV[1])
-    redis.call('XADD', KEYS[2], '*', 'r', item[1])
-  end
-end
-for _, f in ipairs(order) do
-  redis.call('HINCRBYFLOAT', KEYS[1], f, string.format('%.17g', sums[f]))
-end
-return out
-"""
-)
-_ADD_ROWS = (
-    _FINITE
-    + """
--- _ADD_MANY for a batch of store.base.Columns rows. KEYS: state, log, then one once key
--- per item. ARGV[1]: the once keys' time to live; ARGV[2]: the batch as JSON: "cells"
--- (each column's "field:index"), "records" (one per item), and the non-zero amounts as
--- three lists "r" (the item, from 0), "c" (the column, from 0) and "v" (the amount), in
--- item order, so each cell's sum adds its amounts in the order _ADD_MANY does.
+-- ARGV[2]: the batch as JSON (one argument, so the client packs three arguments, not
+-- thousands): "cells" (each "field:index" amounts go to), "records" (one per item), and
+-- the amounts as three lists "r" (the item, from 0), "c" (the cell, from 0) and "v" (the
+-- amount), in item order. The amounts of the items whose once key is new (and not
+-- earlier in the batch) are summed per cell in that order, checked, and written once per
+-- cell.
 local batch = cjson.decode(ARGV[2])
 local records, cells = batch.records, batch.cells
 local out, fresh = {}, {}
@@ -231,7 +188,6 @@ class RedisStore:
         self._read_at: dict[str, tuple[int, str]] = {}
         self._add = self._r.register_script(_ADD)
         self._add_many = self._r.register_script(_ADD_MANY)
-        self._add_rows = self._r.register_script(_ADD_ROWS)
         self._append = self._r.register_script(_APPEND)
         self._assign = self._r.register_script(_ASSIGN)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -314,39 +270,34 @@ class RedisStore:
             batch = columns_batch(shapes, items)
             if batch is None and items and type(items[0][1]) is Row:
                 batch = columns_batch(self._load_shapes(experiment), items)  # declared since?
-            if batch is not None:  # the engine's: sent as the matrix's non-zero cells
-                return self._add_columns(experiment, items, *batch)
-            names = {name for _, entries, _ in items for name, _, _ in entries}
-            if not shapes or not names <= set(shapes):
-                shapes = self._load_shapes(experiment)
-            lines = check_items(experiment, shapes, items)
+            if batch is not None:  # the engine's: the matrix's non-zero cells, row by row
+                columns, rows = batch
+                part = columns.matrix[rows]
+                at, col = np.nonzero(part)
+                cells = [f"{name}:{j}" for name, j in columns.cells]
+                lines = [dumps(record) for _, _, record in items]
+                amounts = (at.tolist(), col.tolist(), part[at, col].tolist())
+            else:  # entries as given, checked one by one
+                names = {name for _, entries, _ in items for name, _, _ in entries}
+                if not shapes or not names <= set(shapes):
+                    shapes = self._load_shapes(experiment)
+                lines = check_items(experiment, shapes, items)
+                index: dict[str, int] = {}
+                amounts = ([], [], [])
+                for n, (_, entries, _) in enumerate(items):
+                    for name, i, amount in entries:
+                        amounts[0].append(n)
+                        amounts[1].append(index.setdefault(f"{name}:{i}", len(index)))
+                        amounts[2].append(amount)
+                cells = list(index)
             if not items:
                 return []
+            r, c, v = amounts
+            payload = {"cells": cells, "records": lines, "r": r, "c": c, "v": v}
             keys = [self._key(experiment, "state"), self._key(experiment, "log")]
             keys += [self._key(experiment, f"once:{once}") for once, _, _ in items]
-            payload = [
-                [line, [x for name, index, amount in entries for x in (f"{name}:{index}", amount)]]
-                for (_, entries, _), line in zip(items, lines, strict=True)
-            ]
             args = [str(self.once_ttl_s), json.dumps(payload, separators=(",", ":"))]
             return [bool(x) for x in self._add_many(keys=keys, args=args)]
-
-    def _add_columns(
-        self, experiment: str, items: Sequence[Item], columns: Columns, rows: list[int]
-    ) -> list[bool]:
-        part = columns.matrix[rows]
-        at, col = np.nonzero(part)  # row by row: each cell's amounts in item order
-        batch = {
-            "cells": [f"{name}:{j}" for name, j in columns.cells],
-            "records": [dumps(record) for _, _, record in items],
-            "r": at.tolist(),
-            "c": col.tolist(),
-            "v": part[at, col].tolist(),
-        }
-        keys = [self._key(experiment, "state"), self._key(experiment, "log")]
-        keys += [self._key(experiment, f"once:{once}") for once, _, _ in items]
-        args = [str(self.once_ttl_s), json.dumps(batch, separators=(",", ":"))]
-        return [bool(x) for x in self._add_rows(keys=keys, args=args)]
 
     def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
         check_name("store.assign unit", unit)
