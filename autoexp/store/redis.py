@@ -136,6 +136,28 @@ if (not cur) or (ARGV[3] == '1' and cur == ARGV[4]) then
 end
 return cur
 """
+# A page of the log: XRANGE from ARGV[1] ("-" or "(" and the id after which to read), at
+# most ARGV[2] entries, answered flat: how many entries, the last one's id, then (ARGV[3]
+# "1") each entry's record. redis-py turns XRANGE's nested answer into a tuple and a dict
+# per entry in Python (about 4 us of the client's CPU per record with hiredis, 13
+# without); a flat list of strings costs it about 0.3.
+_PAGE_SCRIPT = """
+local page = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+local out = {#page, ''}
+if #page == 0 then return out end
+out[2] = page[#page][1]
+if ARGV[3] == '1' then
+  for i = 1, #page do
+    local fields, line = page[i][2], nil
+    for j = 1, #fields, 2 do
+      if fields[j] == 'r' then line = fields[j + 1] end
+    end
+    if line == nil then return redis.error_reply('log entry ' .. page[i][1] .. ' has no r') end
+    out[#out + 1] = line
+  end
+end
+return out
+"""
 _INDEX = "autoexp:experiments"
 
 
@@ -190,6 +212,7 @@ class RedisStore:
         self._add_many = self._r.register_script(_ADD_MANY)
         self._append = self._r.register_script(_APPEND)
         self._assign = self._r.register_script(_ASSIGN)
+        self._page = self._r.register_script(_PAGE_SCRIPT)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
     @staticmethod
@@ -328,7 +351,7 @@ class RedisStore:
         # position it read, so reading on from there (expire's passes, paged exports) asks
         # only for new entries; any other start pages from the beginning to it, once.
         key = self._key(experiment, "log")
-        out: list[tuple[str, dict[str, str]]] = []
+        out: list[str] = []
         with _errors("records"):
             pos, after = self._read_at.get(experiment, (0, "-"))
             if start < pos:
@@ -339,18 +362,18 @@ class RedisStore:
                 if not skipping and limit is not None:
                     want = min(want, limit - len(out))
                 low = after if after == "-" else f"({after}"
-                page = cast(
-                    list[tuple[str, dict[str, str]]], self._r.xrange(key, min=low, count=want)
-                )
-                if not page:
+                # skipped entries' records are not sent, only their count and last id
+                answer = self._page(keys=[key], args=[low, want, "0" if skipping else "1"])
+                n = int(answer[0])
+                if n == 0:
                     break
-                pos, after = pos + len(page), page[-1][0]
+                pos, after = pos + n, str(answer[1])
                 if not skipping:
-                    out.extend(page)
-                if len(page) < want:
+                    out.extend(answer[2:])
+                if n < want:
                     break
             self._read_at[experiment] = (pos, after)
-        return [fields["r"] for _, fields in out]
+        return out
 
     def get(self, experiment: str, name: str) -> str | None:
         with _errors("get"):

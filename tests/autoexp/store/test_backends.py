@@ -123,6 +123,22 @@ def test_redis_refuses_a_total_it_cannot_hold_and_writes_nothing(redis_server: A
     store.close()
 
 
+def test_redis_log_pages_come_back_whole_and_refuse_foreign_entries(redis_server: Any) -> None:
+    # The log is read through a script answering flat lists of records: texts of any
+    # size and characters come back as written, and an entry another client added
+    # without the store's "r" field is a StoreError naming it, not a record made up.
+    redis_server.flush()
+    store = open_store(redis_server.url)
+    texts = ['é ☃ \\u0000 "q"', "x" * 200_000, ""]
+    store.append("exp", [{"t": t} for t in texts])
+    assert [r["t"] for r in store.records("exp")] == texts
+    assert [r["t"] for r in store.records("exp", start=1)] == texts[1:]
+    entry = store._r.xadd(store._key("exp", "log"), {"other": "1"})
+    with pytest.raises(StoreError, match=f"log entry {entry} has no r"):
+        store.records("exp", start=2)
+    store.close()
+
+
 def test_bad_urls_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"unknown URL scheme 'postgres'"):
         open_store("postgres://x")
