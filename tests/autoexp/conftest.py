@@ -4,16 +4,19 @@ backend."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autoexp.engine import Engine
 from autoexp.store import open_store
 
 
@@ -93,6 +96,32 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _engines_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every engine a test made has its background writer stopped when the test ends.
+    Left running until garbage collection, one went on writing into the next test's
+    store: Redis is the session's, flushed between tests, and a writer that finds its
+    experiment's fields gone declares them again (as after a Redis restart), so the
+    next test's engine of that name found another policy's fields there."""
+    made: list[weakref.ref[Engine]] = []
+    init = Engine.__init__
+
+    @functools.wraps(init)
+    def tracked(self: Engine, *args: Any, **kwargs: Any) -> None:
+        made.append(weakref.ref(self))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "__init__", tracked)
+    yield
+    for ref in made:
+        engine = ref()
+        flusher = getattr(engine, "_flusher", None)  # None too if its __init__ refused
+        if engine is not None and flusher is not None:
+            engine._stop.set()
+            engine._wake.set()
+            flusher.join(timeout=5)
 
 
 def _store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
