@@ -406,6 +406,19 @@ def start_nginx(name: str, folder: Path, workers: int, servers: list[str]) -> Se
     return start(name, argv, folder)
 
 
+def start_upstream(stack: contextlib.ExitStack, folder: Path) -> int:
+    """The application behind every row (an nginx answering ``200 ok``, a worker per core),
+    stopped when ``stack`` closes; its port, once every worker listens."""
+    from tests.autoexp.conftest import free_port
+
+    port = free_port()
+    cores = os.cpu_count() or 1
+    upstream = start_nginx("upstream", folder, cores, [upstream_server(port)])
+    stack.callback(upstream.stop)
+    wait_ready([upstream], f"http://127.0.0.1:{port}/", sockets=cores)
+    return port
+
+
 def autoexp_config(upstream_port: int, store: str) -> str:
     return f"""\
 store = "{store}"
@@ -844,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         source,
         write_report,
     )
-    from tests.autoexp.conftest import RedisServer, free_port
+    from tests.autoexp.conftest import RedisServer
 
     parser = bench_parser(__doc__, "proxy", "2 s per wrk run, 1 s warm-up (a smoke run)")
     parser.set_defaults(repeats=1)
@@ -896,11 +909,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url = redis.url
             except RuntimeError as e:
                 unavailable |= {n: str(e) for n in args.rows if "redis" in n}
-        upstream_port = free_port()
-        cores = os.cpu_count() or 1
-        upstream = start_nginx("upstream", folder, cores, [upstream_server(upstream_port)])
-        stack.callback(upstream.stop)
-        wait_ready([upstream], f"http://127.0.0.1:{upstream_port}/", sockets=cores)
+        upstream_port = start_upstream(stack, folder)
         setting = Setting(
             folder=folder,
             upstream_port=upstream_port,

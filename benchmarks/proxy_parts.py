@@ -234,8 +234,8 @@ def table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.policies import bench_parser, clock, report_head, source, write_report
-    from benchmarks.proxy import Setting, start_nginx, upstream_server, wait_ready
-    from tests.autoexp.conftest import RedisServer, free_port
+    from benchmarks.proxy import Setting, start_upstream
+    from tests.autoexp.conftest import RedisServer
 
     parser = bench_parser(__doc__, "proxy_parts", "3 s of load per run, 1 s warm-up")
     parser.set_defaults(repeats=2)
@@ -258,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             redis = RedisServer(folder)
             stack.callback(redis.stop)
             redis_url = redis.url
-        upstream_port = free_port()
-        cores = os.cpu_count() or 1
-        upstream = start_nginx("upstream", folder, cores, [upstream_server(upstream_port)])
-        stack.callback(upstream.stop)
-        wait_ready([upstream], f"http://127.0.0.1:{upstream_port}/", sockets=cores)
+        upstream_port = start_upstream(stack, folder)
         setting = Setting(
             folder=folder,
             upstream_port=upstream_port,
