@@ -340,16 +340,18 @@ class Service:
         return False
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """CPU seconds (user + system) in a ``/proc`` ``stat`` file (a process's or a
+    thread's); 0 if it is gone or unreadable."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14, 15
+    return 0.0
+
+
 def cpu_s(services: list[Service]) -> float:
     """CPU seconds (user + system) the services' processes and their workers have used."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for service in services:
-        for pid in service.pids():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14, 15)
-    return total / tick
+    return sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for x in services for pid in x.pids())
 
 
 def listeners(port: int) -> int:

@@ -57,13 +57,11 @@ HOT_BATCH = 100  # about the applier's batch in these runs (50 ms of 2,000 reque
 def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds of the process's threads: ``main`` (the thread the process started
     with: the proxy's event loop) and ``other`` (all the others, summed)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    from benchmarks.proxy import stat_cpu_s
+
     out = {"main": 0.0, "other": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            kind = "main" if task.name == str(pid) else "other"
-            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+        out["main" if task.name == str(pid) else "other"] += stat_cpu_s(task / "stat")
     return out
 
 
@@ -134,7 +132,7 @@ def measure(store: str, s: Any, out: Path, progress: Any) -> dict[str, Any]:
     try:
         with serving(f"autoexp {store}", s) as (port, services, _):
             url = f"http://127.0.0.1:{port}{PATH}"
-            (pid,) = services[0].pids()[:1]
+            pid = services[0].proc.pid  # one worker: the CLI's own process
             wrk(url, connections=s.connections, threads=s.threads, duration_s=s.warmup_s)
             progress(f"{store}: c{s.connections}")
             time.sleep(0.5)  # the applier's last batch, and the hook's next dump
