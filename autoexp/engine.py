@@ -53,6 +53,7 @@ from policies.promotion import STATUS, PromotionRule
 from .context import decision_context
 from .errors import (
     ConfigError,
+    RequestError,
     RewardError,
     StoreError,
     UnknownExperimentError,
@@ -162,6 +163,52 @@ def _flush_at_exit(ref: Any) -> None:
             engine.close()
         except StoreError:  # the store may be gone at exit; nothing more can be done
             pass
+
+
+class _Draft:
+    """A decision drawn but not yet recorded (see ``Engine._draft``): its unit's store
+    call, if it needs one, goes between the two, for a group of decisions at once."""
+
+    __slots__ = (
+        "arm",
+        "asks",
+        "epoch",
+        "features",
+        "id",
+        "live",
+        "names",
+        "now",
+        "params",
+        "row",
+        "sticky",
+        "unit_hash",
+        "version",
+    )
+
+    def __init__(
+        self,
+        live: Live,
+        unit_hash: str | None,
+        features: Sequence[float] | None,
+        arm: int,
+        row: tuple[float, ...],
+        id: str,
+        now: float,
+    ) -> None:
+        self.live, self.unit_hash, self.features = live, unit_hash, features
+        self.arm, self.row, self.id, self.now = arm, row, id, now
+        # what it is recorded with: a refresh during a store call may install new names
+        # (a new epoch of candidates) and a new version
+        self.version, self.names, self.params = live.version, live.names, live.params
+        self.epoch = live.epoch
+        self.sticky = False  # the unit's earlier assignment, kept
+        self.asks = False  # its unit's assignment is the store's to say
+
+
+def _assignment(stored: str) -> tuple[int, tuple[float, ...], int]:
+    """A unit's stored assignment: its arm, first propensities and epoch."""
+    value = json.loads(stored)
+    return int(value[0]), tuple(float(x) for x in value[1]), int(value[3]) if len(value) > 3 else 0
 
 
 class Engine:
@@ -423,6 +470,57 @@ class Engine:
         in a thread only when this says ``None``."""
         return self._decide(name, unit, context, wait=False)
 
+    def decide_each(
+        self,
+        asks: Sequence[tuple[str, str | None, Sequence[float] | Mapping[str, Any] | None]],
+    ) -> list[Decision | RequestError | UnknownExperimentError]:
+        """:meth:`decide` for many requests ``(name, unit, context)``, each its own
+        caller's (the sidecar's requests whose units this engine does not hold, queued
+        together): the units' assignments are read and written in one store call per
+        experiment (one transaction, one Redis round trip; a second one for units whose
+        stored arm no longer stands) instead of one or two each. A request refused
+        (unknown experiment, bad context) gets its error in its place and the others are
+        decided; a store failure raises for all of them, with nothing recorded."""
+        out: list[Any] = [None] * len(asks)
+        inputs = []
+        for n, (name, unit, context) in enumerate(asks):
+            try:
+                live = self._get(name)
+                inputs.append((n, live, *self._inputs(live, unit, context)))
+            except (RequestError, UnknownExperimentError) as e:
+                out[n] = e
+        with self._lock:
+            drafts = [(n, self._draft(live, uh, x, wait=True)) for n, live, uh, x in inputs]
+            asked = [d for _, d in drafts if d is not None and d.asks]
+            if asked:  # without the state lock, as in decide
+                self._lock.release()
+                try:
+                    self._sticky(asked)
+                finally:
+                    self._lock.acquire()
+            for n, draft in drafts:
+                assert draft is not None  # with wait=True, always one
+                out[n] = self._record(draft)
+        return out
+
+    def _inputs(
+        self,
+        live: Live,
+        unit: str | None,
+        context: Sequence[float] | Mapping[str, Any] | None,
+    ) -> tuple[str | None, Sequence[float] | None]:
+        """A request's unit hash and features (no state lock needed)."""
+        # the common case (no context, a context-free policy) without a call
+        features = (
+            None
+            if context is None and live.dim is None
+            else decision_context(live.spec, context, self._clock)
+        )
+        if unit is None:
+            return None, features
+        key = f"{live.spec.name}\0{unit}".encode()
+        return hashlib.sha256(key).hexdigest()[:32], features
+
     def _decide(
         self,
         name: str,
@@ -432,111 +530,117 @@ class Engine:
         wait: bool,
     ) -> Decision | None:
         live = self._get(name)
-        dim = live.dim
-        # the common case (no context, a context-free policy) without a call
-        features = (
-            None
-            if context is None and dim is None
-            else decision_context(live.spec, context, self._clock)
-        )
-        unit_hash = (
-            None if unit is None else hashlib.sha256(f"{name}\0{unit}".encode()).hexdigest()[:32]
-        )
+        unit_hash, features = self._inputs(live, unit, context)
         with self._lock:
-            if self._down is not None and time.monotonic() - self._probed >= 1.0:
-                self._probe()  # at most once a second from here (the writer probes too)
-            if self._down is not None:
-                raise StoreError(f"store unavailable since its last call failed: {self._down}")
-            spec = live.spec
-            if dim is None:
-                row = live.row
-                alloc = None
-            else:  # this request's own allocation, from the snapshot
-                x = np.array([features])
-                alloc = served(
-                    spec.policy.allocation(live.policy_state, x)[0], live.status, live.paused
-                )
-                row = tuple(alloc.tolist())
-            held = None if unit_hash is None else self._held(live, unit_hash, row)
-            if held is None and unit_hash is not None and not wait:
+            draft = self._draft(live, unit_hash, features, wait=wait)
+            if draft is None:
                 return None  # a store call: not from here
-            arm = draw(
-                live.cumulative if alloc is None else list(accumulate(row)),
-                row,
-                self._uniform(),  # drawn for a held unit too: a seed's draws stay aligned
-            )
-            if alloc is not None:
-                if live.served_sum is None:
-                    live.served_sum = alloc
-                else:
-                    live.served_sum += alloc
-                live.served_n += 1
-            sticky = False
-            did = self._ids(now := self._clock())
-            if held is not None:
-                (arm, row), sticky = held, True
-            # what the decision is recorded with: a refresh during the store call below
-            # may install new names (a new epoch of candidates) and a new version
-            version, names, params, epoch = live.version, live.names, live.params, live.epoch
-            if held is None and unit_hash is not None:
+            if draft.asks:
                 # the store's part without the state lock (unless a caller holds it too),
                 # so decisions on the event loop go on meanwhile
                 self._lock.release()
                 try:
-                    arm, row, sticky = self._sticky(live, unit_hash, did, arm, row, epoch)
+                    self._sticky([draft])
                 finally:
                     self._lock.acquire()
-            ticket = Ticket(
-                did,
-                name,
-                arm,
-                row,
-                now,
-                now + spec.token_ttl_s,
-                None if dim is None else tuple(features),  # type: ignore[arg-type]
+            return self._record(draft)
+
+    def _draft(
+        self, live: Live, unit_hash: str | None, features: Sequence[float] | None, *, wait: bool
+    ) -> _Draft | None:
+        """A decision's draw (under the state lock): its arm, id and time, and what it is
+        recorded with; ``None`` if it needs a store call (a unit this engine does not
+        hold) and ``wait`` is false, with nothing drawn."""
+        if self._down is not None and time.monotonic() - self._probed >= 1.0:
+            self._probe()  # at most once a second from here (the writer probes too)
+        if self._down is not None:
+            raise StoreError(f"store unavailable since its last call failed: {self._down}")
+        if live.dim is None:
+            row = live.row
+            alloc = None
+        else:  # this request's own allocation, from the snapshot
+            x = np.array([features])
+            alloc = served(
+                live.spec.policy.allocation(live.policy_state, x)[0], live.status, live.paused
             )
-            token = sign(self._keys, ticket)
-            live.buffer.append(
-                decision_line(  # JSON text (autoexp.records)
-                    decision_id=did,
-                    time=now,
-                    experiment=name,
-                    unit_hash=unit_hash,
-                    context=None if features is None else floats_json(features),
-                    arm=arm,
-                    alternative=names[arm],
-                    propensity=row[arm],
-                    allocation=live.row_json if row is live.row else floats_json(row),
-                    policy=spec.policy.name,
-                    version=version,
-                    seed=self._seed,
-                )
+            row = tuple(alloc.tolist())
+        held = None if unit_hash is None else self._held(live, unit_hash, row)
+        if held is None and unit_hash is not None and not wait:
+            return None
+        arm = draw(
+            live.cumulative if alloc is None else list(accumulate(row)),
+            row,
+            self._uniform(),  # drawn for a held unit too: a seed's draws stay aligned
+        )
+        if alloc is not None:
+            if live.served_sum is None:
+                live.served_sum = alloc
+            else:
+                live.served_sum += alloc
+            live.served_n += 1
+        draft = _Draft(live, unit_hash, features, arm, row, self._ids(now := self._clock()), now)
+        if held is not None:
+            draft.arm, draft.row = held
+            draft.sticky = True
+        else:
+            draft.asks = unit_hash is not None
+        return draft
+
+    def _record(self, d: _Draft) -> Decision:
+        """Sign and log a drafted decision (under the state lock)."""
+        live, spec, arm, row, now = d.live, d.live.spec, d.arm, d.row, d.now
+        name, dim = spec.name, live.dim
+        ticket = Ticket(
+            d.id,
+            name,
+            arm,
+            row,
+            now,
+            now + spec.token_ttl_s,
+            None if dim is None else tuple(d.features),  # type: ignore[arg-type]
+        )
+        token = sign(self._keys, ticket)
+        live.buffer.append(
+            decision_line(  # JSON text (autoexp.records)
+                decision_id=d.id,
+                time=now,
+                experiment=name,
+                unit_hash=d.unit_hash,
+                context=None if d.features is None else floats_json(d.features),
+                arm=arm,
+                alternative=d.names[arm],
+                propensity=row[arm],
+                allocation=live.row_json if row is live.row else floats_json(row),
+                policy=spec.policy.name,
+                version=d.version,
+                seed=self._seed,
             )
-            if len(live.buffer) >= self._log_batch:
-                if self._flusher is not None:
-                    # written by the background writer, off this path; woken once (a set
-                    # flag means it has not yet cleared it, so it takes this one too)
-                    if not self._wake.is_set():
-                        self._wake.set()
-                else:
-                    self._try_flush(live)
-            decision = make_decision(
-                did,
-                name,
-                arm,
-                names[arm],
-                row[arm],
-                params[arm],
-                spec.policy.name,
-                version,
-                token,
-                sticky,
-                ticket,
-                self._keys,
-            )
-            # last: a refresh here may rename the arms (a new epoch of candidates)
-            self._tick(live, defer=self._flusher is not None)
-            return decision
+        )
+        if len(live.buffer) >= self._log_batch:
+            if self._flusher is not None:
+                # written by the background writer, off this path; woken once (a set
+                # flag means it has not yet cleared it, so it takes this one too)
+                if not self._wake.is_set():
+                    self._wake.set()
+            else:
+                self._try_flush(live)
+        decision = make_decision(
+            d.id,
+            name,
+            arm,
+            d.names[arm],
+            row[arm],
+            d.params[arm],
+            spec.policy.name,
+            d.version,
+            token,
+            d.sticky,
+            ticket,
+            self._keys,
+        )
+        # last: a refresh here may rename the arms (a new epoch of candidates)
+        self._tick(live, defer=self._flusher is not None)
+        return decision
 
     def _uniform(self) -> float:
         """The seeded stream's next draw: the same numbers as one ``random()`` call each,
@@ -546,30 +650,43 @@ class Engine:
             self._uniforms = self._rng.random(_DRAW_BLOCK).tolist()[::-1]
         return self._uniforms.pop()
 
-    def _sticky(
-        self, live: Live, unit_hash: str, did: str, arm: int, p: tuple[float, ...], epoch: int
-    ) -> tuple[int, tuple[float, ...], bool]:
-        """The unit's assignment from the store: ``arm`` drawn from ``p`` in ``epoch``
-        if it has none, or none that still stands; its arm and first propensities
-        otherwise. Called without the state lock."""
-        # the value names this decision, so "stored == value" means "assigned just now"
-        value = json.dumps([arm, list(p), did, epoch])
-        stored = self.store.assign(live.spec.name, unit_hash, value)
-        if stored == value:
-            self._hold(live, unit_hash, arm, p, epoch)
-            return arm, p, False
-        old = json.loads(stored)
-        old_arm, old_row = int(old[0]), tuple(float(x) for x in old[1])
-        old_epoch = int(old[3]) if len(old) > 3 else 0
-        # a generated experiment's slot holds another candidate in another epoch
-        if self._stands(live, old_arm, old_epoch, p, epoch):  # kept, first propensities
-            self._hold(live, unit_hash, old_arm, old_row, old_epoch)
-            return old_arm, old_row, True
-        stored = self.store.assign(live.spec.name, unit_hash, value, unless=stored)
-        new = json.loads(stored)
-        new_arm, new_row = int(new[0]), tuple(float(x) for x in new[1])
-        self._hold(live, unit_hash, new_arm, new_row, int(new[3]) if len(new) > 3 else 0)
-        return new_arm, new_row, stored != value
+    def _sticky(self, drafts: Sequence[_Draft]) -> None:
+        """Each drafted unit's assignment from the store, in one call per experiment: the
+        draft's arm (drawn from its row in its epoch) if the unit has none, or none that
+        still stands; the stored arm and first propensities otherwise (``sticky``), a
+        second call setting the units whose stored arm no longer stands. Called without
+        the state lock."""
+        groups: dict[str, list[tuple[_Draft, str]]] = {}
+        for d in drafts:
+            assert d.unit_hash is not None  # only a decision with a unit asks the store
+            groups.setdefault(d.live.spec.name, []).append((d, d.unit_hash))
+        for name, group in groups.items():
+            live = group[0][0].live
+            # each value names its decision, so "stored == value" means "assigned now"
+            values = [json.dumps([d.arm, list(d.row), d.id, d.epoch]) for d, _ in group]
+            stored = self.store.assign_many(
+                name, [(unit, v, None) for (_, unit), v in zip(group, values, strict=True)]
+            )
+            again = []
+            for (d, unit), value, got in zip(group, values, stored, strict=True):
+                if got == value:  # assigned just now
+                    arm, row, epoch = d.arm, d.row, d.epoch
+                else:
+                    arm, row, epoch = _assignment(got)
+                    # kept unless its arm lost its share, or (a generated experiment) its
+                    # slot holds another candidate now
+                    if not self._stands(live, arm, epoch, d.row, d.epoch):
+                        again.append((d, unit, value, got))
+                        continue
+                self._hold(live, unit, arm, row, epoch)
+                d.arm, d.row, d.sticky = arm, row, got != value
+            if not again:
+                continue
+            stored = self.store.assign_many(name, [(u, v, old) for _, u, v, old in again])
+            for (d, unit, value, _), got in zip(again, stored, strict=True):
+                arm, row, epoch = _assignment(got)
+                self._hold(live, unit, arm, row, epoch)
+                d.arm, d.row, d.sticky = arm, row, got != value
 
     @staticmethod
     def _stands(live: Live, arm: int, epoch: int, p: tuple[float, ...], now: int) -> bool:

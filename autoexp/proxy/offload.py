@@ -66,6 +66,11 @@ class Offload:
         self._calls.put(_STOP)
         await asyncio.to_thread(thread.join, STOP_S)
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for the thread (not counting the one it runs)."""
+        return self._calls.qsize()
+
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the offload thread; its result or its exception."""
         if self._thread is None or self._loop is None:

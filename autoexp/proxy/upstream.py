@@ -275,9 +275,11 @@ class Forwarder:
             decision = self.engine.try_decide(route.experiment, unit=unit, context=context)
             if decision is not None:
                 return decision
-            return await self.offload.run(
-                self.engine.decide, route.experiment, unit=unit, context=context
+            # the units queued together get their assignments in one store call
+            decided: Decision = await self.offload.run_each(
+                self.engine.decide_each, (route.experiment, unit, context)
             )
+            return decided
         except Exception as e:  # fail open: whatever broke, the request goes to control
             self.events["fail_open"] += 1
             log.warning("autoexp: %s failed open to control: %r", route.experiment, e)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -120,6 +121,25 @@ Record = Mapping[str, Any] | Encoded
 Item = tuple[str, Sequence[tuple[str, int, float]], Record]
 
 
+class UnitsInBatches:
+    """A store's ``assign`` as a batch of one: the store implements :meth:`assign_many`,
+    and its units are checked with :func:`check_units` before anything is written."""
+
+    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
+        return self.assign_many(experiment, [(unit, value, unless)])[0]
+
+    def assign_many(
+        self, experiment: str, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[str]:
+        raise NotImplementedError
+
+
+def check_units(items: Sequence[tuple[str, str, str | None]]) -> None:
+    """Every unit of an ``assign_many`` batch (before anything of it is written)."""
+    for unit, _, _ in items:
+        check_name("store.assign unit", unit)
+
+
 class Store(Protocol):
     """What the engine needs from a store (see the module docstring)."""
 
@@ -173,6 +193,14 @@ class Store(Protocol):
         what is stored after the call (first exposure wins)."""
         ...
 
+    def assign_many(
+        self, experiment: str, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[str]:
+        """:meth:`assign` of each ``(unit, value, unless)``, in order, in one store call
+        (one transaction, one Redis round trip); what is stored for each unit after its
+        own item (a unit repeated in the batch sees the earlier items' outcome)."""
+        ...
+
     def append(self, experiment: str, records: Sequence[Record]) -> None:
         """Append records to the log, in order, in one write."""
         ...
@@ -199,10 +227,13 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+_CONTROL = re.compile("[\x00-\x1f]")  # one search instead of a generator over characters
+
+
 def check_name(where: str, name: object) -> str:
     """Experiment, field and unit names: non-empty strings without control characters;
     experiment names also without braces (Redis hash tags)."""
-    bad = not isinstance(name, str) or not name or any(ord(c) < 32 for c in name)
+    bad = not isinstance(name, str) or not name or _CONTROL.search(name) is not None
     if not bad and "experiment" in where and ("{" in str(name) or "}" in str(name)):
         bad = True
     if bad:

@@ -14,10 +14,12 @@ from .base import (
     FloatArray,
     Item,
     Record,
+    UnitsInBatches,
     check_amounts,
     check_declared,
     check_name,
     check_shapes,
+    check_units,
     dumps,
     tally,
 )
@@ -25,7 +27,7 @@ from .base import (
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol in memory."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -96,14 +98,19 @@ class MemoryStore:
                 state[name].reshape(-1)[index] += amount
             return done
 
-    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
-        check_name("store.assign unit", unit)
-        with self._lock:
+    def assign_many(
+        self, experiment: str, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[str]:
+        check_units(items)
+        out = []
+        with self._lock:  # the whole batch at once, as a transaction would
             table = self._assign.setdefault(experiment, {})
-            current = table.get(unit)
-            if current is None or (unless is not None and current == unless):
-                table[unit] = value
-            return table[unit]
+            for unit, value, unless in items:
+                current = table.get(unit)
+                if current is None or (unless is not None and current == unless):
+                    table[unit] = value
+                out.append(table[unit])
+        return out
 
     def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)

@@ -29,11 +29,13 @@ from .base import (
     Item,
     Record,
     Row,
+    UnitsInBatches,
     check_amounts,
     check_declared,
     check_items,
     check_name,
     check_shapes,
+    check_units,
     columns_batch,
     dumps,
     summed,
@@ -181,7 +183,7 @@ class _Wrap:
             raise StoreError(f"store ({self.where}): Redis failed: {error}") from error
 
 
-class RedisStore:
+class RedisStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol on Redis."""
 
     def __init__(self, url: str) -> None:
@@ -322,13 +324,20 @@ class RedisStore:
             args = [str(self.once_ttl_s), json.dumps(payload, separators=(",", ":"))]
             return [bool(x) for x in self._add_many(keys=keys, args=args)]
 
-    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
-        check_name("store.assign unit", unit)
+    def assign_many(
+        self, experiment: str, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[str]:
+        check_units(items)
+        key = self._key(experiment, "assign")
         with _errors("assign"):
-            args = [unit, value, "0" if unless is None else "1", unless or ""]
-            out = self._assign(keys=[self._key(experiment, "assign")], args=args)
-            self._r.sadd(_INDEX, experiment)
-        return str(out)
+            # one round trip: each unit's script in order (each atomic), then the index
+            pipe = self._r.pipeline(transaction=False)
+            for unit, value, unless in items:
+                args = [unit, value, "0" if unless is None else "1", unless or ""]
+                self._assign(keys=[key], args=args, client=pipe)
+            pipe.sadd(_INDEX, experiment)
+            out = pipe.execute()
+        return [str(x) for x in out[:-1]]
 
     def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)

@@ -28,10 +28,12 @@ from .base import (
     FloatArray,
     Item,
     Record,
+    UnitsInBatches,
     check_amounts,
     check_declared,
     check_name,
     check_shapes,
+    check_units,
     dumps,
     summed,
     tally,
@@ -55,7 +57,7 @@ CREATE TABLE IF NOT EXISTS meta (exp TEXT, name TEXT, value TEXT, PRIMARY KEY (e
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
 
 
-class SQLiteStore:
+class SQLiteStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol on one SQLite file."""
 
     def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
@@ -225,18 +227,44 @@ class SQLiteStore:
 
     # --- assignments, log, meta ----------------------------------------------------------
 
-    def assign(self, experiment: str, unit: str, value: str, *, unless: str | None = None) -> str:
-        check_name("store.assign unit", unit)
+    def assign_many(
+        self, experiment: str, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[str]:
+        check_units(items)
+        if self._json and len(items) > 1 and all(w is None for _, _, w in items):
+            # new units (the common batch): two statements for all of them, the first
+            # value of a unit repeated in the batch inserted, as one by one would
+            pairs = json.dumps([[u, v] for u, v, _ in items])
+            units = json.dumps([u for u, _, _ in items])
+            with self._lock, self._write():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO assign SELECT ?, json_extract(value, '$[0]'), "
+                    "json_extract(value, '$[1]') FROM json_each(?) ORDER BY key",
+                    (experiment, pairs),
+                )
+                stored = dict(
+                    self._db.execute(
+                        "SELECT unit, value FROM assign WHERE exp = ? AND unit IN "
+                        "(SELECT value FROM json_each(?))",
+                        (experiment, units),
+                    ).fetchall()
+                )
+            return [str(stored[u]) for u, _, _ in items]
+        out = []
+        # one transaction for the batch: its BEGIN and COMMIT cost more than a unit's
+        # two statements
         with self._lock, self._write():
-            self._db.execute(
-                "INSERT INTO assign VALUES (?, ?, ?) ON CONFLICT (exp, unit) DO UPDATE "
-                "SET value = excluded.value WHERE assign.value = ?",
-                (experiment, unit, value, unless),
-            )
-            row = self._db.execute(
-                "SELECT value FROM assign WHERE exp = ? AND unit = ?", (experiment, unit)
-            ).fetchone()
-            return str(row[0])
+            for unit, value, unless in items:
+                self._db.execute(
+                    "INSERT INTO assign VALUES (?, ?, ?) ON CONFLICT (exp, unit) DO UPDATE "
+                    "SET value = excluded.value WHERE assign.value = ?",
+                    (experiment, unit, value, unless),
+                )
+                row = self._db.execute(
+                    "SELECT value FROM assign WHERE exp = ? AND unit = ?", (experiment, unit)
+                ).fetchone()
+                out.append(str(row[0]))
+        return out
 
     def append(self, experiment: str, records: Sequence[Record]) -> None:
         check_name("store.append experiment", experiment)

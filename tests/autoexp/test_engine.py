@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from autoexp.engine import Engine, ExperimentSpec
-from autoexp.errors import ConfigError, RequestError, RewardError, UnknownExperimentError
+from autoexp.errors import (
+    ConfigError,
+    RequestError,
+    RewardError,
+    StoreError,
+    UnknownExperimentError,
+)
 from autoexp.experiment import Decision, make_decision
 from autoexp.store.memory import MemoryStore
 from autoexp.tokens import Ticket, keys_from, sign
@@ -98,23 +104,23 @@ def test_a_unit_keeps_its_arm_and_first_propensity(store: Any) -> None:
 
 
 class CountingAssign:
-    """The real store's ``assign``, counted (and, once ``hold`` is cleared, held until it
-    is set): which decisions cost a store call."""
+    """The real store's ``assign_many`` (the engine's call for units), counted (and, once
+    ``hold`` is cleared, held until it is set): which decisions cost a store call."""
 
     def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.hold = threading.Event()
         self.hold.set()
         self.entered = threading.Event()
-        real = store.assign
+        real = store.assign_many
 
-        def assign(*args: Any, **kwargs: Any) -> str:
+        def assign_many(*args: Any, **kwargs: Any) -> list[str]:
             self.calls += 1
             self.entered.set()
             self.hold.wait(10)
-            return str(real(*args, **kwargs))
+            return list(real(*args, **kwargs))
 
-        monkeypatch.setattr(store, "assign", assign)
+        monkeypatch.setattr(store, "assign_many", assign_many)
 
 
 def test_a_held_unit_is_served_without_a_store_call(
@@ -387,6 +393,100 @@ def test_a_rolled_back_arms_units_are_reassigned(store: Any) -> None:
         assert again.arm == 0 and not again.sticky and again.propensity == 1.0
     for u in units:  # and they stay on control from then on
         assert engine.decide("ranker", unit=u).arm == 0
+
+
+def test_a_group_of_decisions_is_the_same_as_one_by_one_in_one_store_call(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # decide_each (the sidecar's units not held, queued together) draws, assigns and
+    # records exactly as decide called for each in turn (same seed, same clock): the
+    # same arms, propensities and stickiness, a unit repeated in the group included, and
+    # errors in their places; but its units cost one store call, not one each.
+    clock = Clock()
+    batch = Engine(store, [spec()], secret=SECRET, seed=31, clock=clock, unit_cache=100)
+    alone = Engine(MemoryStore(), [spec()], secret=SECRET, seed=31, clock=clock, unit_cache=100)
+    for engine in (batch, alone):  # u0..u4 seen before: held
+        for i in range(5):
+            engine.decide("ranker", unit=f"u{i}")
+    asks: list[tuple[str, str | None, Any]] = [
+        ("ranker", "u1", None),
+        ("ranker", "new-1", None),
+        ("nope", "new-2", None),  # unknown experiment: its error, in its place
+        ("ranker", None, None),
+        ("ranker", "new-3", None),
+        ("ranker", "new-1", None),  # again, in the same group: the first one's arm
+        ("ranker", "new-4", {"x": 1.0}),  # named features the spec does not define
+        ("ranker", "u3", None),
+    ] + [("ranker", f"new-{i}", None) for i in range(5, 25)]
+    counted = CountingAssign(store, monkeypatch)
+    got = batch.decide_each(asks)
+    assert counted.calls == 1  # every unit not held, in one call
+
+    def alone_decide(name: str, unit: str | None, context: Any) -> Any:
+        try:
+            return alone.decide(name, unit=unit, context=context)
+        except (RequestError, UnknownExperimentError) as e:
+            return e
+
+    want = [alone_decide(*ask) for ask in asks]
+
+    def facts(x: Any) -> Any:
+        if isinstance(x, Exception):
+            return type(x), str(x)
+        return x.arm, x.alternative, x.propensity, x.sticky, x.ticket.propensity
+
+    assert [facts(x) for x in got] == [facts(x) for x in want]
+    assert isinstance(got[2], UnknownExperimentError) and isinstance(got[6], RequestError)
+    assert got[5].arm == got[1].arm and got[5].sticky and not got[1].sticky
+    assert {d.arm for d in got if isinstance(d, Decision)} == {0, 1}  # both arms drawn
+    batch.flush()
+    decided = [r for r in store.records("ranker") if r["type"] == "decision"]
+    assert len(decided) == 5 + len(asks) - 2  # every decision logged, no error's
+    assert [r["decision_id"] for r in decided[5:]] == [d.id for d in got if isinstance(d, Decision)]
+    # later: held, no store call
+    again = [batch.decide("ranker", unit=f"new-{i}") for i in (1, 3, 5)]
+    assert counted.calls == 1 and all(d.sticky for d in again)
+
+
+def test_a_group_reassigns_the_units_whose_arm_was_rolled_back_in_a_second_call(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another replica assigned the units; here, where the alternative is rolled back,
+    # a group of them: those on the alternative are set again (one more store call for
+    # all of them), on control, not sticky; those on control keep their assignment.
+    first = Engine(store, [spec()], secret=SECRET, seed=32)
+    units = [f"u{i}" for i in range(30)]
+    before = {u: first.decide("ranker", unit=u) for u in units}
+    on_alt = {u for u in units if before[u].arm == 1}
+    assert 0 < len(on_alt) < len(units)
+    store.set("ranker", "status", '["exploring", "rolled_back"]')
+    here = Engine(store, [spec()], secret=SECRET, seed=33)
+    counted = CountingAssign(store, monkeypatch)
+    got = here.decide_each([("ranker", u, None) for u in units])
+    assert counted.calls == 2
+    for u, d in zip(units, got, strict=True):
+        assert isinstance(d, Decision) and d.arm == 0
+        assert d.sticky == (u not in on_alt)
+        assert d.propensity == (1.0 if u in on_alt else before[u].propensity)
+    assert [here.decide("ranker", unit=u).arm for u in units] == [0] * len(units)
+    assert counted.calls == 2  # now held here
+
+
+def test_a_group_fails_whole_when_the_store_does(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(store, [spec()], secret=SECRET, seed=34)
+    engine.flush()
+    logged = len(store.records("ranker"))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("store: down for the test")
+
+    monkeypatch.setattr(store, "assign_many", broken)
+    with pytest.raises(StoreError, match="down for the test"):
+        engine.decide_each([("ranker", f"u{i}", None) for i in range(3)])
+    engine.flush()
+    assert len(store.records("ranker")) == logged  # nothing recorded
 
 
 def test_defaults_reach_a_crashed_replicas_decisions(store: Any) -> None:

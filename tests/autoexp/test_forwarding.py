@@ -12,6 +12,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from aiohttp import web
 from autoexp.config import parse_config
 from autoexp.engine import Engine, ExperimentSpec
 from autoexp.errors import ConfigError, StoreError
-from autoexp.proxy.app import FORWARDER
+from autoexp.proxy.app import FORWARDER, OFFLOAD
 from autoexp.proxy.routes import ProxySettings, Route
 from autoexp.store.memory import MemoryStore
 from autoexp.tokens import keys_from, verify
@@ -188,13 +189,13 @@ def test_a_held_unit_is_decided_without_the_store_or_a_thread(
     # store call, no thread hop, the same alternative with its first propensity.
     side = sidecar(servers)
     threads: list[str] = []
-    real = side.engine.store.assign
+    real = side.engine.store.assign_many
 
-    def assign(*args: Any, **kwargs: Any) -> str:
+    def assign_many(*args: Any, **kwargs: Any) -> list[str]:
         threads.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    side.engine.store.assign = assign  # type: ignore[method-assign]
+    side.engine.store.assign_many = assign_many  # type: ignore[method-assign]
     try:
         with httpx.Client(base_url=side.url, timeout=10) as http:
             answers = [http.get("/search", headers={"X-User-Id": "u1"}) for _ in range(10)]
@@ -205,6 +206,50 @@ def test_a_held_unit_is_decided_without_the_store_or_a_thread(
         assert len({(t.arm, t.propensity) for t in tickets}) == 1
         assert len({t.id for t in tickets}) == 10  # each request its own decision
     finally:
+        side.close()
+
+
+def test_new_units_queued_together_are_assigned_in_one_store_call(
+    servers: dict[str, Served],
+) -> None:
+    # While one new unit's store call is held, twelve more requests with new units queue
+    # for the store thread; once it answers, they are decided in one store call (one
+    # transaction), each with its own decision and its own answer.
+    side = sidecar(servers)
+    calls: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+    real = side.engine.store.assign_many
+
+    def assign_many(experiment: str, items: Any) -> list[str]:
+        calls.append(len(items))
+        entered.set()
+        assert release.wait(10)
+        return real(experiment, items)
+
+    side.engine.store.assign_many = assign_many  # type: ignore[method-assign]
+
+    def get(unit: str) -> httpx.Response:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            return http.get("/search", headers={"X-User-Id": unit})
+
+    try:
+        with ThreadPoolExecutor(13) as pool:
+            first = pool.submit(get, "first")
+            assert entered.wait(5)
+            rest = [pool.submit(get, f"user-{i}") for i in range(12)]
+            deadline = time.monotonic() + 5
+            while side.app[OFFLOAD].queued < 12 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            answers = [first.result(), *(f.result() for f in rest)]
+        assert calls == [1, 12]
+        assert all(r.status_code == 200 for r in answers)
+        keys = keys_from(SECRET)
+        tickets = [verify(keys, r.headers["X-Autoexp-Decision"], now=time.time()) for r in answers]
+        assert len({t.id for t in tickets}) == 13
+        assert side.app[FORWARDER].counts["fail_open"] == 0
+    finally:
+        release.set()
         side.close()
 
 
@@ -320,7 +365,6 @@ def test_a_failing_alternative_is_rolled_back_and_no_user_request_fails(
     # was written (4 runs of each kind): rolled back after 8 to 15 of its own failures,
     # within the first 32 requests; the bounds below (40 failures, 160 requests) leave
     # room for slow machines, where more requests are in flight before a refresh.
-    from concurrent.futures import ThreadPoolExecutor
 
     spec = ExperimentSpec(
         name="ranker",
@@ -553,7 +597,7 @@ def test_a_failing_decision_fails_open_to_control(servers: dict[str, Served]) ->
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise StoreError("store: down for the test")
 
-    side.engine.store.assign = broken  # type: ignore[method-assign]
+    side.engine.store.assign_many = broken  # type: ignore[method-assign]
     try:
         with httpx.Client(base_url=side.url, timeout=10) as http:
             r = http.get("/search", headers={"X-User-Id": "u1"})

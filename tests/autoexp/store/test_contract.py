@@ -96,6 +96,27 @@ def test_assign_first_exposure_wins(store: Any) -> None:
     assert store.assign("exp", "user-2", "0") == "0"
 
 
+def test_assign_many_is_assign_item_by_item_in_one_call(store: Any) -> None:
+    store.assign("exp", "user-1", "1")
+    got = store.assign_many(
+        "exp",
+        [
+            ("user-1", "2", None),  # has one: kept
+            ("user-2", "3", None),  # new
+            ("user-2", "4", None),  # repeated: sees the item before it
+            ("user-2", "5", "3"),  # its value was "3": replaced
+            ("user-3", "6", "0"),  # new, whatever `unless` says
+            ("user-1", "7", "0"),  # not "0": kept
+        ],
+    )
+    assert got == ["1", "3", "3", "5", "6", "1"]
+    assert [store.assign("exp", u, "x") for u in ("user-1", "user-2", "user-3")] == ["1", "5", "6"]
+    assert store.assign_many("exp", []) == []
+    with pytest.raises(StoreError, match="non-empty string"):  # checked before any write
+        store.assign_many("exp", [("user-4", "1", None), ("", "1", None)])
+    assert store.assign("exp", "user-4", "2") == "2"
+
+
 def test_log_keeps_order_and_pages(store: Any) -> None:
     store.append("exp", [{"i": i, "v": np.float64(i) / 2} for i in range(5)])
     store.append("exp", [{"i": 5}])
