@@ -24,7 +24,12 @@ so it is never the bottleneck. Rows, all measured with wrk in this run:
   service whose requests carry a user id would run it: every request sends
   ``X-User-Id`` (the default unit header), one of 10,000 returning users drawn at
   random, so each user's first request reads and writes the store and the later ones
-  are served from the assignments the engine holds.
+  are served from the assignments the engine holds;
+* ``autoexp sqlite stub``: a reference, not a target: ``autoexp sqlite`` with every
+  request given the experiment's first decision again (``benchmarks/parts_hook``, with
+  ``BENCH_STUB_DECISIONS``): no draw, token, log record or refresh, and every reward but
+  the first a duplicate the store refuses. Its distance to bare aiohttp is what the proxy
+  costs apart from making, recording and rewarding decisions.
 
 Each row: warm-up, then ``wrk -t2 -c64 --latency`` (throughput, p50 and p99 under load) and
 ``wrk -t1 -c1 --latency`` (p50 of one request at a time). Errors are wrk's non-2xx/3xx
@@ -56,6 +61,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+HOOK = Path(__file__).resolve().parent / "parts_hook"  # loaded into a proxy to measure it
 
 THROUGHPUT_VS_BARE = 0.90  # autoexp requests/s over bare aiohttp's, same worker count
 ADDED_P50_US = 50.0  # autoexp p50 at c1 minus bare aiohttp's
@@ -71,6 +77,7 @@ ROWS = (
     "autoexp redis x2",
     "autoexp sqlite units",
     "autoexp redis units",
+    "autoexp sqlite stub",
 )
 UNITS = 10_000  # the units rows' returning users (X-User-Id), drawn uniformly per request
 # wrk's request for the units rows: each a user of the pool, in the default unit header
@@ -560,6 +567,9 @@ def serving(row: str, s: Setting) -> Iterator[tuple[int, list[Service], dict[str
             config.write_text(autoexp_config(s.upstream_port, url))
             env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOEXP_")}
             env |= {"AUTOEXP_STORE": url, "AUTOEXP_SECRET": SECRET}
+            if row.endswith(" stub"):
+                path = [str(HOOK), *filter(None, [env.get("PYTHONPATH")])]
+                env |= {"PYTHONPATH": os.pathsep.join(path), "BENCH_STUB_DECISIONS": "1"}
             argv = [sys.executable, "-m", "autoexp.cli", "proxy", "--config", str(config)]
             argv += ["--host", "127.0.0.1", "--port", str(port), "--shutdown-timeout-s", "2"]
             if workers > 1:
@@ -738,7 +748,7 @@ def checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         status = "n/a" if value is None else ("PASS" if ok else "FAIL")
         out.append({"target": target, "value": value, "status": status})
 
-    autoexp = [n for n in ROWS if n.startswith("autoexp")]
+    autoexp = [n for n in ROWS if n.startswith("autoexp") and not n.endswith(" stub")]
     for name in autoexp:
         value = rows.get(name, {}).get("vs_bare")
         check(

@@ -38,7 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-HOOK = Path(__file__).resolve().parent / "parts_hook"
+from benchmarks.proxy import HOOK  # noqa: E402  (the hook this benchmark loads)
+
 PARTS = (
     "autoexp.proxy.routes:Route.matches",
     "autoexp.proxy.upstream:Forwarder._decide",
@@ -193,7 +194,7 @@ def table(summary: dict[str, Any]) -> str:
     for name, p in summary["parts"].items():
         rows.append(
             [
-                name.split(":")[1],
+                name.rpartition(":")[2],
                 f"{p['calls_per_request']:.3f}",
                 "-" if p["us_per_call"] is None else f"{p['us_per_call']:,.1f}",
                 f"{p['us_per_request']:,.1f}",
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=duration,
             warmup_s=warmup,
             connections=args.connections,
-            threads=2,
+            threads=min(2, args.connections),
             bare_loop="uvloop",
             redis_url=redis_url,
             py_spy=None,

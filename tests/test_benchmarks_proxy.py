@@ -15,8 +15,10 @@ import pytest
 from autoexp.config import parse_config
 from benchmarks.proxy import (
     PATH,
+    ROWS,
     Service,
     autoexp_config,
+    checks,
     compare,
     cpu_s,
     nginx_conf,
@@ -264,3 +266,25 @@ def test_cpu_per_request_compared_with_bare_aiohttp() -> None:
     head, _, _, bare, autoexp = text.splitlines()
     assert "cpu us/req" in head and "cpu vs bare" in head
     assert " 240 " in autoexp and " 75% " in autoexp and " 180 " in bare
+
+
+def test_the_stub_row_is_compared_with_bare_but_is_no_target() -> None:
+    # the stub row (every request given the same decision) says how far the proxy is
+    # from bare apart from its decisions; a target checked on it would be met by a proxy
+    # that does not decide
+    rows = {
+        name: {
+            "row": name,
+            "available": True,
+            "requests_per_s": rate,
+            "c1_p50_us": 400.0,
+            "cpu_us_per_request": None,
+            "errors": 0,
+            "probe_problems": [],
+        }
+        for name, rate in (("bare aiohttp", 5000.0), ("autoexp sqlite stub", 4600.0))
+    }
+    compare(rows)
+    assert rows["autoexp sqlite stub"]["vs_bare"] == 0.92
+    assert "autoexp sqlite stub" in ROWS
+    assert not [c for c in checks(rows) if "stub" in c["target"]]

@@ -46,17 +46,18 @@ print(target.spin.__qualname__)
 """
 
 
-def run_hooked(tmp_path: Path, env: dict[str, str]) -> str:
-    """Run SCRIPT with the hook and ``env``; what it printed (spin's qualified name)."""
+def run_hooked(tmp_path: Path, env: dict[str, str], script: str = SCRIPT) -> str:
+    """Run ``script`` (TARGET beside it) with the hook and ``env``; what it printed
+    (SCRIPT prints spin's qualified name)."""
     (tmp_path / "target.py").write_text(TARGET)
-    (tmp_path / "script.py").write_text(SCRIPT)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_PARTS")}
+    (tmp_path / "script.py").write_text(script)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     base["PYTHONPATH"] = os.pathsep.join([str(HOOK), str(tmp_path)])
     done = subprocess.run(
         [sys.executable, str(tmp_path / "script.py")],
         env=base | env,
         check=True,
-        timeout=60,
+        timeout=120,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -73,6 +74,8 @@ def test_the_hook_sums_each_functions_thread_cpu(tmp_path: Path) -> None:
     )
     assert name == "_wrap.<locals>.timed"
     parts = json.loads(out.read_text())["parts"]
+    calls, ns = parts.pop("gc")  # the collector's passes: whatever the script's allocations set off
+    assert calls >= 0 and ns >= 0
     assert {k: v[0] for k, v in parts.items()} == {
         "target:spin": 6,  # four calls, and two from inside aspin
         "target:nap": 1,
@@ -90,6 +93,36 @@ def test_the_hook_sums_each_functions_thread_cpu(tmp_path: Path) -> None:
 def test_without_an_output_file_the_hook_does_nothing(tmp_path: Path) -> None:
     assert run_hooked(tmp_path, {"BENCH_PARTS_FUNCS": "target:spin"}) == "spin"  # unwrapped
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_garbage_collectors_passes_are_timed(tmp_path: Path) -> None:
+    out = tmp_path / "parts.json"
+    script = "import gc, time\nfor _ in range(3):\n    gc.collect()\ntime.sleep(0.3)\n"
+    run_hooked(tmp_path, {"BENCH_PARTS_OUT": str(out), "BENCH_PARTS_EVERY_S": "0.05"}, script)
+    calls, ns = json.loads(out.read_text())["parts"]["gc"]
+    assert calls >= 3 and ns > 0  # the three asked for, and any the interpreter ran
+
+
+STUBBED = """\
+from autoexp.engine import Engine, ExperimentSpec
+from autoexp.store.memory import MemoryStore
+from policies import ThompsonBeta, TrafficCap
+specs = [
+    ExperimentSpec(name=n, alternatives=("a", "b"), policy=TrafficCap(policy=ThompsonBeta()))
+    for n in ("one", "two")
+]
+engine = Engine(MemoryStore(), specs, secret="s" * 32, seed=1)
+ones = {engine.try_decide("one").id for _ in range(5)}
+twos = {engine.try_decide("two").id for _ in range(5)}
+fresh = {engine.decide("one").id for _ in range(5)}  # decide itself is left as it is
+engine.close()
+print(len(ones), len(twos), len(ones | twos), len(fresh))
+"""
+
+
+def test_stubbed_decisions_repeat_the_first_one_per_experiment(tmp_path: Path) -> None:
+    assert run_hooked(tmp_path, {"BENCH_STUB_DECISIONS": "1"}, STUBBED) == "1 1 2 5"
+    assert run_hooked(tmp_path, {}, STUBBED) == "5 5 10 5"
 
 
 def test_the_parts_named_exist() -> None:

@@ -7,11 +7,19 @@ are timed from their first step to their return) is wrapped at start-up, and eve
 ``BENCH_PARTS_EVERY_S`` (0.2 s) the totals are written to that file as JSON:
 ``{"pid": ..., "parts": {"module:name": [calls, thread CPU ns], ...}}``. Times are
 inclusive (a function timed inside another counts in both) and each call adds two
-``time.thread_time_ns`` reads (about 0.2 us here) to the figures.
+``time.thread_time_ns`` reads (about 0.2 us here) to the figures. ``gc`` is the garbage
+collector's passes (calls and the CPU of the thread they ran in), timed by its callbacks.
+
+With ``BENCH_STUB_DECISIONS`` set (``benchmarks/proxy.py``'s ``stub`` row), every
+``Engine.try_decide`` of an experiment after its first returns that first decision: no
+draw, no token, no log record, no refresh, and each reward after the first a duplicate,
+refused by the store. The proxy then costs what it costs apart from making, recording and
+rewarding decisions: how much of its distance to a bare proxy those are.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import json
@@ -77,8 +85,41 @@ def _install(out: str, names: list[str], every_s: float) -> None:
                 f.write(text)
             os.replace(out + ".tmp", out)  # a reader never sees half a file
 
+    # the garbage collector's passes, in whichever thread's allocation set them off
+    totals["gc"] = [0, 0]
+    started = [0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time_ns()
+            return
+        spent = time.thread_time_ns() - started[0]
+        with lock:
+            totals["gc"][0] += 1
+            totals["gc"][1] += spent
+
+    gc.callbacks.append(on_gc)
+
     threading.Thread(target=dump, name="bench-parts", daemon=True).start()
 
+
+def _stub_decisions() -> None:
+    from autoexp.engine import Engine
+
+    real = Engine.try_decide
+    made: dict[str, Any] = {}
+
+    def try_decide(self: Any, name: str, **options: Any) -> Any:
+        decision = made.get(name)
+        if decision is None:
+            decision = made[name] = real(self, name, **options)
+        return decision
+
+    Engine.try_decide = try_decide  # type: ignore[method-assign]
+
+
+if os.environ.get("BENCH_STUB_DECISIONS"):
+    _stub_decisions()
 
 if os.environ.get("BENCH_PARTS_OUT"):
     _install(
