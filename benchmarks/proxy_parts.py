@@ -12,7 +12,8 @@ inside ``Forwarder._decide``). Under wrk's load (c64, after a warm-up) the total
 thread's CPU (``/proc``) are read before and after; their differences over the requests
 answered are the figures: calls per request, microseconds per call, microseconds per
 request. The event loop's thread (``main``) and the others (the log writer, the reward
-applier, ``expire``'s) are given apart.
+applier, ``expire``'s) are given apart, and ``gc`` is the garbage collector's passes.
+``--connections 1`` measures one request at a time (wrk's threads follow).
 
 ``Engine.try_decide``, and ``Engine.reward_each`` in batches of 100 (about the reward
 applier's in these runs), are then timed here in a tight loop on a fresh engine of the
