@@ -39,7 +39,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.proxy import HOOK  # noqa: E402  (the hook this benchmark loads)
+from benchmarks.proxy import (  # noqa: E402  (after the path above)
+    HOOK,
+    PATH,
+    Setting,
+    autoexp_config,
+    serving,
+    start_upstream,
+    stat_cpu_s,
+    wrk,
+)
 
 PARTS = (
     "autoexp.proxy.routes:Route.matches",
@@ -59,7 +68,6 @@ HOT_BATCH = 100  # about the applier's batch in these runs (50 ms of 2,000 reque
 def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds of the process's threads: ``main`` (the thread the process started
     with: the proxy's event loop) and ``other`` (all the others, summed)."""
-    from benchmarks.proxy import stat_cpu_s
 
     out = {"main": 0.0, "other": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -98,7 +106,6 @@ def hot_us(store_url: str, calls: int = HOT_CALLS) -> dict[str, float]:
     ``Engine.reward_each`` in batches of :data:`HOT_BATCH` decisions just made (what the
     proxy's reward applier does, without the proxy around it)."""
     from autoexp.config import parse_config
-    from benchmarks.proxy import autoexp_config
 
     engine = parse_config(tomllib.loads(autoexp_config(1, store_url))).engine()
     try:
@@ -125,7 +132,6 @@ def hot_us(store_url: str, calls: int = HOT_CALLS) -> dict[str, float]:
 
 def measure(store: str, s: Any, out: Path, progress: Any) -> dict[str, Any]:
     """One run: the proxy with the hook, warm-up, then c64 with readings around it."""
-    from benchmarks.proxy import PATH, serving, wrk
 
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BENCH_PARTS_OUT", "BENCH_PARTS_FUNCS")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HOOK), *filter(None, [saved["PYTHONPATH"]])])
@@ -234,7 +240,6 @@ def table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.policies import bench_parser, clock, report_head, source, write_report
-    from benchmarks.proxy import Setting, start_upstream
     from tests.autoexp.conftest import RedisServer
 
     parser = bench_parser(__doc__, "proxy_parts", "3 s of load per run, 1 s warm-up")
