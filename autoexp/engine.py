@@ -28,104 +28,45 @@ Lifecycle
     At every refresh the promotion rule reads the test's and guardrails' evidence; each
     change is logged exactly once across replicas with its evidence, and the status is
     kept in the store.
+
+The engine is one class in several modules, one per concept: the decisions
+(:mod:`autoexp.deciding`, with the ids and drafts of :mod:`autoexp.draws` and the sticky
+units of :mod:`autoexp.units`), the expiry of decisions never rewarded
+(:mod:`autoexp.expiry`), and here the setup, refreshes, rewards, the log and inspection.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import accumulate
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from policies.promotion import STATUS, PromotionRule
 
-from .context import decision_context
-from .errors import (
-    ConfigError,
-    RequestError,
-    RewardError,
-    StoreError,
-    UnknownExperimentError,
-)
-from .experiment import (
-    Decision,
-    ExperimentSpec,
-    Live,
-    budget_of,
-    draw,
-    make_decision,
-    served,
-)
+from .deciding import Deciding
+from .draws import Ids
+from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
+from .experiment import Decision, ExperimentSpec, Live, budget_of
+from .expiry import Scans
 from .generate import generation_step
-from .lifecycle import (
-    changes_of,
-    evidence_of,
-    history_of,
-    operator_change,
-)
-from .records import decision_line, floats_json, outline, reward_lines
+from .lifecycle import changes_of, evidence_of, history_of, operator_change
+from .records import reward_lines
 from .snapshot import serving_policy
 from .state import increments, install
 from .store.base import Item, Store
-from .tokens import Ticket, keys_from, sign, verify
+from .tokens import Ticket, keys_from, verify
+from .units import Units
 from .watch import drift_status, watch
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
-
-
-_FORKS = [0]  # forks of this process so far: a child draws its ids afresh
-os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
-_ID_BLOCK = 1024  # random parts drawn at a time
-_DRAW_BLOCK = 1024  # the seeded uniforms of decisions' draws taken at a time
-
-
-class _Ids:
-    """Decision ids: 24 hex digits, the time in milliseconds (11), then 52 random bits (13).
-
-    Time first, so ids made later sort later: the store's index of applied rewards
-    (SQLite's ``once`` table) then grows at its end instead of at random pages, which
-    made each batch's commit write a page per reward. Unique across replicas by the
-    random part, drawn from fresh OS entropy, never from the engine's seed (replicas
-    seeded alike must not make the same ids), and drawn again after a fork; a collision
-    needs two replicas to draw the same 52 bits in the same millisecond. A token's
-    signature, not the id, is what makes a reward trustworthy. Not thread-safe: the
-    engine calls it under its lock.
-    """
-
-    def __init__(self) -> None:
-        self._forks = -1
-        self._rng = np.random.default_rng()
-        self._block: list[int] = []
-
-    def __call__(self, now: float) -> str:
-        if not self._block or self._forks != _FORKS[0]:
-            if self._forks != _FORKS[0]:
-                self._forks = _FORKS[0]
-                self._rng = np.random.default_rng()
-            self._block = self._rng.integers(0, 1 << 52, size=_ID_BLOCK).tolist()
-        return f"{int(now * 1000) & 0xFFFFFFFFFFF:011x}{self._block.pop():013x}"
-
-
-@dataclass
-class _Scan:
-    """What :meth:`Engine.expire` has read of one experiment's log: positions
-    ``[start, end)``, and in them the decisions not yet rewarded nor defaulted (id to
-    position, its record's time and its record's JSON text, parsed only if it falls due)."""
-
-    start: int
-    end: int
-    open: dict[str, tuple[int, float, str]] = field(default_factory=dict)
 
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
@@ -165,53 +106,7 @@ def _flush_at_exit(ref: Any) -> None:
             pass
 
 
-class _Draft:
-    """A decision drawn but not yet recorded (see ``Engine._draft``): its unit's store
-    call, if it needs one, goes between the two, for a group of decisions at once."""
-
-    __slots__ = (
-        "arm",
-        "asks",
-        "epoch",
-        "features",
-        "id",
-        "live",
-        "names",
-        "now",
-        "params",
-        "row",
-        "sticky",
-        "unit_hash",
-        "version",
-    )
-
-    def __init__(
-        self,
-        live: Live,
-        unit_hash: str | None,
-        features: Sequence[float] | None,
-        arm: int,
-        row: tuple[float, ...],
-        id: str,
-        now: float,
-    ) -> None:
-        self.live, self.unit_hash, self.features = live, unit_hash, features
-        self.arm, self.row, self.id, self.now = arm, row, id, now
-        # what it is recorded with: a refresh during a store call may install new names
-        # (a new epoch of candidates) and a new version
-        self.version, self.names, self.params = live.version, live.names, live.params
-        self.epoch = live.epoch
-        self.sticky = False  # the unit's earlier assignment, kept
-        self.asks = False  # its unit's assignment is the store's to say
-
-
-def _assignment(stored: str) -> tuple[int, tuple[float, ...], int]:
-    """A unit's stored assignment: its arm, first propensities and epoch."""
-    value = json.loads(stored)
-    return int(value[0]), tuple(float(x) for x in value[1]), int(value[3]) if len(value) > 3 else 0
-
-
-class Engine:
+class Engine(Deciding):
     """Decide and reward for a set of experiments on one store (see the module docstring).
 
     Parameters
@@ -252,7 +147,6 @@ class Engine:
             raise ConfigError(f"log_batch: must be an integer >= 1 (got {log_batch!r})")
         if isinstance(unit_cache, bool) or not isinstance(unit_cache, int) or unit_cache < 0:
             raise ConfigError(f"unit_cache: must be an integer >= 0 (got {unit_cache!r})")
-        self._unit_cache = unit_cache
         if not log_flush_s >= 0:
             raise ConfigError(f"log_flush_s: must be >= 0 (got {log_flush_s!r})")
         self.store = store
@@ -265,7 +159,7 @@ class Engine:
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None
         self._rng = np.random.default_rng(self._seq)
         self._uniforms: list[float] = []  # self._rng's next draws, the next one last
-        self._ids = _Ids()
+        self._ids = Ids()
         self._clock = clock
         # Lock order: _log_lock (log writes, in order) before _lock (engine state); code
         # holding only _lock may try _log_lock but never wait for it.
@@ -273,7 +167,8 @@ class Engine:
         self._log_lock = threading.RLock()
         self._wake = threading.Event()
         self._expiring = threading.Lock()
-        self._scans: dict[str, _Scan] = {}  # expire's reading of each experiment's log
+        self._scans = Scans()  # expire's reading of each experiment's log
+        self._units = Units(store, self._lock, unit_cache)
         self._live: dict[str, Live] = {}
         for spec in experiments:
             if spec.name in self._live:
@@ -430,295 +325,6 @@ class Engine:
         except StoreError as e:  # keep serving this snapshot's decisions; say so
             self._down = e
 
-    # --- decide -----------------------------------------------------------------------
-
-    def decide(
-        self,
-        name: str,
-        *,
-        unit: str | None = None,
-        context: Sequence[float] | Mapping[str, Any] | None = None,
-    ) -> Decision:
-        """Choose the alternative for one request (see the module docstring).
-
-        ``context``: named feature values (a mapping, encoded by the experiment's
-        :class:`~autoexp.context.ContextSpec`) or the numbers themselves. A contextual
-        policy needs one (with a context spec, a missing one means every feature
-        missing); :class:`RequestError` otherwise, with nothing recorded.
-
-        A sticky ``unit`` costs a store call (read, and write if new) unless this
-        engine holds its assignment: the last ``unit_cache`` units it assigned or read
-        are held, and one whose arm is still live in this replica's snapshot is served
-        from memory. An assignment changed by another replica (its arm rolled back
-        there first) is read here once this replica's snapshot has the arm rolled back
-        too, as every replica's view of the lifecycle lags by at most its refresh.
-        """
-        decision = self._decide(name, unit, context, wait=True)
-        assert decision is not None  # with wait=True, always one
-        return decision
-
-    def try_decide(
-        self,
-        name: str,
-        *,
-        unit: str | None = None,
-        context: Sequence[float] | Mapping[str, Any] | None = None,
-    ) -> Decision | None:
-        """:meth:`decide`, if it needs no store call: without a unit, or for a unit
-        whose assignment this engine holds (its arm still live); ``None`` otherwise,
-        with nothing recorded. For callers on an event loop, which run :meth:`decide`
-        in a thread only when this says ``None``."""
-        return self._decide(name, unit, context, wait=False)
-
-    def decide_each(
-        self,
-        asks: Sequence[tuple[str, str | None, Sequence[float] | Mapping[str, Any] | None]],
-    ) -> list[Decision | RequestError | UnknownExperimentError]:
-        """:meth:`decide` for many requests ``(name, unit, context)``, each its own
-        caller's (the sidecar's requests whose units this engine does not hold, queued
-        together): the units' assignments are read and written in one store call per
-        experiment (one transaction, one Redis round trip; a second one for units whose
-        stored arm no longer stands) instead of one or two each. A request refused
-        (unknown experiment, bad context) gets its error in its place and the others are
-        decided; a store failure raises for all of them, with nothing recorded."""
-        out: list[Any] = [None] * len(asks)
-        inputs = []
-        for n, (name, unit, context) in enumerate(asks):
-            try:
-                live = self._get(name)
-                inputs.append((n, live, *self._inputs(live, unit, context)))
-            except (RequestError, UnknownExperimentError) as e:
-                out[n] = e
-        with self._lock:
-            drafts = [(n, self._draft(live, uh, x, wait=True)) for n, live, uh, x in inputs]
-            asked = [d for _, d in drafts if d is not None and d.asks]
-            if asked:  # without the state lock, as in decide
-                self._lock.release()
-                try:
-                    self._sticky(asked)
-                finally:
-                    self._lock.acquire()
-            for n, draft in drafts:
-                assert draft is not None  # with wait=True, always one
-                out[n] = self._record(draft)
-        return out
-
-    def _inputs(
-        self,
-        live: Live,
-        unit: str | None,
-        context: Sequence[float] | Mapping[str, Any] | None,
-    ) -> tuple[str | None, Sequence[float] | None]:
-        """A request's unit hash and features (no state lock needed)."""
-        # the common case (no context, a context-free policy) without a call
-        features = (
-            None
-            if context is None and live.dim is None
-            else decision_context(live.spec, context, self._clock)
-        )
-        if unit is None:
-            return None, features
-        key = f"{live.spec.name}\0{unit}".encode()
-        return hashlib.sha256(key).hexdigest()[:32], features
-
-    def _decide(
-        self,
-        name: str,
-        unit: str | None,
-        context: Sequence[float] | Mapping[str, Any] | None,
-        *,
-        wait: bool,
-    ) -> Decision | None:
-        live = self._get(name)
-        unit_hash, features = self._inputs(live, unit, context)
-        with self._lock:
-            draft = self._draft(live, unit_hash, features, wait=wait)
-            if draft is None:
-                return None  # a store call: not from here
-            if draft.asks:
-                # the store's part without the state lock (unless a caller holds it too),
-                # so decisions on the event loop go on meanwhile
-                self._lock.release()
-                try:
-                    self._sticky([draft])
-                finally:
-                    self._lock.acquire()
-            return self._record(draft)
-
-    def _draft(
-        self, live: Live, unit_hash: str | None, features: Sequence[float] | None, *, wait: bool
-    ) -> _Draft | None:
-        """A decision's draw (under the state lock): its arm, id and time, and what it is
-        recorded with; ``None`` if it needs a store call (a unit this engine does not
-        hold) and ``wait`` is false, with nothing drawn."""
-        if self._down is not None and time.monotonic() - self._probed >= 1.0:
-            self._probe()  # at most once a second from here (the writer probes too)
-        if self._down is not None:
-            raise StoreError(f"store unavailable since its last call failed: {self._down}")
-        if live.dim is None:
-            row = live.row
-            alloc = None
-        else:  # this request's own allocation, from the snapshot
-            x = np.array([features])
-            alloc = served(
-                live.spec.policy.allocation(live.policy_state, x)[0], live.status, live.paused
-            )
-            row = tuple(alloc.tolist())
-        held = None if unit_hash is None else self._held(live, unit_hash, row)
-        if held is None and unit_hash is not None and not wait:
-            return None
-        arm = draw(
-            live.cumulative if alloc is None else list(accumulate(row)),
-            row,
-            self._uniform(),  # drawn for a held unit too: a seed's draws stay aligned
-        )
-        if alloc is not None:
-            if live.served_sum is None:
-                live.served_sum = alloc
-            else:
-                live.served_sum += alloc
-            live.served_n += 1
-        draft = _Draft(live, unit_hash, features, arm, row, self._ids(now := self._clock()), now)
-        if held is not None:
-            draft.arm, draft.row = held
-            draft.sticky = True
-        else:
-            draft.asks = unit_hash is not None
-        return draft
-
-    def _record(self, d: _Draft) -> Decision:
-        """Sign and log a drafted decision (under the state lock)."""
-        live, spec, arm, row, now = d.live, d.live.spec, d.arm, d.row, d.now
-        name, dim = spec.name, live.dim
-        ticket = Ticket(
-            d.id,
-            name,
-            arm,
-            row,
-            now,
-            now + spec.token_ttl_s,
-            None if dim is None else tuple(d.features),  # type: ignore[arg-type]
-        )
-        token = sign(self._keys, ticket)
-        live.buffer.append(
-            decision_line(  # JSON text (autoexp.records)
-                decision_id=d.id,
-                time=now,
-                experiment=name,
-                unit_hash=d.unit_hash,
-                context=None if d.features is None else floats_json(d.features),
-                arm=arm,
-                alternative=d.names[arm],
-                propensity=row[arm],
-                allocation=live.row_json if row is live.row else floats_json(row),
-                policy=spec.policy.name,
-                version=d.version,
-                seed=self._seed,
-            )
-        )
-        if len(live.buffer) >= self._log_batch:
-            if self._flusher is not None:
-                # written by the background writer, off this path; woken once (a set
-                # flag means it has not yet cleared it, so it takes this one too)
-                if not self._wake.is_set():
-                    self._wake.set()
-            else:
-                self._try_flush(live)
-        decision = make_decision(
-            d.id,
-            name,
-            arm,
-            d.names[arm],
-            row[arm],
-            d.params[arm],
-            spec.policy.name,
-            d.version,
-            token,
-            d.sticky,
-            ticket,
-            self._keys,
-        )
-        # last: a refresh here may rename the arms (a new epoch of candidates)
-        self._tick(live, defer=self._flusher is not None)
-        return decision
-
-    def _uniform(self) -> float:
-        """The seeded stream's next draw: the same numbers as one ``random()`` call each,
-        taken 1,024 at a time (a call into numpy per decision cost more than the rest of
-        the draw). Called under the state lock."""
-        if not self._uniforms:
-            self._uniforms = self._rng.random(_DRAW_BLOCK).tolist()[::-1]
-        return self._uniforms.pop()
-
-    def _sticky(self, drafts: Sequence[_Draft]) -> None:
-        """Each drafted unit's assignment from the store, in one call per experiment: the
-        draft's arm (drawn from its row in its epoch) if the unit has none, or none that
-        still stands; the stored arm and first propensities otherwise (``sticky``), a
-        second call setting the units whose stored arm no longer stands. Called without
-        the state lock."""
-        groups: dict[str, list[tuple[_Draft, str]]] = {}
-        for d in drafts:
-            assert d.unit_hash is not None  # only a decision with a unit asks the store
-            groups.setdefault(d.live.spec.name, []).append((d, d.unit_hash))
-        for name, group in groups.items():
-            live = group[0][0].live
-            # each value names its decision, so "stored == value" means "assigned now"
-            values = [json.dumps([d.arm, list(d.row), d.id, d.epoch]) for d, _ in group]
-            stored = self.store.assign_many(
-                name, [(unit, v, None) for (_, unit), v in zip(group, values, strict=True)]
-            )
-            again = []
-            for (d, unit), value, got in zip(group, values, stored, strict=True):
-                if got == value:  # assigned just now
-                    arm, row, epoch = d.arm, d.row, d.epoch
-                else:
-                    arm, row, epoch = _assignment(got)
-                    # kept unless its arm lost its share, or (a generated experiment) its
-                    # slot holds another candidate now
-                    if not self._stands(live, arm, epoch, d.row, d.epoch):
-                        again.append((d, unit, value, got))
-                        continue
-                self._hold(live, unit, arm, row, epoch)
-                d.arm, d.row, d.sticky = arm, row, got != value
-            if not again:
-                continue
-            stored = self.store.assign_many(name, [(u, v, old) for _, u, v, old in again])
-            for (d, unit, value, _), got in zip(again, stored, strict=True):
-                arm, row, epoch = _assignment(got)
-                self._hold(live, unit, arm, row, epoch)
-                d.arm, d.row, d.sticky = arm, row, got != value
-
-    @staticmethod
-    def _stands(live: Live, arm: int, epoch: int, p: tuple[float, ...], now: int) -> bool:
-        """Whether a unit's assignment (``arm`` in ``epoch``) still stands under the
-        allocation ``p`` of epoch ``now``: the arm has a share, and in a generated
-        experiment the slot still holds the same candidate (the same epoch)."""
-        return (live.spec.generate is None or epoch == now) and p[arm] > 0.0
-
-    def _held(
-        self, live: Live, unit_hash: str, p: tuple[float, ...]
-    ) -> tuple[int, tuple[float, ...]] | None:
-        """The unit's arm and first propensities if this engine holds its assignment
-        and it still stands; ``None``: ask the store."""
-        held = live.units.get(unit_hash)
-        if held is None or not self._stands(live, held[0], held[2], p, live.epoch):
-            return None
-        live.units.move_to_end(unit_hash)
-        return held[0], held[1]
-
-    def _hold(
-        self, live: Live, unit_hash: str, arm: int, row: tuple[float, ...], epoch: int
-    ) -> None:
-        """Hold a unit's assignment as the store has it (the least recently used goes
-        when ``unit_cache`` are held)."""
-        if self._unit_cache == 0:
-            return
-        with self._lock:  # _held reads and reorders them under it
-            live.units[unit_hash] = (arm, row, epoch)
-            live.units.move_to_end(unit_hash)
-            if len(live.units) > self._unit_cache:
-                live.units.popitem(last=False)
-
     # --- reward -----------------------------------------------------------------------
 
     def reward(self, decision: Decision | str, value: float) -> bool:
@@ -860,15 +466,13 @@ class Engine:
         reward, whichever replica made it and even if that replica crashed; the number
         applied here.
 
-        The log is the source of truth: each experiment keeps a cursor (``expire_cursor``
-        in the store) before which every decision is settled. This replica reads the log
-        from there once and then only what was appended since its last call, keeping the
-        decisions not yet rewarded (memory: those within their join window); the ones
-        past their window get the default (once: the store refuses a second reward for a
-        decision, so replicas running ``expire`` together never double it, and a reward
-        that came meanwhile wins), and the cursor moves to the first decision still open.
-        The reads and the store writes go without the engine's state lock, so decisions
-        are not held up. Call it on a cadence (the proxy does).
+        The decisions due are read from the log (:mod:`autoexp.expiry`: from the
+        experiment's cursor once, then only what was appended since the last pass); they
+        get the default once (the store refuses a second reward for a decision, so
+        replicas running ``expire`` together never double it, and a reward that came
+        meanwhile wins), and the cursor moves to the first decision still open. The reads
+        and the store writes go without the engine's state lock, so decisions are not
+        held up. Call it on a cadence (the proxy does).
         """
         now = self._clock()
         done = 0
@@ -879,56 +483,16 @@ class Engine:
         return done
 
     def _expire(self, live: Live, default: float, now: float) -> int:
-        spec = live.spec
+        name = live.spec.name
         with self._log_lock:
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
-        dim = spec.policy.context_dim
-        cursor = int(self.store.get(spec.name, "expire_cursor") or 0)
-        scan = self._scans.get(spec.name)
-        if scan is None or cursor > scan.end:  # first pass, or others settled past it
-            scan = self._scans[spec.name] = _Scan(cursor, cursor)
-        elif cursor > scan.start:  # another replica settled up to there
-            # (a cursor behind scan.start, from a replica's older pass, changes nothing:
-            # this replica saw everything before scan.start settled)
-            scan.open = {k: v for k, v in scan.open.items() if v[0] >= cursor}
-            scan.start = cursor
-        opened = scan.open
-        while True:
-            page = self.store.lines(spec.name, start=scan.end, limit=10_000)
-            # every decision and reward passes here once: read by its head, the rest of
-            # a decision's record parsed only if it falls due
-            for pos, line in enumerate(page, scan.end):
-                kind, decision_id, issued = outline(line)
-                if kind == "decision":
-                    opened[decision_id] = (pos, float(issued), line)
-                elif kind == "reward":
-                    opened.pop(decision_id, None)
-            scan.end += len(page)
-            if len(page) < 10_000:
-                break
-        due = []  # most decisions are rewarded before their window closes
-        for decision_id, (_, issued, line) in scan.open.items():
-            if now > issued + spec.join_window_s:
-                record = json.loads(line)
-                due.append(
-                    Ticket(
-                        decision_id,
-                        spec.name,
-                        int(record["arm"]),
-                        tuple(float(x) for x in record["allocation"]),
-                        issued,
-                        issued + spec.token_ttl_s,
-                        None if dim is None else tuple(record.get("context")),
-                    )
-                )
+        due = self._scans.due(self.store, live.spec, now)
         done = 0
         for start in range(0, len(due), 1_000):
             chunk = due[start : start + 1_000]
             done += sum(self._apply(live, chunk, [default] * len(chunk), now, source="default"))
-            for t in chunk:
-                del scan.open[t.id]
-        scan.start = min((pos for pos, _, _ in scan.open.values()), default=scan.end)
-        self.store.set(spec.name, "expire_cursor", str(scan.start))
+            self._scans.settled(name, chunk)
+        self._scans.save(self.store, name)
         if done:
             self._tick(live)
         return done
