@@ -19,12 +19,15 @@ are queued and handed every 50 ms to a thread that applies them in batches
 path; ``rewards_refused`` counts header values out of range and rewards the engine
 refused.
 A client that goes away mid-answer is not the upstream's failure: ``client_gone`` counts
-it and the answer is rewarded as the upstream gave it. An upstream that breaks off after
-its answer's head was sent cannot be retried: the client's connection is closed (it sees a
-truncated answer, never a second one), ``upstream_error`` counts it and the decision gets
-the lowest reward. Hop-by-hop headers are dropped both ways; ``X-Forwarded-For``,
-``-Proto`` and ``-Host`` are set; bodies are streamed, never buffered whole, and capped at
-``max_body_bytes``.
+it and the answer is rewarded as the upstream gave it. Nor is a body that cannot be read
+whole while it is streamed up (the client gone: ``client_gone``; over ``max_body_bytes``
+without a Content-Length saying so: a 413): the decision gets no reward from it. An
+upstream that breaks off after its answer's head was sent cannot be retried: the client's
+connection is closed (it sees a truncated answer, never a second one), ``upstream_error``
+counts it and the decision gets the lowest reward. Hop-by-hop headers are dropped both
+ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; bodies are streamed, never
+buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
+as text gets a 505, as from nginx.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
 APPLY_BATCH = 1_000  # rewards per store call
 APPLIER_STOP_S = 30.0  # at exit, the applier's last writes are awaited this long
 FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
+# the client's body could not be read whole (too large, cut off, malformed): its fault, not
+# the upstream's, though aiohttp's client reports it as a ClientError of its own
+BODY_FAILED = web.RequestKey("autoexp_body_failed", str)
+CLIENT_FAULT = web.ResponseKey("autoexp_client_fault", bool)  # no reward: nothing to judge
 REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
 
 
@@ -286,6 +293,16 @@ class Forwarder:
             return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        version = request.version
+        if version.major != 1:  # a text request line the parser takes as it comes; as
+            # nginx does: 505 for HTTP/2 and later (they never come as text), 400 below 1
+            return web.json_response(
+                {
+                    "error": f"version: HTTP/{version.major}.{version.minor} is not supported; "
+                    "HTTP/1.0 and HTTP/1.1 are"
+                },
+                status=505 if version.major > 1 else 400,
+            )
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             return web.json_response(
@@ -336,6 +353,8 @@ class Forwarder:
     def _outcome(
         self, route: Route, decision: Decision, response: web.StreamResponse, started: float
     ) -> None:
+        if response.get(CLIENT_FAULT):  # the request never reached the upstream whole
+            return  # unrewarded: the join window's default, if the experiment has one
         if response.get(FAILED):  # no (whole) answer from the upstream
             self._queue(decision, self.engine.spec(route.experiment).reward_range[0])
         else:
@@ -416,15 +435,44 @@ class Forwarder:
                 except _ClientGone:
                     self.events["client_gone"] += 1
                 return response
-        except _TooLarge:
-            return web.json_response(
-                {"error": f"body: larger than {self.settings.max_body_bytes} bytes"}, status=413
-            )
+        except aiohttp.ClientError:
+            if BODY_FAILED in request:  # reading the client's body failed, not the upstream
+                return self._client_fault(request)
+            raise
+
+    def _client_fault(self, request: web.Request) -> web.StreamResponse:
+        """The answer to a request whose body could not be read whole (so no upstream
+        saw it whole): 413 over ``max_body_bytes``, else 400; a client gone reads none of
+        it, and ``client_gone`` counts it."""
+        why = request[BODY_FAILED]
+        if why == "too_large":
+            error, status = f"body: larger than {self.settings.max_body_bytes} bytes", 413
+        elif why == "client_gone":
+            self.events["client_gone"] += 1
+            error, status = "body: the client went away before sending all of it", 400
+        else:
+            error, status = f"body: could not be read ({why})", 400
+        response = web.json_response({"error": error}, status=status)
+        response[CLIENT_FAULT] = True
+        return response
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
+        """The client's body, streamed to the upstream and capped; a failure to read it
+        is marked on the request (:data:`BODY_FAILED`), as the upstream's session wraps
+        it in an error of its own."""
         seen = 0
-        async for chunk in request.content.iter_chunked(CHUNK):
-            seen += len(chunk)
-            if seen > self.settings.max_body_bytes:
-                raise _TooLarge
-            yield chunk
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                seen += len(chunk)
+                if seen > self.settings.max_body_bytes:
+                    request[BODY_FAILED] = "too_large"
+                    raise _TooLarge
+                yield chunk
+        except _TooLarge:
+            raise
+        except ConnectionError:  # the client closed or reset its connection
+            request[BODY_FAILED] = "client_gone"
+            raise
+        except Exception as e:  # the parser's, if it ever fails a body it began to pass
+            request[BODY_FAILED] = e.__class__.__name__
+            raise

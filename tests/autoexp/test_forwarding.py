@@ -98,7 +98,12 @@ def servers() -> Iterator[dict[str, Served]]:
 
 
 def sidecar(
-    servers: dict[str, Served], alt: str = "alt", *, read_timeout_s: float = 5.0, **route: Any
+    servers: dict[str, Served],
+    alt: str = "alt",
+    *,
+    read_timeout_s: float = 5.0,
+    max_body_bytes: int = 10 * 1024 * 1024,
+    **route: Any,
 ) -> Sidecar:
     spec = ExperimentSpec(
         name="ranker",
@@ -112,7 +117,10 @@ def sidecar(
         Route(experiment="ranker", upstreams=upstreams, **({"path_prefix": "/search"} | route))
     ]
     proxy = ProxySettings(
-        upstream=servers["control"].url, read_timeout_s=read_timeout_s, connect_timeout_s=1.0
+        upstream=servers["control"].url,
+        read_timeout_s=read_timeout_s,
+        connect_timeout_s=1.0,
+        max_body_bytes=max_body_bytes,
     )
     return Sidecar(engine, proxy=proxy, routes=routes)
 
@@ -320,6 +328,48 @@ def test_a_client_gone_mid_answer_is_not_an_upstream_failure(servers: dict[str, 
         assert counts.get("client_gone") == 12
         assert not {"upstream_error", "upstream_timeout", "retried"} & counts.keys()
         assert sum(state["policy.n"]) == 12 and sum(state["policy.sum_reward"]) == 12.0
+    finally:
+        side.close()
+
+
+def test_a_body_that_cannot_be_read_whole_is_the_clients_fault(
+    servers: dict[str, Served],
+) -> None:
+    # Two ways a body streamed up fails that are no upstream's doing: 6 clients declare 100
+    # bytes, send 10 and close; 6 send a chunked body past max_body_bytes (1,000 here; no
+    # Content-Length to refuse it by up front). aiohttp's client reports either as a
+    # ClientError of its own, which the proxy took for the upstream's: a 502, counted as
+    # upstream_error, and a 0 for the decision's alternative. Now: client_gone counts the
+    # first, the second gets a 413, and none of the 12 decisions is rewarded from them.
+    import socket
+
+    side = sidecar(servers, reward_from="status", max_body_bytes=1_000)
+    forwarder = side.app[FORWARDER]
+    try:
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", side.port), timeout=5) as sock:
+                sock.sendall(b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+                sock.sendall(b"0123456789")
+                time.sleep(0.05)  # decided, and its 10 bytes on their way upstream
+
+        def chunks() -> Iterator[bytes]:
+            yield from [b"x" * 500] * 10
+
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            for _ in range(6):
+                r = http.post("/search", content=chunks())
+                assert r.status_code == 413, r.text
+                assert r.json()["error"] == "body: larger than 1000 bytes"
+        deadline = time.monotonic() + 10
+        while forwarder.counts["client_gone"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counts = dict(forwarder.counts)
+        state = settle(side)
+        side.engine.flush()
+        kinds = [r["type"] for r in side.engine.store.records("ranker")]
+        assert counts.get("client_gone") == 6
+        assert not {"upstream_error", "upstream_timeout", "retried"} & counts.keys()
+        assert kinds == ["decision"] * 12 and sum(state["policy.n"]) == 0
     finally:
         side.close()
 
@@ -785,9 +835,12 @@ def test_through_the_proxy_alone_the_better_is_promoted_and_the_harmful_rolled_b
         (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", b"400"),
         # not HTTP at all
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),
+        # HTTP/2 never comes as a text request line (aiohttp's parser takes any version)
+        (b"GET /search HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+        (b"GET /search HTTP/0.9\r\nHost: x\r\n\r\n", b"400"),
     ],
 )
-def test_malformed_requests_get_a_400_and_decide_nothing(
+def test_malformed_requests_get_a_4xx_and_decide_nothing(
     servers: dict[str, Served], request_bytes: bytes, status: bytes
 ) -> None:
     side = sidecar(servers)
