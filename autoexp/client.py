@@ -24,7 +24,6 @@ serves control. A reward that raised may or may not have been applied: send it a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -40,6 +39,7 @@ from .errors import (
     StoreError,
     UnknownExperimentError,
 )
+from .values import finite
 
 if TYPE_CHECKING:
     from .sdk import Experiment
@@ -77,8 +77,7 @@ def _reward_body(items: Sequence[tuple[Decision | str, float]]) -> dict[str, Any
     """The request; a value JSON cannot carry (NaN, infinite, not a number) is refused
     here, as the engine would refuse it."""
     for n, (_, value) in enumerate(items):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value)):
+        if finite(value) is None:
             where = f"rewards[{n}]: " if len(items) > 1 else ""
             raise RewardError(f"{where}reward: must be a finite number (got {value!r:.60})")
     return {"rewards": [{"token": _token(d), "value": v} for d, v in items]}

@@ -209,7 +209,10 @@ def drift_detector(raw: Any, where: str) -> PageHinkley | None:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(where, f"must be a number (got {value!r})")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # TOML's integers have no bound
+        raise _fail(where, f"must be a number a float can hold (got {value!r:.60})") from None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:

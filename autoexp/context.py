@@ -40,7 +40,6 @@ The encoded vector is what the policy reads and what the decision log keeps.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, RequestError
+from .values import finite
 
 __all__ = ["ContextSpec", "Feature", "decision_context", "parse_context", "policy_defaults"]
 
@@ -123,8 +123,8 @@ def _text(value: Any, where: str) -> str:
 
 def _real(value: Any, where: str) -> float:
     try:
-        x = float(value)
-    except (TypeError, ValueError):
+        x = float(value)  # a header's text too
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{where}: must be a number (got {value!r:.60})") from None
     if isinstance(value, bool) or not math.isfinite(x):
         raise RequestError(f"{where}: must be a finite number (got {value!r:.60})")
@@ -225,9 +225,10 @@ def _feature(raw: Any, where: str) -> Feature:
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
             raise ConfigError(f"{where}.hash: must be a bucket count in 1..1024 (got {value!r})")
         return Feature(name=name, source=source, key=key, encoding=encoding, buckets=value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{where}.number: must be a finite scale (got {value!r})")
-    return Feature(name=name, source=source, key=key, encoding=encoding, scale=float(value))
+    scale = finite(value)
+    if scale is None:
+        raise ConfigError(f"{where}.number: must be a finite scale (got {value!r:.60})")
+    return Feature(name=name, source=source, key=key, encoding=encoding, scale=scale)
 
 
 def parse_context(raw: Any, where: str) -> ContextSpec:
@@ -279,9 +280,10 @@ def _numbers(context: Any) -> list[float]:
         raise RequestError(f"context: must be a sequence of numbers (got {context!r:.60})")
     out = []
     for i, x in enumerate(context):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+        number = finite(x)
+        if number is None:
             raise RequestError(f"context[{i}]: must be a finite number (got {x!r:.60})")
-        out.append(float(x))
+        out.append(number)
         if i >= _MAX_WIDTH:
             raise RequestError(f"context: at most {_MAX_WIDTH} numbers")
     return out

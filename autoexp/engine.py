@@ -364,11 +364,13 @@ class Engine(Deciding):
         try:
             r = float(value)
         except (TypeError, ValueError):
-            raise RewardError(f"reward: must be a number (got {value!r})") from None
+            raise RewardError(f"reward: must be a number (got {value!r:.60})") from None
+        except OverflowError:  # an integer too large for a float
+            r = math.inf
         low, high = spec.reward_range
         if not (math.isfinite(r) and low <= r <= high):
             raise RewardError(
-                f"reward: must be finite and in [{low}, {high}] (got {value!r}) for "
+                f"reward: must be finite and in [{low}, {high}] (got {value!r:.60}) for "
                 f"experiment {spec.name!r}"
             )
         if now > ticket.issued + spec.join_window_s:

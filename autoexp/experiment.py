@@ -4,7 +4,6 @@ small pure helpers the engine uses on it."""
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +20,7 @@ from policies.safety import ConservativeBudget
 from .context import ContextSpec
 from .errors import ConfigError
 from .generate import Generation
+from .values import finite
 
 __all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision"]
 
@@ -91,8 +91,8 @@ class ExperimentSpec:
             raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
         if self.params is not None and len(self.params) != len(names):
             raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
-        low, high = self.reward_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        low, high = (finite(x) for x in self.reward_range)
+        if low is None or high is None or not low < high:
             raise ConfigError(f"{where}.reward_range: need finite low < high (got {low}, {high})")
         if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
             raise ConfigError(f"{where}.refresh_every: must be an integer >= 1")

@@ -61,6 +61,7 @@ from policies.promotion import EXPLORING, PROMOTED
 
 from .errors import ConfigError
 from .store.base import Store
+from .values import finite
 
 if TYPE_CHECKING:
     from .experiment import Live
@@ -191,8 +192,8 @@ def _param(name: str, raw: Any, where: str) -> Param:
             raise ConfigError(f"{where}.{key}: unknown key; accepted: low, high, log, integer")
     for key in ("low", "high"):
         v = raw.get(key)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ConfigError(f"{where}.{key}: must be a finite number (got {v!r})")
+        if finite(v) is None:
+            raise ConfigError(f"{where}.{key}: must be a finite number (got {v!r:.60})")
     low, high = float(raw["low"]), float(raw["high"])
     if not low < high:
         raise ConfigError(f"{where}: needs low < high (got {low}, {high})")

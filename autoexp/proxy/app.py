@@ -41,7 +41,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -50,6 +49,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import RequestError, RewardError, StoreError, UnknownExperimentError
+from ..values import finite
 from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler
@@ -124,10 +124,7 @@ async def decide(request: web.Request) -> web.Response:
     elif context is not None and not (
         isinstance(context, list)
         and len(context) <= 4096
-        and all(
-            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            for x in context
-        )
+        and all(finite(x) is not None for x in context)
     ):
         raise _Refused(
             400,

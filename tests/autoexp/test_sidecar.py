@@ -112,6 +112,15 @@ BAD_REQUESTS = [
         "RequestError",
         "context",
     ),
+    # an integer JSON carries but a float cannot hold (float() raises OverflowError)
+    (
+        "/_autoexp/decide",
+        {"experiment": "ranker", "context": [10**400]},
+        400,
+        "RequestError",
+        "context",
+    ),
+    ("/_autoexp/rewards", {"token": "GOOD", "value": 10**400}, 400, "RewardError", "finite"),
     ("/_autoexp/rewards", {"token": "junk", "value": 1}, 400, "RewardError", "token: malformed"),
     ("/_autoexp/rewards", {"value": 1}, 400, "RequestError", "token and value"),
     ("/_autoexp/rewards", {"token": "FORGED", "value": 1}, 400, "RewardError", "forged"),
