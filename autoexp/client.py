@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from policies.build import finite
+
 from .engine import Decision
 from .errors import (
     AutoexpError,
@@ -39,7 +41,6 @@ from .errors import (
     StoreError,
     UnknownExperimentError,
 )
-from .values import finite
 
 if TYPE_CHECKING:
     from .sdk import Experiment

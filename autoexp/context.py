@@ -46,8 +46,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.build import finite
+
 from .errors import ConfigError, RequestError
-from .values import finite
 
 __all__ = ["ContextSpec", "Feature", "decision_context", "parse_context", "policy_defaults"]
 
@@ -264,7 +265,8 @@ def policy_defaults(
     from policies import CONTEXTUAL
 
     out = dict(table)
-    if out.get("name") in CONTEXTUAL:
+    name = out.get("name")
+    if isinstance(name, str) and name in CONTEXTUAL:  # else the registry says what is wrong
         if context is not None:
             out.setdefault("dim", context.dim)
         out.setdefault("low", reward_range[0])

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import PolicyBase
-from policies.build import find_in_stack
+from policies.build import find_in_stack, finite
 from policies.drift import PageHinkley
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, PromotionRule
 from policies.safety import ConservativeBudget
@@ -20,7 +20,6 @@ from policies.safety import ConservativeBudget
 from .context import ContextSpec
 from .errors import ConfigError
 from .generate import Generation
-from .values import finite
 
 __all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision"]
 

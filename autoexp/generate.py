@@ -57,11 +57,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from policies.build import finite
 from policies.promotion import EXPLORING, PROMOTED
 
 from .errors import ConfigError
 from .store.base import Store
-from .values import finite
 
 if TYPE_CHECKING:
     from .experiment import Live
@@ -223,8 +223,13 @@ def parse_generation(raw: Any, where: str, control: Mapping[str, Any]) -> Genera
             raise ConfigError(
                 f"{where}.space.{p.name}: the control must set it (its params lack {p.name!r})"
             )
-        u = p.unit(control[p.name]) if not p.choices or control[p.name] in p.choices else -1
-        if not 0.0 <= u <= 1.0:
+        value = control[p.name]
+        if p.choices:
+            inside = value in p.choices
+        else:
+            x = finite(value)
+            inside = x is not None and p.low <= x <= p.high
+        if not inside:
             raise ConfigError(
                 f"{where}.space.{p.name}: the control's value {control[p.name]!r} is outside it"
             )

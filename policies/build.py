@@ -10,6 +10,8 @@ callers re-raise them as their own kind.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "SAFETY_KEYS",
     "construct",
     "find_in_stack",
+    "finite",
     "guardrails",
     "named",
     "promotion_rule",
@@ -42,7 +45,7 @@ def construct(cls: type, params: Mapping[str, Any], where: str, skip: tuple[str,
             )
     try:
         return cls(**params)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # Overflow: an int past a float
         msg = str(e)
         # classes name themselves first ("thompson-beta.prior_alpha: ..."): use the path
         head, _, what = msg.partition(": ")
@@ -52,13 +55,32 @@ def construct(cls: type, params: Mapping[str, Any], where: str, skip: tuple[str,
         raise ValueError(f"{where}: {msg}") from None
 
 
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number, else ``None``.
+
+    A bool is not a number here, and neither is an integer too large for a float: JSON
+    and TOML carry integers of any size, and ``float()`` or ``math.isfinite`` of one
+    raises ``OverflowError`` instead of saying no.
+
+    >>> finite(3), finite(0.5), finite(True), finite(float("nan")), finite(10**400)
+    (3.0, 0.5, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def named(
     registry: Mapping[str, type], raw: Mapping[str, Any], where: str, key: str = "name"
 ) -> Any:
     """The registry entry ``raw[key]`` built with the rest of ``raw`` as its parameters."""
     params = dict(raw)
     name = params.pop(key, None)
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ValueError(
             f"{where}.{key}: unknown (got {name!r}); accepted: {', '.join(sorted(registry))}"
         )

@@ -47,9 +47,10 @@ from typing import Any
 
 from aiohttp import web
 
+from policies.build import finite
+
 from ..engine import Engine
 from ..errors import RequestError, RewardError, StoreError, UnknownExperimentError
-from ..values import finite
 from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler

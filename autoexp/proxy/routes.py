@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from policies.build import finite
+
 from ..errors import ConfigError
 
 __all__ = ["ProxySettings", "Route", "parse_proxy", "parse_route"]
@@ -56,9 +58,10 @@ def _url(value: Any, where: str) -> str:
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{where}.{key}: must be a number > 0 (got {value!r})")
-    return float(value)
+    x = finite(value)
+    if x is None or not x > 0:
+        raise ConfigError(f"{where}.{key}: must be a finite number > 0 (got {value!r:.60})")
+    return x
 
 
 @dataclass(frozen=True)
