@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 
 from policies.base import LOG_COLUMNS, FloatArray, IntArray
+from policies.build import finite
 
-__all__ = ["LOG_COLUMNS", "Log", "read_any", "read_log", "read_obd"]
+__all__ = ["LOG_COLUMNS", "MAX_ARMS", "Log", "read_any", "read_log", "read_obd"]
+
+#: The largest arm index a log may hold, plus one: the estimators keep arrays of this many
+#: entries per row or group, so an arm id of 10**9 (a typo, an item id meant for a
+#: lookup) would exhaust memory instead of being refused.
+MAX_ARMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -80,14 +86,30 @@ class Log:
 
 def read_obd(path: str | Path) -> Log:
     """Read the Open Bandit Dataset's CSV layout (``item_id``, ``position``, ``click``,
-    ``propensity_score``; positions 1..3 become groups 0..2; other columns are ignored)."""
+    ``propensity_score``; positions 1..3 become groups 0..2; other columns are ignored).
+    A row that is not that is refused with its line."""
     need = ("item_id", "position", "click", "propensity_score")
+    rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in need if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: not an Open Bandit Dataset CSV (missing {missing!r})")
-        rows = [(r["item_id"], r["position"], r["click"], r["propensity_score"]) for r in reader]
+        for r in reader:
+            try:
+                item, position = int(r["item_id"]), int(r["position"])
+                click, p = finite(float(r["click"])), finite(float(r["propensity_score"]))
+            except (TypeError, ValueError):
+                click = p = None
+            ok = click is not None and p is not None and 0.0 < p <= 1.0
+            if not ok or not 0 <= item < MAX_ARMS or not 1 <= position <= MAX_ARMS:
+                got = {c: r.get(c) for c in need}
+                raise ValueError(
+                    f"{path}:{reader.line_num}: item_id must be an integer in "
+                    f"0..{MAX_ARMS - 1}, position one in 1..{MAX_ARMS}, click a finite number and "
+                    f"propensity_score one in (0, 1] (got {got!r:.200})"
+                )
+            rows.append((item, position, click, p))
     if not rows:
         raise ValueError(f"{path}: no rows")
     data = np.array(rows, dtype=np.float64)
@@ -101,43 +123,88 @@ def read_obd(path: str | Path) -> Log:
     )
 
 
+def _record(path: str | Path, lineno: int, row: Any) -> tuple[int, float, float, Any] | None:
+    """A decision log record's arm, propensity, reward and context (``None`` if its
+    reward has not joined); ``ValueError`` naming the line for anything else."""
+    where = f"{path}:{lineno}"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a record must be a JSON object (got {row!r:.60})")
+    missing = [c for c in ("arm", "propensity", "reward") if c not in row]
+    if missing:
+        raise ValueError(f"{where}: missing {missing!r}; columns: {LOG_COLUMNS}")
+    if row["reward"] is None:
+        return None
+    arm, propensity, reward = row["arm"], finite(row["propensity"]), finite(row["reward"])
+    if isinstance(arm, float) and arm.is_integer():  # 2.0: as pandas writes a column of ints
+        arm = int(arm)
+    if isinstance(arm, bool) or not isinstance(arm, int) or not 0 <= arm < MAX_ARMS:
+        raise ValueError(f"{where}: arm: must be an integer in 0..{MAX_ARMS - 1} (got {arm!r:.60})")
+    if propensity is None or not 0.0 < propensity <= 1.0:
+        raise ValueError(f"{where}: propensity: must be in (0, 1] (got {row['propensity']!r:.60})")
+    if reward is None:
+        raise ValueError(
+            f"{where}: reward: must be a finite number or null (got {row['reward']!r:.60})"
+        )
+    context = row.get("context")
+    if context is not None and not (
+        isinstance(context, list) and all(finite(x) is not None for x in context)
+    ):
+        raise ValueError(
+            f"{where}: context: must be a list of finite numbers or null (got {context!r:.60})"
+        )
+    return arm, propensity, reward, context
+
+
 def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:
     """Read autoexp's decision log (JSON lines with :data:`LOG_COLUMNS`); rows whose reward
-    has not joined are skipped. ``n_arms`` defaults to the largest arm seen + 1."""
+    has not joined are skipped. ``n_arms`` defaults to the largest arm seen + 1. A line
+    that is not such a record is refused with its number."""
     arms: list[int] = []
     props: list[float] = []
     rewards: list[float] = []
     contexts: list[Sequence[float] | None] = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    width: tuple[int, int] | None = None  # the first context's length, and its line
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode()
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            missing = [c for c in ("arm", "propensity", "reward") if c not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing {missing!r}; columns: {LOG_COLUMNS}")
-            if row["reward"] is None:
+            record = _record(path, lineno, row)
+            if record is None:
                 continue
-            arms.append(int(row["arm"]))
-            props.append(float(row["propensity"]))
-            rewards.append(float(row["reward"]))
-            contexts.append(row.get("context"))
+            arm, propensity, reward, context = record
+            if context is not None:
+                if width is None:
+                    width = (len(context), lineno)
+                elif len(context) != width[0]:
+                    raise ValueError(
+                        f"{path}:{lineno}: context: {len(context)} numbers, where line "
+                        f"{width[1]}'s has {width[0]}"
+                    )
+            arms.append(arm)
+            props.append(propensity)
+            rewards.append(reward)
+            contexts.append(context)
     if not arms:
         raise ValueError(f"{path}: no decision with a reward")
-    context = None
-    if all(c is not None for c in contexts):
-        context = np.asarray(contexts, dtype=np.float64)
-        if context.ndim != 2:
-            raise ValueError(f"{path}: contexts must be lists of one length")
+    context_array = None
+    if width is not None and all(c is not None for c in contexts):
+        context_array = np.asarray(contexts, dtype=np.float64).reshape(len(contexts), width[0])
+    if n_arms is not None and max(arms) >= n_arms:
+        raise ValueError(f"{path}: arm {max(arms)} seen, but n_arms is {n_arms}")
     return Log(
         arm=np.asarray(arms, dtype=np.int64),
         propensity=np.asarray(props),
         reward=np.asarray(rewards),
         n_arms=n_arms if n_arms is not None else max(arms) + 1,
-        context=context,
+        context=context_array,
     )
 
 

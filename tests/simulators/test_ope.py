@@ -307,6 +307,19 @@ def test_bad_logs_and_inputs_are_refused(tmp_path: Path) -> None:
     bad.write_text('{"arm": 0, "reward": 1}\n')
     with pytest.raises(ValueError, match="missing"):
         read_log(bad)
+    # each field checked where it is, by line: before, int("x") or an arm of 10**9 (an
+    # estimator's arrays of a billion entries) came through as Python's own errors
+    good = '{"arm": 0, "propensity": 0.5, "reward": 1}\n'
+    for row, words in [
+        ('{"arm": "x", "propensity": 0.5, "reward": 1}', r"bad\.jsonl:2: arm: must be an integer"),
+        ('{"arm": 1000000000, "propensity": 0.5, "reward": 1}', r"bad\.jsonl:2: arm:"),
+        ('{"arm": 1, "propensity": 0, "reward": 1}', r"bad\.jsonl:2: propensity: must be in"),
+        ('{"arm": 1, "propensity": 0.5, "reward": "1"}', r"bad\.jsonl:2: reward: must be"),
+        ("7", r"bad\.jsonl:2: a record must be a JSON object"),
+    ]:
+        bad.write_text(good + row + "\n")
+        with pytest.raises(ValueError, match=words):
+            read_log(bad)
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an Open Bandit Dataset CSV"):
