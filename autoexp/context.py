@@ -94,7 +94,8 @@ class Feature:
         elif self.encoding == "hash":
             row = [0.0] * self.buckets
             if value is not None:
-                row[zlib.crc32(_text(value, where).encode()) % self.buckets] = 1.0
+                raw = _text(value, where).encode("utf-8", "surrogatepass")  # any text
+                row[zlib.crc32(raw) % self.buckets] = 1.0
             out.extend(row)
         elif self.encoding == "number":
             out.append(0.0 if value is None else _real(value, where) * self.scale)

@@ -22,8 +22,10 @@ __all__ = ["Units", "assignment", "hashed", "stands"]
 
 def hashed(experiment: str, unit: str) -> str:
     """What a unit is recorded and assigned by: 32 hex digits of SHA-256 of the
-    experiment's name and the unit, so the log never holds the unit itself."""
-    return hashlib.sha256(f"{experiment}\0{unit}".encode()).hexdigest()[:32]
+    experiment's name and the unit, so the log never holds the unit itself. Any text
+    hashes, even a lone surrogate JSON let through (``"\\ud800"``)."""
+    key = f"{experiment}\0{unit}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def assignment(stored: str) -> tuple[int, tuple[float, ...], int]:

@@ -40,7 +40,8 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
             return json_error(403, "Forbidden", "admin: disabled (no admin token configured)")
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        sent = value.encode("utf-8", "surrogateescape")  # the bytes sent, UTF-8 or not
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, token.encode()):
             return json_error(401, "Unauthorized", "admin: missing or wrong bearer token")
         return None
 

@@ -73,9 +73,13 @@ def test_without_a_configured_token_there_is_no_admin(method: str, path: str, bo
 
 
 @pytest.mark.parametrize(("method", "path", "body"), CALLS)
-@pytest.mark.parametrize("header", [None, "Bearer wrong-token-wrong-token", f"Basic {TOKEN}"])
+@pytest.mark.parametrize(
+    "header",
+    # the last is not UTF-8: it was a 500 (the header's text could not be encoded back)
+    [None, "Bearer wrong-token-wrong-token", f"Basic {TOKEN}", b"Bearer \xff\xfe"],
+)
 def test_a_missing_or_wrong_token_is_refused_and_changes_nothing(
-    side: Sidecar, method: str, path: str, body: Any, header: str | None
+    side: Sidecar, method: str, path: str, body: Any, header: str | bytes | None
 ) -> None:
     before = snapshot(side)
     headers = {} if header is None else {"Authorization": header}

@@ -34,6 +34,8 @@ CONTEXT = {
     ]
 }
 
+# any text JSON can carry, lone surrogates ("\ud800", not valid Unicode) included
+texts = st.text(st.characters(exclude_categories=()), max_size=8)
 # JSON as a client might send it, odd numbers included: NaN and infinities (Python's
 # json writes and reads them), integers too large for a float, -0.0
 scalars = st.one_of(
@@ -42,13 +44,11 @@ scalars = st.one_of(
     st.floats(),
     st.integers(min_value=-(10**6), max_value=10**6),
     st.sampled_from([10**400, -(10**400), 2**1024, 1e308, -0.0, 0.5, 1, 0]),
-    st.text(max_size=8),
+    texts,
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)),
     max_leaves=8,
 )
 # valid bodies, then at most one thing about each made odd
@@ -78,7 +78,7 @@ odd_contexts = st.one_of(
 def decide_bodies(draw: Any) -> Any:
     body: dict[str, Any] = {"experiment": draw(st.sampled_from(NAMES))}
     if draw(st.booleans()):
-        body["unit"] = draw(st.text(min_size=1, max_size=12))
+        body["unit"] = draw(texts.filter(bool))
     if body["experiment"] == "ctx" and draw(st.booleans()):
         body["context"] = draw(named)
     change = draw(
@@ -137,7 +137,7 @@ def snapshot(engine: Engine) -> Any:
     return [({k: v.tolist() for k, v in store.read(n).items()}, store.lines(n)) for n in NAMES]
 
 
-def test_generated_api_bodies_are_answered_and_refusals_change_nothing() -> None:
+def engine_and_sidecar() -> tuple[Engine, Sidecar]:
     ranker = ExperimentSpec(
         name="ranker",
         alternatives=("v1", "v2"),
@@ -146,7 +146,32 @@ def test_generated_api_bodies_are_answered_and_refusals_change_nothing() -> None
     )
     ctx = dataclasses.replace(ranker, name="ctx", context=parse_context(CONTEXT, "context"))
     engine = Engine(MemoryStore(), [ranker, ctx], secret=SECRET, seed=9)
-    side = Sidecar(engine)
+    return engine, Sidecar(engine)
+
+
+def test_a_lone_surrogate_json_carries_is_a_unit_and_a_feature_value_like_any() -> None:
+    # "\ud800" is valid JSON but not valid Unicode: hashing it as a unit or a hashed
+    # feature's value raised UnicodeEncodeError (a 500); it is served like any text, the
+    # same unit the same arm
+    _, side = engine_and_sidecar()
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            arms = set()
+            for _ in range(5):
+                body = b'{"experiment": "ranker", "unit": "\\ud800"}'
+                r = http.post("/_autoexp/decide", content=body)
+                assert r.status_code == 200, r.text
+                arms.add(r.json()["alternative"])
+            body = b'{"experiment": "ctx", "context": {"country": "\\ud800x"}}'
+            r = http.post("/_autoexp/decide", content=body)
+            assert r.status_code == 200, r.text
+        assert len(arms) == 1
+    finally:
+        side.close()
+
+
+def test_generated_api_bodies_are_answered_and_refusals_change_nothing() -> None:
+    engine, side = engine_and_sidecar()
     http = httpx.Client(base_url=side.url, timeout=10)
     # a fixed pool of real tokens (the strategy must not depend on what the test does):
     # the first reward of each is applied, the later ones are repeats
