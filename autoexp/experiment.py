@@ -15,7 +15,7 @@ from policies.base import PolicyBase
 from policies.build import find_in_stack, finite
 from policies.drift import PageHinkley
 from policies.promotion import INCONCLUSIVE, PROMOTED, ROLLED_BACK, PromotionRule
-from policies.safety import ConservativeBudget
+from policies.safety import ConservativeBudget, Guardrail
 
 from .context import ContextSpec
 from .errors import ConfigError
@@ -24,6 +24,14 @@ from .generate import Generation
 __all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision"]
 
 HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
+
+
+def _iterable(value: Any) -> list[Any]:
+    """``value``'s items; ``[value]`` if it has none (so a check of items refuses it)."""
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,16 +98,32 @@ class ExperimentSpec:
             raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
         if self.params is not None and len(self.params) != len(names):
             raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
-        low, high = (finite(x) for x in self.reward_range)
+        pair = self.reward_range
+        ok = isinstance(pair, tuple | list) and len(pair) == 2
+        low, high = (finite(x) for x in pair) if ok else (None, None)
         if low is None or high is None or not low < high:
-            raise ConfigError(f"{where}.reward_range: need finite low < high (got {low}, {high})")
-        if not isinstance(self.refresh_every, int) or self.refresh_every < 1:
-            raise ConfigError(f"{where}.refresh_every: must be an integer >= 1")
+            raise ConfigError(f"{where}.reward_range: need finite low < high (got {pair!r:.60})")
+        refresh = self.refresh_every
+        if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+            raise ConfigError(f"{where}.refresh_every: must be an integer >= 1 (got {refresh!r})")
         for key in ("token_ttl_s", "join_window_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{where}.{key}: must be > 0 (got {getattr(self, key)!r})")
-        if self.default_reward is not None and not low <= self.default_reward <= high:
-            raise ConfigError(f"{where}.default_reward: must be in [{low}, {high}]")
+            x = finite(getattr(self, key))
+            if x is None or not x > 0:
+                raise ConfigError(
+                    f"{where}.{key}: must be a finite number > 0 (got {getattr(self, key)!r:.60})"
+                )
+        default = self.default_reward
+        if default is not None and not (finite(default) is not None and low <= default <= high):
+            raise ConfigError(
+                f"{where}.default_reward: must be a number in [{low}, {high}] (got {default!r:.60})"
+            )
+        if isinstance(self.guardrails, str | bytes | Mapping) or not all(
+            isinstance(g, Guardrail) for g in _iterable(self.guardrails)
+        ):
+            raise ConfigError(
+                f"{where}.guardrails: must be a sequence of Guardrail objects (got "
+                f"{self.guardrails!r:.60})"
+            )
         if (self.guardrails or self.rule is not None) and self.test is None:
             raise ConfigError(f"{where}.test: guardrails and a rule need a sequential test")
         if self.context is not None and not isinstance(self.context, ContextSpec):

@@ -135,6 +135,18 @@ class Experiment:
             if context is not None and not isinstance(context, ContextSpec)
             else context
         )
+        if not (isinstance(reward_range, tuple | list) and len(reward_range) == 2):
+            raise ConfigError(
+                f"{where}.reward_range: must be (low, high) (got {reward_range!r:.60})"
+            )
+        if not isinstance(guardrails, Sequence) or isinstance(guardrails, str | bytes):
+            raise ConfigError(
+                f"{where}.guardrails: must be a sequence of Guardrail objects "
+                f"(got {guardrails!r:.60})"
+            )
+        for key, given in (("policy_params", policy_params), ("test_params", test_params)):
+            if given is not None and not isinstance(given, Mapping):
+                raise ConfigError(f"{where}.{key}: must be a mapping (got {given!r:.60})")
         try:
             table = policy_defaults({"name": policy, **(policy_params or {})}, spec, reward_range)
             built = named({**REGISTRY, **CONTEXTUAL}, table, f"{where}.policy")
