@@ -369,7 +369,7 @@ def test_bad_specs_and_unknown_experiments() -> None:
         spec(name="x", alternatives=("only",))
     with pytest.raises(ConfigError, match=r"reward_range: need finite low < high"):
         spec(reward_range=(1.0, 0.0))
-    with pytest.raises(ConfigError, match=r"default_reward: must be in \[0\.0, 1\.0\]"):
+    with pytest.raises(ConfigError, match=r"default_reward: must be a number in \[0\.0, 1\.0\]"):
         spec(default_reward=2.0)
     from autoexp.store import open_store
 
