@@ -19,20 +19,12 @@ from autoexp.engine import Engine, ExperimentSpec
 from autoexp.store.memory import MemoryStore
 from policies import ThompsonBeta, TrafficCap
 from tests.autoexp.conftest import Sidecar
+from tests.autoexp.test_contextual import EVERY_ENCODING
 
 SECRET = "q" * 32
 NAMES = ("ranker", "ctx")
 EXAMPLES = 300  # each is one or two requests on a kept-alive connection
 
-CONTEXT = {
-    "features": [
-        {"name": "device", "header": "X-Device", "one_hot": ["mobile", "desktop"]},
-        {"name": "country", "query": "c", "hash": 8},
-        {"name": "basket", "header": "X-Basket", "number": 0.01},
-        {"name": "hour", "time": "hour"},
-        {"name": "day", "time": "weekday"},
-    ]
-}
 
 # any text JSON can carry, lone surrogates ("\ud800", not valid Unicode) included
 texts = st.text(st.characters(exclude_categories=()), max_size=8)
@@ -144,7 +136,7 @@ def engine_and_sidecar() -> tuple[Engine, Sidecar]:
         policy=TrafficCap(policy=ThompsonBeta(), explore_share=0.5),
         reward_range=(0.0, 1.0),
     )
-    ctx = dataclasses.replace(ranker, name="ctx", context=parse_context(CONTEXT, "context"))
+    ctx = dataclasses.replace(ranker, name="ctx", context=parse_context(EVERY_ENCODING, "context"))
     engine = Engine(MemoryStore(), [ranker, ctx], secret=SECRET, seed=9)
     return engine, Sidecar(engine)
 

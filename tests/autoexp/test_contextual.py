@@ -47,19 +47,19 @@ DEVICE = {"features": [{"name": "device", "header": "X-Device", "one_hot": list(
 # --- encoding ---------------------------------------------------------------------------
 
 
+EVERY_ENCODING = {  # one feature of each encoding and source
+    "features": [
+        {"name": "device", "header": "X-Device", "one_hot": ["mobile", "desktop"]},
+        {"name": "country", "query": "c", "hash": 8},
+        {"name": "basket", "header": "X-Basket", "number": 0.01},
+        {"name": "hour", "time": "hour"},
+        {"name": "day", "time": "weekday"},
+    ]
+}
+
+
 def test_each_encoding_gives_the_numbers_its_docs_say() -> None:
-    spec = parse_context(
-        {
-            "features": [
-                {"name": "device", "header": "X-Device", "one_hot": ["mobile", "desktop"]},
-                {"name": "country", "query": "c", "hash": 8},
-                {"name": "basket", "header": "X-Basket", "number": 0.01},
-                {"name": "hour", "time": "hour"},
-                {"name": "day", "time": "weekday"},
-            ]
-        },
-        "context",
-    )
+    spec = parse_context(EVERY_ENCODING, "context")
     assert spec.dim == 1 + 2 + 8 + 1 + 2 + 7 == len(spec.describe())
     now = 1_700_000_000.0  # Tuesday 2023-11-14 22:13:20 UTC
     x = spec.encode({"device": "desktop", "country": "DE", "basket": "250"}, now=now)
