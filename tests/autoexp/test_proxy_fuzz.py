@@ -12,6 +12,7 @@ import socket
 import time
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,6 +207,55 @@ def test_generated_requests_never_break_the_proxy_or_its_log() -> None:
         assert len(logged) - len(ids) <= seen.get(0, 0), (len(logged), len(ids), seen)
         # the generator reached both the decided route and the proxy's refusals
         assert seen.get(200, 0) >= EXAMPLES / 4 and seen.get(400, 0) >= EXAMPLES / 10, seen
+    finally:
+        side.close()
+        for s in servers.values():
+            s.close()
+
+
+@pytest.mark.parametrize("mode", ["500", "reset"])
+def test_generated_valid_requests_never_fail_on_a_failing_alternative(mode: str) -> None:
+    # The acceptance's "no failed user request on idempotent methods", over generated
+    # valid requests: half the traffic goes to an alternative that answers 503 (or resets
+    # the connection). A GET, HEAD, OPTIONS, PUT or DELETE without a body is retried on
+    # control and answered by it; a request with a body, or a POST, is not retried (it
+    # may have had effects) and gets the alternative's failure as it came.
+    servers = {"control": Served(upstream("control")), "bad": Served(upstream("bad", mode))}
+    spec = ExperimentSpec(
+        name="ranker",
+        alternatives=("v1", "v2"),
+        policy=TrafficCap(policy=ThompsonBeta(), explore_share=0.5),
+    )
+    engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=6)
+    proxy = ProxySettings(upstream=servers["control"].url, read_timeout_s=5.0)
+    routes = [Route(experiment="ranker", upstreams=(None, servers["bad"].url), path_prefix="/s")]
+    side = Sidecar(engine, proxy=proxy, routes=routes)
+    retried: list[bool] = []
+
+    @settings(
+        max_examples=EXAMPLES // 3,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(methods, targets, headers, bodies)
+    def one(method: str, target: str, head: Any, body: bytes) -> None:
+        data = request_bytes(method, target, head, body, None)
+        answer, _ = exchange(side.port, data)
+        status = _STATUS.match(answer)
+        assert status is not None, (data, answer[:200])
+        has_body = b"Content-Length: " in data
+        if method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE") and not has_body:
+            assert status[2] == b"200" and b"X-Upstream: control" in answer, (data, answer[:300])
+            if target.startswith("/s") and b"X-Autoexp-Decision: " not in answer:
+                retried.append(True)  # decided for the alternative, answered by control
+        elif target.startswith("/s"):  # not retried: control's answer or the failure
+            assert status[2] in (b"200", b"502", b"503"), (data, answer[:300])
+
+    try:
+        one()
+        # the alternative was chosen, failed and was retried on control many times over
+        assert len(retried) >= EXAMPLES // 20, len(retried)
     finally:
         side.close()
         for s in servers.values():
