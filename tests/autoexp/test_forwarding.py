@@ -707,6 +707,8 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"proxy": {"upstream": "ftp://x"}}, "proxy.upstream: must be an http"),
         ({"proxy": {"upstream": "http://x/path"}}, "without path or query"),
         ({"proxy": {"upstream": "http://x", "read_timeout_s": 0}}, "proxy.read_timeout_s"),
+        # an integer TOML holds and a float cannot (was an OverflowError)
+        ({"proxy": {"upstream": "http://x", "connect_timeout_s": 10**400}}, "finite number"),
         ({"proxy": {"upstrem": "http://x"}}, "proxy.upstrem: unknown key"),
         ({"route": {"path_prefix": "search"}}, "experiments.ranker.route.path_prefix"),
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),

@@ -79,6 +79,7 @@ def test_delay_and_arm_names() -> None:
         (with_(env__kind="bernouli"), r"^env\.kind: unknown \(got 'bernouli'\); accepted: "),
         (with_(env__q=1), r"^env\.q: unknown key; accepted: p, entry"),
         (with_(env__p=[0.3, 1.5]), r"^env\.p: every value must be finite and in \[0\.0, 1\.0\]"),
+        (with_(env__p=[0.3, 10**400]), r"^env: "),  # past a float: was an OverflowError
         (with_(env__arms=["a"]), r"^env\.arms: must be 2 distinct names"),
         (with_(env__delay=3), r"^env\.delay: must be a table"),
         (with_(policy__name="thompson"), r"^policy\.name: unknown \(got 'thompson'\)"),
