@@ -41,6 +41,7 @@ import atexit
 import dataclasses
 import json
 import math
+import numbers
 import threading
 import time
 import weakref
@@ -155,7 +156,9 @@ class Engine(Deciding):
         self._down: StoreError | None = None  # the last store failure, until it recovers
         self._probed = 0.0
         self._keys = keys_from(secret)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+        ):
             raise ConfigError(f"seed: must be an integer >= 0 or None (got {seed!r:.60})")
         self._seq = np.random.SeedSequence(seed)
         self._seed = int(self._seq.entropy) if isinstance(self._seq.entropy, int) else None

@@ -99,8 +99,10 @@ class ExperimentSpec:
         if self.params is not None and len(self.params) != len(names):
             raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
         pair = self.reward_range
-        ok = isinstance(pair, tuple | list) and len(pair) == 2
-        low, high = (finite(x) for x in pair) if ok else (None, None)
+        try:
+            low, high = (finite(x) for x in pair)  # any pair: a tuple, a list, an array
+        except (TypeError, ValueError):
+            low = high = None
         if low is None or high is None or not low < high:
             raise ConfigError(f"{where}.reward_range: need finite low < high (got {pair!r:.60})")
         refresh = self.refresh_every

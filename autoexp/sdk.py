@@ -135,10 +135,12 @@ class Experiment:
             if context is not None and not isinstance(context, ContextSpec)
             else context
         )
-        if not (isinstance(reward_range, tuple | list) and len(reward_range) == 2):
+        try:
+            _, _ = reward_range  # any pair; its numbers are the spec's to check
+        except (TypeError, ValueError):
             raise ConfigError(
                 f"{where}.reward_range: must be (low, high) (got {reward_range!r:.60})"
-            )
+            ) from None
         if not isinstance(guardrails, Sequence) or isinstance(guardrails, str | bytes):
             raise ConfigError(
                 f"{where}.guardrails: must be a sequence of Guardrail objects "
