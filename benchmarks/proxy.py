@@ -16,6 +16,10 @@ so it is never the bottleneck. Rows, all measured with wrk in this run:
   autoexp's forwarder minus autoexp, written here (:func:`bare_app`): pooled
   ``ClientSession``, method, path, headers and body forwarded, ``X-Forwarded-*`` set,
   status, headers and body streamed back; uvloop when installed;
+* ``bare http1`` (``x2`` as above): the same proxy, but a request without a body is sent
+  through autoexp's own client (:mod:`autoexp.proxy.http1`), as autoexp's forwarder
+  sends it. ``bare aiohttp`` is the issue's reference for the targets; this row is the
+  one that tells what the experiment costs over autoexp's own forwarding (``vs http1``);
 * ``autoexp sqlite``, ``autoexp redis`` (``x2``: ``--workers 2``): ``autoexp proxy`` from
   its CLI, one live experiment (Thompson sampling in a 10% traffic cap, two alternatives:
   control and a parameter alternative on the same upstream) whose route matches the
@@ -71,6 +75,8 @@ ROWS = (
     "nginx proxy",
     "bare aiohttp",
     "bare aiohttp x2",
+    "bare http1",
+    "bare http1 x2",
     "autoexp sqlite",
     "autoexp sqlite x2",
     "autoexp redis",
@@ -216,16 +222,19 @@ def _nginx_user() -> str | None:
 # --- the bare aiohttp proxy -------------------------------------------------------------
 
 
-def bare_app(upstream: str, max_body_bytes: int = 10 * 1024 * 1024) -> Any:
+def bare_app(upstream: str, max_body_bytes: int = 10 * 1024 * 1024, client: str = "aiohttp") -> Any:
     """A pass-through proxy: autoexp's forwarder without the experiment (same session
-    settings, header handling, streaming both ways and body cap)."""
+    settings, header handling, streaming both ways and body cap); with ``client="http1"``
+    a request without a body goes through autoexp's own client, as in the forwarder."""
     import aiohttp
     from aiohttp import web
     from multidict import CIMultiDict
 
+    from autoexp.proxy.http1 import Pool
     from autoexp.proxy.upstream import HOP_BY_HOP
 
     key = web.AppKey("session", aiohttp.ClientSession)
+    pools: list[Pool] = []
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         app[key] = aiohttp.ClientSession(
@@ -234,8 +243,12 @@ def bare_app(upstream: str, max_body_bytes: int = 10 * 1024 * 1024) -> Any:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        if client == "http1":
+            pools.append(Pool(upstream, connect_timeout_s=1.0, read_timeout_s=30.0))
         yield
         await app[key].close()
+        for pool in pools:
+            pool.close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > max_body_bytes:
@@ -250,6 +263,28 @@ def bare_app(upstream: str, max_body_bytes: int = 10 * 1024 * 1024) -> Any:
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         body = request.content.iter_chunked(CHUNK) if request.body_exists else None
+        if pools and body is None and request.method not in ("HEAD", "CONNECT"):
+            headers.popall("Content-Length", None)
+            try:
+                answer = await pools[0].request(
+                    request.method, request.rel_url.raw_path_qs, list(headers.items())
+                )
+                try:
+                    response = web.StreamResponse(status=answer.status, reason=answer.reason)
+                    for k, v in answer.headers:
+                        if k.lower() not in HOP_BY_HOP:
+                            response.headers.add(k, v)
+                    await response.prepare(request)
+                    async for chunk in answer.chunks():
+                        await response.write(chunk)
+                    await response.write_eof()
+                    return response
+                finally:
+                    answer.close()
+            except TimeoutError:
+                return web.json_response({"error": "upstream: timed out"}, status=504)
+            except aiohttp.ClientError as e:
+                return web.json_response({"error": f"upstream: {e!r}"}, status=502)
         try:
             async with request.app[key].request(
                 request.method,
@@ -278,7 +313,7 @@ def bare_app(upstream: str, max_body_bytes: int = 10 * 1024 * 1024) -> Any:
     return app
 
 
-def serve_bare(port: int, upstream: str, loop: str) -> None:
+def serve_bare(port: int, upstream: str, loop: str, client: str = "aiohttp") -> None:
     """One bare proxy process on 127.0.0.1:``port`` (SO_REUSEPORT), no access log."""
     import asyncio
 
@@ -292,7 +327,7 @@ def serve_bare(port: int, upstream: str, loop: str) -> None:
     else:
         event_loop = asyncio.new_event_loop()
     web.run_app(
-        bare_app(upstream),
+        bare_app(upstream, client=client),
         host="127.0.0.1",
         port=port,
         reuse_port=True,
@@ -546,10 +581,12 @@ def serving(row: str, s: Setting) -> Iterator[tuple[int, list[Service], dict[str
             )
             info["loop"] = "-"
             ready = f"http://127.0.0.1:{port}/"
-        elif row.startswith("bare aiohttp"):
+        elif row.startswith("bare"):
+            client = row.split()[1]
             code = (
                 "from benchmarks.proxy import serve_bare; "
-                f"serve_bare({port}, 'http://127.0.0.1:{s.upstream_port}', {s.bare_loop!r})"
+                f"serve_bare({port}, 'http://127.0.0.1:{s.upstream_port}', {s.bare_loop!r}, "
+                f"{client!r})"
             )
             for i in range(workers):
                 services.append(start(f"{row} {i}", [sys.executable, "-c", code], s.folder))
@@ -728,8 +765,13 @@ def compare(rows: dict[str, dict[str, Any]]) -> None:
             continue
         r["c1_added_us"] = None if direct is None else r["c1_p50_us"] - direct
         r["vs_bare"] = r["c1_added_vs_bare_us"] = r["x2_over_x1"] = r["cpu_vs_bare"] = None
+        r["vs_http1"] = None
         if name.startswith("autoexp"):
-            bare = rows.get("bare aiohttp x2" if name.endswith("x2") else "bare aiohttp")
+            x2 = " x2" if name.endswith("x2") else ""
+            http1 = rows.get("bare http1" + x2)
+            if http1 and http1["available"]:  # the experiment's cost over the same client
+                r["vs_http1"] = r["requests_per_s"] / http1["requests_per_s"]
+            bare = rows.get("bare aiohttp" + x2)
             if bare and bare["available"]:
                 r["vs_bare"] = r["requests_per_s"] / bare["requests_per_s"]
                 r["c1_added_vs_bare_us"] = r["c1_p50_us"] - bare["c1_p50_us"]
@@ -796,6 +838,7 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
         "+direct us",
         "+bare us",
         "vs bare",
+        "vs http1",
         "x2/x1",
         "cpu us/req",
         "cpu vs bare",
@@ -821,6 +864,7 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
                 _us(r["c1_added_us"]),
                 _us(r["c1_added_vs_bare_us"]),
                 "-" if r["vs_bare"] is None else f"{r['vs_bare']:.0%}",
+                "-" if r["vs_http1"] is None else f"{r['vs_http1']:.0%}",
                 "-" if r["x2_over_x1"] is None else f"{r['x2_over_x1']:.2f}x",
                 _us(r["cpu_us_per_request"]),
                 "-" if r["cpu_vs_bare"] is None else f"{r['cpu_vs_bare']:.0%}",

@@ -256,11 +256,16 @@ def test_cpu_per_request_compared_with_bare_aiohttp() -> None:
     rows = {
         "direct": row("direct", 1e5, None),
         "bare aiohttp": row("bare aiohttp", 5000.0, 180.0),
+        "bare http1": row("bare http1", 6000.0, 150.0),
         "autoexp sqlite": row("autoexp sqlite", 3000.0, 240.0),
     }
     compare(rows)
     assert rows["autoexp sqlite"]["cpu_vs_bare"] == 0.75
     assert rows["autoexp sqlite"]["vs_bare"] == 0.6
+    # the experiment's cost over the same client: a column, no target
+    assert rows["autoexp sqlite"]["vs_http1"] == 0.5 and rows["bare http1"]["vs_http1"] is None
+    assert not [c for c in checks(rows) if "http1" in c["target"]]
+    del rows["bare http1"]
     assert rows["bare aiohttp"]["cpu_vs_bare"] is None and rows["direct"]["cpu_vs_bare"] is None
     text = table(rows, 64)
     head, _, _, bare, autoexp = text.splitlines()

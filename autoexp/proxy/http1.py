@@ -1,0 +1,346 @@
+"""A lean pooled HTTP/1.1 client for the forwarder's common case: a request without a
+body to a plain-``http://`` upstream.
+
+Why not aiohttp's client for everything: measured in a pass-through proxy in front of
+nginx (``benchmarks/proxy.py``'s setting, 2 cores, uvloop), a request forwarded through
+``aiohttp.ClientSession.request`` cost the proxy about 180 us of CPU, through this client
+about 145; the session's per-request machinery (its timers, traces, request and
+response objects, URL handling) is most of the difference. Parsing is httptools'
+(llhttp, the parser Node.js uses); what is written by hand here is the connection pool,
+the request head and the waiting.
+
+Requests with a body, ``HEAD`` and ``CONNECT`` (whose answers carry no body whatever
+their head says: llhttp cannot be told so through httptools), and ``https://`` upstreams
+stay on aiohttp's client (:mod:`autoexp.proxy.upstream` chooses).
+
+Failures are :class:`UpstreamError` (an ``aiohttp.ClientConnectionError``, so the
+forwarder treats both clients' failures alike) and :class:`TimeoutError`: the connect
+timeout bounds opening a connection, the read timeout each wait for the upstream's next
+bytes, as aiohttp's ``sock_connect`` and ``sock_read`` do. A pooled connection the
+upstream closed while it was idle is found out by the request sent on it (no answer
+byte, the connection lost): an idempotent request is then sent once more on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import aiohttp
+import httptools
+
+__all__ = ["Answer", "Pool", "UpstreamError"]
+
+IDLE_MAX = 1024  # idle keep-alive connections kept per upstream
+BUFFER_BYTES = 256 * 1024  # answer bytes buffered before reading from the upstream pauses
+_RETRY_SAFE = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})  # idempotent, sent again
+
+
+class UpstreamError(aiohttp.ClientConnectionError):
+    """The upstream could not be reached, closed the connection before its answer was
+    whole, or answered what is not HTTP/1.x."""
+
+
+class Answer:
+    """One exchange on one connection: the head as it arrives, then the body's pieces.
+
+    Filled by the connection's parser callbacks (on the event loop), read by
+    :meth:`head` and :meth:`chunks`."""
+
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_waiter",
+        "buffered",
+        "chunks_in",
+        "complete",
+        "has_head",
+        "headers",
+        "reason",
+        "received",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.has_head = False
+        self.received = False  # any byte of the answer (so it cannot be sent again)
+        self.complete = False
+        self.chunks_in: deque[bytes] = deque()
+        self.buffered = 0
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # --- filled by the connection --------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.complete and self._error is None:
+            self._error = error
+            self._wake()
+
+    def body(self, data: bytes) -> None:
+        self.chunks_in.append(data)
+        self.buffered += len(data)
+        if self.buffered > BUFFER_BYTES:
+            self._conn.pause()
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    # --- read by the forwarder -------------------------------------------------------
+
+    async def _wait(self) -> None:
+        """Until the parser has more for the reader, an error, or the read timeout."""
+        if self._error is not None:
+            raise self._error
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(self._conn.pool.read_timeout_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    async def head(self) -> None:
+        """Wait for the answer's status and headers."""
+        while not self.has_head:
+            await self._wait()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces as they arrive, until the answer is whole."""
+        while True:
+            while self.chunks_in:
+                data = self.chunks_in.popleft()
+                self.buffered -= len(data)
+                if self.buffered <= BUFFER_BYTES // 2:
+                    self._conn.resume()
+                yield data
+            if self.complete:
+                return
+            await self._wait()
+
+    def close(self) -> None:
+        """Done with it: a connection whose answer was not read whole is not reused."""
+        if not self.complete:
+            self._conn.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("upstream: no bytes within the read timeout"))
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the upstream; one exchange at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.answer: Answer | None = None
+        self.keep = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._informational = False
+        self._paused = False
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream transport (uvloop's is not a subclass of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        answer = self.answer
+        if answer is None:  # bytes while idle: not an HTTP/1.1 peer we can reuse
+            self.abort()
+            return
+        answer.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # autoexp never asks for an upgrade
+            answer.fail(UpstreamError("upstream: switched protocols unasked"))
+            self.abort()
+        except httptools.HttpParserError as e:
+            answer.fail(UpstreamError(f"upstream: malformed answer ({e})"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        answer, self.answer = self.answer, None
+        if answer is None or answer.complete:
+            return
+        if answer.has_head and exc is None and self._until_close(answer):
+            answer.finish()  # a body delimited by the connection's end: whole
+        else:
+            why = "before answering" if not answer.has_head else "mid-answer"
+            answer.fail(UpstreamError(f"upstream: connection closed {why}"))
+
+    # --- httptools callbacks ---
+
+    def on_status(self, reason: bytes) -> None:
+        assert self.answer is not None
+        self.answer.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.answer is not None
+        # as aiohttp's client decodes them: bytes that are not UTF-8 pass through
+        self.answer.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
+
+    def on_headers_complete(self) -> None:
+        answer = self.answer
+        assert answer is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the final head follows
+            self._informational = True
+            answer.headers = []
+            return
+        answer.status = status
+        answer.has_head = True
+        self.keep = self._parser.should_keep_alive()
+        answer._wake()
+
+    def on_body(self, data: bytes) -> None:
+        assert self.answer is not None
+        self.answer.body(data)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        answer, self.answer = self.answer, None
+        assert answer is not None
+        answer.finish()
+        if self.keep and self.transport is not None:
+            self.resume()
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    # --- helpers ---
+
+    @staticmethod
+    def _until_close(answer: Answer) -> bool:
+        names = {k.lower() for k, _ in answer.headers}
+        return "content-length" not in names and "transfer-encoding" not in names
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.keep = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, head: bytes) -> Answer:
+        assert self.transport is not None
+        self.answer = answer = Answer(self)
+        self.transport.write(head)
+        return answer
+
+
+class Pool:
+    """Keep-alive connections to one ``http://host:port`` upstream, most recently used
+    first; a connection goes back to the pool when its answer has been parsed whole."""
+
+    def __init__(self, base: str, *, connect_timeout_s: float, read_timeout_s: float) -> None:
+        parts = urlsplit(base)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"an http://host:port base URL, got {base!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.netloc = parts.netloc.encode("idna")
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    def release(self, conn: _Connection) -> None:
+        if self._closed or len(self._idle) >= IDLE_MAX:
+            conn.abort()
+        else:
+            self._idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port
+                )
+        except TimeoutError:  # an OSError too, but the connect timeout's: a 504 as aiohttp's
+            raise
+        except OSError as e:
+            raise UpstreamError(f"upstream: cannot connect to {self.host}:{self.port}: {e}") from e
+        return conn
+
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]]) -> Answer:
+        """Send a request without a body; its answer once the head has arrived. The
+        caller reads the body from :meth:`Answer.chunks` and calls :meth:`Answer.close`."""
+        lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+        lines.append(b"Host: " + self.netloc + b"\r\n")
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        if method in ("POST", "PUT", "PATCH"):  # no body, said (as aiohttp's client does)
+            lines.append(b"Content-Length: 0\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is None or conn.transport.is_closing():
+                continue
+            answer = conn.send(head)
+            try:
+                await answer.head()
+                return answer
+            except UpstreamError:
+                # closed by the upstream while idle, before any byte of this answer:
+                # the request is sent again on a new connection if that is safe
+                if answer.received or method not in _RETRY_SAFE:
+                    raise
+            except BaseException:
+                answer.close()
+                raise
+        conn = await self._connect()
+        answer = conn.send(head)
+        try:
+            await answer.head()
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    def close(self) -> None:
+        """Close every idle connection; those in use close when their answers end."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abort()
