@@ -19,6 +19,9 @@ timeout bounds opening a connection, the read timeout each wait for the upstream
 bytes, as aiohttp's ``sock_connect`` and ``sock_read`` do. A pooled connection the
 upstream closed while it was idle is found out by the request sent on it (no answer
 byte, the connection lost): an idempotent request is then sent once more on a new one.
+A connection idle for more than ``IDLE_S`` (15 s, aiohttp's keep-alive timeout) is closed
+rather than reused: an upstream host gone without closing it would otherwise cost a
+request its read timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import httptools
 __all__ = ["Answer", "Pool", "UpstreamError"]
 
 IDLE_MAX = 1024  # idle keep-alive connections kept per upstream
+IDLE_S = 15.0  # an idle connection older is not reused (aiohttp's keepalive_timeout)
 BUFFER_BYTES = 256 * 1024  # answer bytes buffered before reading from the upstream pauses
 _RETRY_SAFE = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})  # idempotent, sent again
 
@@ -154,6 +158,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answer: Answer | None = None
         self.keep = False
+        self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._informational = False
         self._paused = False
@@ -283,6 +288,7 @@ class Pool:
         if self._closed or len(self._idle) >= IDLE_MAX:
             conn.abort()
         else:
+            conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
 
     def forget(self, conn: _Connection) -> None:
@@ -313,8 +319,13 @@ class Pool:
             lines.append(b"Content-Length: 0\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
+        stale = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             conn = self._idle.pop()
+            if conn.idle_since < stale:  # the most recent: the others are older still
+                conn.abort()
+                self._drop_idle()
+                break
             if conn.transport is None or conn.transport.is_closing():
                 continue
             answer = conn.send(head)
@@ -338,9 +349,12 @@ class Pool:
             raise
         return answer
 
-    def close(self) -> None:
-        """Close every idle connection; those in use close when their answers end."""
-        self._closed = True
+    def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abort()
+
+    def close(self) -> None:
+        """Close every idle connection; those in use close when their answers end."""
+        self._closed = True
+        self._drop_idle()

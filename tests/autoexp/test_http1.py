@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from autoexp.proxy import http1
 from autoexp.proxy.http1 import BUFFER_BYTES, Answer, Pool, UpstreamError
 
 LOOPS = ["asyncio", "uvloop"]
@@ -313,3 +314,24 @@ def test_a_base_that_is_not_plain_http_is_refused() -> None:
     for base in ("https://127.0.0.1:1", "ftp://x", "http://"):
         with pytest.raises(ValueError, match="http://host:port"):
             Pool(base, connect_timeout_s=1.0, read_timeout_s=1.0)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_connection_idle_too_long_is_not_reused(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an upstream host gone without closing its connections would cost the next request
+    # on one of them its read timeout: past IDLE_S they are closed, not reused
+    monkeypatch.setattr(http1, "IDLE_S", 0.2)
+
+    async def main() -> None:
+        server = await Server(answer_with(OK)).start()
+        pool = pool_for(server)
+        for _ in range(2):
+            assert await body(await pool.request("GET", "/", [])) == b"hello"
+        assert server.connections == 1
+        await asyncio.sleep(0.3)
+        assert await body(await pool.request("GET", "/", [])) == b"hello"
+        assert server.connections == 2
+
+    run(kind, main)
