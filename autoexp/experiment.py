@@ -94,6 +94,12 @@ class ExperimentSpec:
                 f"{where}.alternatives: need a control and at least one alternative, all "
                 f"distinct (got {list(names)!r})"
             )
+        for name in names:  # each goes upstream in a header (X-Autoexp-Alternative)
+            if not isinstance(name, str) or not name or any(c < " " or c == "\x7f" for c in name):
+                raise ConfigError(
+                    f"{where}.alternatives: each a non-empty string without control "
+                    f"characters such as line breaks (got {name!r})"
+                )
         if not isinstance(self.policy, PolicyBase):
             raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
         if self.params is not None and len(self.params) != len(names):

@@ -68,6 +68,9 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
     [
         ({"alternatives": ["only"]}, r"experiments\.ranker\.alternatives: need a control"),
         ({"alternatives": ["a", 3]}, r"alternatives\[1\]: must be a name or"),
+        # a name goes upstream in a header: a line break in it would forge others
+        ({"alternatives": ["a", "b\r\nX-Evil: 1"]}, r"ranker\.alternatives: each a non-empty"),
+        ({"alternatives": ["a", ""]}, r"ranker\.alternatives: each a non-empty string"),
         ({"policy": {"name": "ts"}}, r"experiments\.ranker\.policy\.name: unknown \(got 'ts'\)"),
         ({"safety": {"explore_share": 5}}, r"ranker\.safety\.explore_share: must be in \(0, 1\]"),
         ({"safety": {"explore": 0.1}}, r"ranker\.safety\.explore: unknown key"),

@@ -335,3 +335,21 @@ def test_a_connection_idle_too_long_is_not_reused(
         assert server.connections == 2
 
     run(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_line_break_inside_a_header_is_never_sent(kind: str) -> None:
+    # it would make the upstream read a header (or a request) nobody sent; the config
+    # refuses such alternative names and aiohttp's parser such client headers, and this
+    # client does not rely on either
+    async def main() -> None:
+        server = await Server(answer_with(OK)).start()
+        pool = pool_for(server)
+        for headers in ([("X-Autoexp-Alternative", "b\r\nX-Evil: 1")], [("X-A\n", "1")]):
+            with pytest.raises(UpstreamError, match="line break"):
+                await pool.request("GET", "/", headers)
+        with pytest.raises(UpstreamError, match="line break"):
+            await pool.request("GET", "/ HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /", [])
+        assert server.heads == [] and server.connections == 0
+
+    run(kind, main)
