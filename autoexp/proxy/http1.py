@@ -35,12 +35,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import httptools
 
-__all__ = ["Answer", "Pool", "UpstreamError"]
+__all__ = ["IDEMPOTENT", "Answer", "Pool", "UpstreamError"]
 
 IDLE_MAX = 1024  # idle keep-alive connections kept per upstream
 IDLE_S = 15.0  # an idle connection older is not reused (aiohttp's keepalive_timeout)
 BUFFER_BYTES = 256 * 1024  # answer bytes buffered before reading from the upstream pauses
-_RETRY_SAFE = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})  # idempotent, sent again
+# methods a request may be sent again with (here on a new connection; in the forwarder,
+# to control after an alternative failed)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class UpstreamError(aiohttp.ClientConnectionError):
@@ -339,7 +341,7 @@ class Pool:
             except UpstreamError:
                 # closed by the upstream while idle, before any byte of this answer:
                 # the request is sent again on a new connection if that is safe
-                if answer.received or method not in _RETRY_SAFE:
+                if answer.received or method not in IDEMPOTENT:
                     raise
             except BaseException:
                 answer.close()

@@ -57,7 +57,7 @@ from aiohttp import web
 from ..engine import Decision, Engine
 from ..errors import StoreError
 from .features import request_context
-from .http1 import Pool, UpstreamError
+from .http1 import IDEMPOTENT, Pool, UpstreamError
 from .offload import Offload
 from .routes import ProxySettings, Route
 
@@ -87,7 +87,6 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 _NOT_SENT = _NOT_FORWARDED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 _NOT_SENT_LEAN = _NOT_SENT | {"content-length"}
 _NOT_LEAN = frozenset({"HEAD", "CONNECT"})  # their answers have no body: aiohttp's client
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DECISION_HEADER = "X-Autoexp-Decision"
 CHUNK = 64 * 1024
 HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
