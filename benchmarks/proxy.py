@@ -41,6 +41,15 @@ responses and socket errors, plus the autoexp proxy's own failure counters from
 ``/_autoexp/metrics``. Targets (reported, never asserted): the autoexp proxy reaches >= 90%
 of bare aiohttp's requests/s at the same worker count and adds <= 50 us p50 at c1 over it;
 two workers give >= 1.7x one worker, with SQLite and with Redis.
+
+CPU under load, read from ``/proc`` around the c64 run: ``cpu us/req``, the row's proxy
+processes' per request; ``busy``, the share of the machine's CPUs busy (everything: wrk,
+nginx, the store, the proxy); ``all us/req``, that busy time per request; for the Redis
+rows, ``redis-server``'s per request. wrk, nginx and the proxies share the machine, so an
+x2 row's ``x2/x1`` is about the machine's headroom (its busy share over the x1 row's)
+times the x1 row's ``all us/req`` over its own: printed under the table for each x2 row.
+The first factor is the machine's, the second says whether two workers spend more per
+request than one.
 """
 
 from __future__ import annotations
@@ -391,6 +400,14 @@ def stat_cpu_s(stat: Path) -> float:
     return 0.0
 
 
+def machine_ticks() -> tuple[int, int]:
+    """Clock ticks of all the machine's CPUs since boot, ``(busy, all)`` (``/proc/stat``'s
+    first line: idle and iowait are not busy; guest time is already in user)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def cpu_s(services: list[Service]) -> float:
     """CPU seconds (user + system) the services' processes and their workers have used."""
     return sum(stat_cpu_s(Path(f"/proc/{pid}/stat")) for x in services for pid in x.pids())
@@ -559,6 +576,7 @@ class Setting:
     bare_loop: str
     redis_url: str | None
     py_spy: Path | None
+    redis_pid: int | None = None  # the Redis rows' store: its CPU is read too
 
 
 @contextlib.contextmanager
@@ -696,9 +714,11 @@ def measure(row: str, s: Setting, progress: Any) -> dict[str, Any]:
             folder = s.py_spy / row.replace(" ", "-")
             folder.mkdir(parents=True, exist_ok=True)
             raws, spies = profile(services, folder, s.duration_s)
-        cpu_before = cpu_s(services)
+        store = Path(f"/proc/{s.redis_pid}/stat") if "redis" in row and s.redis_pid else None
+        store_before = None if store is None else stat_cpu_s(store)
+        cpu_before, machine_before = cpu_s(services), machine_ticks()
         load = wrk(url, duration_s=s.duration_s, **load_options)
-        cpu = cpu_s(services) - cpu_before
+        cpu, machine = cpu_s(services) - cpu_before, machine_ticks()
         for spy in spies:
             spy.wait(timeout=60)
         progress(f"{row}: c1")
@@ -706,6 +726,15 @@ def measure(row: str, s: Setting, progress: Any) -> dict[str, Any]:
         out = info | {"warmup": warm, "load": load, "c1": one, "probe_problems": problems}
         if services and load["requests"]:  # the proxy's CPU per request under load
             out["cpu_us_per_request"] = cpu / load["requests"] * 1e6
+        busy, ticks = machine[0] - machine_before[0], machine[1] - machine_before[1]
+        if ticks and load["requests"]:  # everything's: wrk, nginx, the store, the proxy
+            out["machine_busy"] = busy / ticks
+            tick_s = 1 / os.sysconf("SC_CLK_TCK")
+            out["machine_us_per_request"] = busy * tick_s / load["requests"] * 1e6
+        if store is not None and store_before is not None and load["requests"]:
+            out["store_cpu_us_per_request"] = (
+                (stat_cpu_s(store) - store_before) / load["requests"] * 1e6
+            )
         if raws:
             out["py_spy"] = top_frames(raws) | {"files": [str(x) for x in raws]}
         if autoexp:
@@ -736,6 +765,9 @@ def summarise(row: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "c1_p50_us": median("c1", "p50_us"),
         "c1_p99_us": median("c1", "p99_us"),
         "cpu_us_per_request": _median_of([r.get("cpu_us_per_request") for r in runs]),
+        "machine_busy": _median_of([r.get("machine_busy") for r in runs]),
+        "machine_us_per_request": _median_of([r.get("machine_us_per_request") for r in runs]),
+        "store_cpu_us_per_request": _median_of([r.get("store_cpu_us_per_request") for r in runs]),
         "errors": sum(r[k]["errors"] for r in runs for k in ("warmup", "load", "c1")),
         "probe_problems": sorted({p for r in runs for p in r["probe_problems"]}),
         "proxy_failures": None,
@@ -765,7 +797,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> None:
             continue
         r["c1_added_us"] = None if direct is None else r["c1_p50_us"] - direct
         r["vs_bare"] = r["c1_added_vs_bare_us"] = r["x2_over_x1"] = r["cpu_vs_bare"] = None
-        r["vs_http1"] = None
+        r["vs_http1"] = r["x2_headroom"] = r["x2_cpu_ratio"] = None
         if name.startswith("autoexp"):
             x2 = " x2" if name.endswith("x2") else ""
             http1 = rows.get("bare http1" + x2)
@@ -781,6 +813,14 @@ def compare(rows: dict[str, dict[str, Any]]) -> None:
         one = rows.get(name.removesuffix(" x2"))
         if name.endswith(" x2") and one and one["available"]:
             r["x2_over_x1"] = r["requests_per_s"] / one["requests_per_s"]
+            # requests/s = busy share x cores / machine CPU per request, so x2/x1 is the
+            # product of the machine's headroom (x2's busy share over x1's) and how much
+            # less CPU a request takes with two workers: workers that scale keep the
+            # second near 1, and the first is the machine's, not the proxy's
+            if r.get("machine_busy") and one.get("machine_busy"):
+                r["x2_headroom"] = r["machine_busy"] / one["machine_busy"]
+            if r.get("machine_us_per_request") and one.get("machine_us_per_request"):
+                r["x2_cpu_ratio"] = one["machine_us_per_request"] / r["machine_us_per_request"]
 
 
 def checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -842,6 +882,8 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
         "x2/x1",
         "cpu us/req",
         "cpu vs bare",
+        "busy",
+        "all us/req",
         "errors",
         "proxy fails",
         "rewards/req",
@@ -868,6 +910,8 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
                 "-" if r["x2_over_x1"] is None else f"{r['x2_over_x1']:.2f}x",
                 _us(r["cpu_us_per_request"]),
                 "-" if r["cpu_vs_bare"] is None else f"{r['cpu_vs_bare']:.0%}",
+                "-" if r.get("machine_busy") is None else f"{r['machine_busy']:.0%}",
+                _us(r.get("machine_us_per_request")),
                 errors,
                 _us(r["proxy_failures"]),
                 "-" if r["rewarded_share"] is None else f"{r['rewarded_share']:.1%}",
@@ -883,6 +927,24 @@ def table(rows: dict[str, dict[str, Any]], connections: int) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(head), rule, *(line(b) for b in body)])
+
+
+def scaling(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """What sets each x2 row's ``x2/x1`` (see :func:`compare`), and the Redis rows' store
+    CPU: one line each."""
+    out = []
+    for name, r in rows.items():
+        if r.get("x2_headroom") is not None and r.get("x2_cpu_ratio") is not None:
+            one = rows[name.removesuffix(" x2")]
+            out.append(
+                f"{name}: x2/x1 {r['x2_over_x1']:.2f}x, about the machine's headroom "
+                f"{r['x2_headroom']:.2f} (busy {r['machine_busy']:.0%} with two workers, "
+                f"{one['machine_busy']:.0%} with one) x {r['x2_cpu_ratio']:.2f} (all "
+                "processes' CPU per request with one worker over with two)"
+            )
+        if r.get("store_cpu_us_per_request") is not None:
+            out.append(f"{name}: redis-server {r['store_cpu_us_per_request']:.0f} us CPU/req")
+    return out
 
 
 def reference_us() -> float:
@@ -957,12 +1019,13 @@ def main(argv: list[str] | None = None) -> int:
                 unavailable[n] = "autoexp proxy has no --workers option"
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="autoexp-proxy-")))
-        redis_url = None
+        redis_url, redis_pid = None, None
         if any("redis" in n for n in args.rows):
             try:
                 redis = RedisServer(folder)
                 stack.callback(redis.stop)
                 redis_url = redis.url
+                redis_pid = None if redis.proc is None else redis.proc.pid
             except RuntimeError as e:
                 unavailable |= {n: str(e) for n in args.rows if "redis" in n}
         upstream_port = start_upstream(stack, folder)
@@ -976,6 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
             bare_loop=bare_loop,
             redis_url=redis_url,
             py_spy=args.py_spy,
+            redis_pid=redis_pid,
         )
         for repeat in range(args.repeats):  # interleaved: every row once, then again
             for name in args.rows:
@@ -995,6 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nreference: sum(range(1000)) {reference[0]:.1f} us at start, {reference[1]:.1f} us "
         "at end (the machine's speed in this run; compare runs through it)"
     )
+    for line in scaling(rows):
+        print(line)
     for name, r in rows.items():
         if not r["available"]:
             print(f"{name}: not available: {r['note']}")

@@ -4,6 +4,7 @@ itself (servers, wrk) never runs here."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -21,9 +22,11 @@ from benchmarks.proxy import (
     checks,
     compare,
     cpu_s,
+    machine_ticks,
     nginx_conf,
     parse_wrk,
     proxy_server,
+    scaling,
     table,
     time_us,
     top_frames,
@@ -293,3 +296,66 @@ def test_the_stub_row_is_compared_with_bare_but_is_no_target() -> None:
     assert rows["autoexp sqlite stub"]["vs_bare"] == 0.92
     assert "autoexp sqlite stub" in ROWS
     assert not [c for c in checks(rows) if "stub" in c["target"]]
+
+
+def test_machine_ticks_count_every_cpu_and_a_spin_as_busy() -> None:
+    # Over about 0.5 s of wall time with this process spinning for 0.3 s of it: the
+    # machine's ticks cover every CPU for the wall time (kernel ticks are 10 ms and
+    # /proc/stat's per-CPU accounting is sampled, hence the 20% band), and its busy ticks
+    # at least the spin (other processes can only add to them).
+    tick = os.sysconf("SC_CLK_TCK")
+    busy0, all0 = machine_ticks()
+    started = time.monotonic()
+    spin_until = time.thread_time() + 0.3
+    while time.thread_time() < spin_until:
+        pass
+    time.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+    busy1, all1 = machine_ticks()
+    wall = time.monotonic() - started
+    cpus = os.cpu_count() or 1
+    assert 0.8 * cpus * wall <= (all1 - all0) / tick <= 1.2 * cpus * wall + 0.05
+    assert 0.25 <= (busy1 - busy0) / tick <= (all1 - all0) / tick
+
+
+def test_x2_over_x1_splits_into_the_machines_headroom_and_cpu_per_request() -> None:
+    # requests/s = busy share x CPUs / all processes' CPU per request: with one worker
+    # 60% of 2 CPUs at 300 us a request (4,000/s), with two 99% at 297 us (6,667/s):
+    # x2/x1 1.667 = headroom 1.65 x 300/297
+    def row(name: str, workers: int, busy: float, machine_us: float) -> dict[str, object]:
+        return {
+            "row": name,
+            "available": True,
+            "workers": workers,
+            "loop": "uvloop",
+            "requests_per_s": busy * 2 / (machine_us * 1e-6),
+            "p50_us": 1e4,
+            "p99_us": 5e4,
+            "c1_p50_us": 400.0,
+            "cpu_us_per_request": 200.0,
+            "machine_busy": busy,
+            "machine_us_per_request": machine_us,
+            "store_cpu_us_per_request": 20.0 if "redis" in name else None,
+            "errors": 0,
+            "probe_problems": [],
+            "proxy_failures": 0,
+            "rewarded_share": 1.0,
+        }
+
+    rows = {
+        "autoexp redis": row("autoexp redis", 1, 0.6, 300.0),
+        "autoexp redis x2": row("autoexp redis x2", 2, 0.99, 297.0),
+    }
+    compare(rows)
+    two = rows["autoexp redis x2"]
+    assert two["x2_over_x1"] == pytest.approx(1.6667, abs=1e-4)
+    assert two["x2_headroom"] == pytest.approx(1.65)
+    assert two["x2_cpu_ratio"] == pytest.approx(300 / 297)
+    assert two["x2_headroom"] * two["x2_cpu_ratio"] == pytest.approx(two["x2_over_x1"])
+    assert rows["autoexp redis"]["x2_headroom"] is None
+    lines = scaling(rows)
+    assert lines[0] == "autoexp redis: redis-server 20 us CPU/req"
+    assert lines[1].startswith("autoexp redis x2: x2/x1 1.67x, about the machine's headroom 1.65")
+    assert "busy 99% with two workers, 60% with one" in lines[1] and "x 1.01" in lines[1]
+    head, _, one, _ = table(rows, 64).splitlines()
+    assert " busy " in head and "all us/req" in head
+    assert " 60% " in one and " 300 " in one
