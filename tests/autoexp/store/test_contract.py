@@ -341,3 +341,23 @@ def test_a_bad_columns_batch_is_refused_naming_the_item(
         store.add_many("exp", items)
     assert store.read("exp")["n"].sum() == 0.0 and store.records("exp") == []
     assert store.add_many("exp", [("r1", [("n", 0, 1.0)], {"i": 1})]) == [True]  # r1 unused
+
+
+def test_add_many_skips_the_items_applied_before_wherever_they_stand(store: Any) -> None:
+    # Redis learns which ids were applied before only from its script's answer, given as
+    # positions among the items it was sent (the batch without its repeats): an id
+    # repeated early in the batch shifts them, so the ids applied before must be found
+    # by those positions, not the batch's
+    store.declare("exp", SHAPES)
+    assert store.add_many("exp", [("old", [("n", 0, 1.0)], {"i": 0})]) == [True]
+    items = [
+        ("a", [("n", 1, 1.0)], {"i": 1}),
+        ("a", [("n", 1, 5.0)], {"i": 2}),  # a repeat within the batch
+        ("b", [("n", 2, 1.0)], {"i": 3}),
+        ("old", [("n", 0, 7.0)], {"i": 4}),  # applied before
+        ("c", [("sum_reward", 2, 0.5)], {"i": 5}),
+    ]
+    assert store.add_many("exp", items) == [True, False, True, False, True]
+    np.testing.assert_array_equal(store.read("exp")["n"], [[1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(store.read("exp")["sum_reward"], [[0.0, 0.0, 0.5]])
+    assert store.records("exp") == [{"i": 0}, {"i": 1}, {"i": 3}, {"i": 5}]
