@@ -42,6 +42,9 @@ import dataclasses
 import json
 import math
 import numbers
+import os
+import secrets
+import socket
 import threading
 import time
 import weakref
@@ -173,6 +176,7 @@ class Engine(Deciding):
         self._wake = threading.Event()
         self._expiring = threading.Lock()
         self._scans = Scans()  # expire's reading of each experiment's log
+        self._holder_tag = secrets.token_hex(4)  # names this engine as a lease holder
         self._units = Units(store, self._lock, unit_cache)
         self._live: dict[str, Live] = {}
         for spec in experiments:
@@ -468,10 +472,18 @@ class Engine(Deciding):
                 ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0, x)
                 increments(live, [ticket], [live.spec.reward_range[0]])
 
-    def expire(self) -> int:
+    def expire(self, *, hold_s: float | None = None) -> int:
         """Apply the default reward to every decision whose join window closed without a
         reward, whichever replica made it and even if that replica crashed; the number
         applied here.
+
+        ``hold_s``: do it only for the experiments whose lease (:meth:`Store.hold
+        <autoexp.store.base.Store.hold>`) this replica holds, taking or renewing each for
+        ``hold_s`` seconds; replicas that call it on a cadence shorter than ``hold_s``
+        then leave the reading of the whole log to one of them, instead of each reading it
+        all, and another takes over within ``hold_s`` of the holder stopping. The proxy
+        passes three times its cadence. ``None``: every experiment, held or not (a manual
+        pass; still never doubled).
 
         The decisions due are read from the log (:mod:`autoexp.expiry`: from the
         experiment's cursor once, then only what was appended since the last pass); they
@@ -481,18 +493,28 @@ class Engine(Deciding):
         and the store writes go without the engine's state lock, so decisions are not
         held up. Call it on a cadence (the proxy does).
         """
+        if hold_s is not None and (
+            isinstance(hold_s, bool)
+            or not isinstance(hold_s, numbers.Real)
+            or not 0.001 <= hold_s <= 86_400
+        ):
+            raise ConfigError(f"hold_s: must be seconds in [0.001, 86400] or None (got {hold_s!r})")
         now = self._clock()
         done = 0
         with self._expiring:  # one pass at a time in this replica
             for live in self._live.values():
                 if live.spec.default_reward is not None:
-                    done += self._expire(live, live.spec.default_reward, now)
+                    done += self._expire(live, live.spec.default_reward, now, hold_s)
         return done
 
-    def _expire(self, live: Live, default: float, now: float) -> int:
+    def _expire(self, live: Live, default: float, now: float, hold_s: float | None) -> int:
         name = live.spec.name
         with self._log_lock:
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
+        # (pid: workers forked from one parent hold apart; host: containers are all pid 1)
+        holder = f"{socket.gethostname()}:{os.getpid()}:{self._holder_tag}"
+        if hold_s is not None and not self.store.hold(name, "expire", holder, float(hold_s)):
+            return 0  # another replica reads the log and applies the defaults
         due = self._scans.due(self.store, live.spec, now)
         done = 0
         for start in range(0, len(due), 1_000):

@@ -234,7 +234,9 @@ def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[Non
             while True:
                 await asyncio.sleep(every_s)
                 try:
-                    await asyncio.to_thread(engine.expire)
+                    # one replica of those sharing the store reads the log for all; another
+                    # takes over within three rounds of it stopping
+                    await asyncio.to_thread(engine.expire, hold_s=min(3 * every_s, 86_400.0))
                 except StoreError as e:  # the store is down: the next round tries again
                     log.warning("autoexp: expiring rewards failed: %s", e)
 

@@ -220,6 +220,15 @@ class Store(Protocol):
 
     def set(self, experiment: str, name: str, value: str) -> None: ...
 
+    def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder``, for ``ttl_s`` seconds from
+        now: ``True`` if ``holder`` holds it after the call (it was free, its time had run
+        out, or it was ``holder``'s already), ``False`` if another holder's time has not
+        run out. One atomic step, so two replicas never both hold it (on one machine's
+        clock for SQLite; Redis's own clock for Redis). A chore one replica should do for
+        all (reading the whole log to expire rewards) goes to whoever holds its lease."""
+        ...
+
     def experiments(self) -> list[str]:
         """Names of the experiments with anything stored, sorted."""
         ...
@@ -228,6 +237,21 @@ class Store(Protocol):
 
 
 _CONTROL = re.compile("[\x00-\x1f]")  # one search instead of a generator over characters
+
+
+def check_hold(holder: object, ttl_s: object) -> float:
+    """A :meth:`Store.hold` call's holder and time (before anything is read)."""
+    check_name("store.hold holder", holder)
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, int | float)
+        or not math.isfinite(ttl_s)
+        or not 0.001 <= ttl_s <= 86_400
+    ):
+        raise StoreError(
+            f"store.hold ttl_s: must be a number of seconds in [0.001, 86400] (got {ttl_s!r})"
+        )
+    return float(ttl_s)
 
 
 def check_name(where: str, name: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from .base import (
     UnitsInBatches,
     check_amounts,
     check_declared,
+    check_hold,
     check_name,
     check_shapes,
     check_units,
@@ -39,6 +41,7 @@ class MemoryStore(UnitsInBatches):
         self._assign: dict[str, dict[str, str]] = {}
         self._log: dict[str, list[str]] = {}
         self._meta: dict[str, dict[str, str]] = {}
+        self._holds: dict[tuple[str, str], tuple[str, float]] = {}  # holder, until (monotonic)
 
     def declare(self, experiment: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_name("store.declare experiment", experiment)
@@ -137,6 +140,18 @@ class MemoryStore(UnitsInBatches):
         check_name("store.set experiment", experiment)
         with self._lock:
             self._meta.setdefault(experiment, {})[name] = value
+
+    def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
+        check_name("store.hold experiment", experiment)
+        check_name("store.hold name", name)
+        ttl_s = check_hold(holder, ttl_s)
+        with self._lock:
+            now = time.monotonic()
+            held = self._holds.get((experiment, name))
+            if held is not None and held[0] != holder and held[1] > now:
+                return False
+            self._holds[(experiment, name)] = (holder, now + ttl_s)
+            return True
 
     def experiments(self) -> list[str]:
         with self._lock:

@@ -31,6 +31,7 @@ from .base import (
     UnitsInBatches,
     check_amounts,
     check_declared,
+    check_hold,
     check_name,
     check_shapes,
     check_units,
@@ -144,6 +145,13 @@ end
 return out
 """
 _INDEX = "autoexp:experiments"
+# KEYS[1]: the lease; ARGV: holder, time to live (ms). Redis's clock decides when it ran out.
+_HOLD = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 def _errors(where: str) -> Any:
@@ -198,6 +206,7 @@ class RedisStore(UnitsInBatches):
         self._append = self._r.register_script(_APPEND)
         self._assign = self._r.register_script(_ASSIGN)
         self._page = self._r.register_script(_PAGE_SCRIPT)
+        self._hold = self._r.register_script(_HOLD)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         self._indexed: set[str] = set()  # experiments this client has listed in _INDEX
 
@@ -390,6 +399,14 @@ class RedisStore(UnitsInBatches):
         with _errors("set"):
             self._r.hset(self._key(experiment, "meta"), name, value)
             self._index(experiment)
+
+    def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
+        check_name("store.hold experiment", experiment)
+        check_name("store.hold name", name)
+        ttl_ms = max(1, round(check_hold(holder, ttl_s) * 1000))
+        with _errors("hold"):
+            key = self._key(experiment, f"hold:{name}")
+            return bool(self._hold(keys=[key], args=[holder, ttl_ms]))
 
     def experiments(self) -> list[str]:
         with _errors("experiments"):

@@ -15,6 +15,7 @@ import json
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .base import (
     UnitsInBatches,
     check_amounts,
     check_declared,
+    check_hold,
     check_name,
     check_shapes,
     check_units,
@@ -53,6 +55,8 @@ CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, exp TEXT,
 CREATE INDEX IF NOT EXISTS log_exp ON log (exp, seq);
 CREATE TABLE IF NOT EXISTS meta (exp TEXT, name TEXT, value TEXT, PRIMARY KEY (exp, name))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (exp TEXT, name TEXT, holder TEXT, until REAL,
+    PRIMARY KEY (exp, name)) WITHOUT ROWID;
 """
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
 
@@ -327,6 +331,21 @@ class SQLiteStore(UnitsInBatches):
                 "SET value = excluded.value",
                 (experiment, name, value),
             )
+
+    def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
+        """(On the wall clock: the processes sharing the file share the machine's.)"""
+        check_name("store.hold experiment", experiment)
+        check_name("store.hold name", name)
+        ttl_s = check_hold(holder, ttl_s)
+        with self._lock, self._write():
+            now = time.time()
+            taken = self._db.execute(
+                "INSERT INTO holds VALUES (?, ?, ?, ?) ON CONFLICT (exp, name) DO UPDATE "
+                "SET holder = excluded.holder, until = excluded.until "
+                "WHERE holds.holder = excluded.holder OR holds.until <= ?",
+                (experiment, name, holder, now + ttl_s, now),
+            )
+            return taken.rowcount == 1
 
     def experiments(self) -> list[str]:
         with self._lock:

@@ -557,6 +557,50 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
     assert store.read("ranker")["policy.n"].sum() == 350.0
 
 
+def test_with_a_lease_one_replica_reads_the_log_and_another_takes_over_when_it_stops(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replicas expiring on a cadence each read the whole shared log: N replicas, N times
+    # the work. With hold_s, the lease's holder reads it and applies every replica's
+    # defaults; the others read nothing. When the holder stops renewing, the next to call
+    # after hold_s takes over from the shared cursor, and every silent decision still gets
+    # the default exactly once. The lease runs on the store's clock (real time), the join
+    # windows on the engines' (the test's).
+    clock = Clock()
+    options = {"join_window_s": 60.0, "default_reward": 0.0}
+    a = Engine(store, [spec(**options)], secret=SECRET, seed=41, clock=clock, log_flush_s=0.0)
+    b = Engine(store, [spec(**options)], secret=SECRET, seed=42, clock=clock, log_flush_s=0.0)
+    real = store.lines
+    read: list[int] = []
+
+    def counted(name: str, **kwargs: Any) -> list[str]:
+        out = real(name, **kwargs)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(store, "lines", counted)
+    first = [a.decide("ranker") for _ in range(30)] + [b.decide("ranker") for _ in range(30)]
+    b.flush()
+    assert a.expire(hold_s=0.4) == 0 and sum(read) == 60  # a holds the lease: reads it all
+    read[:] = []
+    first += [b.decide("ranker") for _ in range(10)]
+    assert b.expire(hold_s=0.4) == 0 and read == []  # b does not hold it: reads nothing
+    assert len(real("ranker")) == 70  # but its pass wrote its own decisions to the log
+    clock.now += 61
+    assert b.expire(hold_s=0.4) == 0 and a.expire(hold_s=0.4) == 70  # b's included
+    second = [b.decide("ranker") for _ in range(20)]
+    time.sleep(0.6)  # a stops renewing; its lease runs out
+    clock.now += 61
+    assert b.expire(hold_s=0.4) == 20  # b took over where a's pass left the cursor
+    assert a.expire(hold_s=0.4) == 0  # and now b holds it
+    assert a.expire() == 0  # a manual pass (no lease) finds everything settled
+    defaults = [r["decision_id"] for r in store.records("ranker") if r.get("source") == "default"]
+    assert sorted(defaults) == sorted(d.id for d in first + second)  # each once
+    assert store.read("ranker")["policy.n"].sum() == 90.0
+    with pytest.raises(ConfigError, match="hold_s"):
+        a.expire(hold_s=0.0)
+
+
 @pytest.mark.parametrize(
     ("context", "match"),
     [

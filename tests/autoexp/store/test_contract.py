@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -164,6 +165,62 @@ def test_meta_and_experiments(store: Any) -> None:
     assert store.get("exp", "status") == "promoted"
     store.declare("other", SHAPES)
     assert store.experiments() == ["exp", "other"]
+
+
+def test_a_lease_is_held_by_one_holder_until_its_time_runs_out(store: Any) -> None:
+    assert store.hold("exp", "expire", "a", 0.3) is True
+    assert store.hold("exp", "expire", "b", 60) is False  # a's time has not run out
+    assert store.hold("exp", "expire", "a", 0.3) is True  # renewed by its holder
+    assert store.hold("other", "expire", "b", 60) is True  # one lease per experiment...
+    assert store.hold("exp", "report", "b", 60) is True  # ...and name
+    time.sleep(0.5)  # a renewed for 0.3 s: run out now (Redis keeps PX to the millisecond)
+    assert store.hold("exp", "expire", "b", 60) is True
+    assert store.hold("exp", "expire", "a", 60) is False
+    assert store.get("exp", "expire") is None  # a lease is not metadata
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("", 1.0), "holder"),
+        (("a\n", 1.0), "holder"),
+        (("a", 0.0), "ttl_s"),
+        (("a", float("nan")), "ttl_s"),
+        (("a", True), "ttl_s"),
+        (("a", 1e9), "ttl_s"),
+    ],
+)
+def test_a_bad_hold_is_refused_and_takes_nothing(store: Any, args: Any, match: str) -> None:
+    with pytest.raises(StoreError, match=match):
+        store.hold("exp", "expire", *args)
+    assert store.hold("exp", "expire", "b", 60) is True
+
+
+def test_of_many_clients_holding_at_once_exactly_one_gets_the_lease(durable_store: Any) -> None:
+    # 8 clients of one store (8 connections to SQLite's file or to Redis) race for a
+    # free lease, 20 rounds: each round exactly one wins (the step is atomic).
+    clients = [open_store(durable_store.url) for _ in range(8)]
+    try:
+        for r in range(20):
+            start = threading.Barrier(len(clients))
+            won: list[int] = []
+
+            def race(i: int, round_: int, barrier: threading.Barrier, won: list[int]) -> None:
+                barrier.wait(timeout=30)
+                if clients[i].hold("exp", f"round-{round_}", f"c{i}", 60):
+                    won.append(i)
+
+            threads = [
+                threading.Thread(target=race, args=(i, r, start, won)) for i in range(len(clients))
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=60)
+            assert len(won) == 1, (r, won)
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_concurrent_adds_lose_nothing(store: Any) -> None:
