@@ -514,18 +514,20 @@ def test_defaults_reach_a_crashed_replicas_decisions(store: Any) -> None:
     assert store.read("ranker")["policy.sum_reward"].sum() == 1.0
 
 
-def test_expire_reads_each_record_once_and_defaults_each_decision_once(
-    store: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # expire used to re-read the log from the first open decision on every pass: a whole
-    # join window of records every 10 s, under the engine's lock (stalls of 0.3-0.5 s in
-    # the proxy at 3k requests/s). A replica now reads each record once; another replica
-    # catches up from the shared cursor; between them every unrewarded decision gets the
-    # default exactly once. The store is real; only its reads are counted.
+def expiring(
+    store: Any, monkeypatch: pytest.MonkeyPatch, *seeds: int
+) -> tuple[Clock, Any, list[int], list[Engine]]:
+    """Replicas on ``store`` (one per seed, a 60 s join window, default reward 0, no
+    background writer) on one test clock; the store's ``lines`` (the log, as expire reads
+    it: their heads, see records.outline) counted, each page's length appended to the
+    list returned; and the real ``lines``, uncounted."""
     clock = Clock()
     options = {"join_window_s": 60.0, "default_reward": 0.0}
-    a = Engine(store, [spec(**options)], secret=SECRET, seed=21, clock=clock, log_flush_s=0.0)
-    real = store.lines  # expire reads the log's lines (their heads, see records.outline)
+    engines = [
+        Engine(store, [spec(**options)], secret=SECRET, seed=s, clock=clock, log_flush_s=0.0)
+        for s in seeds
+    ]
+    real = store.lines
     read: list[int] = []
 
     def counted(name: str, **kwargs: Any) -> list[str]:
@@ -534,6 +536,18 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
         return out
 
     monkeypatch.setattr(store, "lines", counted)
+    return clock, real, read, engines
+
+
+def test_expire_reads_each_record_once_and_defaults_each_decision_once(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # expire used to re-read the log from the first open decision on every pass: a whole
+    # join window of records every 10 s, under the engine's lock (stalls of 0.3-0.5 s in
+    # the proxy at 3k requests/s). A replica now reads each record once; another replica
+    # catches up from the shared cursor; between them every unrewarded decision gets the
+    # default exactly once. The store is real; only its reads are counted.
+    clock, real, read, (a,) = expiring(store, monkeypatch, 21)
     made = [a.decide("ranker") for _ in range(300)]
     a.reward_many([(d, 1.0) for d in made[::3]])  # 100 rewarded, 200 silent
     assert a.expire() == 0
@@ -544,7 +558,9 @@ def test_expire_reads_each_record_once_and_defaults_each_decision_once(
     assert a.expire() == 0
     assert sum(read) == len(real("ranker")) - seen == 50  # only what was appended
     clock.now += 31  # the first 300's window closed, not the last 50's
-    b = Engine(store, [spec(**options)], secret=SECRET, seed=22, clock=clock)
+    b = Engine(
+        store, [spec(join_window_s=60.0, default_reward=0.0)], secret=SECRET, seed=22, clock=clock
+    )
     assert b.expire() == 200 and a.expire() == 0  # b settled them; a follows the cursor
     read[:] = []
     store.set("ranker", "expire_cursor", "0")  # as a slow replica's older pass could
@@ -566,19 +582,7 @@ def test_with_a_lease_one_replica_reads_the_log_and_another_takes_over_when_it_s
     # after hold_s takes over from the shared cursor, and every silent decision still gets
     # the default exactly once. The lease runs on the store's clock (real time), the join
     # windows on the engines' (the test's).
-    clock = Clock()
-    options = {"join_window_s": 60.0, "default_reward": 0.0}
-    a = Engine(store, [spec(**options)], secret=SECRET, seed=41, clock=clock, log_flush_s=0.0)
-    b = Engine(store, [spec(**options)], secret=SECRET, seed=42, clock=clock, log_flush_s=0.0)
-    real = store.lines
-    read: list[int] = []
-
-    def counted(name: str, **kwargs: Any) -> list[str]:
-        out = real(name, **kwargs)
-        read.append(len(out))
-        return out
-
-    monkeypatch.setattr(store, "lines", counted)
+    clock, real, read, (a, b) = expiring(store, monkeypatch, 41, 42)
     first = [a.decide("ranker") for _ in range(30)] + [b.decide("ranker") for _ in range(30)]
     b.flush()
     assert a.expire(hold_s=0.4) == 0 and sum(read) == 60  # a holds the lease: reads it all
