@@ -1,7 +1,7 @@
 """Where the proxy's CPU goes per request, function by function, measured inside it.
 
-    python benchmarks/proxy_parts.py [--store sqlite|redis] [--repeats 2] [--quick]
-                                     [--out benchmarks/results/proxy_parts.json]
+    python benchmarks/proxy_parts.py [--store sqlite|redis] [--workers 1|2] [--repeats 2]
+                                     [--quick] [--out benchmarks/results/proxy_parts.json]
 
 ``benchmarks/proxy.py`` gives the CPU per request of the whole proxy process; this splits
 it. The same proxy as its ``autoexp sqlite`` (or ``autoexp redis``) row (the real CLI, one
@@ -13,7 +13,9 @@ thread's CPU (``/proc``) are read before and after; their differences over the r
 answered are the figures: calls per request, microseconds per call, microseconds per
 request. The event loop's thread (``main``) and the others (the log writer, the reward
 applier, ``expire``'s) are given apart, and ``gc`` is the garbage collector's passes.
-``--connections 1`` measures one request at a time (wrk's threads follow).
+``--connections 1`` measures one request at a time (wrk's threads follow). ``--workers 2``
+measures the ``x2`` row's proxy: both workers' figures summed (each writes its own totals),
+over all the requests they answered, so a part's ``us/req`` compares with one worker's.
 
 ``Engine.try_decide``, and ``Engine.reward_each`` in batches of 100 (about the reward
 applier's in these runs), are then timed here in a tight loop on a fresh engine of the
@@ -75,10 +77,22 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
-def read_parts(path: Path) -> dict[str, list[int]]:
-    """The hook's latest totals: function to [calls, thread CPU ns]."""
-    parts: dict[str, list[int]] = json.loads(path.read_text())["parts"]
-    return parts
+def read_parts(paths: list[Path]) -> dict[str, list[int]]:
+    """The hook's latest totals, summed over the processes that wrote ``paths``: function
+    to [calls, thread CPU ns]."""
+    summed: dict[str, list[int]] = {}
+    for path in paths:
+        for name, (calls, ns) in json.loads(path.read_text())["parts"].items():
+            total = summed.setdefault(name, [0, 0])
+            total[0] += calls
+            total[1] += ns
+    return summed
+
+
+def threads_cpu_s(pids: list[int]) -> dict[str, float]:
+    """:func:`thread_cpu_s` summed over processes."""
+    each = [thread_cpu_s(pid) for pid in pids]
+    return {k: sum(e[k] for e in each) for k in ("main", "other")}
 
 
 def per_request(
@@ -130,24 +144,27 @@ def hot_us(store_url: str, calls: int = HOT_CALLS) -> dict[str, float]:
     }
 
 
-def measure(store: str, s: Any, out: Path, progress: Any) -> dict[str, Any]:
+def measure(store: str, s: Any, folder: Path, progress: Any, workers: int = 1) -> dict[str, Any]:
     """One run: the proxy with the hook, warm-up, then c64 with readings around it."""
 
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BENCH_PARTS_OUT", "BENCH_PARTS_FUNCS")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HOOK), *filter(None, [saved["PYTHONPATH"]])])
-    os.environ["BENCH_PARTS_OUT"] = str(out)
+    os.environ["BENCH_PARTS_OUT"] = str(folder / "parts-{pid}.json")
     os.environ["BENCH_PARTS_FUNCS"] = ",".join(PARTS)
+    row = f"autoexp {store}" + (" x2" if workers == 2 else "")
     try:
-        with serving(f"autoexp {store}", s) as (port, services, _):
+        with serving(row, s) as (port, services, _):
             url = f"http://127.0.0.1:{port}{PATH}"
-            pid = services[0].proc.pid  # one worker: the CLI's own process
+            # the workers: a supervisor's children, or the CLI's own process
+            pids = services[0].pids()[1:] or services[0].pids()
+            outs = [folder / f"parts-{pid}.json" for pid in pids]
             wrk(url, connections=s.connections, threads=s.threads, duration_s=s.warmup_s)
-            progress(f"{store}: c{s.connections}")
+            progress(f"{row}: c{s.connections}")
             time.sleep(0.5)  # the applier's last batch, and the hook's next dump
-            parts_before, threads_before = read_parts(out), thread_cpu_s(pid)
+            parts_before, threads_before = read_parts(outs), threads_cpu_s(pids)
             load = wrk(url, connections=s.connections, threads=s.threads, duration_s=s.duration_s)
             time.sleep(0.5)
-            parts_after, threads_after = read_parts(out), thread_cpu_s(pid)
+            parts_after, threads_after = read_parts(outs), threads_cpu_s(pids)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -248,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, help="seconds of load per run (10; quick: 3)")
     parser.add_argument("--warmup-s", type=float, help="seconds of warm-up per run (3; quick: 1)")
     parser.add_argument("--connections", type=int, default=64, help="wrk's load (64)")
+    parser.add_argument(
+        "--workers", type=int, choices=(1, 2), default=1, help="the proxy's workers (1)"
+    )
     args = parser.parse_args(argv)
     duration = args.duration_s or (3.0 if args.quick else 10.0)
     warmup = args.warmup_s or (1.0 if args.quick else 3.0)
@@ -277,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for repeat in range(args.repeats):
             progress(f"{args.store}: run {repeat + 1} of {args.repeats}")
-            runs.append(measure(args.store, setting, folder / f"parts-{repeat}.json", progress))
+            run_folder = folder / f"run-{repeat}"
+            run_folder.mkdir()
+            runs.append(measure(args.store, setting, run_folder, progress, args.workers))
             hot_url = (
                 f"sqlite:///{folder}/hot-{repeat}.db"
                 if redis_url is None
@@ -295,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "source": source(),
             "config": {
                 "store": args.store,
+                "workers": args.workers,
                 "duration_s": duration,
                 "warmup_s": warmup,
                 "connections": args.connections,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.proxy_parts import HOOK, PARTS, per_request, summarise, table
+from benchmarks.proxy_parts import HOOK, PARTS, per_request, read_parts, summarise, table
 
 TARGET = """\
 import time
@@ -101,6 +101,24 @@ def test_the_garbage_collectors_passes_are_timed(tmp_path: Path) -> None:
     run_hooked(tmp_path, {"BENCH_PARTS_OUT": str(out), "BENCH_PARTS_EVERY_S": "0.05"}, script)
     calls, ns = json.loads(out.read_text())["parts"]["gc"]
     assert calls >= 3 and ns > 0  # the three asked for, and any the interpreter ran
+
+
+def test_each_process_writes_its_own_totals_and_they_are_read_summed(tmp_path: Path) -> None:
+    # --workers 2: every worker loads the hook with the same BENCH_PARTS_OUT; a "{pid}"
+    # in it gives each its own file, and read_parts sums them
+    funcs = "target:spin,target:K.m"
+    env = {"BENCH_PARTS_OUT": str(tmp_path / "parts-{pid}.json"), "BENCH_PARTS_FUNCS": funcs}
+    env["BENCH_PARTS_EVERY_S"] = "0.05"
+    for _ in range(2):
+        run_hooked(tmp_path, env)
+    outs = sorted(tmp_path.glob("parts-*.json"))
+    assert len(outs) == 2 and not list(tmp_path.glob("*{pid}*"))
+    for out in outs:
+        assert out.name == f"parts-{json.loads(out.read_text())['pid']}.json"
+    summed = read_parts(outs)
+    assert summed["target:spin"][0] == 12 and summed["target:K.m"][0] == 6  # 6 and 3 each
+    each = [json.loads(out.read_text())["parts"]["target:spin"][1] for out in outs]
+    assert summed["target:spin"][1] == sum(each)
 
 
 STUBBED = """\

@@ -5,7 +5,9 @@ Does nothing unless ``BENCH_PARTS_OUT`` names a file. Then each function named i
 ``BENCH_PARTS_FUNCS`` (``module:Qualified.name`` separated by commas; coroutine functions
 are timed from their first step to their return) is wrapped at start-up, and every
 ``BENCH_PARTS_EVERY_S`` (0.2 s) the totals are written to that file as JSON:
-``{"pid": ..., "parts": {"module:name": [calls, thread CPU ns], ...}}``. Times are
+``{"pid": ..., "parts": {"module:name": [calls, thread CPU ns], ...}}`` (a ``{pid}`` in
+the file's name is replaced by the process's: each worker of ``--workers N`` writes its
+own). Times are
 inclusive (a function timed inside another counts in both) and each call adds two
 ``time.thread_time_ns`` reads (about 0.2 us here) to the figures. ``gc`` is the garbage
 collector's passes (calls and the CPU of the thread they ran in), timed by its callbacks.
@@ -77,13 +79,14 @@ def _install(out: str, names: list[str], every_s: float) -> None:
         _wrap(owner, attr, name, totals, lock)
 
     def dump() -> None:
+        path = out.replace("{pid}", str(os.getpid()))
         while True:
             time.sleep(every_s)
             with lock:
                 text = json.dumps({"pid": os.getpid(), "parts": totals})
-            with open(out + ".tmp", "w") as f:
+            with open(path + ".tmp", "w") as f:
                 f.write(text)
-            os.replace(out + ".tmp", out)  # a reader never sees half a file
+            os.replace(path + ".tmp", path)  # a reader never sees half a file
 
     # the garbage collector's passes, in whichever thread's allocation set them off
     totals["gc"] = [0, 0]
