@@ -161,6 +161,13 @@ def measure(store: str, s: Any, folder: Path, progress: Any, workers: int = 1) -
             wrk(url, connections=s.connections, threads=s.threads, duration_s=s.warmup_s)
             progress(f"{row}: c{s.connections}")
             time.sleep(0.5)  # the applier's last batch, and the hook's next dump
+            missing = [out.name for out in outs if not out.exists()]
+            if missing:  # (seen once with two workers; not understood)
+                log = services[0].log.read_text(errors="replace")[-2_000:]
+                raise RuntimeError(
+                    f"proxy_parts: no totals from {missing} after the warm-up (workers {pids}, "
+                    f"now {services[0].pids()[1:]}); the proxy's log ends:\n{log}"
+                )
             parts_before, threads_before = read_parts(outs), threads_cpu_s(pids)
             load = wrk(url, connections=s.connections, threads=s.threads, duration_s=s.duration_s)
             time.sleep(0.5)
