@@ -513,8 +513,10 @@ class Engine(Deciding):
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
         # (pid: workers forked from one parent hold apart; host: containers are all pid 1)
         holder = f"{socket.gethostname()}:{os.getpid()}:{self._holder_tag}"
-        if hold_s is not None and not self.store.hold(name, "expire", holder, float(hold_s)):
-            return 0  # another replica reads the log and applies the defaults
+        if hold_s is not None:
+            live.expire_held = self.store.hold(name, "expire", holder, float(hold_s))
+            if not live.expire_held:
+                return 0  # another replica reads the log and applies the defaults
         due = self._scans.due(self.store, live.spec, now)
         done = 0
         for start in range(0, len(due), 1_000):
@@ -523,6 +525,7 @@ class Engine(Deciding):
             self._scans.settled(name, chunk)
         self._scans.save(self.store, name)
         if done:
+            live.defaults += done
             self._tick(live)
         return done
 
@@ -614,6 +617,8 @@ class Engine(Deciding):
                 "status": [STATUS[s] for s in live.status[0]],
                 "version": live.version,
                 "late_rewards": live.late,
+                "defaults_applied": live.defaults,
+                "expire_held": live.expire_held,
                 "unlogged": len(live.buffer),
                 "store_ok": self._down is None,
                 "store_error": None if self._down is None else str(self._down),

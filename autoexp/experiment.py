@@ -255,6 +255,10 @@ class Live:
     since_refresh: int = 0
     refresh_due: bool = False  # decide's cadence reached: the background writer refreshes
     late: int = 0
+    # expire: whether this replica held the experiment's lease at its last pass (None:
+    # no pass with a lease yet), and the default rewards it applied
+    expire_held: bool | None = None
+    defaults: int = 0
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
     row_json: str = "[]"  # the row as the decision log writes it (autoexp.records)
     cumulative: list[float] = field(default_factory=list)

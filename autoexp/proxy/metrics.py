@@ -9,7 +9,10 @@ per experiment: whether it is paused, the conservative budget left
 (``autoexp_budget_remaining``, in reward units), the last lifecycle change of each
 alternative with who made it and why (``autoexp_last_change_time_seconds``, labelled with
 the new state, ``by`` rule or operator, the test or guardrail and its reason), the
-allocation version, late rewards refused, decisions not yet logged; the store's health
+allocation version, late rewards refused, decisions not yet logged, the default rewards
+this replica applied (``autoexp_defaults_applied_total``) and whether it holds the
+experiment's expire lease (``autoexp_expire_holder``: 1 on exactly one replica of those
+sharing the store; absent before the first pass); the store's health
 (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
@@ -64,6 +67,16 @@ class _EngineCollector(Collector):
         )
         unlogged = GaugeMetricFamily(
             "autoexp_unlogged_decisions", "Decisions not yet written", labels=["experiment"]
+        )
+        defaults = CounterMetricFamily(
+            "autoexp_defaults_applied",
+            "Default rewards this replica applied to decisions whose join window closed",
+            labels=["experiment"],
+        )
+        holder = GaugeMetricFamily(
+            "autoexp_expire_holder",
+            "1 while this replica holds the experiment's expire lease (applies the defaults)",
+            labels=["experiment"],
         )
         store_up = GaugeMetricFamily("autoexp_store_up", "1 while the store answers")
         bounds = {
@@ -151,8 +164,12 @@ class _EngineCollector(Collector):
             version.add_metric([name], st["version"])
             late.add_metric([name], st["late_rewards"])
             unlogged.add_metric([name], st["unlogged"])
+            defaults.add_metric([name], st["defaults_applied"])
+            if st["expire_held"] is not None:
+                holder.add_metric([name], 1.0 if st["expire_held"] else 0.0)
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
+        yield from (defaults, holder)
         yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
         if self.forwarder is not None:
             events = CounterMetricFamily(

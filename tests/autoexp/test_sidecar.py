@@ -351,6 +351,75 @@ def test_async_alternatives_over_a_sidecar(sidecar: Sidecar) -> None:
         assert a.result == (-1 if a.decision.arm else 1) * abs(a.result)
 
 
+def expiring_metrics(side: Sidecar) -> tuple[float | None, float]:
+    """The sidecar's ``autoexp_expire_holder`` (None: absent) and
+    ``autoexp_defaults_applied_total`` for the experiment, scraped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{side.url}/_autoexp/metrics", timeout=10).text
+    got = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("experiment") == "ranker"
+    }
+    return got.get("autoexp_expire_holder"), got["autoexp_defaults_applied_total"]
+
+
+def test_one_sidecar_of_two_applies_the_defaults_and_the_other_takes_over(
+    durable_store: Any,
+) -> None:
+    # Two sidecars (replicas, each its own store client) expire every 0.5 s under the
+    # lease (held 1.5 s: a holder would have to stall for a second to lose it): the
+    # metrics say which one holds it, and it alone applies every replica's defaults. When
+    # it stops, the other takes over once the lease ran out and applies the rest; each
+    # silent decision gets its default once.
+    from autoexp.store import open_store
+
+    options = {"join_window_s": 0.3, "default_reward": 0.0}
+    sides = [
+        Sidecar(
+            Engine(store, [spec(**options)], secret=SECRET, seed=seed, log_flush_s=0.02),
+            expire_every_s=0.5,
+        )
+        for seed, store in ((51, durable_store), (52, open_store(durable_store.url)))
+    ]
+    try:
+        for side in sides:
+            for _ in range(10):
+                side.engine.decide("ranker")
+
+        def applied() -> list[int]:
+            return [side.engine.status("ranker")["defaults_applied"] for side in sides]
+
+        deadline = time.monotonic() + 20
+        while sum(applied()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(applied()) == [0, 20]  # one replica applied all twenty
+        scraped = sorted(expiring_metrics(side) for side in sides)
+        assert scraped == [(0.0, 0.0), (1.0, 20.0)]
+        holder = next(side for side in sides if expiring_metrics(side)[0] == 1.0)
+        other = next(side for side in sides if side is not holder)
+        holder.close()
+        holder.engine.store.close()
+        sides.remove(holder)
+        for _ in range(5):
+            other.engine.decide("ranker")
+        deadline = time.monotonic() + 20
+        while other.engine.status("ranker")["defaults_applied"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert expiring_metrics(other) == (1.0, 5.0)  # it holds the lease now
+        other.engine.flush()
+        records = other.engine.store.records("ranker")
+        defaults = [r["decision_id"] for r in records if r.get("source") == "default"]
+        decided = [r["decision_id"] for r in records if r.get("type") == "decision"]
+        assert len(decided) == 25 and sorted(defaults) == sorted(decided)  # each once
+    finally:
+        for side in sides:
+            side.close()
+            side.engine.store.close()
+
+
 def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
     # Redis stopped under a running sidecar: once the engine has noticed (its background
     # log writer fails within the 0.3 s socket timeout), decide and rewards answer 503
