@@ -483,7 +483,9 @@ class Engine(Deciding):
         then leave the reading of the whole log to one of them, instead of each reading it
         all, and another takes over within ``hold_s`` of the holder stopping. The proxy
         passes three times its cadence. ``None``: every experiment, held or not (a manual
-        pass; still never doubled).
+        pass). The lease saves work only: correctness does not rest on it, since the store
+        applies a decision's reward at most once whoever applies it (a holder stalled past
+        its lease and its successor may run a pass together, and double nothing).
 
         The decisions due are read from the log (:mod:`autoexp.expiry`: from the
         experiment's cursor once, then only what was appended since the last pass); they
