@@ -20,7 +20,7 @@ from .context import decision_context
 from .draws import Draft, Ids
 from .errors import RequestError, StoreError, UnknownExperimentError
 from .experiment import Decision, Live, draw, make_decision, served
-from .records import decision_line, floats_json
+from .records import decision_line, float_text, floats_json
 from .tokens import Ticket, sign
 from .units import Units, hashed
 
@@ -217,17 +217,18 @@ class Deciding:
             now + spec.token_ttl_s,
             None if dim is None else tuple(d.features),  # type: ignore[arg-type]
         )
-        token = sign(self._keys, ticket)
+        when = float_text(now)  # in the token and the record, its digits found once
+        token = sign(self._keys, ticket, issued=when)
         live.buffer.append(
             decision_line(  # JSON text (autoexp.records)
                 decision_id=d.id,
-                time=now,
+                time=when,
                 experiment=name,
                 unit_hash=d.unit_hash,
                 context=None if d.features is None else floats_json(d.features),
                 arm=arm,
                 alternative=d.names[arm],
-                propensity=row[arm],
+                propensity=live.row_texts[arm] if row is live.row else float_text(row[arm]),
                 allocation=live.row_json if row is live.row else floats_json(row),
                 policy=spec.policy.name,
                 version=d.version,

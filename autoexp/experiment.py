@@ -261,6 +261,7 @@ class Live:
     defaults: int = 0
     row: tuple[float, ...] = ()  # the allocation as plain floats, and its running sums
     row_json: str = "[]"  # the row as the decision log writes it (autoexp.records)
+    row_texts: tuple[str, ...] = ()  # each of its numbers so written (a propensity)
     cumulative: list[float] = field(default_factory=list)
     buffer: list[Any] = field(default_factory=list)  # decisions not yet logged (records)
     # a contextual policy's allocations served since the last refresh: their sum and count

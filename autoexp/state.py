@@ -20,7 +20,7 @@ from policies.safety import restricted_allocation
 from .experiment import ExperimentSpec, Live, part, served
 from .generate import generated_allocation, generation_active
 from .lifecycle import look
-from .records import floats_json
+from .records import float_text, floats_json
 from .store.base import Columns, Store
 from .tokens import Ticket
 
@@ -73,6 +73,7 @@ def install(
     live.allocation = served(alloc, status, paused)
     live.row = tuple(float(x) for x in live.allocation)
     live.row_json = floats_json(live.row)
+    live.row_texts = tuple(map(float_text, live.row))
     live.cumulative = np.cumsum(live.allocation).tolist()
     live.version += 1
     live.since_refresh = 0

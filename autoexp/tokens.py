@@ -109,12 +109,16 @@ def _digest(key: bytes, payload: bytes) -> bytes:
     return bytes(h.digest())
 
 
-def sign(keys: Sequence[bytes], ticket: Ticket) -> str:
-    """The token of ``ticket``, signed with the first key."""
+def sign(keys: Sequence[bytes], ticket: Ticket, *, issued: str | None = None) -> str:
+    """The token of ``ticket``, signed with the first key; ``issued``: ``repr`` of
+    ``ticket.issued`` if the caller has it already (the engine writes it in the
+    decision's record too: one float's digits cost more than the rest of the head)."""
     propensities = _propensities(ticket.propensity)
     if "|" in ticket.id or propensities is None:
         raise ValueError(f"ticket: id without '|' and finite propensities (got {ticket!r})")
-    head = f"|{ticket.id}|{ticket.arm:d}|{ticket.issued!r}|{ticket.expires!r}|{propensities}|"
+    if issued is None:
+        issued = repr(ticket.issued)
+    head = f"|{ticket.id}|{ticket.arm:d}|{issued}|{ticket.expires!r}|{propensities}|"
     if ticket.context is None:
         payload = f"1{head}{ticket.experiment}".encode()
     else:

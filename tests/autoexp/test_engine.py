@@ -22,7 +22,7 @@ from autoexp.errors import (
 )
 from autoexp.experiment import Decision, make_decision
 from autoexp.store.memory import MemoryStore
-from autoexp.tokens import Ticket, keys_from, sign
+from autoexp.tokens import Ticket, keys_from, sign, verify
 from policies import ConservativeBudget, OffPolicyCS, ThompsonBeta, TrafficCap
 from policies.greedy import EpsilonGreedy
 from policies.safety import Guardrail
@@ -56,8 +56,8 @@ def snapshot(store: Any) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
 def test_decisions_follow_the_allocation_and_are_logged(store: Any) -> None:
     engine = Engine(store, [spec()], secret=SECRET, seed=1)
     # a fresh Thompson inside a 50% cap: 50/50
-    arms = [engine.decide("ranker").arm for _ in range(400)]
-    share = np.mean(arms)
+    decisions = [engine.decide("ranker") for _ in range(400)]
+    share = np.mean([d.arm for d in decisions])
     assert abs(share - 0.5) <= 4 * math.sqrt(0.25 / 400)  # 4 binomial SE
     engine.flush()  # the log is written in groups, in the background
     log = store.records("ranker")
@@ -66,6 +66,13 @@ def test_decisions_follow_the_allocation_and_are_logged(store: Any) -> None:
     assert first["type"] == "decision"
     assert first["propensity"] == first["allocation"][first["arm"]]
     assert sum(first["allocation"]) == pytest.approx(1.0)
+    # a record and its decision's token carry the same time and propensity (their texts
+    # are written once for both)
+    for decision, record in zip(decisions, log, strict=True):
+        ticket = verify(keys_from(SECRET), decision.token, now=record["time"])
+        assert (ticket.id, ticket.arm) == (record["decision_id"], record["arm"])
+        assert ticket.issued == record["time"] == decision.ticket.issued
+        assert ticket.propensity[ticket.arm] == record["propensity"] == decision.propensity
 
 
 def test_rewards_move_traffic_and_promote_the_better_alternative(store: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoexp.records import decision_line, floats_json, outline, reward_lines
+from autoexp.records import decision_line, float_text, floats_json, outline, reward_lines
 from autoexp.store.base import dumps
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -72,13 +72,13 @@ def test_a_decision_line_is_the_record_the_encoder_writes(
     }
     line = decision_line(
         decision_id=did,
-        time=time,
+        time=float_text(time),
         experiment=experiment,
         unit_hash=unit,
         context=None if context is None else floats_json(context),
         arm=arm,
         alternative=alternative,
-        propensity=row[0],
+        propensity=float_text(row[0]),
         allocation=floats_json(row),
         policy=policy,
         version=version,
@@ -141,13 +141,13 @@ def test_outline_reads_the_engines_own_lines_without_parsing_them(
     # gives what parsing gives.
     decision = decision_line(
         decision_id="1a21d2de423cdce34b51649f",
-        time=1795785876.515372,
+        time=float_text(1795785876.515372),
         experiment="bench",
         unit_hash=None,
         context=None,
         arm=1,
         alternative="deeper",
-        propensity=0.1,
+        propensity=float_text(0.1),
         allocation=floats_json([0.9, 0.1]),
         policy="traffic-cap",
         version=3,
