@@ -184,21 +184,28 @@ def test_another_process_logs_a_record_without_declaring(durable_store: Any) -> 
         durable_store.add("nobody", {}, record={"type": "x"})
 
 
-@pytest.mark.parametrize("bulk", [True, False], ids=["json_each", "executemany"])
-def test_sqlite_batches_keep_records_exact_and_in_order(tmp_path: Path, bulk: bool) -> None:
-    """A batch of log lines is inserted in one statement (SQLite's ``json_each``) where
-    the library has the JSON functions, row by row otherwise: either way each record
-    reads back equal to what was written, floats to the last bit, in order."""
+@pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 700])
+def test_sqlite_batches_keep_records_exact_and_in_order(tmp_path: Path, n: int) -> None:
+    """A batch of log lines (and of reward ids) goes in as statements of 2**k rows, at
+    most ROWS_MAX: for batch sizes on both sides of each split, every record reads back
+    equal to what was written, floats to the last bit, in order, and every id counts."""
+    from autoexp.store.sqlite import ROWS_MAX
+
+    assert ROWS_MAX == 256  # the sizes above straddle it
     store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
-    store._json = bulk and store._json  # the row-by-row path, as on an SQLite without JSON
     store.declare("e", {"n": (2,)})
+    store.declare("other", {"n": (2,)})
     rng = np.random.default_rng(3)
     records = [
-        {"i": i, "x": float(v), "tiny": float(v) * 1e-300, "s": f'é"\\{i}\u2028', "n": None}
-        for i, v in enumerate(rng.standard_normal(300))
+        {"i": i, "x": float(v), "tiny": float(v) * 1e-300, "s": f'é"\\{i}\u2028\n', "n": None}
+        for i, v in enumerate(rng.standard_normal(2 * n))
     ]
-    store.append("e", records[:150])
-    items = [(f"r{i}", [("n", i % 2, 1.0)], r) for i, r in enumerate(records[150:])]
-    assert store.add_many("e", items + items[:3]) == [True] * 150 + [False] * 3
+    store.append("e", records[:n])
+    store.append("other", [{"i": -1}])  # another experiment's record between the batches
+    items = [(f"r{i}", [("n", i % 2, 1.0)], r) for i, r in enumerate(records[n:])]
+    assert store.add_many("e", items + items[:3]) == [True] * n + [False] * min(3, n)
     assert store.records("e") == records
-    assert store.read("e")["n"].tolist() == [75.0, 75.0]
+    assert store.records("other") == [{"i": -1}]
+    assert store.read("e")["n"].tolist() == [float((n + 1) // 2), float(n // 2)]
+    # each id was recorded: none applies again, alone or in a batch
+    assert store.add_many("e", items[-2:]) == [False] * min(2, n)
