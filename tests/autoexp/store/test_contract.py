@@ -302,6 +302,21 @@ def test_add_many_applies_each_item_once_in_order(store: Any) -> None:
     assert store.add_many("exp", []) == []
 
 
+@pytest.mark.parametrize("before", [0, 1_700, 2_499])
+def test_a_large_batch_finds_an_item_applied_before_wherever_it_is(store: Any, before: int) -> None:
+    # Redis asks whether any of a batch's ids was used with one EXISTS per 1,000 of them,
+    # then id by id only if one was: an id seen before, in any thousand, is still found
+    store.declare("exp", SHAPES)
+    assert store.add("exp", {"n": [1.0]}, at={"n": [1]}, once=f"r{before}") is True
+    items = [(f"r{i}", [("n", i % 3, 1.0)], {"i": i}) for i in range(2_500)]
+    assert store.add_many("exp", items) == [i != before for i in range(2_500)]
+    n = np.array([[834.0, 833.0, 833.0]])  # i % 3 over 2,500 items
+    n[0, before % 3] -= 1.0
+    n[0, 1] += 1.0  # the add above
+    np.testing.assert_array_equal(store.read("exp")["n"], n)
+    assert [r["i"] for r in store.records("exp")] == [i for i in range(2_500) if i != before]
+
+
 @pytest.mark.parametrize(
     ("entry", "match"),
     [
