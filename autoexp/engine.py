@@ -481,7 +481,8 @@ class Engine(Deciding):
         <autoexp.store.base.Store.hold>`) this replica holds, taking or renewing each for
         ``hold_s`` seconds; replicas that call it on a cadence shorter than ``hold_s``
         then leave the reading of the whole log to one of them, instead of each reading it
-        all, and another takes over within ``hold_s`` of the holder stopping. The proxy
+        all, and another takes over at its next pass after the holder's :meth:`close`,
+        or within ``hold_s`` of a holder that stopped without it (a crash). The proxy
         passes three times its cadence. ``None``: every experiment, held or not (a manual
         pass). The lease saves work only: correctness does not rest on it, since the store
         applies a decision's reward at most once whoever applies it (a holder stalled past
@@ -513,10 +514,8 @@ class Engine(Deciding):
         name = live.spec.name
         with self._log_lock:
             self._write_log(live, quiet=True)  # this replica's own pending decisions count
-        # (pid: workers forked from one parent hold apart; host: containers are all pid 1)
-        holder = f"{socket.gethostname()}:{os.getpid()}:{self._holder_tag}"
         if hold_s is not None:
-            live.expire_held = self.store.hold(name, "expire", holder, float(hold_s))
+            live.expire_held = self.store.hold(name, "expire", self._holder(), float(hold_s))
             if not live.expire_held:
                 return 0  # another replica reads the log and applies the defaults
         due = self._scans.due(self.store, live.spec, now)
@@ -530,6 +529,24 @@ class Engine(Deciding):
             live.defaults += done
             self._tick(live)
         return done
+
+    def _holder(self) -> str:
+        """This engine's name as a lease holder (pid: workers forked from one parent hold
+        apart; host: containers are all pid 1)."""
+        return f"{socket.gethostname()}:{os.getpid()}:{self._holder_tag}"
+
+    def _release(self) -> None:
+        """Give up the expiry leases this engine holds, so another replica takes over at
+        its next pass rather than when the lease runs out; a store that cannot be reached
+        now only delays that (the lease runs out on its own)."""
+        with self._expiring:  # not in the middle of a pass
+            for live in self._live.values():
+                if live.expire_held:
+                    live.expire_held = False
+                    try:
+                        self.store.release(live.spec.name, "expire", self._holder())
+                    except StoreError as e:
+                        self._down = e
 
     # --- the log ------------------------------------------------------------------------
 
@@ -591,12 +608,14 @@ class Engine(Deciding):
                 self._write_log(live)
 
     def close(self) -> None:
-        """Stop the background writer and write what is pending (the store stays open)."""
+        """Stop the background writer, write what is pending and give up the expiry
+        leases this engine holds (see :meth:`expire`); the store stays open."""
         self._stop.set()
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         self.flush()
+        self._release()
 
     # --- inspection ---------------------------------------------------------------------
 

@@ -229,6 +229,14 @@ class Store(Protocol):
         all (reading the whole log to expire rewards) goes to whoever holds its lease."""
         ...
 
+    def release(self, experiment: str, name: str, holder: str) -> bool:
+        """Give up the lease ``name`` if ``holder`` has it, so another replica can take it
+        at once rather than when its time runs out (a replica shutting down calls this):
+        ``True`` if ``holder`` held it until this call, ``False`` if it did not (it was
+        free, another's, or its time had run out); a lease another holder took is left
+        alone."""
+        ...
+
     def experiments(self) -> list[str]:
         """Names of the experiments with anything stored, sorted."""
         ...

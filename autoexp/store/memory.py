@@ -153,6 +153,17 @@ class MemoryStore(UnitsInBatches):
             self._holds[(experiment, name)] = (holder, now + ttl_s)
             return True
 
+    def release(self, experiment: str, name: str, holder: str) -> bool:
+        check_name("store.release experiment", experiment)
+        check_name("store.release name", name)
+        check_name("store.release holder", holder)
+        with self._lock:
+            held = self._holds.get((experiment, name))
+            if held is None or held[0] != holder:
+                return False
+            del self._holds[(experiment, name)]
+            return held[1] > time.monotonic()
+
     def experiments(self) -> list[str]:
         with self._lock:
             names = set(self._shapes) | set(self._log) | set(self._meta) | set(self._assign)

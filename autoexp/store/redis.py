@@ -159,6 +159,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 
 def _errors(where: str) -> Any:
     """Redis failures as :class:`StoreError` naming the operation."""
@@ -213,6 +219,7 @@ class RedisStore(UnitsInBatches):
         self._assign = self._r.register_script(_ASSIGN)
         self._page = self._r.register_script(_PAGE_SCRIPT)
         self._hold = self._r.register_script(_HOLD)
+        self._release = self._r.register_script(_RELEASE)
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         self._indexed: set[str] = set()  # experiments this client has listed in _INDEX
 
@@ -413,6 +420,14 @@ class RedisStore(UnitsInBatches):
         with _errors("hold"):
             key = self._key(experiment, f"hold:{name}")
             return bool(self._hold(keys=[key], args=[holder, ttl_ms]))
+
+    def release(self, experiment: str, name: str, holder: str) -> bool:
+        check_name("store.release experiment", experiment)
+        check_name("store.release name", name)
+        check_name("store.release holder", holder)
+        with _errors("release"):
+            key = self._key(experiment, f"hold:{name}")
+            return bool(self._release(keys=[key], args=[holder]))
 
     def experiments(self) -> list[str]:
         with _errors("experiments"):

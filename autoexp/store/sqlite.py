@@ -331,6 +331,18 @@ class SQLiteStore(UnitsInBatches):
             )
             return taken.rowcount == 1
 
+    def release(self, experiment: str, name: str, holder: str) -> bool:
+        check_name("store.release experiment", experiment)
+        check_name("store.release name", name)
+        check_name("store.release holder", holder)
+        with self._lock, self._write():
+            key = (experiment, name, holder)
+            held = self._db.execute(
+                "SELECT until FROM holds WHERE exp = ? AND name = ? AND holder = ?", key
+            ).fetchone()
+            self._db.execute("DELETE FROM holds WHERE exp = ? AND name = ? AND holder = ?", key)
+            return held is not None and held[0] > time.time()
+
     def experiments(self) -> list[str]:
         with self._lock:
             rows = self._db.execute(

@@ -612,6 +612,25 @@ def test_with_a_lease_one_replica_reads_the_log_and_another_takes_over_when_it_s
         a.expire(hold_s=0.0)
 
 
+def test_a_closed_replica_gives_up_its_lease_and_the_next_takes_over_at_once(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica shut down gracefully (close) releases its lease: the next replica's pass
+    # takes it over at once, not hold_s later (60 s here: far beyond the test), and
+    # applies the defaults of both replicas' decisions exactly once.
+    clock, _real, _read, (a, b) = expiring(store, monkeypatch, 43, 44)
+    made = [a.decide("ranker") for _ in range(15)] + [b.decide("ranker") for _ in range(15)]
+    assert a.expire(hold_s=60) == 0 and a.status("ranker")["expire_held"] is True
+    assert b.expire(hold_s=60) == 0 and b.status("ranker")["expire_held"] is False
+    clock.now += 61
+    a.close()
+    assert a.status("ranker")["expire_held"] is False
+    assert b.expire(hold_s=60) == 30 and b.status("ranker")["expire_held"] is True
+    defaults = [r["decision_id"] for r in store.records("ranker") if r.get("source") == "default"]
+    assert sorted(defaults) == sorted(d.id for d in made)  # each once
+    b.close()
+
+
 @pytest.mark.parametrize(
     ("context", "match"),
     [

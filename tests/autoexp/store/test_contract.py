@@ -179,6 +179,25 @@ def test_a_lease_is_held_by_one_holder_until_its_time_runs_out(store: Any) -> No
     assert store.get("exp", "expire") is None  # a lease is not metadata
 
 
+def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(store: Any) -> None:
+    assert store.release("exp", "expire", "a") is False  # nothing held
+    assert store.hold("exp", "expire", "a", 60) is True
+    assert store.release("exp", "expire", "b") is False  # not b's to give up...
+    assert store.hold("exp", "expire", "b", 60) is False  # ...so a still holds it
+    assert store.release("exp", "report", "a") is False  # another name: a holds none
+    assert store.release("exp", "expire", "a") is True
+    assert store.hold("exp", "expire", "b", 60) is True  # free at once, not in 60 s
+    assert store.release("exp", "expire", "a") is False  # b's now: a's release is a no-op
+    assert store.hold("exp", "expire", "a", 60) is False
+    assert store.hold("exp", "report", "a", 0.3) is True
+    time.sleep(0.5)  # a's time ran out: releasing it says a no longer held it
+    assert store.release("exp", "report", "a") is False
+    for bad in ("", "a\n"):
+        with pytest.raises(StoreError, match="holder"):
+            store.release("exp", "expire", bad)
+    assert store.hold("exp", "expire", "a", 60) is False  # b's lease survived all that
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
