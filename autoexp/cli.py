@@ -55,6 +55,12 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
     from .proxy.serve import ServeOptions, serve, supervise
 
+    if args.check:
+        from .proxy.check import check
+
+        ok, lines = check(args.config)
+        print("\n".join(lines))
+        return 0 if ok else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1 (got {args.workers})")
@@ -193,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log every request (aiohttp's access log, at INFO); off by default: it costs "
         "a few percent of throughput, and /_autoexp/metrics counts what happened",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config and exit, serving nothing: validated as serving would, "
+        "routes that take each other's requests, the signing key, whether the store "
+        "answers (a SQLite file not there yet is not created) and the upstreams; exit 0 "
+        "ready, 1 the store does not answer, 2 the config is refused",
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)

@@ -58,7 +58,7 @@ from policies.base import Decision as PolicyDecision
 from policies.gate import Gate, GateStats, alpha_spent
 
 from .errors import ConfigError, StateError, StoreError, UnknownExperimentError
-from .store.base import Store
+from .store.base import Store, redacted
 
 __all__ = ["Learner", "is_learner", "learner_status"]
 
@@ -174,7 +174,7 @@ class Learner:
         raw = store.get(experiment, "alternatives")
         if not state or raw is None:
             raise UnknownExperimentError(
-                f"experiment {experiment!r} is not in the store {store.url!r}; "
+                f"experiment {experiment!r} is not in the store {redacted(store.url)!r}; "
                 f"found: {store.experiments()}"
             )
         # this process's handle learns the state's shapes (logging a record checks them)

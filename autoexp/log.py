@@ -20,7 +20,7 @@ from typing import Any
 from policies.base import LOG_COLUMNS
 
 from .errors import ConfigError
-from .store.base import Store
+from .store.base import Store, redacted
 
 __all__ = ["COLUMNS", "FORMATS", "export", "rows"]
 
@@ -67,7 +67,8 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
         raise ConfigError(f"format: unknown (got {fmt!r}); accepted: {', '.join(FORMATS)}")
     if experiment not in store.experiments():
         raise ConfigError(
-            f"experiment: {experiment!r} has nothing in {store.url}; there: {store.experiments()}"
+            f"experiment: {experiment!r} has nothing in {redacted(store.url)}; "
+            f"there: {store.experiments()}"
         )
     data = rows(store, experiment)
     out = Path(path)

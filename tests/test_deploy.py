@@ -194,6 +194,22 @@ def test_the_example_config_is_the_configmap_and_loads(monkeypatch: Any) -> None
     assert (config.store, config.secret) == (None, None)
 
 
+def test_the_example_config_passes_the_check_the_deploy_readme_shows(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    # `autoexp proxy --config ... --check` (deploy/README.md), store and secret from the
+    # environment as the image has them: ready, and nothing created
+    from autoexp.cli import main
+
+    monkeypatch.setenv("AUTOEXP_SECRET", "deploy-test-secret-0123456789abc")
+    monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'x.db'}")
+    assert main(["proxy", "--config", str(DEPLOY / "autoexp.toml"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "ranker: v1 (control), v2; thompson-beta, traffic cap (explore_share 0.1)" in out
+    assert out.rstrip().endswith("ready to serve") and "warning" not in out
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_the_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     # what the image runs, outside a container: the entrypoint `autoexp proxy` with the
     # CMD's arguments, on loopback and a free port, store and secret from the environment

@@ -89,14 +89,18 @@ def serve(options: ServeOptions, *, reuse_port: bool = False) -> None:
     from aiohttp import web
 
     from ..config import load_config
+    from ..store import DEFAULT_URL, redacted
     from .app import make_app
+    from .check import overlaps
 
     config = load_config(options.config)
     engine = config.engine()
     engine.warm_up()  # compiled code loaded now, not during the first reward
     names = ", ".join(engine.experiments)
-    where = config.store or os.environ.get("AUTOEXP_STORE") or "the default store"
+    where = redacted(config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL)
     print(f"autoexp proxy [{os.getpid()}]: experiments {names} on {where}", flush=True)
+    for warning in overlaps(config.routes):
+        log.warning("autoexp proxy: %s", warning)
     app = make_app(
         engine,
         proxy=config.proxy,

@@ -11,9 +11,9 @@ import os
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .base import Store
+from .base import Store, redacted
 
-__all__ = ["DEFAULT_URL", "Store", "open_store"]
+__all__ = ["DEFAULT_URL", "Store", "open_store", "redacted"]
 
 DEFAULT_URL = "sqlite:///autoexp.db"
 SCHEMES = ("memory", "sqlite", "redis")
@@ -36,6 +36,6 @@ def open_store(url: str | None = None) -> Store:
 
         return RedisStore(url)
     raise ConfigError(
-        f"store: unknown URL scheme {scheme!r} in {url!r}; accepted: memory://, "
+        f"store: unknown URL scheme {scheme!r} in {redacted(url)!r}; accepted: memory://, "
         "sqlite:///path, redis://host:port/db"
     )

@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ __all__ = [
     "check_shapes",
     "columns_batch",
     "dumps",
+    "redacted",
     "summed",
     "tally",
 ]
@@ -500,3 +502,16 @@ def _plain(value: Any) -> Any:
 
 # one encoder for every record (json.dumps builds one per call when given options)
 _ENCODER = json.JSONEncoder(default=_plain, allow_nan=False, separators=(",", ":"))
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (a store URL printed in a log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))

@@ -36,6 +36,7 @@ from .base import (
     check_shapes,
     check_units,
     dumps,
+    redacted,
     summed,
     tally,
 )
@@ -197,10 +198,10 @@ class RedisStore(UnitsInBatches):
             connect_timeout = float(options.pop("connect_timeout_s", 1.0))
             self.once_ttl_s = int(options.pop("once_ttl_s", 7 * 24 * 3600))
         except ValueError as e:
-            raise ConfigError(f"store: bad option in {url!r} ({e})") from None
+            raise ConfigError(f"store: bad option in {redacted(url)!r} ({e})") from None
         if options:
             raise ConfigError(
-                f"store: unknown option(s) {sorted(options)} in {url!r}; accepted: "
+                f"store: unknown option(s) {sorted(options)} in {redacted(url)!r}; accepted: "
                 "socket_timeout_s, connect_timeout_s, once_ttl_s"
             )
         self.url = url

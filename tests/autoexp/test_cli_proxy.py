@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -245,3 +246,16 @@ def test_a_proxy_stopped_gracefully_gives_up_its_expire_lease(tmp_path: Path) ->
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     assert store.hold("ranker", "expire", "the-next-replica", 60) is True
     store.close()
+
+
+def test_the_proxy_does_not_print_its_stores_password(tmp_path: Path, redis_server: Any) -> None:
+    # a password in the store's URL (Redis takes one it was not configured with) is not
+    # in the line the proxy prints as it starts, nor anywhere else it writes
+    redis_server.flush()
+    url = f"redis://:pw-in-url@127.0.0.1:{redis_server.port}/0"
+    text = CONFIG.replace('store = "sqlite:///{db}"', f'store = "{url}"')
+    proc = start(tmp_path, free_port(), config_text=text)
+    out = stop(proc)
+    assert proc.returncode == 0, out
+    assert f"experiments ranker on redis://:***@127.0.0.1:{redis_server.port}/0" in out
+    assert "pw-in-url" not in out
