@@ -248,14 +248,26 @@ def test_a_proxy_stopped_gracefully_gives_up_its_expire_lease(tmp_path: Path) ->
     store.close()
 
 
-def test_the_proxy_does_not_print_its_stores_password(tmp_path: Path, redis_server: Any) -> None:
-    # a password in the store's URL (Redis takes one it was not configured with) is not
-    # in the line the proxy prints as it starts, nor anywhere else it writes
+def test_the_proxy_hides_its_stores_password_and_warns_of_a_route_without_traffic(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    # A password in the store's URL (Redis takes one it was not configured with) is not
+    # in the line the proxy prints as it starts, nor anywhere else it writes. A route
+    # that an earlier one takes every request from is served, and said as it starts.
     redis_server.flush()
     url = f"redis://:pw-in-url@127.0.0.1:{redis_server.port}/0"
-    text = CONFIG.replace('store = "sqlite:///{db}"', f'store = "{url}"')
+    head, experiment = CONFIG.replace('store = "sqlite:///{db}"', f'store = "{url}"').split(
+        "\n\n", 1
+    )
+    text = head + '\n\n[proxy]\nupstream = "http://127.0.0.1:9"\n\n'
+    text += experiment + 'route = {{ path_prefix = "/" }}\n\n'
+    text += experiment.replace("ranker", "search") + 'route = {{ path_prefix = "/search" }}\n'
     proc = start(tmp_path, free_port(), config_text=text)
     out = stop(proc)
     assert proc.returncode == 0, out
-    assert f"experiments ranker on redis://:***@127.0.0.1:{redis_server.port}/0" in out
+    assert f"experiments ranker, search on redis://:***@127.0.0.1:{redis_server.port}/0" in out
     assert "pw-in-url" not in out
+    assert (
+        "experiments.search.route: every request it matches goes to experiments.ranker, "
+        "listed before it: this experiment gets no traffic"
+    ) in out
