@@ -75,7 +75,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return supervise(options)
-    serve(options, reuse_port=args.reuse_port)
+    serve(options, reuse_port=args.reuse_port, ready_fd=args.ready_fd)
     return 0
 
 
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "/_autoexp/ui, the admin API with AUTOEXP_ADMIN_TOKEN) for the experiments of a "
         "config file; with a [proxy] table, also forward every other request to the "
         "application, deciding and rewarding those the routes match. SIGINT/SIGTERM drain "
-        "requests in flight and write the pending log.",
+        "requests in flight and write the pending log; with --workers 2 or more, SIGHUP "
+        "reloads the config (new workers on it, then the old ones drain and stop).",
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ready, 1 the store does not answer, 2 the config is refused",
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)
     p = sub.add_parser(
         "learn",

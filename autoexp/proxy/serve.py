@@ -9,15 +9,18 @@ machine) or Redis, not ``memory://``.
 
 The supervisor forwards SIGTERM and SIGINT to the workers, which drain their requests and
 write their pending logs; it restarts a worker that dies (after a pause that doubles up to
-10 s), and stops everything if a worker refuses its config (exit code 2).
+10 s), and stops everything if a worker refuses its config (exit code 2). SIGHUP reloads
+the config: new workers on it, then the old ones drain and stop (:func:`_reload`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -84,8 +87,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 GC_THRESHOLD = 100_000
 
 
-def serve(options: ServeOptions, *, reuse_port: bool = False) -> None:
-    """Serve the config's experiments in this process until SIGINT or SIGTERM."""
+def serve(options: ServeOptions, *, reuse_port: bool = False, ready_fd: int | None = None) -> None:
+    """Serve the config's experiments in this process until SIGINT or SIGTERM.
+
+    ``reuse_port``: a supervised worker (``SO_REUSEPORT``; SIGHUP is the supervisor's,
+    ignored here); ``ready_fd``: a pipe told one byte once the port is served, then
+    closed (the supervisor's reload waits for it)."""
     from aiohttp import web
 
     from ..config import load_config
@@ -93,6 +100,10 @@ def serve(options: ServeOptions, *, reuse_port: bool = False) -> None:
     from .app import make_app
     from .check import overlaps
 
+    if reuse_port:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal's hangup: the supervisor's
+    else:
+        signal.signal(signal.SIGHUP, _hangup_alone)  # not the default: exit without draining
     config = load_config(options.config)
     engine = config.engine()
     engine.warm_up()  # compiled code loaded now, not during the first reward
@@ -127,7 +138,23 @@ def serve(options: ServeOptions, *, reuse_port: bool = False) -> None:
         reuse_port=reuse_port or None,
         shutdown_timeout=options.shutdown_timeout_s,
         loop=_event_loop(),
-        print=lambda text: print(f"autoexp proxy [{os.getpid()}]: {text}", flush=True),
+        print=lambda text: _running(text, ready_fd),
+    )
+
+
+def _running(text: str, ready_fd: int | None) -> None:
+    """aiohttp's word that the port is served: printed, and told to the supervisor."""
+    print(f"autoexp proxy [{os.getpid()}]: {text}", flush=True)
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):  # a supervisor that gave up waiting
+            os.write(ready_fd, b"1")
+        os.close(ready_fd)
+
+
+def _hangup_alone(signum: int, frame: FrameType | None) -> None:
+    log.warning(
+        "autoexp proxy: SIGHUP ignored: reloading the config takes the supervisor "
+        "(--workers 2 or more); SIGTERM and a restart reload one worker"
     )
 
 
@@ -143,26 +170,50 @@ def check_shareable(store: str | None, workers: int) -> None:
 
 def supervise(options: ServeOptions) -> int:
     """Run ``options.workers`` worker processes on one port until SIGINT or SIGTERM; the
-    exit code (0 after a clean stop, 2 when a worker refused the config)."""
+    exit code (0 after a clean stop, 2 when a worker refused the config). SIGHUP reloads
+    the config (:func:`_reload`)."""
     from ..config import load_config
 
     if options.port == 0:
         raise ConfigError("--port: several workers need a fixed port to share (not 0)")
     check_shareable(load_config(options.config).store, options.workers)  # fail early
     stopping: list[int] = []
+    hangups: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
 
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        hangups.append(signum)
+
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     procs: list[subprocess.Popen[bytes] | None] = [None] * options.workers
     pauses = [RESTART_PAUSE_S[0]] * options.workers
     due = [0.0] * options.workers
     started = [0.0] * options.workers
+    retiring: list[tuple[subprocess.Popen[bytes], float]] = []  # draining, and until when
     code = 0
     try:
         while not stopping:
             now = time.monotonic()
+            if hangups:
+                hangups.clear()
+                fresh = _reload(options, stopping)
+                if fresh is not None:  # serving: the old workers drain and stop
+                    until = now + options.shutdown_timeout_s + 15.0
+                    for old in procs:
+                        if old is not None and old.poll() is None:
+                            old.send_signal(signal.SIGTERM)
+                            retiring.append((old, until))
+                    procs[:] = fresh
+                    pauses = [RESTART_PAUSE_S[0]] * options.workers
+                    started = [time.monotonic()] * options.workers
+                continue
+            for old, until in retiring:
+                if old.poll() is None and now > until:
+                    old.kill()  # did not drain in time
+            retiring = [(old, until) for old, until in retiring if old.poll() is None]
             for i, proc in enumerate(procs):
                 if proc is None and now >= due[i]:
                     proc = procs[i] = subprocess.Popen(options.worker_argv())
@@ -185,12 +236,78 @@ def supervise(options: ServeOptions) -> int:
                     procs[i], due[i] = None, now + pauses[i]
                     pauses[i] = min(2 * pauses[i], RESTART_PAUSE_S[1])
             time.sleep(0.05)
-        _stop_all(procs, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
+        draining = [*procs, *(old for old, _ in retiring)]
+        _stop_all(draining, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
     finally:
-        _stop_all(procs, signal.SIGKILL, 5.0)
+        _stop_all([*procs, *(old for old, _ in retiring)], signal.SIGKILL, 5.0)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return code
+
+
+READY_S = 120.0  # how long a reload waits for its new workers to serve (numba's first load)
+
+
+class _NotReady(Exception):
+    pass
+
+
+def _reload(options: ServeOptions, stopping: list[int]) -> list[subprocess.Popen[bytes]] | None:
+    """SIGHUP: the config read again and, if it loads, a new set of workers started on
+    it; once every one of them serves the port, they are returned (the caller stops the
+    old ones, which drain their requests and write their logs: the port is served
+    throughout). A config that does not load, or a new worker that exits or does not
+    serve within ``READY_S``: ``None``, said, and the old workers go on as they were."""
+    from ..config import load_config
+
+    try:
+        check_shareable(load_config(options.config).store, options.workers)
+    except ConfigError as e:
+        print(f"autoexp proxy: reload refused: {e}; the workers keep their config", flush=True)
+        return None
+    fresh: list[subprocess.Popen[bytes]] = []
+    pipes: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for _ in range(options.workers):
+            r, w = os.pipe()
+            try:
+                argv = [*options.worker_argv(), "--ready-fd", str(w)]
+                proc = subprocess.Popen(argv, pass_fds=(w,))
+            except BaseException:
+                os.close(r)
+                raise
+            finally:
+                os.close(w)
+            pipes[r] = proc
+            fresh.append(proc)
+        deadline = time.monotonic() + READY_S
+        waiting = set(pipes)
+        while waiting:
+            left = deadline - time.monotonic()
+            if stopping:
+                raise _NotReady("stopping")
+            if left <= 0:
+                raise _NotReady(f"new workers not serving within {READY_S:.0f} s")
+            readable, _, _ = select.select(list(waiting), [], [], min(left, 0.2))
+            for r in readable:
+                if not os.read(r, 1):  # closed without a word: it exited
+                    proc = pipes[r]
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
+                    raise _NotReady(f"a new worker (pid {proc.pid}) exited with {proc.poll()}")
+                waiting.discard(r)
+    except (_NotReady, OSError) as e:
+        _stop_all(fresh, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
+        _stop_all(fresh, signal.SIGKILL, 5.0)
+        if not stopping:
+            print(f"autoexp proxy: reload failed: {e}; the workers keep their config", flush=True)
+        return None
+    finally:
+        for r in pipes:
+            os.close(r)
+    pids = ", ".join(str(p.pid) for p in fresh)
+    print(f"autoexp proxy: reloaded {options.config}: workers {pids} serve it", flush=True)
+    return fresh
 
 
 def _stop_all(procs: Sequence[subprocess.Popen[bytes] | None], sig: int, wait_s: float) -> None:

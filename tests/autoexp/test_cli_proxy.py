@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> N
     port = free_port()
     proc = start(tmp_path, port)
     try:
+        proc.send_signal(signal.SIGHUP)  # one worker, no supervisor: said and ignored
         # generous timeouts: a loaded 2-core CI machine, each sticky decision an fsync
         with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
             made = [client.decide("ranker", unit=f"u{i % 7}") for i in range(50)]
@@ -98,6 +100,7 @@ def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> N
             proc.communicate(timeout=30)  # reaped and its pipe closed: no stray warnings
     assert proc.returncode == 0, out
     assert "experiments ranker" in out
+    assert "SIGHUP ignored: reloading the config takes the supervisor" in out
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     log = store.records("ranker")
     # every decision is logged, each reward once, after a graceful stop
@@ -271,3 +274,103 @@ def test_the_proxy_hides_its_stores_password_and_warns_of_a_route_without_traffi
         "experiments.search.route: every request it matches goes to experiments.ranker, "
         "listed before it: this experiment gets no traffic"
     ) in out
+
+
+SEARCH = """
+[experiments.search]
+alternatives = ["a", "b"]
+policy = { name = "ucb1" }
+"""
+
+
+def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
+    tmp_path: Path,
+) -> None:
+    # Two workers; a client sends requests one after another, each on a new connection,
+    # all through the reload. SIGHUP after the config gained an experiment: new workers
+    # start on it, and once they serve the port the old ones drain and stop. A config
+    # that does not load is refused, and one whose new workers exit (their store cannot
+    # be opened) fails: either way the workers keep theirs. A connection the kernel
+    # queued for an old worker as it closed its socket can be reset (SO_REUSEPORT): the
+    # client tries such a request once more, as clients do, and says how often it did.
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2")
+    config = tmp_path / "autoexp.toml"
+    text = config.read_text()
+    base = f"http://127.0.0.1:{port}/_autoexp"
+    said: list[str] = []  # the supervisor's and workers' output, line by line
+    answered: list[int] = []
+    retried: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+
+    def saying(what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not any(what in line for line in said):
+            assert time.monotonic() < deadline, f"not said in 120 s: {what!r}: {said}"
+            time.sleep(0.1)
+
+    def client() -> None:
+        while not done.is_set():
+            for attempt in range(2):
+                try:
+                    got = httpx.post(f"{base}/decide", json={"experiment": "ranker"}, timeout=30)
+                    answered.append(got.status_code)
+                    break
+                except httpx.TransportError as e:
+                    if attempt:
+                        answered.append(-1)
+                    else:
+                        retried.append(repr(e))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        old = pids(port, 20)
+        assert len(old) == 2
+        thread = threading.Thread(target=client)
+        thread.start()
+        config.write_text(text + SEARCH)
+        proc.send_signal(signal.SIGHUP)
+        saying(f"reloaded {config}: workers ")
+        got = httpx.post(f"{base}/decide", json={"experiment": "search"}, timeout=30)
+        assert got.status_code == 200, got.text  # a new worker: the old knew no "search"
+        deadline = time.monotonic() + 120
+        while (new := pids(port, 20)) & old:  # the old ones drain and stop
+            assert time.monotonic() < deadline, "the old workers still serve after 120 s"
+            time.sleep(0.2)
+        assert len(new) == 2
+        done.set()
+        thread.join(timeout=60)
+        served = len(answered)
+        assert served > 0 and answered == [200] * served, (answered, retried)
+        assert len(retried) <= 2, retried  # at most one per old worker's closing
+        config.write_text(text + SEARCH + "broken = [\n")
+        proc.send_signal(signal.SIGHUP)
+        saying("reload refused: ")
+        missing = tmp_path / "no-such-directory" / "state.db"
+        config.write_text(text.replace(str(tmp_path / "state.db"), str(missing)) + SEARCH)
+        proc.send_signal(signal.SIGHUP)
+        saying("reload failed: a new worker")
+        assert pids(port, 20) == new  # the same workers, on the config they had
+        got = httpx.post(f"{base}/decide", json={"experiment": "search"}, timeout=30)
+        assert got.status_code == 200, got.text
+    finally:
+        done.set()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            reader.join(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    out = "".join(said)
+    assert proc.returncode == 0, out
+    assert "not valid TOML" in out and "exited with 2; the workers keep their config" in out
