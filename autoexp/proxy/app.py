@@ -68,6 +68,7 @@ MAX_REWARDS = 1_000  # rewards in one request
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder", Forwarder)
 OFFLOAD: web.AppKey[Offload] = web.AppKey("offload", Offload)
+CONFIG_SHA256: web.AppKey[str | None] = web.AppKey("config_sha256")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -215,7 +216,11 @@ async def definition(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "pid": os.getpid()})  # which worker answered
+    config = request.app[CONFIG_SHA256]
+    body: dict[str, Any] = {"ok": True, "pid": os.getpid()}  # which worker answered
+    if config is not None:
+        body["config_sha256"] = config  # and on which config
+    return web.json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -257,6 +262,7 @@ def make_app(
     expire_every_s: float = 10.0,
     close_engine: bool = True,
     admin_token: str | None = None,
+    config_sha256: str | None = None,
 ) -> web.Application:
     """The sidecar's application around a started engine.
 
@@ -270,9 +276,13 @@ def make_app(
     close_engine : on shutdown, write the pending log and close the engine's store
     admin_token : the bearer token of the admin API (:mod:`autoexp.proxy.admin`);
         ``None``: no admin
+    config_sha256 : the SHA-256 of the config file served, in ``healthz`` and the
+        metrics (``autoexp_config_info``): which config each worker and replica serves,
+        after a reload say
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
+    app[CONFIG_SHA256] = config_sha256
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -296,7 +306,7 @@ def make_app(
         forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes), offload=offload)
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
-    app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder))
+    app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder, config_sha256))
     add_admin_routes(app, engine, admin_token)
     add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/

@@ -39,9 +39,12 @@ __all__ = ["metrics_handler"]
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine, forwarder: Forwarder | None) -> None:
+    def __init__(
+        self, engine: Engine, forwarder: Forwarder | None, config_sha256: str | None
+    ) -> None:
         self.engine = engine
         self.forwarder = forwarder
+        self.config_sha256 = config_sha256
 
     def collect(self) -> Iterator[Metric]:
         labels = ["experiment", "alternative"]
@@ -178,12 +181,22 @@ class _EngineCollector(Collector):
             for event, count in sorted(self.forwarder.counts.items()):
                 events.add_metric([event], count)
             yield events
+        if self.config_sha256 is not None:
+            info = GaugeMetricFamily(
+                "autoexp_config_info",
+                "1, labelled with the served config file's SHA-256",
+                labels=["sha256"],
+            )
+            info.add_metric([self.config_sha256], 1.0)
+            yield info
 
 
-def metrics_handler(engine: Engine, forwarder: Forwarder | None) -> Any:
+def metrics_handler(
+    engine: Engine, forwarder: Forwarder | None, config_sha256: str | None = None
+) -> Any:
     """The ``GET /_autoexp/metrics`` handler (the Prometheus text format)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_EngineCollector(engine, forwarder))
+    registry.register(_EngineCollector(engine, forwarder, config_sha256))
 
     async def handler(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, registry)  # it reads the store

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
 import os
 import select
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
@@ -104,12 +106,18 @@ def serve(options: ServeOptions, *, reuse_port: bool = False, ready_fd: int | No
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal's hangup: the supervisor's
     else:
         signal.signal(signal.SIGHUP, _hangup_alone)  # not the default: exit without draining
+    digest = _sha256(options.config)
     config = load_config(options.config)
+    if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
+        raise ConfigError(f"{options.config}: changed while it was read; try again")
     engine = config.engine()
     engine.warm_up()  # compiled code loaded now, not during the first reward
     names = ", ".join(engine.experiments)
     where = redacted(config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL)
-    print(f"autoexp proxy [{os.getpid()}]: experiments {names} on {where}", flush=True)
+    print(
+        f"autoexp proxy [{os.getpid()}]: experiments {names} on {where} (config sha256 {digest})",
+        flush=True,
+    )
     for warning in overlaps(config.routes):
         log.warning("autoexp proxy: %s", warning)
     app = make_app(
@@ -118,6 +126,7 @@ def serve(options: ServeOptions, *, reuse_port: bool = False, ready_fd: int | No
         routes=config.routes,
         expire_every_s=options.expire_every_s,
         admin_token=os.environ.get("AUTOEXP_ADMIN_TOKEN") or None,
+        config_sha256=digest,
     )
     # Everything loaded so far (numpy, scipy, numba's compiled code, the app) lives as
     # long as the process: out of the collector's generations, so a collection walks only
@@ -140,6 +149,14 @@ def serve(options: ServeOptions, *, reuse_port: bool = False, ready_fd: int | No
         loop=_event_loop(),
         print=lambda text: _running(text, ready_fd),
     )
+
+
+def _sha256(path: str) -> str | None:
+    """The file's SHA-256 (hex); ``None`` if it cannot be read (load_config says why)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _running(text: str, ready_fd: int | None) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -86,6 +87,11 @@ def test_the_proxy_command_serves_and_shuts_down_gracefully(tmp_path: Path) -> N
     proc = start(tmp_path, port)
     try:
         proc.send_signal(signal.SIGHUP)  # one worker, no supervisor: said and ignored
+        # which config it serves, by its digest: in healthz and in the metrics
+        digest = sha256(tmp_path / "autoexp.toml")
+        assert configs(port, 1) == {digest}
+        metrics = httpx.get(f"http://127.0.0.1:{port}/_autoexp/metrics", timeout=30).text
+        assert f'autoexp_config_info{{sha256="{digest}"}} 1.0' in metrics
         # generous timeouts: a loaded 2-core CI machine, each sticky decision an fsync
         with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
             made = [client.decide("ranker", unit=f"u{i % 7}") for i in range(50)]
@@ -123,6 +129,19 @@ def test_a_bad_config_exits_with_a_reason(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "experiments.ranker.alternatives: need a control and at least one" in proc.stderr
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def configs(port: int, connections: int) -> set[str]:
+    """The config digests the workers answering ``connections`` fresh connections serve."""
+    out = set()
+    for _ in range(connections):
+        got = httpx.get(f"http://127.0.0.1:{port}/_autoexp/healthz", timeout=30).json()
+        out.add(got["config_sha256"])
+    return out
 
 
 def pids(port: int, connections: int) -> set[int]:
@@ -331,7 +350,7 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
     reader.start()
     try:
         old = pids(port, 20)
-        assert len(old) == 2
+        assert len(old) == 2 and configs(port, 20) == {sha256(config)}
         thread = threading.Thread(target=client)
         thread.start()
         config.write_text(text + SEARCH)
@@ -343,7 +362,8 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         while (new := pids(port, 20)) & old:  # the old ones drain and stop
             assert time.monotonic() < deadline, "the old workers still serve after 120 s"
             time.sleep(0.2)
-        assert len(new) == 2
+        assert len(new) == 2 and configs(port, 20) == {sha256(config)}  # the new one's
+        reloaded = sha256(config)
         done.set()
         thread.join(timeout=60)
         served = len(answered)
@@ -357,6 +377,7 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         proc.send_signal(signal.SIGHUP)
         saying("reload failed: a new worker")
         assert pids(port, 20) == new  # the same workers, on the config they had
+        assert configs(port, 20) == {reloaded} != {sha256(config)}
         got = httpx.post(f"{base}/decide", json={"experiment": "search"}, timeout=30)
         assert got.status_code == 200, got.text
     finally:
