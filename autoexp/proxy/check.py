@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from policies import ConservativeBudget, TrafficCap
+
 from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
 from ..store import DEFAULT_URL, open_store, redacted
@@ -137,9 +139,9 @@ def _policy(policy: object) -> str:
     parts = []
     while policy is not None:
         name = str(getattr(policy, "name", type(policy).__name__))
-        if hasattr(policy, "explore_share"):
+        if isinstance(policy, TrafficCap):
             name = f"traffic cap (explore_share {policy.explore_share:g})"
-        elif hasattr(policy, "alpha") and hasattr(policy, "delta"):
+        elif isinstance(policy, ConservativeBudget):
             name = f"conservative budget (alpha {policy.alpha:g})"
         parts.append(name)
         policy = getattr(policy, "policy", None)

@@ -22,7 +22,7 @@ EXPERIMENT = """
 [experiments.{name}]
 alternatives = ["a", {{ name = "b"{upstream} }}]
 policy = {{ name = "thompson-beta" }}
-safety = {{ explore_share = 0.2 }}
+safety = {{ explore_share = 0.2, conservative_alpha = 0.05 }}
 test = {{ name = "off-policy-cs", n_expected = 1000 }}
 route = {{ {route} }}
 """
@@ -77,7 +77,10 @@ def test_a_servable_config_is_reported_and_nothing_is_created_or_served(
     assert f"sqlite:///{db}: not there yet; serving creates it" in out
     assert f"upstream  {up}: answers" in out
     assert f"b upstream: {closed}: does not answer yet (ConnectionRefusedError" in out
-    assert "search: a (control), b; thompson-beta, traffic cap (explore_share 0.2)" in out
+    assert (
+        "search: a (control), b; thompson-beta, conservative budget (alpha 0.05), "
+        "traffic cap (explore_share 0.2); off-policy-cs"
+    ) in out
     assert "route: path_prefix /search; reward from status" in out
     assert "route: path_prefix /search/deep, method GET; no reward read from the answer" in out
     assert (
