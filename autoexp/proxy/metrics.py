@@ -40,7 +40,7 @@ __all__ = ["metrics_handler"]
 
 class _EngineCollector(Collector):
     def __init__(
-        self, engine: Engine, forwarder: Forwarder | None, config_sha256: str | None
+        self, engine: Engine, forwarder: Forwarder | None, config_sha256: str | None = None
     ) -> None:
         self.engine = engine
         self.forwarder = forwarder
