@@ -40,6 +40,7 @@ __all__ = [
     "check_amounts",
     "check_declared",
     "check_items",
+    "check_lease",
     "check_name",
     "check_shapes",
     "columns_batch",
@@ -249,9 +250,16 @@ class Store(Protocol):
 _CONTROL = re.compile("[\x00-\x1f]")  # one search instead of a generator over characters
 
 
-def check_hold(holder: object, ttl_s: object) -> float:
-    """A :meth:`Store.hold` call's holder and time (before anything is read)."""
-    check_name("store.hold holder", holder)
+def check_lease(where: str, experiment: object, name: object, holder: object) -> None:
+    """A lease call's (``store.hold``, ``store.release``) names, before anything is read."""
+    check_name(f"{where} experiment", experiment)
+    check_name(f"{where} name", name)
+    check_name(f"{where} holder", holder)
+
+
+def check_hold(experiment: object, name: object, holder: object, ttl_s: object) -> float:
+    """A :meth:`Store.hold` call's names and time (before anything is read)."""
+    check_lease("store.hold", experiment, name, holder)
     if (
         isinstance(ttl_s, bool)
         or not isinstance(ttl_s, int | float)

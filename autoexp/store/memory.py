@@ -19,6 +19,7 @@ from .base import (
     check_amounts,
     check_declared,
     check_hold,
+    check_lease,
     check_name,
     check_shapes,
     check_units,
@@ -142,9 +143,7 @@ class MemoryStore(UnitsInBatches):
             self._meta.setdefault(experiment, {})[name] = value
 
     def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
-        check_name("store.hold experiment", experiment)
-        check_name("store.hold name", name)
-        ttl_s = check_hold(holder, ttl_s)
+        ttl_s = check_hold(experiment, name, holder, ttl_s)
         with self._lock:
             now = time.monotonic()
             held = self._holds.get((experiment, name))
@@ -154,9 +153,7 @@ class MemoryStore(UnitsInBatches):
             return True
 
     def release(self, experiment: str, name: str, holder: str) -> bool:
-        check_name("store.release experiment", experiment)
-        check_name("store.release name", name)
-        check_name("store.release holder", holder)
+        check_lease("store.release", experiment, name, holder)
         with self._lock:
             held = self._holds.get((experiment, name))
             if held is None or held[0] != holder:

@@ -32,6 +32,7 @@ from .base import (
     check_amounts,
     check_declared,
     check_hold,
+    check_lease,
     check_name,
     check_shapes,
     check_units,
@@ -415,17 +416,13 @@ class RedisStore(UnitsInBatches):
             self._index(experiment)
 
     def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
-        check_name("store.hold experiment", experiment)
-        check_name("store.hold name", name)
-        ttl_ms = max(1, round(check_hold(holder, ttl_s) * 1000))
+        ttl_ms = max(1, round(check_hold(experiment, name, holder, ttl_s) * 1000))
         with _errors("hold"):
             key = self._key(experiment, f"hold:{name}")
             return bool(self._hold(keys=[key], args=[holder, ttl_ms]))
 
     def release(self, experiment: str, name: str, holder: str) -> bool:
-        check_name("store.release experiment", experiment)
-        check_name("store.release name", name)
-        check_name("store.release holder", holder)
+        check_lease("store.release", experiment, name, holder)
         with _errors("release"):
             key = self._key(experiment, f"hold:{name}")
             return bool(self._release(keys=[key], args=[holder]))

@@ -34,6 +34,7 @@ from .base import (
     check_amounts,
     check_declared,
     check_hold,
+    check_lease,
     check_name,
     check_shapes,
     check_units,
@@ -318,9 +319,7 @@ class SQLiteStore(UnitsInBatches):
 
     def hold(self, experiment: str, name: str, holder: str, ttl_s: float) -> bool:
         """(On the wall clock: the processes sharing the file share the machine's.)"""
-        check_name("store.hold experiment", experiment)
-        check_name("store.hold name", name)
-        ttl_s = check_hold(holder, ttl_s)
+        ttl_s = check_hold(experiment, name, holder, ttl_s)
         with self._lock, self._write():
             now = time.time()
             taken = self._db.execute(
@@ -332,9 +331,7 @@ class SQLiteStore(UnitsInBatches):
             return taken.rowcount == 1
 
     def release(self, experiment: str, name: str, holder: str) -> bool:
-        check_name("store.release experiment", experiment)
-        check_name("store.release name", name)
-        check_name("store.release holder", holder)
+        check_lease("store.release", experiment, name, holder)
         with self._lock, self._write():
             key = (experiment, name, holder)
             held = self._db.execute(
