@@ -50,6 +50,11 @@ def _cmd_log_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fds(text: str) -> list[int]:
+    """``--listen-fds 5,6``: the listening sockets a supervised worker serves."""
+    return [int(fd) for fd in text.split(",")]
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     import logging
 
@@ -75,7 +80,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return supervise(options)
-    serve(options, reuse_port=args.reuse_port, ready_fd=args.ready_fd)
+    serve(options, listen_fds=args.listen_fds, ready_fd=args.ready_fd)
     return 0
 
 
@@ -209,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answers (a SQLite file not there yet is not created) and the upstreams; exit 0 "
         "ready, 1 the store does not answer, 2 the config is refused",
     )
-    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--listen-fds", type=_fds, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)
     p = sub.add_parser(

@@ -57,9 +57,9 @@ from .metrics import metrics_handler
 from .offload import Offload
 from .routes import ProxySettings, Route
 from .ui import add_ui_routes
-from .upstream import Forwarder
+from .upstream import Drain, Forwarder
 
-__all__ = ["MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
+__all__ = ["DRAIN", "MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
 
 log = logging.getLogger("autoexp.proxy")
 
@@ -69,6 +69,7 @@ ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder", Forwarder)
 OFFLOAD: web.AppKey[Offload] = web.AppKey("offload", Offload)
 CONFIG_SHA256: web.AppKey[str | None] = web.AppKey("config_sha256")
+DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)  # set as the server stops
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -97,14 +98,18 @@ async def _body(request: web.Request) -> Mapping[str, Any]:
 
 
 def _api(handler: Handler) -> Handler:
-    """The handler, with its refusals as JSON errors."""
+    """The handler, with its refusals as JSON errors, and its connection closed after
+    the answer once the server stops (:class:`~autoexp.proxy.upstream.Drain`)."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except _Refused as e:
-            return json_error(e.status, e.kind, str(e))
+            response = json_error(e.status, e.kind, str(e))
+        if request.app[DRAIN].closing:
+            response.force_close()
+        return response
 
     return wrapped
 
@@ -283,6 +288,7 @@ def make_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[ENGINE] = engine
     app[CONFIG_SHA256] = config_sha256
+    drain = app[DRAIN] = Drain()
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -303,7 +309,9 @@ def make_app(
         raise ValueError("make_app: routes need proxy settings (the default upstream)")
     forwarder = None
     if proxy is not None:
-        forwarder = Forwarder(engine=engine, settings=proxy, routes=tuple(routes), offload=offload)
+        forwarder = Forwarder(
+            engine=engine, settings=proxy, routes=tuple(routes), offload=offload, drain=drain
+        )
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
     app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder, config_sha256))

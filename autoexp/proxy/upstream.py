@@ -131,6 +131,16 @@ def _headers(request: web.Request, extra: dict[str, str], *, lean: bool) -> list
 
 
 @dataclass
+class Drain:
+    """Whether the server is stopping (set by :mod:`autoexp.proxy.serve`): its answers
+    then say ``Connection: close``, so a keep-alive client sends its next request on a
+    new connection (to another worker, or the new ones after a reload) rather than on
+    one about to be closed under it."""
+
+    closing: bool = False
+
+
+@dataclass
 class Forwarder:
     """The forwarding handler's state: settings, routes, the pooled clients (one aiohttp
     session; one :class:`~autoexp.proxy.http1.Pool` per ``http://`` upstream)."""
@@ -150,6 +160,7 @@ class Forwarder:
     _applying_lock: threading.Lock = field(default_factory=threading.Lock)
     offload: Offload = field(default_factory=Offload)  # store calls (a unit not held)
     pools: dict[str, Pool] = field(default_factory=dict)  # http:// upstreams, bodiless requests
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def counts(self) -> Counter[str]:
@@ -488,6 +499,8 @@ class Forwarder:
                 response[REWARD] = response.headers.popall(hide)[0]
         if DECISION_HEADER in extra:
             response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
+        if self.drain.closing:
+            response.force_close()
         try:
             await _to_client(response.prepare(request))
             try:
