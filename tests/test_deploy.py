@@ -146,6 +146,11 @@ def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
     assert (ref["name"], ref["key"]) == ("autoexp-secret", "AUTOEXP_SECRET")
     assert c["livenessProbe"]["httpGet"] == {"path": "/_autoexp/healthz", "port": 8700}
     assert c["readinessProbe"]["httpGet"] == {"path": "/_autoexp/readyz", "port": 8700}
+    # SIGTERM stops the listening at once: it comes after a pause in which the Service
+    # stops sending, and the pod's grace covers the pause and the drain (10 s at most)
+    pause = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and 0 < int(pause[1]) <= 10
+    assert pod["terminationGracePeriodSeconds"] >= int(pause[1]) + 10 + 5
     security = c["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["runAsUser"] == 10001
