@@ -431,6 +431,8 @@ def _reload(
                 os.close(w)
             pipes[r] = proc
             fresh.append(proc)
+        pids = ", ".join(str(p.pid) for p in fresh)
+        print(f"autoexp proxy: reloading {options.config}: workers {pids} start", flush=True)
         deadline = time.monotonic() + READY_S
         waiting = set(pipes)
         while waiting:
@@ -450,13 +452,14 @@ def _reload(
     except (_NotReady, OSError, ConfigError) as e:
         _stop_all(fresh, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
         _stop_all(fresh, signal.SIGKILL, 5.0)
-        if not stopping:
+        if stopping:
+            print("autoexp proxy: reload given up: stopping", flush=True)
+        else:
             print(f"autoexp proxy: reload failed: {e}; the workers keep their config", flush=True)
         return None
     finally:
         for r in pipes:
             os.close(r)
-    pids = ", ".join(str(p.pid) for p in fresh)
     print(f"autoexp proxy: reloaded {options.config}: workers {pids} serve it", flush=True)
     return fresh
 

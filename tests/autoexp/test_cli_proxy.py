@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -254,31 +256,75 @@ def test_two_workers_share_the_port_and_the_state(tmp_path: Path) -> None:
     store.close()
 
 
-def test_workers_need_a_shared_store_and_a_fixed_port(tmp_path: Path) -> None:
-    config = tmp_path / "memory.toml"
-    config.write_text(CONFIG.format(db="x").replace('store = "sqlite:///x"', 'store = "memory://"'))
-    for options, words in [
-        (["--port", "8701"], "lives inside one process, so 2 workers would each have their own"),
-        (["--port", "0"], "--port: several workers need a fixed port"),
-        (["--workers", "0"], "--workers: must be >= 1 (got 0)"),
-    ]:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "autoexp.cli",
-                "proxy",
-                "--config",
-                str(config),
-                "--workers",
-                "2",
-                *options,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path) -> None:
+    # Refused at once with the reason (exit 2), never workers restarting on and on.
+    memory = tmp_path / "memory.toml"
+    memory.write_text(CONFIG.format(db="x").replace('store = "sqlite:///x"', 'store = "memory://"'))
+    sqlite = tmp_path / "sqlite.toml"
+    sqlite.write_text(CONFIG.format(db=tmp_path / "state.db"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    try:
+        for config, options, words in [
+            (memory, ["--port", "8701"], "lives inside one process, so 2 workers would each"),
+            (memory, ["--port", "0"], "--port: several workers need a fixed port"),
+            (memory, ["--workers", "0"], "--workers: must be >= 1 (got 0)"),
+            (sqlite, ["--port", port], f"--port {port}: cannot listen there ([Errno 98]"),
+        ]:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "autoexp.cli",
+                    "proxy",
+                    "--config",
+                    str(config),
+                    "--workers",
+                    "2",
+                    *options,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    finally:
+        taken.close()
+
+
+def test_sigterm_during_a_reload_stops_the_new_workers_and_the_old(tmp_path: Path) -> None:
+    # SIGTERM while a reload waits for its new workers (they take seconds to load):
+    # the reload is given up, the new workers and then the old ones stop, each old one
+    # after writing its log, and the supervisor exits 0 with the port free again.
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2")
+    try:
+        old = pids(port, 20)
+        with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+            made = [client.decide("ranker") for _ in range(20)]
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)  # the new workers started (within 0.1 s), not yet serving (1 s+)
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "reload given up: stopping" in out and "reloaded" not in out, out
+    new = re.search(r"reloading \S+: workers (\d+), (\d+) start", out)
+    assert new is not None, out
+    workers = old | {int(pid) for pid in new.groups()}
+    assert len(workers) == 4, out
+    for pid in workers:  # all stopped
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} still runs"
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    logged = {r["decision_id"] for r in store.records("ranker") if r["type"] == "decision"}
+    assert logged >= {d.id for d in made}
+    store.close()
+    with socket.socket() as again:  # nothing holds the port
+        again.bind(("127.0.0.1", port))
 
 
 def test_each_worker_gets_the_supervisors_options() -> None:
