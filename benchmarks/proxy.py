@@ -438,8 +438,17 @@ def start(name: str, argv: list[str], folder: Path, env: dict[str, str] | None =
 
 
 def wait_ready(services: list[Service], url: str, sockets: int = 1, timeout_s: float = 60) -> None:
-    """Until ``url`` answers 200 and ``sockets`` listen on its port (every worker bound)."""
+    """Until ``url`` answers 200 and ``sockets`` listen on its port (every worker bound);
+    for ``autoexp proxy``, whose supervisor binds the sockets before its workers start,
+    until that many workers said they serve them."""
     port = int(url.split(":")[2].split("/")[0])
+    autoexp = "/_autoexp/" in url
+
+    def serving() -> int:
+        if not autoexp:
+            return listeners(port)
+        return sum(x.log.read_text(errors="replace").count("======== Running on") for x in services)
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for service in services:
@@ -448,7 +457,7 @@ def wait_ready(services: list[Service], url: str, sockets: int = 1, timeout_s: f
                 raise RuntimeError(f"{service.name} exited ({service.proc.returncode}):\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200 and listeners(port) >= sockets:
+                if answer.status == 200 and serving() >= sockets:
                     return
         except (OSError, urllib.error.URLError):
             pass
