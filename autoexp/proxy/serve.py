@@ -197,6 +197,10 @@ async def _serve_app(
         access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
         shutdown_timeout=options.shutdown_timeout_s,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the app starts, as run_app
+        loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     try:
         sites: list[web.BaseSite] = (
@@ -208,10 +212,6 @@ async def _serve_app(
             await site.start()
         names = ", ".join(sorted(str(site.name) for site in sites))
         _running(f"======== Running on {names} ========", ready_fd)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         app[DRAIN].closing = True  # answers from here on close their connection
         for site in sites:
