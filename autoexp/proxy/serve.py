@@ -16,7 +16,8 @@ it, each reset. A worker stopping closes its connections gently (:func:`_serve_a
 connections and 85 of 107,611 on keep-alive ones failed before, none after.
 
 The supervisor forwards SIGTERM and SIGINT to the workers, which drain their requests and
-write their pending logs; it restarts a worker that dies (after a pause that doubles up to
+write their pending logs (and on Linux they are sent SIGTERM if it is killed:
+:func:`_start_worker`); it restarts a worker that dies (after a pause that doubles up to
 10 s), and stops everything if a worker refuses its config (exit code 2). SIGHUP reloads
 the config: new workers on it, then the old ones drain and stop (:func:`_reload`).
 """
@@ -320,7 +321,7 @@ def supervise(options: ServeOptions) -> int:
                         due[i] = now + pauses[i]
                         continue
                     fds = [sock.fileno() for sock in socks]
-                    proc = procs[i] = subprocess.Popen(options.worker_argv(fds), pass_fds=fds)
+                    proc = procs[i] = _start_worker(options.worker_argv(fds), fds)
                     started[i] = now
                     print(f"autoexp proxy: worker {i} started (pid {proc.pid})", flush=True)
                 elif proc is not None and proc.poll() is not None:
@@ -354,6 +355,30 @@ def supervise(options: ServeOptions) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return code
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _start_worker(argv: list[str], fds: Sequence[int]) -> subprocess.Popen[bytes]:
+    """A worker process, given the open ``fds``; on Linux it is sent SIGTERM if this
+    supervisor dies (``PR_SET_PDEATHSIG``, set between fork and exec, and kept across
+    exec), so a supervisor killed outright (SIGKILL, the OOM killer) leaves no worker
+    serving on, orphaned, on a port and a config nobody manages: each drains and writes
+    its log as at any stop."""
+    if not sys.platform.startswith("linux"):
+        return subprocess.Popen(argv, pass_fds=fds)
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    supervisor = os.getpid()
+
+    def stop_with_supervisor() -> None:  # in the child, before exec
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != supervisor:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return subprocess.Popen(argv, pass_fds=fds, preexec_fn=stop_with_supervisor)
 
 
 LISTEN_BACKLOG = 128  # as aiohttp's own sites (the kernel caps it at net.core.somaxconn)
@@ -423,7 +448,7 @@ def _reload(
             r, w = os.pipe()
             try:
                 argv = [*options.worker_argv(fds), "--ready-fd", str(w)]
-                proc = subprocess.Popen(argv, pass_fds=(*fds, w))
+                proc = _start_worker(argv, (*fds, w))
             except BaseException:
                 os.close(r)
                 raise

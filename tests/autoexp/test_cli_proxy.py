@@ -323,8 +323,57 @@ def test_sigterm_during_a_reload_stops_the_new_workers_and_the_old(tmp_path: Pat
     logged = {r["decision_id"] for r in store.records("ranker") if r["type"] == "decision"}
     assert logged >= {d.id for d in made}
     store.close()
-    with socket.socket() as again:  # nothing holds the port
+    assert_port_free(port)
+
+
+def assert_port_free(port: int) -> None:
+    """Nothing listens on ``port`` (connections closing there may linger in TIME_WAIT)."""
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited orphan not yet reaped is a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    # SIGKILL to the supervisor leaves it no chance to stop its workers; the kernel sends
+    # each SIGTERM (PR_SET_PDEATHSIG), so none serves on, orphaned, and each drains and
+    # writes its log as at any stop: every decision made is in the store, and nothing
+    # listens on the port. (Without, both workers served on until killed by the test.)
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2")
+    workers: set[int] = set()
+    try:
+        workers = pids(port, 40)
+        assert len(workers) == 2
+        made = []
+        for _ in range(20):  # a fresh client, so a fresh connection, each: both workers
+            with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+                made.append(client.decide("ranker"))
+        proc.kill()
+        proc.wait(timeout=30)  # its output pipe stays open while a worker runs
+        deadline = time.monotonic() + 60
+        while any(running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "workers still run 60 s after the supervisor"
+            time.sleep(0.1)
+    finally:
+        for pid in workers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate(timeout=30)  # reaped, its pipe read to the end and closed
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    logged = {r["decision_id"] for r in store.records("ranker") if r["type"] == "decision"}
+    assert logged >= {d.id for d in made}
+    store.close()
+    assert_port_free(port)
 
 
 def test_each_worker_gets_the_supervisors_options() -> None:
