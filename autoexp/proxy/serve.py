@@ -285,8 +285,18 @@ def supervise(options: ServeOptions) -> int:
             _close(socks)
         raise
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     procs: list[subprocess.Popen[bytes] | None] = [None] * options.workers
+
+    def child_exited(signum: int, frame: FrameType | None) -> None:
+        # A dead worker's sockets closed at once, not at the loop's next pass (up to 50 ms
+        # later): held here, they would take connections no one accepts, then reset them
+        for i, proc in enumerate(procs):
+            if proc is not None and proc.poll() is not None:
+                _close(listening[i])
+                listening[i] = None
+
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
+    previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, child_exited)
     pauses = [RESTART_PAUSE_S[0]] * options.workers
     due = [0.0] * options.workers
     started = [0.0] * options.workers

@@ -23,6 +23,7 @@ import autoexp
 from autoexp.store import open_store
 from tests.autoexp.conftest import Served, free_port
 
+PROXY = [sys.executable, "-m", "autoexp.cli", "proxy"]
 CONFIG = """
 store = "sqlite:///{db}"
 secret = "a-test-secret-of-32-bytes-at-least"
@@ -44,17 +45,7 @@ def start(
     env.pop("AUTOEXP_STORE", None)
     env.pop("AUTOEXP_SECRET", None)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autoexp.cli",
-            "proxy",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            *options,
-        ],
+        [*PROXY, "--config", str(config), "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -274,17 +265,7 @@ def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path)
             (sqlite, ["--port", port], f"--port {port}: cannot listen there ([Errno 98]"),
         ]:
             proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "autoexp.cli",
-                    "proxy",
-                    "--config",
-                    str(config),
-                    "--workers",
-                    "2",
-                    *options,
-                ],
+                [*PROXY, "--config", str(config), "--workers", "2", *options],
                 capture_output=True,
                 text=True,
                 timeout=60,
