@@ -385,8 +385,8 @@ def _start_worker(argv: list[str], fds: Sequence[int]) -> subprocess.Popen[bytes
 
     def stop_with_supervisor() -> None:  # in the child, before exec
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != supervisor:  # it died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the line above: no worker
+            os._exit(1)
 
     return subprocess.Popen(argv, pass_fds=fds, preexec_fn=stop_with_supervisor)
 
