@@ -17,17 +17,32 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 from typing import Any
 
 from aiohttp import web
 
 from ..engine import Engine
-from ..errors import StateError, StoreError, UnknownExperimentError
+from ..errors import ConfigError, StateError, StoreError, UnknownExperimentError
 from .errors import json_error
 
-__all__ = ["add_admin_routes"]
+__all__ = ["add_admin_routes", "admin_token"]
 
 MIN_TOKEN_CHARS = 16
+TOKEN_VARIABLE = "AUTOEXP_ADMIN_TOKEN"
+
+
+def admin_token() -> str | None:
+    """The admin API's bearer token from ``AUTOEXP_ADMIN_TOKEN``; ``None`` (no admin API)
+    when unset or empty. One too short to be a secret is a :class:`ConfigError` before
+    anything serves, rather than an admin API that anyone could guess into."""
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{TOKEN_VARIABLE}: at least {MIN_TOKEN_CHARS} characters (got {len(token)}); "
+            "e.g. python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return token
 
 
 def add_admin_routes(app: web.Application, engine: Engine, token: str | None) -> None:

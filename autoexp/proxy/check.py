@@ -8,7 +8,8 @@ would want to hear of before deploying:
 - a route listed after another that takes every request it matches (the proxy gives a
   request to the first route that matches: the later experiment would see none of them),
   or some of them;
-- the signing key, which must be there (``AUTOEXP_SECRET`` or the file's ``secret``);
+- the signing key, which must be there (``AUTOEXP_SECRET`` or the file's ``secret``),
+  and the admin token, which may be absent (no admin API) but not short;
 - the store, which must answer: opened and asked which experiments it holds (a SQLite
   file not there yet is not created: its directory must be one the proxy can write in);
 - each upstream, connected to over TCP with the config's connect timeout: reported, not
@@ -31,6 +32,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
 from ..store import DEFAULT_URL, open_store, redacted
 from ..tokens import keys_from
+from .admin import TOKEN_VARIABLE, admin_token
 from .routes import Route
 
 __all__ = ["check", "overlaps"]
@@ -153,7 +155,8 @@ def check(path: str) -> tuple[bool, list[str]]:
     A config the proxy refuses raises its :class:`~autoexp.errors.ConfigError`; a store
     that does not answer is ``ok`` false."""
     config: Config = load_config(path)
-    keys_from(config.secret)  # refused as serving would refuse it
+    keys_from(config.secret)  # refused as serving would refuse them
+    token = admin_token()
     lines = [f"{path}: valid"]
     warnings = overlaps(config.routes)
     if os.environ.get("AUTOEXP_SECRET") is None and config.secret is not None:
@@ -161,7 +164,7 @@ def check(path: str) -> tuple[bool, list[str]]:
     url = config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
     ok, said = _store(url)
     lines.append(f"  store     {said}")
-    admin = "on" if os.environ.get("AUTOEXP_ADMIN_TOKEN") else "off (no AUTOEXP_ADMIN_TOKEN)"
+    admin = "on" if token else f"off (no {TOKEN_VARIABLE})"
     lines.append(f"  admin     {admin}")
     routes = {r.experiment: r for r in config.routes}
     if config.proxy is not None:

@@ -119,6 +119,7 @@ def serve(
     port is served, then closed (the supervisor's reload waits for it)."""
     from ..config import load_config
     from ..store import DEFAULT_URL, redacted
+    from .admin import admin_token
     from .app import make_app
     from .check import overlaps
 
@@ -128,6 +129,7 @@ def serve(
         signal.signal(signal.SIGHUP, _hangup_alone)  # not the default: exit without draining
     digest = _sha256(options.config)
     config = load_config(options.config)
+    token = admin_token()  # refused before anything is built
     if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
         raise ConfigError(f"{options.config}: changed while it was read; try again")
     engine = config.engine()
@@ -145,7 +147,7 @@ def serve(
         proxy=config.proxy,
         routes=config.routes,
         expire_every_s=options.expire_every_s,
-        admin_token=os.environ.get("AUTOEXP_ADMIN_TOKEN") or None,
+        admin_token=token,
         config_sha256=digest,
     )
     # Everything loaded so far (numpy, scipy, numba's compiled code, the app) lives as
@@ -261,10 +263,12 @@ def supervise(options: ServeOptions) -> int:
     exit code (0 after a clean stop, 2 when a worker refused the config). SIGHUP reloads
     the config (:func:`_reload`)."""
     from ..config import load_config
+    from .admin import admin_token
 
     if options.port == 0:
         raise ConfigError("--port: several workers need a fixed port to share (not 0)")
     check_shareable(load_config(options.config).store, options.workers)  # fail early
+    admin_token()  # the workers' environment is this one: refused here, not N times
     stopping: list[int] = []
     hangups: list[int] = []
 

@@ -94,6 +94,22 @@ def test_a_servable_config_is_reported_and_nothing_is_created_or_served(
     assert out.rstrip().endswith("ready to serve")
 
 
+def test_an_admin_token_is_reported_and_a_short_one_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = config(
+        f"sqlite:///{tmp_path / 'x.db'}", "http://127.0.0.1:9", ("a", 'path_prefix = "/"', "")
+    )
+    for token, admin in [("", "off (no AUTOEXP_ADMIN_TOKEN)"), ("x" * 16, "on")]:
+        monkeypatch.setenv("AUTOEXP_ADMIN_TOKEN", token)
+        code, out, _ = run(tmp_path, text, capsys)
+        assert code == 0 and f"admin     {admin}" in out
+    monkeypatch.setenv("AUTOEXP_ADMIN_TOKEN", "x" * 15)  # serving refuses it: so does the check
+    code, out, err = run(tmp_path, text, capsys)
+    assert code == 2 and out == ""
+    assert "AUTOEXP_ADMIN_TOKEN: at least 16 characters (got 15)" in err
+
+
 def test_a_redis_store_is_asked_what_it_holds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_server: Any
 ) -> None:

@@ -275,6 +275,30 @@ def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path)
         taken.close()
 
 
+def test_a_short_admin_token_is_refused_before_anything_serves(tmp_path: Path) -> None:
+    # Before, the worker died in a traceback (ValueError from the admin routes), and with
+    # --workers each one was restarted every 10 s for ever.
+    config = tmp_path / "autoexp.toml"
+    config.write_text(CONFIG.format(db=tmp_path / "state.db"))
+    env = {**os.environ, "AUTOEXP_ADMIN_TOKEN": "fifteen-chars.."}
+    port = free_port()
+    for workers in ("1", "2"):
+        proc = subprocess.run(
+            [*PROXY, "--config", str(config), "--port", str(port), "--workers", workers],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(
+            "autoexp proxy: error: AUTOEXP_ADMIN_TOKEN: at least 16 characters (got 15)"
+        ), proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert not (tmp_path / "state.db").exists()  # refused before the store was opened
+        assert_port_free(port)
+
+
 def test_sigterm_during_a_reload_stops_the_new_workers_and_the_old(tmp_path: Path) -> None:
     # SIGTERM while a reload waits for its new workers (they take seconds to load):
     # the reload is given up, the new workers and then the old ones stop, each old one
