@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,10 +24,12 @@ import httpx
 import yaml
 
 from autoexp.config import parse_config
+from autoexp.store import open_store
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 CONFIG_PATH = "/etc/autoexp/autoexp.toml"
 IMAGE_ARGS = ["--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", "8700"]
+ADMIN_TOKEN = "deploy-test-admin-token-0123456789"
 
 
 def free_port() -> int:
@@ -95,38 +96,56 @@ def test_the_dockerfile_is_multi_stage_non_root_and_runs_the_proxy() -> None:
     assert "urllib.request.urlopen('http://127.0.0.1:8700/_autoexp/healthz'" in health
 
 
-def test_compose_runs_redis_the_sidecar_and_a_demo_upstream() -> None:
+def upstream_port() -> int:
+    """The application's port in the example config (``[proxy] upstream``, on 127.0.0.1)."""
+    upstream = tomllib.loads((DEPLOY / "autoexp.toml").read_text())["proxy"]["upstream"]
+    host, _, port = upstream.removeprefix("http://").partition(":")
+    assert host == "127.0.0.1", "the application shares the sidecar's network: loopback"
+    return int(port)
+
+
+def test_compose_puts_the_sidecar_in_front_of_a_demo_application() -> None:
     with open(DEPLOY / "compose.yaml") as f:
         compose = yaml.safe_load(f)
     services = compose["services"]
-    assert set(services) == {"redis", "autoexp", "demo-upstream"}
+    assert set(services) == {"redis", "app", "autoexp"}
     assert services["redis"]["image"] == "redis:7"
     assert services["redis"]["command"][-2:] == ["--appendonly", "yes"]
-    app = services["autoexp"]
-    assert app["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-    assert (DEPLOY / ".." / app["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
-    assert app["environment"] == {
+    sidecar = services["autoexp"]
+    assert sidecar["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert (DEPLOY / ".." / sidecar["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    assert sidecar["environment"] == {
         "AUTOEXP_STORE": "redis://redis:6379/0",
         "AUTOEXP_SECRET": "${AUTOEXP_SECRET:?set AUTOEXP_SECRET}",
+        "AUTOEXP_ADMIN_TOKEN": "${AUTOEXP_ADMIN_TOKEN:-}",  # empty: no admin API
     }
-    (mount,) = app["volumes"]
+    (mount,) = sidecar["volumes"]
     source, target, mode = mount.split(":")
     assert (DEPLOY / source).resolve() == DEPLOY / "autoexp.toml"
     assert (target, mode) == (CONFIG_PATH, "ro")
-    assert "redis" in app["depends_on"]
-    assert any(str(p).endswith(":8700") or str(p) == "8700" for p in app["ports"])
-    assert "http://127.0.0.1:8700/_autoexp/readyz" in " ".join(app["healthcheck"]["test"])
-    assert services["demo-upstream"]["image"] == "python:3.11-slim"
-    assert services["demo-upstream"]["command"] == ["python", "-m", "http.server", "8080"]
+    assert set(sidecar["depends_on"]) == {"redis", "app"}
+    assert "http://127.0.0.1:8700/_autoexp/readyz" in " ".join(sidecar["healthcheck"]["test"])
+    # as in a Pod: the sidecar joins the application's network namespace, so the config's
+    # 127.0.0.1 upstream is the application, and the one published port is the sidecar's
+    assert sidecar["network_mode"] == "service:app" and "ports" not in sidecar
+    app = services["app"]
+    assert app["ports"] == ["127.0.0.1:8700:8700"]
+    assert app["image"] == "python:3.11-slim"
+    command = " ".join(app["command"])
+    assert f"-m http.server {upstream_port()} --bind 127.0.0.1" in command
 
 
-def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
+def test_kubernetes_runs_the_sidecar_in_front_of_the_app() -> None:
     docs = kubernetes_docs()
     assert set(docs) == {"ConfigMap", "Secret", "Deployment", "Service"}
     assert docs["ConfigMap"]["metadata"]["name"] == "autoexp-config"
     secret = docs["Secret"]
     assert (secret["metadata"]["name"], secret["type"]) == ("autoexp-secret", "Opaque")
-    assert secret["stringData"] == {"AUTOEXP_SECRET": "change-me-to-at-least-16-bytes"}
+    assert secret["stringData"] == {
+        "AUTOEXP_SECRET": "change-me-to-at-least-16-bytes",
+        "AUTOEXP_ADMIN_TOKEN": "change-me-to-at-least-16-chars",
+    }
+    assert all(len(value) >= 16 for value in secret["stringData"].values())
     deployment = docs["Deployment"]
     assert deployment["metadata"]["name"] == "app"
     pod = deployment["spec"]["template"]["spec"]
@@ -142,8 +161,9 @@ def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
     assert [p["containerPort"] for p in c["ports"]] == [8700]
     env = {e["name"]: e for e in c["env"]}
     assert env["AUTOEXP_STORE"]["value"] == "redis://redis:6379/0"
-    ref = env["AUTOEXP_SECRET"]["valueFrom"]["secretKeyRef"]
-    assert (ref["name"], ref["key"]) == ("autoexp-secret", "AUTOEXP_SECRET")
+    for key in ("AUTOEXP_SECRET", "AUTOEXP_ADMIN_TOKEN"):  # both keys from the Secret
+        ref = env[key]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("autoexp-secret", key)
     assert c["livenessProbe"]["httpGet"] == {"path": "/_autoexp/healthz", "port": 8700}
     assert c["readinessProbe"]["httpGet"] == {"path": "/_autoexp/readyz", "port": 8700}
     # SIGTERM stops the listening at once: it comes after a pause in which the Service
@@ -151,6 +171,12 @@ def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
     pause = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pause[0] == "sleep" and 0 < int(pause[1]) <= 10
     assert pod["terminationGracePeriodSeconds"] >= int(pause[1]) + 10 + 5
+    # the application is the sidecar's upstream (127.0.0.1: one Pod), and stops after the
+    # sidecar has stopped taking requests, so none it forwards meets a closed port
+    (app,) = [a for a in pod["containers"] if a["name"] == "app"]
+    assert [p["containerPort"] for p in app["ports"]] == [upstream_port()]
+    app_pause = app["lifecycle"]["preStop"]["exec"]["command"]
+    assert app_pause[0] == "sleep" and int(app_pause[1]) > int(pause[1])
     security = c["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["runAsUser"] == 10001
@@ -174,9 +200,13 @@ def test_kubernetes_runs_the_sidecar_next_to_the_app() -> None:
         if "emptyDir" in volumes[mounts[path]["name"]]
     )
 
+    # the application's Service sends its traffic to the sidecar's port, not the app's
     service = docs["Service"]
+    assert service["metadata"]["name"] == "app"
     assert service["spec"]["selector"].items() <= labels.items()
-    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8700, 8700)]
+    (port,) = service["spec"]["ports"]
+    (target,) = [p for p in c["ports"] if p["name"] == port["targetPort"]]
+    assert (port["port"], target["containerPort"]) == (80, 8700)
 
 
 def test_the_example_config_is_the_configmap_and_loads(monkeypatch: Any) -> None:
@@ -197,6 +227,11 @@ def test_the_example_config_is_the_configmap_and_loads(monkeypatch: Any) -> None
     assert spec.test is not None
     assert spec.reward_range == (0.0, 1.0)
     assert (config.store, config.secret) == (None, None)
+    # a proxy in front of the application: every GET decided, rewarded from its status
+    assert config.proxy is not None and config.proxy.upstream == "http://127.0.0.1:8080"
+    (route,) = config.routes
+    assert (route.experiment, route.path_prefix, route.method) == ("ranker", "/", "GET")
+    assert route.reward_from == "status"
 
 
 def test_the_example_config_passes_the_check_the_deploy_readme_shows(
@@ -207,20 +242,45 @@ def test_the_example_config_passes_the_check_the_deploy_readme_shows(
     from autoexp.cli import main
 
     monkeypatch.setenv("AUTOEXP_SECRET", "deploy-test-secret-0123456789abc")
+    monkeypatch.setenv("AUTOEXP_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'x.db'}")
     assert main(["proxy", "--config", str(DEPLOY / "autoexp.toml"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "ranker: v1 (control), v2; thompson-beta, traffic cap (explore_share 0.1)" in out
+    assert "route: path_prefix /, method GET; reward from status" in out
+    assert "admin     on" in out
+    assert "upstream  http://127.0.0.1:8080: " in out  # reported, not failed
     assert out.rstrip().endswith("ready to serve") and "warning" not in out
     assert not (tmp_path / "x.db").exists()
 
 
-def test_the_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    # what the image runs, outside a container: the entrypoint `autoexp proxy` with the
-    # CMD's arguments, on loopback and a free port, store and secret from the environment
+def wait_until_answering(proc: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"it exited: {proc.communicate(timeout=30)[0]}"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 200 within 60 s")
+
+
+def test_the_image_command_forwards_to_the_application_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    # What the image runs, outside a container: the entrypoint `autoexp proxy` with the
+    # CMD's arguments and the example config, on loopback and free ports, store and keys
+    # from the environment as the deployments set them, in front of the compose file's
+    # stand-in application (python -m http.server on 127.0.0.1). Only the ports differ.
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<h1>the application</h1>\n")
+    app_port, port = free_port(), free_port()
     config = tmp_path / "autoexp.toml"
-    shutil.copyfile(DEPLOY / "autoexp.toml", config)
-    port = free_port()
+    text = (DEPLOY / "autoexp.toml").read_text()
+    upstream = 'upstream = "http://127.0.0.1:8080"'
+    assert text.count(upstream) == 1
+    config.write_text(text.replace(upstream, upstream.replace("8080", str(app_port))))
     args = IMAGE_ARGS[:]
     args[args.index("--config") + 1] = str(config)
     args[args.index("--host") + 1] = "127.0.0.1"
@@ -229,10 +289,17 @@ def test_the_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "AUTOEXP_SECRET": "deploy-test-secret-0123456789abc",
+        "AUTOEXP_ADMIN_TOKEN": ADMIN_TOKEN,
         "AUTOEXP_STORE": f"sqlite:///{tmp_path / 'x.db'}",
     }
-    assert len(env["AUTOEXP_SECRET"]) == 32
-    base = f"http://127.0.0.1:{port}/_autoexp"
+    base = f"http://127.0.0.1:{port}"
+    app = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(app_port), "--bind", "127.0.0.1"],
+        cwd=tmp_path / "site",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoexp.cli", "proxy", *args],
         stdout=subprocess.PIPE,
@@ -241,24 +308,51 @@ def test_the_image_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         env=env,
     )
     try:
-        deadline = time.monotonic() + 60
-        healthy = False
-        while not healthy and time.monotonic() < deadline:
-            assert proc.poll() is None, f"the proxy exited: {proc.communicate(timeout=30)[0]}"
-            try:
-                healthy = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        assert healthy, "healthz did not answer 200 within 60 s"
-        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
-        decided = httpx.post(f"{base}/decide", json={"experiment": "ranker"}, timeout=30)
-        assert decided.status_code == 200, decided.text
-        assert decided.json()["alternative"] in {"v1", "v2"}
+        wait_until_answering(app, f"http://127.0.0.1:{app_port}/")
+        wait_until_answering(proc, f"{base}/_autoexp/healthz")
+        assert httpx.get(f"{base}/_autoexp/readyz", timeout=10).status_code == 200
+        # the application's traffic, through the sidecar: 30 users, each request
+        # decided, answered by the application and told its decision's token
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for i in range(30):
+                r = client.get("/", headers={"X-User-Id": f"user-{i}"})
+                assert r.status_code == 200 and "the application" in r.text
+                assert r.headers["X-Autoexp-Decision"]
+            again = client.get("/", headers={"X-User-Id": "user-0"})  # a returning user
+            assert again.status_code == 200 and again.headers["X-Autoexp-Decision"]
+            decided = client.post("/_autoexp/decide", json={"experiment": "ranker"})
+            assert decided.status_code == 200, decided.text
+            assert decided.json()["alternative"] in {"v1", "v2"}
+            # the admin API, with the Secret's token only
+            admin = "/_autoexp/admin/experiments"
+            assert client.get(admin).status_code == 401
+            listed = client.get(admin, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert listed.status_code == 200, listed.text
+            assert [e["experiment"] for e in listed.json()["experiments"]] == ["ranker"]
+            assert "autoexp_config_info" in client.get("/_autoexp/metrics").text
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)  # reaped and its pipe closed: no ResourceWarning
+        for p in (proc, app):
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)  # reaped and its pipe closed: no ResourceWarning
     assert proc.returncode == 0, out
     assert "experiments ranker" in out
+    # after the drain: every decision logged, each forwarded one rewarded once from its
+    # status (200: 1.0), and the returning user given its first alternative again
+    store = open_store(env["AUTOEXP_STORE"])
+    try:
+        log = store.records("ranker")
+    finally:
+        store.close()
+    decisions = [r for r in log if r["type"] == "decision"]
+    rewards = [r for r in log if r["type"] == "reward"]
+    assert len(decisions) == 32  # 31 GETs and the POST /_autoexp/decide
+    assert len(rewards) == 31 and {r["reward"] for r in rewards} == {1.0}
+    assert {r["decision_id"] for r in rewards} < {r["decision_id"] for r in decisions}
+    arms: dict[str, set[int]] = {}
+    for r in decisions:
+        if r["unit_hash"] is not None:
+            arms.setdefault(r["unit_hash"], set()).add(r["arm"])
+    assert len(arms) == 30 and all(len(a) == 1 for a in arms.values())
