@@ -291,9 +291,16 @@ def supervise(options: ServeOptions) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     procs: list[subprocess.Popen[bytes] | None] = [None] * options.workers
 
+    reloading: list[bool] = []  # [True] while a reload starts workers on the sockets
+
     def child_exited(signum: int, frame: FrameType | None) -> None:
         # A dead worker's sockets closed at once, not at the loop's next pass (up to 50 ms
-        # later): held here, they would take connections no one accepts, then reset them
+        # later): held here, they would take connections no one accepts, then reset them.
+        # Not during a reload: its new worker takes (or has taken) them and serves what
+        # waits there, and closed here they would be lost to the slot, which the next
+        # reload would give a new socket, resetting the queue of the old one as it stops
+        if reloading:
+            return
         for i, proc in enumerate(procs):
             if proc is not None and proc.poll() is not None:
                 _close(listening[i])
@@ -311,7 +318,11 @@ def supervise(options: ServeOptions) -> int:
             now = time.monotonic()
             if hangups:
                 hangups.clear()
-                fresh = _reload(options, stopping, listening)
+                reloading.append(True)
+                try:
+                    fresh = _reload(options, stopping, listening)
+                finally:
+                    reloading.clear()
                 if fresh is not None:  # serving: the old workers drain and stop
                     until = now + options.shutdown_timeout_s + 15.0
                     for old in procs:

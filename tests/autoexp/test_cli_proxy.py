@@ -457,6 +457,60 @@ def test_the_proxy_hides_its_stores_password_and_warns_of_a_route_without_traffi
     ) in out
 
 
+def sockets_held(pid: int) -> int:
+    """How many sockets process ``pid`` holds open (Linux: its /proc fd links)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+
+
+def test_a_worker_dying_during_a_reload_leaves_its_socket_to_its_successor(
+    tmp_path: Path,
+) -> None:
+    # An old worker killed while the reload waits for the new ones to load: its slot's
+    # listening socket stays with the supervisor, taken by the slot's new worker. (Closed
+    # when the worker died, as outside a reload, the slot would lose it: the next reload
+    # would bind the slot a new socket and reset what waits in the old one as it stops.)
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2")
+    said: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+
+    def saying(what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not any(what in line for line in said):
+            assert time.monotonic() < deadline, f"not said in 120 s: {what!r}: {said}"
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(old := pids(port, 20)) < 2:  # ready: one worker served readyz
+            assert time.monotonic() < deadline, "the second worker did not serve in 120 s"
+            time.sleep(0.2)
+        held = sockets_held(proc.pid)
+        assert held == 2  # one listening socket per slot, on 127.0.0.1
+        proc.send_signal(signal.SIGHUP)
+        saying("reloading ")  # the new workers load for a second or more
+        assert not any("reloaded " in line for line in said), said  # still waiting
+        os.kill(min(old), signal.SIGKILL)
+        saying("reloaded ")
+        assert sockets_held(proc.pid) == held
+        deadline = time.monotonic() + 120
+        while (new := pids(port, 20)) & old:  # the other old worker drains and stops
+            assert time.monotonic() < deadline, "an old worker still serves after 120 s"
+            time.sleep(0.2)
+        assert len(new) == 2
+    finally:
+        out = stop(proc)
+        reader.join(timeout=60)
+    assert proc.returncode == 0, out
+
+
 CLOSE = {"Connection": "close"}
 SEARCH = """
 [experiments.search]
