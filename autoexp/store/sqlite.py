@@ -63,6 +63,27 @@ CREATE TABLE IF NOT EXISTS holds (exp TEXT, name TEXT, holder TEXT, until REAL,
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
 
 
+def _write_ahead(db: sqlite3.Connection, timeout_s: float) -> None:
+    """Put ``db``'s file in WAL mode. On a new file, processes switching it at the same
+    instant (the workers of ``autoexp proxy --workers N`` on their first start) can each
+    hold a shared lock and want the exclusive one; SQLite breaks that deadlock by telling
+    one of them "database is locked" at once, without waiting its busy timeout (two
+    processes opening a new store together: 113 of 400 opens refused so, and a worker
+    refused its store stops the supervisor). The one refused tries again a few
+    milliseconds later, until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.1)
+
+
 class SQLiteStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol on one SQLite file."""
 
@@ -80,7 +101,7 @@ class SQLiteStore(UnitsInBatches):
             self._db = sqlite3.connect(
                 path, timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _write_ahead(self._db, timeout_s)
             self._db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
             self._db.executescript(_SCHEMA)
             self._json = _has_json(self._db)

@@ -57,6 +57,65 @@ def test_two_processes_adding_at_once_give_exact_totals(durable_store: Any) -> N
     assert len(durable_store.records("exp")) == 800
 
 
+OPENER = textwrap.dedent(
+    """
+    import sys, time
+    from autoexp.store import open_store
+    paths = sys.argv[1:]
+    print("ready", flush=True)
+    start = float(sys.stdin.readline())
+    for i, path in enumerate(paths):
+        while time.time() < start + 0.02 * i:  # both processes at the same instant
+            pass
+        try:
+            open_store(f"sqlite:///{path}").close()
+        except Exception as e:
+            print(f"{path}: {e}", flush=True)
+    """
+)
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # Two processes open the same new SQLite file at the same instant, 100 times (a new
+    # file each time), as the workers of `autoexp proxy --workers 2` do on a first start.
+    # Before the WAL switch was tried again, SQLite refused one of the two at once
+    # ("database is locked", its busy timeout not waited): in 2, 19 and 24 of 40 pairs in
+    # three runs of this test's processes, 113 of 200 from forked ones. At the lowest of
+    # those rates (1 in 20), 100 pairs all passing has probability 0.95^100 < 0.6%.
+    paths = [str(tmp_path / f"new-{i}.db") for i in range(100)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, *paths],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(2)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        start = f"{time.time() + 0.2}\n"
+        for p in procs:  # both told before either is waited for
+            assert p.stdin is not None
+            p.stdin.write(start)
+            p.stdin.flush()
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=30)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == ["", ""], outs  # every open went through
+    for path in paths:
+        store = open_store(f"sqlite:///{path}")
+        assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        store.close()
+
+
 def test_sqlite_killed_mid_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
     # A writer is SIGKILLed while adding; every add it acknowledged (printed) is in the
     # file, and the state equals the replay of the log (each record is one +1).
