@@ -58,7 +58,7 @@ def _fds(text: str) -> list[int]:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     import logging
 
-    from .proxy.serve import ServeOptions, serve, supervise
+    from .proxy.serve import STORE_UNAVAILABLE, ServeOptions, serve, supervise
 
     if args.check:
         from .proxy.check import check
@@ -80,7 +80,14 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return supervise(options)
-    serve(options, listen_fds=args.listen_fds, ready_fd=args.ready_fd)
+    if args.listen_fds is None:
+        serve(options)
+        return 0
+    try:  # a supervised worker: a store down as it starts is not a refused config
+        serve(options, listen_fds=args.listen_fds, ready_fd=args.ready_fd)
+    except StoreError as e:
+        print(f"autoexp proxy: error: {e}", file=sys.stderr)
+        return STORE_UNAVAILABLE
     return 0
 
 

@@ -35,7 +35,7 @@ from ..tokens import keys_from
 from .admin import TOKEN_VARIABLE, admin_token
 from .routes import Route
 
-__all__ = ["check", "overlaps"]
+__all__ = ["check", "overlaps", "store_answers"]
 
 
 def _compatible(a: str | None, b: str | None) -> bool:
@@ -84,8 +84,9 @@ def overlaps(routes: Sequence[Route]) -> list[str]:
     return out
 
 
-def _store(url: str) -> tuple[bool, str]:
-    """Whether the store answers, and what it said."""
+def store_answers(url: str) -> tuple[bool, str]:
+    """Whether the store answers, and what it said (a SQLite file not there yet is not
+    created, only its directory checked)."""
     if urlsplit(url).scheme == "sqlite" and url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :].split("?", 1)[0])
         if not path.exists():
@@ -162,7 +163,7 @@ def check(path: str) -> tuple[bool, list[str]]:
     if os.environ.get("AUTOEXP_SECRET") is None and config.secret is not None:
         warnings.append("secret: read from the config file; AUTOEXP_SECRET keeps it out of it")
     url = config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
-    ok, said = _store(url)
+    ok, said = store_answers(url)
     lines.append(f"  store     {said}")
     admin = "on" if token else f"off (no {TOKEN_VARIABLE})"
     lines.append(f"  admin     {admin}")

@@ -43,7 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -52,7 +52,8 @@ __all__ = ["ServeOptions", "serve", "supervise"]
 
 log = logging.getLogger("autoexp.proxy")
 
-CONFIG_ERROR = 2  # a worker's exit code for a config or store it refuses
+CONFIG_ERROR = 2  # a worker's exit code for a config it refuses: the supervisor stops
+STORE_UNAVAILABLE = 3  # a worker's, for a store that did not answer as it started: replaced
 RESTART_PAUSE_S = (0.5, 10.0)  # first and longest pause before restarting a dead worker
 
 
@@ -263,12 +264,20 @@ def supervise(options: ServeOptions) -> int:
     exit code (0 after a clean stop, 2 when a worker refused the config). SIGHUP reloads
     the config (:func:`_reload`)."""
     from ..config import load_config
+    from ..store import DEFAULT_URL
     from .admin import admin_token
+    from .check import store_answers
 
     if options.port == 0:
         raise ConfigError("--port: several workers need a fixed port to share (not 0)")
-    check_shareable(load_config(options.config).store, options.workers)  # fail early
+    store = load_config(options.config).store
+    check_shareable(store, options.workers)  # fail early
     admin_token()  # the workers' environment is this one: refused here, not N times
+    # a store down at the first start is the operator's to see, not a restart loop's to
+    # hide; later, a worker that cannot reach it as it starts is replaced, the others serve
+    answers, said = store_answers(store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL)
+    if not answers:
+        raise StoreError(f"store: {said}; no worker started")
     stopping: list[int] = []
     hangups: list[int] = []
 
@@ -355,9 +364,12 @@ def supervise(options: ServeOptions) -> int:
                         code = CONFIG_ERROR
                         stopping.append(signal.SIGTERM)
                         break
+                    why = f"exited with {proc.returncode}"
+                    if proc.returncode == STORE_UNAVAILABLE:
+                        why = "could not reach its store as it started"
                     print(
-                        f"autoexp proxy: worker {i} (pid {proc.pid}) exited with "
-                        f"{proc.returncode}; restarting in {pauses[i]:.1f} s",
+                        f"autoexp proxy: worker {i} (pid {proc.pid}) {why}; "
+                        f"restarting in {pauses[i]:.1f} s",
                         file=sys.stderr,
                         flush=True,
                     )

@@ -21,7 +21,7 @@ from aiohttp import web
 
 import autoexp
 from autoexp.store import open_store
-from tests.autoexp.conftest import Served, free_port
+from tests.autoexp.conftest import RedisServer, Served, free_port
 
 PROXY = [sys.executable, "-m", "autoexp.cli", "proxy"]
 CONFIG = """
@@ -253,6 +253,9 @@ def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path)
     memory.write_text(CONFIG.format(db="x").replace('store = "sqlite:///x"', 'store = "memory://"'))
     sqlite = tmp_path / "sqlite.toml"
     sqlite.write_text(CONFIG.format(db=tmp_path / "state.db"))
+    down = tmp_path / "down.toml"  # a store that does not answer at the first start
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    down.write_text(CONFIG.format(db="x").replace('"sqlite:///x"', f'"{closed}"'))
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -263,6 +266,7 @@ def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path)
             (memory, ["--port", "0"], "--port: several workers need a fixed port"),
             (memory, ["--workers", "0"], "--workers: must be >= 1 (got 0)"),
             (sqlite, ["--port", port], f"--port {port}: cannot listen there ([Errno 98]"),
+            (down, ["--port", str(free_port())], f"{closed}: does not answer ("),
         ]:
             proc = subprocess.run(
                 [*PROXY, "--config", str(config), "--workers", "2", *options],
@@ -297,6 +301,64 @@ def test_a_short_admin_token_is_refused_before_anything_serves(tmp_path: Path) -
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         assert not (tmp_path / "state.db").exists()  # refused before the store was opened
         assert_port_free(port)
+
+
+def test_a_worker_replaced_while_redis_is_down_waits_for_it_and_the_other_serves(
+    tmp_path: Path,
+) -> None:
+    # Redis stopped, then a worker killed: its replacement cannot reach the store as it
+    # starts. Before, it exited as a refused config does (2) and the supervisor stopped
+    # every worker: an outage made of a store's restart. Now it is replaced again, with
+    # the restart pauses, while the other worker serves; once Redis is back, both do.
+    (tmp_path / "redis").mkdir()  # this test's own Redis, stopped and started, with its data
+    redis = RedisServer(tmp_path / "redis", "--appendonly", "yes")
+    text = CONFIG.replace('store = "sqlite:///{db}"', f'store = "{redis.url}"')
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2", config_text=text)
+    said: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(old := pids(port, 20)) < 2:
+            assert time.monotonic() < deadline, "the second worker did not serve in 120 s"
+            time.sleep(0.2)
+        redis.stop()
+        os.kill(min(old), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while sum("could not reach its store as it started" in line for line in said) < 2:
+            assert time.monotonic() < deadline, f"not replaced twice in 60 s: {said}"
+            assert proc.poll() is None, said  # the supervisor goes on
+            time.sleep(0.1)
+        assert pids(port, 20) == {max(old)}  # the other worker serves meanwhile
+        redis.start()
+        deadline = time.monotonic() + 60
+        while len(now := pids(port, 20)) < 2:
+            assert time.monotonic() < deadline, f"no second worker 60 s after Redis: {said}"
+            time.sleep(0.2)
+        assert max(old) in now and min(old) not in now
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            reader.join(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            redis.stop()
+    out = "".join(said)
+    assert proc.returncode == 0, out
+    assert "refused the config" not in out
+    assert "store (declare): Redis failed" in out  # the replacement said why
 
 
 def test_sigterm_during_a_reload_stops_the_new_workers_and_the_old(tmp_path: Path) -> None:
