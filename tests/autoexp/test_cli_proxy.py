@@ -695,4 +695,4 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
                 proc.stdout.close()
     out = "".join(said)
     assert proc.returncode == 0, out
-    assert "not valid TOML" in out and "exited with 2; the workers keep their config" in out
+    assert "not valid TOML" in out and "exited with 3; the workers keep their config" in out
