@@ -206,6 +206,53 @@ def pids(port: int, connections: int) -> set[int]:
     return out
 
 
+def both_workers(port: int) -> set[int]:
+    """The two workers' pids, once both serve (``start`` returns once one does)."""
+    deadline = time.monotonic() + 120
+    while len(found := pids(port, 20)) < 2:
+        assert time.monotonic() < deadline, "the second worker did not serve in 120 s"
+        time.sleep(0.2)
+    return found
+
+
+class Said:
+    """What a running proxy says, read line by line in a thread as it says it."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def count(self, what: str) -> int:
+        return sum(what in line for line in self.lines)
+
+    def wait_for(self, what: str, times: int = 1) -> None:
+        deadline = time.monotonic() + 120
+        while self.count(what) < times:
+            assert time.monotonic() < deadline, f"not said in 120 s: {what!r}: {self.lines}"
+            time.sleep(0.02)
+
+    def stop(self) -> str:
+        """SIGTERM, the exit waited for (killed after 60 s), and all that was said."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+            self.reader.join(timeout=30)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        return "".join(self.lines)
+
+
 def test_two_workers_share_the_port_and_the_state(tmp_path: Path) -> None:
     # Two worker processes on one port (SO_REUSEPORT) and one SQLite file. The kernel
     # spreads connections by a hash of their addresses: 40 fresh connections all reaching
@@ -315,47 +362,22 @@ def test_a_worker_replaced_while_redis_is_down_waits_for_it_and_the_other_serves
     text = CONFIG.replace('store = "sqlite:///{db}"', f'store = "{redis.url}"')
     port = free_port()
     proc = start(tmp_path, port, "--workers", "2", config_text=text)
-    said: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            said.append(line)
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    said = Said(proc)
     try:
-        deadline = time.monotonic() + 120
-        while len(old := pids(port, 20)) < 2:
-            assert time.monotonic() < deadline, "the second worker did not serve in 120 s"
-            time.sleep(0.2)
+        old = both_workers(port)
         redis.stop()
         os.kill(min(old), signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while sum("could not reach its store as it started" in line for line in said) < 2:
-            assert time.monotonic() < deadline, f"not replaced twice in 60 s: {said}"
-            assert proc.poll() is None, said  # the supervisor goes on
+        while said.count("could not reach its store as it started") < 2:
+            assert time.monotonic() < deadline, f"not replaced twice in 60 s: {said.lines}"
+            assert proc.poll() is None, said.lines  # the supervisor goes on
             time.sleep(0.1)
         assert pids(port, 20) == {max(old)}  # the other worker serves meanwhile
         redis.start()
-        deadline = time.monotonic() + 60
-        while len(now := pids(port, 20)) < 2:
-            assert time.monotonic() < deadline, f"no second worker 60 s after Redis: {said}"
-            time.sleep(0.2)
-        assert max(old) in now and min(old) not in now
+        assert max(old) in both_workers(port)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-            reader.join(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
-            redis.stop()
-    out = "".join(said)
+        out = said.stop()
+        redis.stop()
     assert proc.returncode == 0, out
     assert "refused the config" not in out
     assert "store (declare): Redis failed" in out  # the replacement said why
@@ -534,33 +556,16 @@ def test_a_worker_dying_during_a_reload_leaves_its_socket_to_its_successor(
     # would bind the slot a new socket and reset what waits in the old one as it stops.)
     port = free_port()
     proc = start(tmp_path, port, "--workers", "2")
-    said: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            said.append(line)
-
-    def saying(what: str) -> None:
-        deadline = time.monotonic() + 120
-        while not any(what in line for line in said):
-            assert time.monotonic() < deadline, f"not said in 120 s: {what!r}: {said}"
-            time.sleep(0.02)
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    said = Said(proc)
     try:
-        deadline = time.monotonic() + 120
-        while len(old := pids(port, 20)) < 2:  # ready: one worker served readyz
-            assert time.monotonic() < deadline, "the second worker did not serve in 120 s"
-            time.sleep(0.2)
+        old = both_workers(port)
         held = sockets_held(proc.pid)
         assert held == 2  # one listening socket per slot, on 127.0.0.1
         proc.send_signal(signal.SIGHUP)
-        saying("reloading ")  # the new workers load for a second or more
-        assert not any("reloaded " in line for line in said), said  # still waiting
+        said.wait_for("reloading ")  # the new workers load for a second or more
+        assert not said.count("reloaded "), said.lines  # still waiting for them
         os.kill(min(old), signal.SIGKILL)
-        saying("reloaded ")
+        said.wait_for("reloaded ")
         assert sockets_held(proc.pid) == held
         deadline = time.monotonic() + 120
         while (new := pids(port, 20)) & old:  # the other old worker drains and stops
@@ -568,8 +573,7 @@ def test_a_worker_dying_during_a_reload_leaves_its_socket_to_its_successor(
             time.sleep(0.2)
         assert len(new) == 2
     finally:
-        out = stop(proc)
-        reader.join(timeout=60)
+        out = said.stop()
     assert proc.returncode == 0, out
 
 
@@ -602,22 +606,10 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
     config = tmp_path / "autoexp.toml"
     text = config.read_text()
     base = f"http://127.0.0.1:{port}/_autoexp"
-    said: list[str] = []  # the supervisor's and workers' output, line by line
     answered: list[int] = []
     failed: list[str] = []
     told: list[bool] = []  # connections closed after an answer: True if told to close
     done = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            said.append(line)
-
-    def saying(what: str, times: int = 1) -> None:
-        deadline = time.monotonic() + 120
-        while sum(what in line for line in said) < times:
-            assert time.monotonic() < deadline, f"not said in 120 s: {what!r}: {said}"
-            time.sleep(0.1)
 
     def client(keep_alive: bool) -> None:
         body = b'{"experiment": "ranker"}'
@@ -644,7 +636,7 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         old = pids(port, 20)
         config.write_text(new_text)
         proc.send_signal(signal.SIGHUP)
-        saying(f"reloaded {config}: workers ", times)
+        said.wait_for(f"reloaded {config}: workers ", times)
         deadline = time.monotonic() + 120
         while (new := pids(port, 20)) & old:  # the old ones drain and stop
             assert time.monotonic() < deadline, "the old workers still serve after 120 s"
@@ -652,10 +644,9 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         assert len(new) == 2 and configs(port, 20) == {sha256(config)}  # the new one's
         return new
 
-    reader = threading.Thread(target=read)
-    reader.start()
+    said = Said(proc)  # the supervisor's and workers' output, line by line
     try:
-        assert len(pids(port, 20)) == 2 and configs(port, 20) == {sha256(config)}
+        assert len(both_workers(port)) == 2 and configs(port, 20) == {sha256(config)}
         clients = [threading.Thread(target=client, args=(n < 8,)) for n in range(40)]
         for thread in clients:
             thread.start()
@@ -672,27 +663,17 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         assert sum(told) >= 8, sum(told)  # the keep-alive clients were told at the reloads
         config.write_text(text + SEARCH + "broken = [\n")
         proc.send_signal(signal.SIGHUP)
-        saying("reload refused: ")
+        said.wait_for("reload refused: ")
         missing = tmp_path / "no-such-directory" / "state.db"
         config.write_text(text.replace(str(tmp_path / "state.db"), str(missing)) + SEARCH)
         proc.send_signal(signal.SIGHUP)
-        saying("reload failed: a new worker")
+        said.wait_for("reload failed: a new worker")
         assert pids(port, 20) == new  # the same workers, on the config they had
         assert configs(port, 20) == {reloaded} != {sha256(config)}
         got = httpx.post(f"{base}/decide", json={"experiment": "search"}, timeout=30)
         assert got.status_code == 200, got.text
     finally:
         done.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-            reader.join(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
-    out = "".join(said)
+        out = said.stop()
     assert proc.returncode == 0, out
     assert "not valid TOML" in out and "exited with 3; the workers keep their config" in out
