@@ -328,19 +328,19 @@ def supervise(options: ServeOptions) -> int:
             if hangups:
                 hangups.clear()
                 reloading.append(True)
-                try:
+                try:  # until the new workers replace the old in procs
                     fresh = _reload(options, stopping, listening)
+                    if fresh is not None:  # serving: the old workers drain and stop
+                        until = now + options.shutdown_timeout_s + 15.0
+                        for old in procs:
+                            if old is not None and old.poll() is None:
+                                old.send_signal(signal.SIGTERM)
+                                retiring.append((old, until))
+                        procs[:] = fresh
+                        pauses = [RESTART_PAUSE_S[0]] * options.workers
+                        started = [time.monotonic()] * options.workers
                 finally:
                     reloading.clear()
-                if fresh is not None:  # serving: the old workers drain and stop
-                    until = now + options.shutdown_timeout_s + 15.0
-                    for old in procs:
-                        if old is not None and old.poll() is None:
-                            old.send_signal(signal.SIGTERM)
-                            retiring.append((old, until))
-                    procs[:] = fresh
-                    pauses = [RESTART_PAUSE_S[0]] * options.workers
-                    started = [time.monotonic()] * options.workers
                 continue
             for old, until in retiring:
                 if old.poll() is None and now > until:

@@ -68,9 +68,8 @@ def _write_ahead(db: sqlite3.Connection, timeout_s: float) -> None:
     instant (the workers of ``autoexp proxy --workers N`` on their first start) can each
     hold a shared lock and want the exclusive one; SQLite breaks that deadlock by telling
     one of them "database is locked" at once, without waiting its busy timeout (two
-    processes opening a new store together: 113 of 400 opens refused so, and a worker
-    refused its store stops the supervisor). The one refused tries again a few
-    milliseconds later, until ``timeout_s``."""
+    processes opening a new store together: 113 of 400 opens refused so). The one
+    refused tries again a few milliseconds later, until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     pause = 0.005
     while True:
