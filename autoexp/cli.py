@@ -80,12 +80,12 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return supervise(options)
-    if args.listen_fds is None:
-        serve(options)
-        return 0
-    try:  # a supervised worker: a store down as it starts is not a refused config
+    try:
         serve(options, listen_fds=args.listen_fds, ready_fd=args.ready_fd)
     except StoreError as e:
+        if args.listen_fds is None:
+            raise
+        # a supervised worker: a store down as it starts is not a refused config
         print(f"autoexp proxy: error: {e}", file=sys.stderr)
         return STORE_UNAVAILABLE
     return 0

@@ -30,7 +30,7 @@ from policies import ConservativeBudget, TrafficCap
 
 from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
-from ..store import DEFAULT_URL, open_store, redacted
+from ..store import open_store, redacted, store_url
 from ..tokens import keys_from
 from .admin import TOKEN_VARIABLE, admin_token
 from .routes import Route
@@ -162,7 +162,7 @@ def check(path: str) -> tuple[bool, list[str]]:
     warnings = overlaps(config.routes)
     if os.environ.get("AUTOEXP_SECRET") is None and config.secret is not None:
         warnings.append("secret: read from the config file; AUTOEXP_SECRET keeps it out of it")
-    url = config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
+    url = store_url(config.store)
     ok, said = store_answers(url)
     lines.append(f"  store     {said}")
     admin = "on" if token else f"off (no {TOKEN_VARIABLE})"

@@ -119,7 +119,7 @@ def serve(
     ``options.host`` and ``options.port``; ``ready_fd``: a pipe told one byte once the
     port is served, then closed (the supervisor's reload waits for it)."""
     from ..config import load_config
-    from ..store import DEFAULT_URL, redacted
+    from ..store import redacted, store_url
     from .admin import admin_token
     from .app import make_app
     from .check import overlaps
@@ -136,7 +136,7 @@ def serve(
     engine = config.engine()
     engine.warm_up()  # compiled code loaded now, not during the first reward
     names = ", ".join(engine.experiments)
-    where = redacted(config.store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL)
+    where = redacted(store_url(config.store))
     print(
         f"autoexp proxy [{os.getpid()}]: experiments {names} on {where} (config sha256 {digest})",
         flush=True,
@@ -251,7 +251,9 @@ def _hangup_alone(signum: int, frame: FrameType | None) -> None:
 
 def check_shareable(store: str | None, workers: int) -> None:
     """Refuse a store that several workers cannot share."""
-    url = store or os.environ.get("AUTOEXP_STORE") or ""
+    from ..store import store_url
+
+    url = store_url(store)
     if workers > 1 and urlsplit(url).scheme == "memory":
         raise ConfigError(
             f"store: {url!r} lives inside one process, so {workers} workers would each "
@@ -264,7 +266,7 @@ def supervise(options: ServeOptions) -> int:
     exit code (0 after a clean stop, 2 when a worker refused the config). SIGHUP reloads
     the config (:func:`_reload`)."""
     from ..config import load_config
-    from ..store import DEFAULT_URL
+    from ..store import store_url
     from .admin import admin_token
     from .check import store_answers
 
@@ -275,7 +277,7 @@ def supervise(options: ServeOptions) -> int:
     admin_token()  # the workers' environment is this one: refused here, not N times
     # a store down at the first start is the operator's to see, not a restart loop's to
     # hide; later, a worker that cannot reach it as it starts is replaced, the others serve
-    answers, said = store_answers(store or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL)
+    answers, said = store_answers(store_url(store))
     if not answers:
         raise StoreError(f"store: {said}; no worker started")
     stopping: list[int] = []

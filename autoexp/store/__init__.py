@@ -13,15 +13,20 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from .base import Store, redacted
 
-__all__ = ["DEFAULT_URL", "Store", "open_store", "redacted"]
+__all__ = ["DEFAULT_URL", "Store", "open_store", "redacted", "store_url"]
 
 DEFAULT_URL = "sqlite:///autoexp.db"
 SCHEMES = ("memory", "sqlite", "redis")
 
 
+def store_url(url: str | None = None) -> str:
+    """The store's URL in force: ``url``, or ``$AUTOEXP_STORE``, or :data:`DEFAULT_URL`."""
+    return url or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
+
+
 def open_store(url: str | None = None) -> Store:
     """The store at ``url`` (or ``$AUTOEXP_STORE``, or :data:`DEFAULT_URL`)."""
-    url = url or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
+    url = store_url(url)
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryStore

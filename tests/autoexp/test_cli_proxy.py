@@ -215,6 +215,15 @@ def both_workers(port: int) -> set[int]:
     return found
 
 
+def successors(port: int, old: set[int]) -> set[int]:
+    """The workers' pids once none of ``old`` serves (a reload's old workers drain)."""
+    deadline = time.monotonic() + 120
+    while (new := pids(port, 20)) & old:
+        assert time.monotonic() < deadline, "an old worker still serves after 120 s"
+        time.sleep(0.2)
+    return new
+
+
 class Said:
     """What a running proxy says, read line by line in a thread as it says it."""
 
@@ -567,11 +576,7 @@ def test_a_worker_dying_during_a_reload_leaves_its_socket_to_its_successor(
         os.kill(min(old), signal.SIGKILL)
         said.wait_for("reloaded ")
         assert sockets_held(proc.pid) == held
-        deadline = time.monotonic() + 120
-        while (new := pids(port, 20)) & old:  # the other old worker drains and stops
-            assert time.monotonic() < deadline, "an old worker still serves after 120 s"
-            time.sleep(0.2)
-        assert len(new) == 2
+        assert len(successors(port, old)) == 2  # once the other old worker has stopped
     finally:
         out = said.stop()
     assert proc.returncode == 0, out
@@ -637,10 +642,7 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
         config.write_text(new_text)
         proc.send_signal(signal.SIGHUP)
         said.wait_for(f"reloaded {config}: workers ", times)
-        deadline = time.monotonic() + 120
-        while (new := pids(port, 20)) & old:  # the old ones drain and stop
-            assert time.monotonic() < deadline, "the old workers still serve after 120 s"
-            time.sleep(0.2)
+        new = successors(port, old)  # the old ones drain and stop
         assert len(new) == 2 and configs(port, 20) == {sha256(config)}  # the new one's
         return new
 
