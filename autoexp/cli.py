@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "config file; with a [proxy] table, also forward every other request to the "
         "application, deciding and rewarding those the routes match. SIGINT/SIGTERM drain "
         "requests in flight and write the pending log; with --workers 2 or more, SIGHUP "
-        "reloads the config (new workers on it, then the old ones drain and stop).",
+        "reloads the config (new workers on it, then the old ones drain and stop). A store "
+        "that does not answer as it starts is said, not fatal: requests go to control "
+        "until it answers, then the experiments start.",
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import logging
 import math
 import numbers
 import os
@@ -72,6 +73,10 @@ from .watch import drift_status, watch
 
 __all__ = ["Decision", "Engine", "ExperimentSpec"]
 
+log = logging.getLogger("autoexp")
+
+REFUSED_RETRY_S = 10.0  # a waiting experiment refused once its store answered: tried again
+
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
     """The background writer: pending decisions to the log every ``every_s``, or at once
@@ -92,6 +97,8 @@ def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s:
                         live.refresh_due = False
                         engine._refresh_now(live)
                 engine._probe()
+                if engine._waiting and engine._down is None:  # the store answers again
+                    engine._start_waiting()
             except Exception as e:  # a client library failing oddly (e.g. a store closed
                 # under it): the writer must not die; the store counts as down, and
                 # the pending decisions stay for the next try
@@ -133,6 +140,16 @@ class Engine(Deciding):
         recently used dropped first; 0: none, every sticky decision asks the store). A
         held unit whose arm is still live is decided without a store call
         (:meth:`try_decide` says whether one is needed).
+    defer_start : an experiment whose store does not answer as the engine starts is
+        started later instead of refusing the engine (:class:`~autoexp.errors.StoreError`):
+        it is listed in :attr:`waiting`, deciding it or rewarding it raises ``StoreError``
+        (serve control), and the background writer starts it once the store answers
+        (the sidecar's choice: it forwards to control meanwhile, where a refusal would
+        leave it down for as long as the store is). A store that answers and refuses the
+        experiment (its stored state has other shapes) still refuses the engine at the
+        start; found later, the experiment stays waiting with the reason
+        (:meth:`not_started`), logged and tried again every ``REFUSED_RETRY_S``. Needs
+        ``log_flush_s > 0``.
     """
 
     def __init__(
@@ -146,6 +163,7 @@ class Engine(Deciding):
         log_batch: int = 256,
         log_flush_s: float = 0.05,
         unit_cache: int = 65_536,
+        defer_start: bool = False,
     ) -> None:
         if not isinstance(log_batch, int) or log_batch < 1:
             raise ConfigError(f"log_batch: must be an integer >= 1 (got {log_batch!r})")
@@ -153,6 +171,8 @@ class Engine(Deciding):
             raise ConfigError(f"unit_cache: must be an integer >= 0 (got {unit_cache!r})")
         if not log_flush_s >= 0:
             raise ConfigError(f"log_flush_s: must be >= 0 (got {log_flush_s!r})")
+        if defer_start and not log_flush_s > 0:
+            raise ConfigError("defer_start: needs the background writer (log_flush_s > 0)")
         self.store = store
         self._log_batch = log_batch
         self.log_errors = 0
@@ -178,11 +198,27 @@ class Engine(Deciding):
         self._scans = Scans()  # expire's reading of each experiment's log
         self._holder_tag = secrets.token_hex(4)  # names this engine as a lease holder
         self._units = Units(store, self._lock, unit_cache)
+        # Both replaced whole, never changed in place, once the engine runs: decisions on
+        # an event loop read them while the writer starts a waiting experiment
         self._live: dict[str, Live] = {}
+        self._waiting: dict[str, ExperimentSpec] = {}  # not started yet (defer_start)
+        # of those, refused although the store answered: why, and when to try again
+        self._refused: dict[str, tuple[str, float]] = {}
         for spec in experiments:
-            if spec.name in self._live:
+            if spec.name in self._live or spec.name in self._waiting:
                 raise ConfigError(f"experiments.{spec.name}: defined twice")
-            self._live[spec.name] = self._start(spec)
+            if self._waiting:  # the store did not answer for the last one: not again
+                self._waiting[spec.name] = spec
+                continue
+            try:
+                self._live[spec.name] = self._start(spec)
+            except StoreError as e:
+                # deferred only if the store does not answer: one that answers refused
+                # the experiment (its stored state has other shapes), as without it
+                if not defer_start or self._answers(spec.name):
+                    raise
+                self._waiting[spec.name] = spec
+                self._down = e
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if log_flush_s > 0:
@@ -266,13 +302,56 @@ class Engine(Deciding):
         if spec.generate is not None:
             generation_step(self.store, live, self._lock, self._clock())
 
+    def _start_waiting(self) -> None:
+        """Start the experiments waiting for their store, in order, until the store fails
+        again (the background writer calls this, holding ``_log_lock``, once the store
+        answers)."""
+        for name, spec in list(self._waiting.items()):
+            if name in self._refused and time.monotonic() < self._refused[name][1]:
+                continue
+            try:
+                live = self._start(spec)
+            except Exception as e:
+                if isinstance(e, StoreError) and not self._answers(name):
+                    self._down = e  # down again: the next pass once it answers
+                    return
+                # refused although the store answers (its stored state has other shapes
+                # than the definition, say): not the store's to fix. It stays waiting,
+                # its requests to control, said and tried again every REFUSED_RETRY_S
+                # (a store that failed and answered at once is not refused for long)
+                again = time.monotonic() + REFUSED_RETRY_S
+                self._refused = {**self._refused, name: (f"refused: {e}", again)}
+                log.error("autoexp: experiment %s cannot start: %s", name, e)
+                continue
+            self._warm(live)
+            with self._lock:  # in _live before it leaves _waiting: see _get
+                self._live = {**self._live, name: live}
+                self._waiting = {k: v for k, v in self._waiting.items() if k != name}
+                self._refused = {k: v for k, v in self._refused.items() if k != name}
+            log.info("autoexp: experiment %s started: its store answers", name)
+
+    def _answers(self, name: str) -> bool:
+        """Whether the store answers now (one read)."""
+        try:
+            self.store.get(name, "status")
+        except StoreError:
+            return False
+        return True
+
     def _get(self, name: str) -> Live:
         try:
             return self._live[name]
         except KeyError:
+            pass
+        if name in self._waiting:
+            raise StoreError(f"experiment {name!r}: not started yet, {self._why_waiting(name)}")
+        live = self._live.get(name)  # started between the two looks
+        if live is None:
             raise UnknownExperimentError(
-                f"experiment {name!r} is not defined; defined: {sorted(self._live)}"
-            ) from None
+                f"experiment {name!r} is not defined; defined: "
+                f"{sorted([*self._live, *self._waiting])}"
+            )
+        return live
 
     def operate(
         self, name: str, action: str, *, alternative: str | None = None, reason: str = ""
@@ -464,13 +543,16 @@ class Engine(Deciding):
         """Compute (and throw away) one reward's increments per experiment, so compiled
         code is loaded before the first real reward rather than during it; nothing is
         written. The sidecar calls this before it reports ready."""
+        for live in self._live.values():
+            self._warm(live)
+
+    def _warm(self, live: Live) -> None:
+        k = len(live.spec.alternatives)
+        dim = live.spec.policy.context_dim
+        x = None if dim is None else (0.0,) * dim
+        ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0, x)
         with self._lock:
-            for live in self._live.values():
-                k = len(live.spec.alternatives)
-                dim = live.spec.policy.context_dim
-                x = None if dim is None else (0.0,) * dim
-                ticket = Ticket("warm-up", live.spec.name, 0, (1.0 / k,) * k, 0.0, 1.0, x)
-                increments(live, [ticket], [live.spec.reward_range[0]])
+            increments(live, [ticket], [live.spec.reward_range[0]])
 
     def expire(self, *, hold_s: float | None = None) -> int:
         """Apply the default reward to every decision whose join window closed without a
@@ -593,7 +675,7 @@ class Engine(Deciding):
         with self._lock:
             self._probed = time.monotonic()
             try:
-                for name in self._live:
+                for name in [*self._live, *self._waiting]:
                     self.store.get(name, "status")
             except StoreError as e:
                 self._down = e
@@ -653,4 +735,26 @@ class Engine(Deciding):
 
     @property
     def experiments(self) -> list[str]:
+        """The experiments started (all of them, unless some wait: :attr:`waiting`)."""
         return sorted(self._live)
+
+    @property
+    def waiting(self) -> list[str]:
+        """The experiments not started yet because their store has not answered since
+        the engine started (``defer_start``); the background writer starts them when it
+        does (see :meth:`not_started` for why each waits)."""
+        return sorted(self._waiting)
+
+    def not_started(self) -> dict[str, str]:
+        """Why each experiment in :attr:`waiting` has not started: its store has not
+        answered (with its last failure), or, once it did, what refused the experiment
+        (its stored state does not match its definition, say)."""
+        return {name: self._why_waiting(name) for name in sorted(self._waiting)}
+
+    def _why_waiting(self, name: str) -> str:
+        refused = self._refused.get(name)
+        if refused is not None:
+            return refused[0]
+        down = self._down
+        why = "its store has not answered since this process started"
+        return why if down is None else f"{why} ({down})"

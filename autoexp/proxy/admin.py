@@ -2,7 +2,9 @@
 roll back. Every call needs ``Authorization: Bearer <token>`` with the token from
 ``AUTOEXP_ADMIN_TOKEN`` (at least 16 characters); with no token configured there
 is no admin at all (403), and a missing or wrong token is a 401. Nothing changes unless
-the call is authorised and valid.
+the call is authorised and valid. An experiment not started yet because its store has
+not answered since the proxy started is listed with ``"waiting": true`` and its
+``reason``; the others answer 503 for it until it starts.
 
 ``GET  /_autoexp/admin/experiments``                      every experiment's status
 ``GET  /_autoexp/admin/experiments/NAME``                 its status and evidence
@@ -68,7 +70,12 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
     async def list_experiments(request: web.Request) -> web.Response:
         if (refused := authorised(request)) is not None:
             return refused
-        return web.json_response({"experiments": [summary(n) for n in engine.experiments]})
+        listed = [summary(n) for n in engine.experiments]
+        listed += [  # not started: the store has not answered yet
+            {"experiment": n, "waiting": True, "reason": why}
+            for n, why in engine.not_started().items()
+        ]
+        return web.json_response({"experiments": sorted(listed, key=lambda e: e["experiment"])})
 
     async def inspect(request: web.Request) -> web.Response:
         if (refused := authorised(request)) is not None:
@@ -78,6 +85,8 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
             body = {**engine.status(name), "evidence": engine.evidence(name)}
         except UnknownExperimentError:
             return json_error(404, "UnknownExperimentError", f"no experiment named {name!r}")
+        except StoreError as e:  # not started yet: waiting for its store
+            return json_error(503, "StoreError", str(e))
         return web.json_response(body)
 
     async def operate(request: web.Request) -> web.Response:

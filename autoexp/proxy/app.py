@@ -17,7 +17,8 @@ Routes, all under ``/_autoexp/`` so they never shadow the application's own path
 ``GET /_autoexp/experiments/NAME/definition``
     the experiment's alternatives, their parameters, its policy and reward range.
 ``GET /_autoexp/healthz`` (the process answers, with its pid) and ``GET /_autoexp/readyz``
-    (and its store does: 503 otherwise).
+    (it serves: 503 only while it drains to stop; the body says whether the store answers,
+    and ``?store=required`` makes that a 503 too: :func:`readyz`).
 ``GET /_autoexp/metrics``
     Prometheus metrics (:mod:`autoexp.proxy.metrics`).
 ``/_autoexp/admin/...``
@@ -209,6 +210,8 @@ async def definition(request: web.Request) -> web.Response:
         raise _Refused(
             404, f"experiment: no experiment named {name!r}", "UnknownExperimentError"
         ) from None
+    except StoreError as e:  # not started yet: waiting for its store
+        return json_error(503, "StoreError", str(e), fail_open=True)
     return web.json_response(
         {
             "experiment": spec.name,
@@ -229,9 +232,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 while this worker serves, 503 once it drains to stop. A store that does not
+    answer does not make it unready: requests go to control meanwhile, and the API's
+    decisions are 503 with ``fail_open`` (a Kubernetes readiness probe here must not take
+    the application's pods out of their Service for the store's sake). ``?store=required``:
+    503 also while the store does not answer or an experiment waits for it (for a
+    decisions-only service behind a load balancer that should skip such a replica)."""
     engine = request.app[ENGINE]
+    required = request.query.get("store")
+    if required not in (None, "required"):
+        return json_error(
+            400,
+            "RequestError",
+            f"store: the only value accepted is 'required' (got {required!r:.60})",
+        )
     ok, error = await asyncio.to_thread(engine.check_store)
-    return web.json_response({"ok": ok, "store_error": error}, status=200 if ok else 503)
+    waiting = engine.waiting
+    draining = request.app[DRAIN].closing
+    ready = not draining and (required is None or (ok and not waiting))
+    body = {"ok": ready, "store_ok": ok, "store_error": error, "waiting": waiting}
+    if draining:
+        body["draining"] = True
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -12,8 +12,8 @@ the new state, ``by`` rule or operator, the test or guardrail and its reason), t
 allocation version, late rewards refused, decisions not yet logged, the default rewards
 this replica applied (``autoexp_defaults_applied_total``) and whether it holds the
 experiment's expire lease (``autoexp_expire_holder``: 1 on exactly one replica of those
-sharing the store; absent before the first pass); the store's health
-(``autoexp_store_up``); and the proxy's own events
+sharing the store; absent before the first pass) and whether it waits for its store to
+start (``autoexp_waiting``); the store's health (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
 ``client_gone``...). The snapshot is refreshed on the engine's cadence, so the
@@ -82,6 +82,12 @@ class _EngineCollector(Collector):
             labels=["experiment"],
         )
         store_up = GaugeMetricFamily("autoexp_store_up", "1 while the store answers")
+        waits = GaugeMetricFamily(
+            "autoexp_waiting",
+            "1 while the experiment waits for its store to start (it has not answered since "
+            "the proxy started; requests go to control meanwhile)",
+            labels=["experiment"],
+        )
         bounds = {
             side: GaugeMetricFamily(
                 f"autoexp_difference_{side}",
@@ -119,8 +125,12 @@ class _EngineCollector(Collector):
             "The learner's deployed snapshot this replica serves (0: none yet, exploring)",
             labels=["experiment"],
         )
-        ok = True
+        waiting = self.engine.waiting
+        ok = not waiting
+        for name in waiting:
+            waits.add_metric([name], 1.0)
         for name in self.engine.experiments:
+            waits.add_metric([name], 0.0)
             st: dict[str, Any] = self.engine.status(name)
             ok = ok and bool(st["store_ok"])
             n = st["state"].get("n")
@@ -172,7 +182,7 @@ class _EngineCollector(Collector):
                 holder.add_metric([name], 1.0 if st["expire_held"] else 0.0)
         store_up.add_metric([], 1.0 if ok else 0.0)
         yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (defaults, holder)
+        yield from (defaults, holder, waits)
         yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
         if self.forwarder is not None:
             events = CounterMetricFamily(

@@ -18,7 +18,9 @@ connections and 85 of 107,611 on keep-alive ones failed before, none after.
 The supervisor forwards SIGTERM and SIGINT to the workers, which drain their requests and
 write their pending logs (and on Linux they are sent SIGTERM if it is killed:
 :func:`_start_worker`); it restarts a worker that dies (after a pause that doubles up to
-10 s), and stops everything if a worker refuses its config (exit code 2). SIGHUP reloads
+10 s), and stops everything if a worker refuses its config (exit code 2). A store that does
+not answer at the start is said, not refused: each worker forwards to control until it
+answers (:func:`serve`). SIGHUP reloads
 the config: new workers on it, then the old ones drain and stop (:func:`_reload`).
 """
 
@@ -43,7 +45,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -133,14 +135,25 @@ def serve(
     token = admin_token()  # refused before anything is built
     if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
         raise ConfigError(f"{options.config}: changed while it was read; try again")
-    engine = config.engine()
+    # a store down as it starts (a Redis restarting with the pod, say) does not keep the
+    # proxy down with it: the experiments start once it answers, control meanwhile
+    engine = config.engine(defer_start=True)
     engine.warm_up()  # compiled code loaded now, not during the first reward
-    names = ", ".join(engine.experiments)
+    names = ", ".join(engine.experiments + engine.waiting)
     where = redacted(store_url(config.store))
     print(
         f"autoexp proxy [{os.getpid()}]: experiments {names} on {where} (config sha256 {digest})",
         flush=True,
     )
+    if engine.waiting:
+        _, error = engine.check_store()
+        print(
+            f"autoexp proxy [{os.getpid()}]: the store does not answer ({error}); "
+            f"experiments {', '.join(engine.waiting)} start when it does, and until then "
+            "their requests go to control (counted as fail_open)",
+            file=sys.stderr,
+            flush=True,
+        )
     for warning in overlaps(config.routes):
         log.warning("autoexp proxy: %s", warning)
     app = make_app(
@@ -275,11 +288,11 @@ def supervise(options: ServeOptions) -> int:
     store = load_config(options.config).store
     check_shareable(store, options.workers)  # fail early
     admin_token()  # the workers' environment is this one: refused here, not N times
-    # a store down at the first start is the operator's to see, not a restart loop's to
-    # hide; later, a worker that cannot reach it as it starts is replaced, the others serve
+    # a store down at the first start is said here once; the workers start anyway and
+    # forward to control until it answers (see serve)
     answers, said = store_answers(store_url(store))
     if not answers:
-        raise StoreError(f"store: {said}; no worker started")
+        print(f"autoexp proxy: store: {said}; starting anyway", file=sys.stderr, flush=True)
     stopping: list[int] = []
     hangups: list[int] = []
 

@@ -9,7 +9,9 @@ metrics.
     every :data:`REFRESH_S` seconds with the same markup (:func:`render` has a JavaScript
     twin in :data:`_SCRIPT`: change both together; the tests compare them in Chromium).
 ``GET /_autoexp/ui/data``
-    the same data as JSON: ``{"time", "refresh_s", "experiments": [...]}``; per experiment
+    the same data as JSON: ``{"time", "refresh_s", "experiments": [...], "waiting":
+    [...]}`` (``waiting``: the experiments not started because their store has not
+    answered since the proxy started, each with its ``reason``); per experiment
     its :meth:`~autoexp.engine.Engine.status` without the raw ``state``, ``evidence``,
     ``changes`` (``null`` while the store fails) and ``history`` (this replica's refreshes
     since it started, evenly thinned to at most :data:`MAX_POINTS`). Non-finite numbers
@@ -82,6 +84,7 @@ def _thin(rows: Sequence[Any], n: int = MAX_POINTS) -> list[Any]:
 
 def collect(engine: Engine) -> dict[str, Any]:
     """The page's data (see the module docstring); reads the store: call it in a thread."""
+    waiting = [{"experiment": k, "reason": v} for k, v in engine.not_started().items()]
     out = []
     for name in engine.experiments:
         st = engine.status(name)
@@ -100,7 +103,8 @@ def collect(engine: Engine) -> dict[str, Any]:
                 "history": history,
             }
         )
-    return dict(_clean({"time": time.time(), "refresh_s": REFRESH_S, "experiments": out}))
+    data = {"time": time.time(), "refresh_s": REFRESH_S, "experiments": out, "waiting": waiting}
+    return dict(_clean(data))
 
 
 # --- rendering (mirrored line by line in _SCRIPT) ---------------------------------------
@@ -272,8 +276,16 @@ def _card(e: Mapping[str, Any]) -> str:
     return out + "</table></section>"
 
 
+def _waiting(w: Mapping[str, Any]) -> str:
+    out = f'<section class="card"><div class="head"><h2>{_esc(w["experiment"])}</h2> '
+    out += f'<span class="err">not started yet, {_esc(w["reason"])}; '
+    return out + "its requests go to control</span></div></section>"
+
+
 def _cards(data: Mapping[str, Any]) -> str:
-    return "".join(_card(e) for e in data["experiments"]) or '<p class="empty">no experiments</p>'
+    out = "".join(_waiting(w) for w in data["waiting"])
+    out += "".join(_card(e) for e in data["experiments"])
+    return out or '<p class="empty">no experiments</p>'
 
 
 _STYLE = """
@@ -417,7 +429,17 @@ function card(e) {
   return out + "</table></section>";
 }
 
-const cards = (d) => d.experiments.map(card).join("") || '<p class="empty">no experiments</p>';
+function waiting(w) {
+  let out = `<section class="card"><div class="head"><h2>${esc(w.experiment)}</h2> `;
+  out += `<span class="err">not started yet, ${esc(w.reason)}; `;
+  return out + "its requests go to control</span></div></section>";
+}
+
+function cards(d) {
+  let out = d.waiting.map(waiting).join("");
+  out += d.experiments.map(card).join("");
+  return out || '<p class="empty">no experiments</p>';
+}
 
 let refreshes = 0;
 async function refresh() {

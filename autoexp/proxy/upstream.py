@@ -92,6 +92,7 @@ CHUNK = 64 * 1024
 HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
 APPLY_BATCH = 1_000  # rewards per store call
 APPLIER_STOP_S = 30.0  # at exit, the applier's last writes are awaited this long
+SAY_FAIL_OPEN_S = 10.0  # a request failing open is logged at most this often
 FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
 # the client's body could not be read whole (too large, cut off, malformed): its fault, not
 # the upstream's, though aiohttp's client reports it as a ClientError of its own
@@ -161,6 +162,7 @@ class Forwarder:
     offload: Offload = field(default_factory=Offload)  # store calls (a unit not held)
     pools: dict[str, Pool] = field(default_factory=dict)  # http:// upstreams, bodiless requests
     drain: Drain = field(default_factory=Drain)
+    _said_fail_open: float = -math.inf  # when a request failing open was last logged
 
     @property
     def counts(self) -> Counter[str]:
@@ -328,7 +330,17 @@ class Forwarder:
             return decided
         except Exception as e:  # fail open: whatever broke, the request goes to control
             self.events["fail_open"] += 1
-            log.warning("autoexp: %s failed open to control: %r", route.experiment, e)
+            now = time.monotonic()
+            if now - self._said_fail_open >= SAY_FAIL_OPEN_S:  # not a line per request
+                self._said_fail_open = now
+                log.warning(
+                    "autoexp: %s failed open to control: %r (%d requests so far; said at "
+                    "most every %.0f s, all counted in autoexp_proxy_events_total)",
+                    route.experiment,
+                    e,
+                    self.events["fail_open"],
+                    SAY_FAIL_OPEN_S,
+                )
             return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from aiohttp import web
 
 from autoexp.engine import Engine, ExperimentSpec
@@ -109,10 +110,12 @@ def test_redis_stopped_mid_run_no_user_request_fails(tmp_path: Path) -> None:
             assert forwarder.counts["fail_open"] == 60 - decided_during
             assert decided_during < 60  # found down within the outage
             assert set(during[decided_during:]) == {"v1"}
-            assert http.get("/_autoexp/readyz").status_code == 503
+            ready = http.get("/_autoexp/readyz")  # it serves (control): ready
+            assert ready.status_code == 200 and ready.json()["store_ok"] is False
+            assert http.get("/_autoexp/readyz?store=required").status_code == 503
             server.start()
             deadline = time.monotonic() + 30
-            while http.get("/_autoexp/readyz").status_code != 200:
+            while http.get("/_autoexp/readyz?store=required").status_code != 200:
                 assert time.monotonic() < deadline, "readyz not 200 within 30 s of the restart"
                 time.sleep(0.1)
             after = users(http, 150, 210)
@@ -154,7 +157,11 @@ route = {{ path_prefix = "/" }}
 """
 
 
-def start_proxy(config: Path, port: int) -> subprocess.Popen[bytes]:
+def start_proxy(
+    config: Path, port: int, *options: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``autoexp proxy`` on ``port`` with ``options``, once ready; its output to ``log``."""
+    out = subprocess.DEVNULL if log is None else log.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -165,11 +172,14 @@ def start_proxy(config: Path, port: int) -> subprocess.Popen[bytes]:
             str(config),
             "--port",
             f"{port}",
+            *options,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
         env={k: v for k, v in os.environ.items() if not k.startswith("AUTOEXP_")},
     )
+    if log is not None:
+        out.close()  # the process has its own copy
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -247,3 +257,74 @@ def test_proxy_killed_and_restarted_on_sqlite_loses_no_acknowledged_reward(
         assert n.sum() == len(rewarded)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_proxy_started_while_redis_is_down_serves_control_then_experiments(
+    tmp_path: Path, workers: int
+) -> None:
+    # Before, `autoexp proxy` exited 2 when its store did not answer as it started (a
+    # supervised group too), so in deploy/'s Kubernetes layout, where every request to
+    # the application goes through the sidecar, a pod started while Redis restarted
+    # answered nobody until Redis came back and the pod was restarted. Now it starts and is
+    # ready, sends every request to control (fail_open counts each), and starts the
+    # experiment once Redis answers: the next requests are decided and rewarded.
+    server = RedisServer(tmp_path)  # its own: stopped here, started later on its port
+    server.stop()
+    app = Served(upstream("v1"))
+    config = tmp_path / "autoexp.toml"
+    url = server.url + "?connect_timeout_s=0.3&socket_timeout_s=0.3"
+    config.write_text(
+        CONFIG.format(db="x", secret=SECRET, upstream=app.url)
+        .replace('"sqlite:///x"', f'"{url}"')
+        .replace('path_prefix = "/" }', 'path_prefix = "/", reward_from = "status" }')
+    )
+    port, log = free_port(), tmp_path / "proxy.log"
+    started = time.monotonic()
+    proc = start_proxy(config, port, "--workers", str(workers), log=log)
+    base = f"http://127.0.0.1:{port}"
+    decided: list[str] = []
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            ready = http.get("/_autoexp/readyz").json()
+            assert ready["store_ok"] is False and ready["waiting"] == ["ranker"], ready
+            for i in range(20):  # a fresh connection each: every worker is asked
+                r = httpx.get(f"{base}/page", headers={"X-User-Id": f"u{i}"}, timeout=10)
+                assert r.status_code == 200 and r.text == "v1"
+                assert "X-Autoexp-Decision" not in r.headers
+            server.start()
+            deadline = time.monotonic() + 30
+            while len(decided) < 30:
+                assert time.monotonic() < deadline, f"{len(decided)} decided 30 s after Redis"
+                r = httpx.get(f"{base}/page", headers={"X-User-Id": "u1"}, timeout=10)
+                assert r.status_code == 200 and r.text in ("v1", "v2")
+                if "X-Autoexp-Decision" in r.headers:
+                    decided.append(decision_id(r.headers["X-Autoexp-Decision"]))
+                else:  # a worker that has not started it yet: control, counted
+                    time.sleep(0.05)
+            ready = http.get("/_autoexp/readyz?store=required")
+            assert ready.status_code == 200 and ready.json()["waiting"] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        app.close()
+    elapsed = time.monotonic() - started
+    out = log.read_text()
+    try:
+        assert proc.returncode == 0, out
+        # at least 20 requests failed open, said by each worker at most every 10 s
+        said = out.count("failed open to control")
+        assert 1 <= said <= workers * (1 + elapsed // 10), (said, elapsed, out)
+        assert out.count("the store does not answer (") == workers, out
+        assert "experiments ranker start when it does" in out
+        assert ("; starting anyway" in out) == (workers > 1), out
+        assert out.count("experiment ranker started: its store answers") == workers, out
+        store = open_store(url)
+        try:
+            n, logged, rewarded = replay(store, "ranker")
+            assert set(decided) <= logged and set(decided) <= rewarded  # each answer's status
+            assert n.sum() == len(rewarded) >= 30
+        finally:
+            store.close()
+    finally:
+        server.stop()

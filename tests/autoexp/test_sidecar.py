@@ -28,9 +28,10 @@ from autoexp.errors import (
     UnknownExperimentError,
 )
 from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS, OFFLOAD
+from autoexp.store.memory import MemoryStore
 from autoexp.tokens import Ticket, keys_from, sign
 from policies import OffPolicyCS, ThompsonBeta, TrafficCap
-from tests.autoexp.conftest import Sidecar, free_port
+from tests.autoexp.conftest import RedisServer, Sidecar, free_port
 
 SECRET = "k" * 32
 
@@ -206,7 +207,6 @@ def test_bad_requests_get_a_reason_and_change_nothing(
 
 
 def test_expired_and_late_rewards_are_refused() -> None:
-    from autoexp.store.memory import MemoryStore
 
     now = [1_000_000.0]
     engine = Engine(
@@ -423,7 +423,8 @@ def test_one_sidecar_of_two_applies_the_defaults_and_the_other_takes_over(
 def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
     # Redis stopped under a running sidecar: once the engine has noticed (its background
     # log writer fails within the 0.3 s socket timeout), decide and rewards answer 503
-    # (decide says fail_open), readiness fails, the SDK serves control and counts it;
+    # (decide says fail_open), readyz says so (a 503 only with ?store=required), the SDK
+    # serves control and counts it;
     # nothing that was acknowledged is lost; after Redis is back (it kept nothing on disk)
     # the sidecar decides again and the engine declares its state anew.
     redis_server.flush()
@@ -454,7 +455,10 @@ def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
                 assert r.status_code == 503 and r.json()["fail_open"] is True
                 r = http.post("/_autoexp/rewards", json={"token": made[5].token, "value": 1})
                 assert r.status_code == 503 and "retry" in r.json()["error"]
-                assert http.get("/_autoexp/readyz").status_code == 503
+                # still ready (it serves: control), unless the store is required
+                r = http.get("/_autoexp/readyz")
+                assert r.status_code == 200 and r.json()["store_ok"] is False
+                assert http.get("/_autoexp/readyz?store=required").status_code == 503
             with pytest.raises(StoreError):
                 client.reward(made[6], 1.0)
             answers = [exp(i) for i in range(5)]
@@ -463,7 +467,7 @@ def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
         finally:
             redis_server.start()
         with httpx.Client(base_url=side.url, timeout=5) as http:
-            assert http.get("/_autoexp/readyz").status_code == 200
+            assert http.get("/_autoexp/readyz?store=required").status_code == 200
         engine.refresh()
         d = client.decide("ranker")
         assert client.reward(d, 1.0)
@@ -476,3 +480,125 @@ def test_a_store_outage_fails_open_and_recovers(redis_server: Any) -> None:
         assert np.asarray(after.read("ranker")["policy.n"]).sum() == 1
     finally:
         after.close()
+
+
+def test_a_store_down_at_the_start_fails_open_until_it_answers(tmp_path: Any) -> None:
+    # The engine of a sidecar whose Redis does not answer as it starts (defer_start, as
+    # autoexp proxy makes it): before, the engine refused to exist (StoreError), so the
+    # proxy did not start. Now every call about the experiment says the store is down
+    # (decide 503 fail_open, rewards 503 retry, definition 503; the admin API lists it as
+    # waiting), readyz is 200 but 503 with ?store=required, the page and the metrics say
+    # so; once Redis answers, the background writer starts it within about a second.
+    from autoexp.store import open_store
+
+    server = RedisServer(tmp_path)  # its own: stopped here, started later on its port
+    server.stop()
+    url = server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
+    store = open_store(url)
+    with pytest.raises(StoreError):  # the default: refused
+        Engine(store, [spec()], secret=SECRET)
+    with pytest.raises(ConfigError, match="defer_start: needs the background writer"):
+        Engine(store, [spec()], secret=SECRET, log_flush_s=0, defer_start=True)
+    engine = Engine(store, [spec()], secret=SECRET, seed=3, defer_start=True)
+    side = Sidecar(engine, admin_token="a" * 24)
+    # a token another replica (already started) issued: its reward cannot be taken here
+    elsewhere = Engine(MemoryStore(), [spec()], secret=SECRET, seed=4)
+    token = elsewhere.decide("ranker").token
+    auth = {"Authorization": "Bearer " + "a" * 24}
+    try:
+        assert engine.experiments == [] and engine.waiting == ["ranker"]
+        with httpx.Client(base_url=side.url, timeout=5) as http:
+            r = http.post("/_autoexp/decide", json={"experiment": "ranker", "unit": "u1"})
+            assert r.status_code == 503 and r.json()["fail_open"] is True
+            assert "ranker': not started yet, its store has not answered" in r.json()["error"]
+            r = http.post("/_autoexp/decide", json={"experiment": "nope"})
+            assert r.status_code == 404  # still told apart from one that waits
+            r = http.post("/_autoexp/rewards", json={"token": token, "value": 1})
+            assert r.status_code == 503 and "nothing was acknowledged: retry" in r.json()["error"]
+            assert http.get("/_autoexp/experiments/ranker/definition").status_code == 503
+            r = http.get("/_autoexp/readyz")
+            assert r.status_code == 200
+            assert r.json()["store_ok"] is False and r.json()["waiting"] == ["ranker"]
+            assert http.get("/_autoexp/readyz?store=required").status_code == 503
+            assert http.get("/_autoexp/readyz?store=yes").status_code == 400
+            listed = http.get("/_autoexp/admin/experiments", headers=auth).json()["experiments"]
+            assert [(e["experiment"], e["waiting"]) for e in listed] == [("ranker", True)]
+            assert listed[0]["reason"].startswith("its store has not answered since this")
+            assert http.get("/_autoexp/admin/experiments/ranker", headers=auth).status_code == 503
+            r = http.post("/_autoexp/admin/experiments/ranker/pause", headers=auth, json={})
+            assert r.status_code == 503
+            data = http.get("/_autoexp/ui/data").json()
+            assert data["experiments"] == [] and data["waiting"][0]["experiment"] == "ranker"
+            assert "not started yet, its store has not answered" in http.get("/_autoexp/ui").text
+            metrics = http.get("/_autoexp/metrics").text
+            assert 'autoexp_waiting{experiment="ranker"} 1.0' in metrics
+            assert "autoexp_store_up 0.0" in metrics
+            server.start()
+            deadline = time.monotonic() + 10  # the writer tries every 50 ms
+            while engine.waiting:
+                assert time.monotonic() < deadline, "not started within 10 s of Redis"
+                time.sleep(0.05)
+            r = http.post("/_autoexp/decide", json={"experiment": "ranker", "unit": "u1"})
+            assert r.status_code == 200
+            r = http.post("/_autoexp/rewards", json={"token": r.json()["token"], "value": 1})
+            assert r.status_code == 202
+            r = http.post("/_autoexp/rewards", json={"token": token, "value": 1})
+            assert r.status_code == 202  # the other replica's decision, now taken
+            assert http.get("/_autoexp/readyz?store=required").status_code == 200
+            listed = http.get("/_autoexp/admin/experiments", headers=auth).json()["experiments"]
+            assert [(e["experiment"], "waiting" in e) for e in listed] == [("ranker", False)]
+            metrics = http.get("/_autoexp/metrics").text
+            assert 'autoexp_waiting{experiment="ranker"} 0.0' in metrics
+            assert "autoexp_store_up 1.0" in metrics
+        assert engine.experiments == ["ranker"]
+        engine.flush()
+        kinds = [r["type"] for r in store.records("ranker")]
+        assert sorted(kinds) == ["decision", "reward", "reward"]
+        assert np.asarray(store.read("ranker")["policy.n"]).sum() == 2
+    finally:
+        side.close()
+        elsewhere.close()
+        store.close()
+        server.stop()
+
+
+def test_an_experiment_its_store_refuses_once_it_answers_waits_and_says_why(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis holds ranker's state with three arms; the config has two. With Redis up the
+    # engine is refused at once, deferred start or not (as before). Started while Redis is
+    # down, the refusal comes when it answers: ranker stays waiting with the reason and
+    # says it (not "the store does not answer", and not holding up the other experiment).
+    from autoexp.store import open_store
+
+    server = RedisServer(tmp_path, "--appendonly", "yes")  # keeps ranker across the stop
+    url = server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
+    store = open_store(url)
+    engine = None
+    try:
+        three = spec(alternatives=("v1", "v2", "v3"), params=None)
+        Engine(store, [three], secret=SECRET, log_flush_s=0).close()
+        both = [spec(), spec(name="other")]
+        with pytest.raises(StoreError, match="a different policy or arm count"):
+            Engine(store, both, secret=SECRET, defer_start=True)
+        server.stop()
+        engine = Engine(store, both, secret=SECRET, seed=5, defer_start=True)
+        assert engine.waiting == ["other", "ranker"]
+        server.start()
+        deadline = time.monotonic() + 10
+        while engine.experiments != ["other"]:
+            assert time.monotonic() < deadline, engine.not_started()
+            time.sleep(0.05)
+        why = engine.not_started()
+        assert engine.waiting == ["ranker"] and why["ranker"].startswith("refused: store.declare")
+        with pytest.raises(StoreError, match=r"not started yet, refused: .* arm count"):
+            engine.decide("ranker")
+        assert engine.check_store() == (True, None)  # the store is not taken for down
+        assert engine.reward(engine.decide("other"), 1.0)
+        said = [r for r in caplog.records if "cannot start" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR"  # said, once in 10 s
+    finally:
+        if engine is not None:
+            engine.close()
+        store.close()
+        server.stop()

@@ -22,11 +22,12 @@ import pytest
 from autoexp.engine import Engine, ExperimentSpec
 from autoexp.errors import StoreError
 from autoexp.proxy.ui import BADGES, HEIGHT, MAX_POINTS, PLOT, SERIES, collect, render
+from autoexp.store import open_store
 from autoexp.store.memory import MemoryStore
 from policies import ConservativeBudget, OffPolicyCS, ThompsonBeta, TrafficCap
 from policies.greedy import EpsilonGreedy
 from policies.safety import Guardrail
-from tests.autoexp.conftest import Sidecar
+from tests.autoexp.conftest import Sidecar, free_port
 
 SECRET = "u" * 32
 TOKEN = "t" * 24
@@ -293,6 +294,29 @@ def test_the_script_re_renders_the_same_page(side: Sidecar, tmp_path: Path) -> N
     # the names were shown as text by both renderers, and nothing of them ran
     assert html.escape(SCRIPT_NAME, quote=False) in text
     assert "pwned" not in re.search(r"<body[^>]*>", refreshed).group(0)
+
+
+def test_an_experiment_waiting_for_its_store_is_shown_by_both_renderers(tmp_path: Path) -> None:
+    # a proxy started while its store does not answer (nothing listens on the port)
+    url = f"redis://127.0.0.1:{free_port()}/0?connect_timeout_s=0.2&socket_timeout_s=0.2"
+    store = open_store(url)
+    engine = Engine(store, specs()[1:2], secret=SECRET, seed=1, defer_start=True)
+    side = Sidecar(engine)
+    try:
+        served = chromium(tmp_path, f"{side.url}/_autoexp/ui", "--dump-dom")
+        refreshed = chromium(
+            tmp_path, f"{side.url}/_autoexp/ui", "--dump-dom", "--virtual-time-budget=6000"
+        )
+        assert re.search(r'<body data-refreshes="[1-9]">', refreshed), refreshed[:500]
+        assert experiments_of(refreshed) == experiments_of(served)
+        text = experiments_of(served)
+        assert "<h2>ranker</h2>" in text and "no experiments" not in text
+        assert "not started yet, its store has not answered since this process started" in text
+        assert "Redis failed: Error 111 connecting to 127.0.0.1:" in text
+        assert "its requests go to control" in text
+    finally:
+        side.close()
+        store.close()
 
 
 def bands(pixels: np.ndarray, colors: list[np.ndarray]) -> list[tuple[int, int]]:
