@@ -739,6 +739,12 @@ class Engine(Deciding):
         return sorted(self._live)
 
     @property
+    def store_ok(self) -> bool:
+        """False since a store call failed, until the store answers again (the
+        background writer asks it every ``log_flush_s`` meanwhile)."""
+        return self._down is None
+
+    @property
     def waiting(self) -> list[str]:
         """The experiments not started yet because their store has not answered since
         the engine started (``defer_start``); the background writer starts them when it

@@ -191,5 +191,10 @@ def check(path: str) -> tuple[bool, list[str]]:
                 timeout_s = config.proxy.connect_timeout_s
                 lines.append(f"      {name} upstream: {_upstream(up, timeout_s)}")
     lines += [f"warning: {w}" for w in warnings]
-    lines.append("ready to serve" if ok else "not ready: the store does not answer")
+    lines.append(
+        "ready to serve"
+        if ok
+        else "not ready: the store does not answer (served anyway, the proxy would send "
+        "every request to control until it does)"
+    )
     return ok, lines

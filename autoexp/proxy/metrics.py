@@ -126,7 +126,7 @@ class _EngineCollector(Collector):
             labels=["experiment"],
         )
         waiting = self.engine.waiting
-        ok = not waiting
+        ok = self.engine.store_ok  # with no experiment started too
         for name in waiting:
             waits.add_metric([name], 1.0)
         for name in self.engine.experiments:

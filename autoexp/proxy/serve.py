@@ -20,8 +20,8 @@ write their pending logs (and on Linux they are sent SIGTERM if it is killed:
 :func:`_start_worker`); it restarts a worker that dies (after a pause that doubles up to
 10 s), and stops everything if a worker refuses its config (exit code 2). A store that does
 not answer at the start is said, not refused: each worker forwards to control until it
-answers (:func:`serve`). SIGHUP reloads
-the config: new workers on it, then the old ones drain and stop (:func:`_reload`).
+answers (:func:`serve`). SIGHUP reloads the config: new workers on it, then the old ones
+drain and stop (:func:`_reload`).
 """
 
 from __future__ import annotations
@@ -145,12 +145,10 @@ def serve(
         f"autoexp proxy [{os.getpid()}]: experiments {names} on {where} (config sha256 {digest})",
         flush=True,
     )
-    if engine.waiting:
-        _, error = engine.check_store()
+    for name, why in engine.not_started().items():
         print(
-            f"autoexp proxy [{os.getpid()}]: the store does not answer ({error}); "
-            f"experiments {', '.join(engine.waiting)} start when it does, and until then "
-            "their requests go to control (counted as fail_open)",
+            f"autoexp proxy [{os.getpid()}]: experiment {name} not started yet, {why}; "
+            "its requests go to control (counted as fail_open) until it starts",
             file=sys.stderr,
             flush=True,
         )

@@ -132,7 +132,10 @@ def test_a_store_that_does_not_answer_fails_the_check_and_its_password_is_not_sh
     assert code == 1, out
     assert "hunter2" not in out
     assert f"{redacted(url)}: does not answer (" in out and ":***@127.0.0.1" in out
-    assert out.rstrip().endswith("not ready: the store does not answer")
+    assert out.rstrip().endswith(
+        "not ready: the store does not answer (served anyway, the proxy would send every "
+        "request to control until it does)"
+    )
     missing = tmp_path / "no-such-directory" / "state.db"
     code, out, _ = run(tmp_path, config(f"sqlite:///{missing}", "http://127.0.0.1:9", one), capsys)
     assert code == 1 and f"directory {missing.parent} does not exist" in out, out

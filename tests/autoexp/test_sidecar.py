@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 
 import autoexp
 from autoexp.engine import Engine, ExperimentSpec
@@ -27,11 +28,11 @@ from autoexp.errors import (
     StoreError,
     UnknownExperimentError,
 )
-from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS, OFFLOAD
+from autoexp.proxy.app import MAX_BODY_BYTES, MAX_REWARDS, OFFLOAD, make_app
 from autoexp.store.memory import MemoryStore
 from autoexp.tokens import Ticket, keys_from, sign
 from policies import OffPolicyCS, ThompsonBeta, TrafficCap
-from tests.autoexp.conftest import RedisServer, Sidecar, free_port
+from tests.autoexp.conftest import RedisServer, Served, Sidecar, free_port
 
 SECRET = "k" * 32
 
@@ -563,7 +564,7 @@ def test_a_store_down_at_the_start_fails_open_until_it_answers(tmp_path: Any) ->
 
 
 def test_an_experiment_its_store_refuses_once_it_answers_waits_and_says_why(
-    tmp_path: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Redis holds ranker's state with three arms; the config has two. With Redis up the
     # engine is refused at once, deferred start or not (as before). Started while Redis is
@@ -571,6 +572,7 @@ def test_an_experiment_its_store_refuses_once_it_answers_waits_and_says_why(
     # says it (not "the store does not answer", and not holding up the other experiment).
     from autoexp.store import open_store
 
+    monkeypatch.setattr("autoexp.engine.REFUSED_RETRY_S", 1.0)
     server = RedisServer(tmp_path, "--appendonly", "yes")  # keeps ranker across the stop
     url = server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
     store = open_store(url)
@@ -595,8 +597,33 @@ def test_an_experiment_its_store_refuses_once_it_answers_waits_and_says_why(
             engine.decide("ranker")
         assert engine.check_store() == (True, None)  # the store is not taken for down
         assert engine.reward(engine.decide("other"), 1.0)
-        said = [r for r in caplog.records if "cannot start" in r.getMessage()]
-        assert len(said) == 1 and said[0].levelname == "ERROR"  # said, once in 10 s
+        side = Served(make_app(engine, close_engine=False))  # the engine goes on after
+        try:
+            with httpx.Client(base_url=side.url, timeout=5) as http:
+                metrics = http.get("/_autoexp/metrics").text
+                page = http.get("/_autoexp/ui").text
+            assert "autoexp_store_up 1.0" in metrics
+            assert 'autoexp_waiting{experiment="ranker"} 1.0' in metrics
+            assert 'ranker</h2> <span class="err">not started yet, refused: store.declare' in page
+        finally:
+            side.close()
+        # tried again every REFUSED_RETRY_S (1 s here), and said each time, no more often
+        deadline = time.monotonic() + 10
+        while len(said := [r for r in caplog.records if "cannot start" in r.getMessage()]) < 3:
+            assert time.monotonic() < deadline, said
+            time.sleep(0.05)
+        assert {r.levelname for r in said} == {"ERROR"} and "ranker" in said[0].getMessage()
+        gaps = np.diff([r.created for r in said])
+        assert (gaps >= 0.9).all(), gaps  # 0.1 s for the log's own clock against monotonic
+        # the operator clears ranker's old state: it starts at the next try
+        client = redis.Redis.from_url(server.url)
+        client.delete(*client.keys("autoexp:{ranker}:*"))
+        client.close()
+        deadline = time.monotonic() + 10
+        while engine.waiting:
+            assert time.monotonic() < deadline, engine.not_started()
+            time.sleep(0.05)
+        assert engine.decide("ranker").arm in (0, 1)
     finally:
         if engine is not None:
             engine.close()
