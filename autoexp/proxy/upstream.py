@@ -334,7 +334,7 @@ class Forwarder:
             if now - self._said_fail_open >= SAY_FAIL_OPEN_S:  # not a line per request
                 self._said_fail_open = now
                 log.warning(
-                    "autoexp: %s failed open to control: %r (%d requests so far; said at "
+                    "autoexp: %s failed open to control: %r (%d failed open so far; said at "
                     "most every %.0f s, all counted in autoexp_proxy_events_total)",
                     route.experiment,
                     e,
