@@ -65,7 +65,7 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
     def summary(name: str) -> dict[str, Any]:
         st = engine.status(name)
         st.pop("state", None)
-        return st
+        return {**st, "waiting": False}
 
     async def list_experiments(request: web.Request) -> web.Response:
         if (refused := authorised(request)) is not None:

@@ -547,7 +547,7 @@ def test_a_store_down_at_the_start_fails_open_until_it_answers(tmp_path: Any) ->
             assert r.status_code == 202  # the other replica's decision, now taken
             assert http.get("/_autoexp/readyz?store=required").status_code == 200
             listed = http.get("/_autoexp/admin/experiments", headers=auth).json()["experiments"]
-            assert [(e["experiment"], "waiting" in e) for e in listed] == [("ranker", False)]
+            assert [(e["experiment"], e["waiting"]) for e in listed] == [("ranker", False)]
             metrics = http.get("/_autoexp/metrics").text
             assert 'autoexp_waiting{experiment="ranker"} 0.0' in metrics
             assert "autoexp_store_up 1.0" in metrics
