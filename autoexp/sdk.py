@@ -45,6 +45,7 @@ from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
 from .generate import parse_generation
 from .store import Store, open_store
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     from .client import Client
@@ -190,6 +191,7 @@ class Experiment:
         self._started = False  # with a client: checked against the sidecar's definition
         self._closed = False
         self.fail_open = 0
+        self._fail_open_said = Throttle()  # logged at most every 10 s, counted every time
 
     # --- definition ---------------------------------------------------------------------
 
@@ -343,7 +345,15 @@ class Experiment:
 
     def _failed_open(self, error: StoreError) -> None:
         self.fail_open += 1
-        log.warning("autoexp: %s failed open to control: %s", self.name, error)
+        if self._fail_open_said.due():  # not a line per call while the store is down
+            log.warning(
+                "autoexp: %s failed open to control: %s (%d failed open so far; said at most "
+                "every %.0f s, all counted in status()['fail_open'])",
+                self.name,
+                error,
+                self.fail_open,
+                self._fail_open_said.every_s,
+            )
 
     def _choose(
         self, unit: str | None, context: Sequence[float] | Mapping[str, Any] | None

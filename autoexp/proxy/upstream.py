@@ -56,6 +56,7 @@ from aiohttp import web
 
 from ..engine import Decision, Engine
 from ..errors import StoreError
+from ..throttle import Throttle
 from .features import request_context
 from .http1 import IDEMPOTENT, Pool, UpstreamError
 from .offload import Offload
@@ -92,7 +93,6 @@ CHUNK = 64 * 1024
 HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
 APPLY_BATCH = 1_000  # rewards per store call
 APPLIER_STOP_S = 30.0  # at exit, the applier's last writes are awaited this long
-SAY_FAIL_OPEN_S = 10.0  # a request failing open is logged at most this often
 FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
 # the client's body could not be read whole (too large, cut off, malformed): its fault, not
 # the upstream's, though aiohttp's client reports it as a ClientError of its own
@@ -162,7 +162,7 @@ class Forwarder:
     offload: Offload = field(default_factory=Offload)  # store calls (a unit not held)
     pools: dict[str, Pool] = field(default_factory=dict)  # http:// upstreams, bodiless requests
     drain: Drain = field(default_factory=Drain)
-    _said_fail_open: float = -math.inf  # when a request failing open was last logged
+    _fail_open_said: Throttle = field(default_factory=Throttle)  # logged, not every time
 
     @property
     def counts(self) -> Counter[str]:
@@ -330,16 +330,14 @@ class Forwarder:
             return decided
         except Exception as e:  # fail open: whatever broke, the request goes to control
             self.events["fail_open"] += 1
-            now = time.monotonic()
-            if now - self._said_fail_open >= SAY_FAIL_OPEN_S:  # not a line per request
-                self._said_fail_open = now
+            if self._fail_open_said.due():  # not a line per request
                 log.warning(
                     "autoexp: %s failed open to control: %r (%d failed open so far; said at "
                     "most every %.0f s, all counted in autoexp_proxy_events_total)",
                     route.experiment,
                     e,
                     self.events["fail_open"],
-                    SAY_FAIL_OPEN_S,
+                    self._fail_open_said.every_s,
                 )
             return None
 

@@ -119,10 +119,13 @@ def test_misuse_gets_specific_errors(store: Any) -> None:
         autoexp.Experiment("e", test_params={"n_expected": -1})
 
 
-def test_store_down_fails_open_to_control(redis_server: Any) -> None:
+def test_store_down_fails_open_to_control(
+    redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     redis_server.flush()
     exp = make(redis_server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3")
     assert exp("q").result.startswith("v")  # starts while Redis is up
+    stopped = time.monotonic()
     redis_server.stop()
     try:
         # the engine notices within its background writer's period (50 ms) ...
@@ -137,6 +140,10 @@ def test_store_down_fails_open_to_control(redis_server: Any) -> None:
         assert all(a.decision is None for a in answers)
         assert exp.reward(None, 1.0) is False
         assert exp.status()["fail_open"] >= 3
+        # every one counted, but said at most every 10 s, not once per call
+        said = [r for r in caplog.records if "failed open to control" in r.getMessage()]
+        assert 1 <= len(said) <= 1 + (time.monotonic() - stopped) // 10, len(said)
+        assert "(1 failed open so far; said at most every 10 s" in said[0].getMessage()
     finally:
         redis_server.start()
     # once Redis is back the engine recovers by itself and decides again
