@@ -163,6 +163,7 @@ class Forwarder:
     pools: dict[str, Pool] = field(default_factory=dict)  # http:// upstreams, bodiless requests
     drain: Drain = field(default_factory=Drain)
     _fail_open_said: Throttle = field(default_factory=Throttle)  # logged, not every time
+    _store_error_said: Throttle = field(default_factory=Throttle)  # the applier's, likewise
 
     @property
     def counts(self) -> Counter[str]:
@@ -252,7 +253,14 @@ class Forwarder:
             results = self.engine.reward_each(chunk)
         except StoreError as e:  # kept for the next try (bounded), counted
             self.applier_events["reward_store_errors"] += 1
-            log.warning("autoexp: applying %d rewards failed: %s", len(chunk), e)
+            if self._store_error_said.due():  # tried every 50 ms while the store is down
+                log.warning(
+                    "autoexp: applying %d rewards failed: %s (kept and tried again; said at "
+                    "most every %.0f s, counted in reward_store_errors)",
+                    len(chunk),
+                    e,
+                    self._store_error_said.every_s,
+                )
             return False
         except Exception as e:  # the engine failing oddly: dropped, said
             self._done(len(chunk), "rewards_refused")

@@ -62,7 +62,9 @@ def replay(store: Any, name: str) -> tuple[np.ndarray, set[str], set[str]]:
     return n, decided, rewarded
 
 
-def test_redis_stopped_mid_run_no_user_request_fails(tmp_path: Path) -> None:
+def test_redis_stopped_mid_run_no_user_request_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A Redis of its own, append-only file fsynced on every write, killed (SIGKILL) while
     # users go through the proxy, then restarted on its file. Every request is answered
     # 200: once the proxy finds Redis down it sends users to control and counts fail_open
@@ -97,6 +99,7 @@ def test_redis_stopped_mid_run_no_user_request_fails(tmp_path: Path) -> None:
                 served.append(r.headers["X-Autoexp-Decision"])
         return answers
 
+    started = time.monotonic()
     try:
         with httpx.Client(base_url=side.url, timeout=30) as http:
             before = users(http, 150, 0)
@@ -113,6 +116,7 @@ def test_redis_stopped_mid_run_no_user_request_fails(tmp_path: Path) -> None:
             ready = http.get("/_autoexp/readyz")  # it serves (control): ready
             assert ready.status_code == 200 and ready.json()["store_ok"] is False
             assert http.get("/_autoexp/readyz?store=required").status_code == 503
+            time.sleep(1.0)  # the queued rewards tried again and again meanwhile
             server.start()
             deadline = time.monotonic() + 30
             while http.get("/_autoexp/readyz?store=required").status_code != 200:
@@ -134,6 +138,15 @@ def test_redis_stopped_mid_run_no_user_request_fails(tmp_path: Path) -> None:
         assert rewarded == ids and ids <= decided
         np.testing.assert_array_equal(store.read("ranker")["policy.n"][0], n)
         assert n.sum() == 300 + decided_during
+        # what failed during the outage is counted each time, said at most every 10 s
+        # (the rewards were tried every 50 ms, the requests failed open one by one)
+        elapsed = time.monotonic() - started
+        for words, event in [
+            ("rewards failed", "reward_store_errors"),
+            ("failed open to control", "fail_open"),
+        ]:
+            said = sum(words in r.getMessage() for r in caplog.records)
+            assert 1 <= said <= 1 + elapsed // 10 < forwarder.counts[event], (words, said)
     finally:
         side.close()
         store.close()
