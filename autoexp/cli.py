@@ -85,7 +85,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     except StoreError as e:
         if args.listen_fds is None:
             raise
-        # a supervised worker: a store down as it starts is not a refused config
+        # a supervised worker: a store it could not open (a SQLite file locked past its
+        # timeout) is not a refused config: replaced with pauses (a Redis down waits: serve)
         print(f"autoexp proxy: error: {e}", file=sys.stderr)
         return STORE_UNAVAILABLE
     return 0

@@ -55,7 +55,7 @@ __all__ = ["ServeOptions", "serve", "supervise"]
 log = logging.getLogger("autoexp.proxy")
 
 CONFIG_ERROR = 2  # a worker's exit code for a config it refuses: the supervisor stops
-STORE_UNAVAILABLE = 3  # a worker's, for a store that did not answer as it started: replaced
+STORE_UNAVAILABLE = 3  # a worker's, for a store it could not open (SQLite): replaced
 RESTART_PAUSE_S = (0.5, 10.0)  # first and longest pause before restarting a dead worker
 
 
@@ -377,9 +377,7 @@ def supervise(options: ServeOptions) -> int:
                         code = CONFIG_ERROR
                         stopping.append(signal.SIGTERM)
                         break
-                    why = f"exited with {proc.returncode}"
-                    if proc.returncode == STORE_UNAVAILABLE:
-                        why = "could not reach its store as it started"
+                    why = f"exited with {_exit_code(proc.returncode)}"
                     print(
                         f"autoexp proxy: worker {i} (pid {proc.pid}) {why}; "
                         f"restarting in {pauses[i]:.1f} s",
@@ -522,7 +520,8 @@ def _reload(
                     proc = pipes[r]
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=5)
-                    raise _NotReady(f"a new worker (pid {proc.pid}) exited with {proc.poll()}")
+                    code = _exit_code(proc.poll())
+                    raise _NotReady(f"a new worker (pid {proc.pid}) exited with {code}")
                 waiting.discard(r)
     except (_NotReady, OSError, ConfigError) as e:
         _stop_all(fresh, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
@@ -537,6 +536,12 @@ def _reload(
             os.close(r)
     print(f"autoexp proxy: reloaded {options.config}: workers {pids} serve it", flush=True)
     return fresh
+
+
+def _exit_code(code: int | None) -> str:
+    """A worker's exit code, with what it means when it is one of ours."""
+    said = {CONFIG_ERROR: "its config refused", STORE_UNAVAILABLE: "its store not opened"}
+    return f"{code} ({said[code]})" if code in said else str(code)
 
 
 def _stop_all(procs: Sequence[subprocess.Popen[bytes] | None], sig: int, wait_s: float) -> None:
