@@ -82,16 +82,9 @@ class Config:
     proxy: ProxySettings | None = None
     routes: tuple[Route, ...] = ()
 
-    def engine(self, *, seed: int | None = None, defer_start: bool = False) -> Engine:
-        """An engine on this config's store, for its experiments (``defer_start``: see
-        :class:`~autoexp.engine.Engine`)."""
-        return Engine(
-            open_store(self.store),
-            self.experiments,
-            secret=self.secret,
-            seed=seed,
-            defer_start=defer_start,
-        )
+    def engine(self, *, seed: int | None = None) -> Engine:
+        """An engine on this config's store, for its experiments."""
+        return Engine(open_store(self.store), self.experiments, secret=self.secret, seed=seed)
 
 
 def _fail(where: str, what: str) -> ConfigError:

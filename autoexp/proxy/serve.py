@@ -45,7 +45,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -121,7 +121,8 @@ def serve(
     ``options.host`` and ``options.port``; ``ready_fd``: a pipe told one byte once the
     port is served, then closed (the supervisor's reload waits for it)."""
     from ..config import load_config
-    from ..store import redacted, store_url
+    from ..engine import Engine
+    from ..store import open_store, redacted, store_url
     from .admin import admin_token
     from .app import make_app
     from .check import overlaps
@@ -135,9 +136,15 @@ def serve(
     token = admin_token()  # refused before anything is built
     if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
         raise ConfigError(f"{options.config}: changed while it was read; try again")
-    # a store down as it starts (a Redis restarting with the pod, say) does not keep the
-    # proxy down with it: the experiments start once it answers, control meanwhile
-    engine = config.engine(defer_start=True)
+    store = open_store(config.store)  # StoreError if it cannot be opened (SQLite)
+    try:
+        # a store down as it starts (a Redis restarting with the pod, say) does not keep
+        # the proxy down with it: the experiments start once it answers, control meanwhile
+        engine = Engine(store, config.experiments, secret=config.secret, defer_start=True)
+    except StoreError as e:  # so the store answered, and refused the experiments (state
+        # of other shapes stored under their names): the config's fault, not an outage
+        store.close()
+        raise ConfigError(str(e)) from e
     engine.warm_up()  # compiled code loaded now, not during the first reward
     names = ", ".join(engine.experiments + engine.waiting)
     where = redacted(store_url(config.store))

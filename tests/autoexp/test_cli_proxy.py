@@ -331,6 +331,37 @@ def test_workers_need_a_shared_store_a_fixed_port_and_a_free_one(tmp_path: Path)
         taken.close()
 
 
+def test_a_store_holding_other_shapes_is_a_refused_config(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Redis answers and holds ranker with three arms; the config has two. A refused
+    # config (exit 2, the store's reason), not an outage: with --workers 2 it was exit 3
+    # ("could not reach its store") for each worker, restarted every 10 s for ever.
+    from autoexp.engine import Engine, ExperimentSpec
+    from policies import ThompsonBeta
+
+    redis_server.flush()
+    store = open_store(redis_server.url)
+    three = ExperimentSpec(name="ranker", alternatives=("a", "b", "c"), policy=ThompsonBeta())
+    Engine(store, [three], secret="x" * 32, log_flush_s=0).close()
+    store.close()
+    config = tmp_path / "autoexp.toml"
+    config.write_text(CONFIG.format(db="x").replace("sqlite:///x", redis_server.url))
+    for workers in ("1", "2"):
+        proc = subprocess.run(
+            [*PROXY, "--config", str(config), "--port", str(free_port()), "--workers", workers],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "'ranker'.policy.n has shape (1, 3) (asked (1, 2)): a different policy" in (
+            proc.stderr
+        )
+        assert "restarting" not in proc.stderr and "Traceback" not in proc.stderr
+        assert ("worker 0 refused the config" in proc.stderr) == (workers == "2")
+
+
 def test_a_short_admin_token_is_refused_before_anything_serves(tmp_path: Path) -> None:
     # Before, the worker died in a traceback (ValueError from the admin routes), and with
     # --workers each one was restarted every 10 s for ever.
