@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the config and exit, serving nothing: validated as serving would, "
         "routes that take each other's requests, the signing key, whether the store "
-        "answers (a SQLite file not there yet is not created) and the upstreams; exit 0 "
-        "ready, 1 the store does not answer, 2 the config is refused",
+        "answers (a SQLite file not there yet is not created) and holds none of the "
+        "experiments with other shapes, and the upstreams; exit 0 ready, 1 the store does "
+        "not answer, 2 the config is refused",
     )
     p.add_argument("--listen-fds", type=_fds, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

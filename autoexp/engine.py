@@ -59,7 +59,7 @@ from policies.promotion import STATUS, PromotionRule
 from .deciding import Deciding
 from .draws import Ids
 from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
-from .experiment import Decision, ExperimentSpec, Live, budget_of
+from .experiment import Decision, ExperimentSpec, Live, budget_of, state_shapes
 from .expiry import Scans
 from .generate import generation_step
 from .lifecycle import changes_of, evidence_of, history_of, operator_change
@@ -242,15 +242,7 @@ class Engine(Deciding):
         rule = spec.rule
         if rule is None and spec.test is not None:
             rule = PromotionRule(test_name=spec.test.name)
-        parts = {"policy": spec.policy.init(k, 1).to_dict()}
-        if spec.test is not None:
-            parts["test"] = spec.test.init(k, 1).to_dict()
-        for i, g in enumerate(spec.guardrails):
-            parts[f"guard.{i}"] = g.init(k, 1).to_dict()
-        shapes: dict[str, tuple[int, ...]] = {}
-        for prefix, data in parts.items():
-            for name, array in data.items():
-                shapes[f"{prefix}.{name}"] = tuple(np.shape(array))
+        shapes = state_shapes(spec)
         self.store.declare(spec.name, shapes)
         if self.store.get(spec.name, "alternatives") is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))

@@ -21,7 +21,7 @@ from .context import ContextSpec
 from .errors import ConfigError
 from .generate import Generation
 
-__all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision"]
+__all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision", "state_shapes"]
 
 HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
 
@@ -290,6 +290,23 @@ class Live:
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(
         default_factory=lambda: deque(maxlen=HISTORY)
     )
+
+
+def state_shapes(spec: ExperimentSpec) -> dict[str, tuple[int, ...]]:
+    """The shapes of the experiment's state arrays in the store, as the engine declares
+    them: its policy stack's (``policy.*``), its test's (``test.*``) and each guardrail's
+    (``guard.N.*``)."""
+    k = len(spec.alternatives)
+    parts = {"policy": spec.policy.init(k, 1).to_dict()}
+    if spec.test is not None:
+        parts["test"] = spec.test.init(k, 1).to_dict()
+    for i, g in enumerate(spec.guardrails):
+        parts[f"guard.{i}"] = g.init(k, 1).to_dict()
+    return {
+        f"{prefix}.{name}": tuple(np.shape(array))
+        for prefix, data in parts.items()
+        for name, array in data.items()
+    }
 
 
 def served(alloc: np.ndarray, status: np.ndarray, paused: bool) -> np.ndarray:

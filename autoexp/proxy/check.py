@@ -11,7 +11,9 @@ would want to hear of before deploying:
 - the signing key, which must be there (``AUTOEXP_SECRET`` or the file's ``secret``),
   and the admin token, which may be absent (no admin API) but not short;
 - the store, which must answer: opened and asked which experiments it holds (a SQLite
-  file not there yet is not created: its directory must be one the proxy can write in);
+  file not there yet is not created: its directory must be one the proxy can write in),
+  and whether it holds the state of one of the config's experiments with other shapes
+  (another arm count, another policy under the same name), which serving would refuse;
 - each upstream, connected to over TCP with the config's connect timeout: reported, not
   failed, since an application may start after its sidecar.
 
@@ -20,6 +22,7 @@ would want to hear of before deploying:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Sequence
@@ -30,12 +33,14 @@ from policies import ConservativeBudget, TrafficCap
 
 from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
+from ..experiment import ExperimentSpec, state_shapes
 from ..store import open_store, redacted, store_url
+from ..store.base import check_declared
 from ..tokens import keys_from
 from .admin import TOKEN_VARIABLE, admin_token
 from .routes import Route
 
-__all__ = ["check", "overlaps", "store_answers"]
+__all__ = ["check", "overlaps", "refuse_stored", "store_answers"]
 
 
 def _compatible(a: str | None, b: str | None) -> bool:
@@ -84,18 +89,26 @@ def overlaps(routes: Sequence[Route]) -> list[str]:
     return out
 
 
-def store_answers(url: str) -> tuple[bool, str]:
-    """Whether the store answers, and what it said (a SQLite file not there yet is not
-    created, only its directory checked)."""
+def _not_there_yet(url: str) -> Path | None:
+    """The file of a SQLite store that does not exist yet (opening it would create it)."""
     if urlsplit(url).scheme == "sqlite" and url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :].split("?", 1)[0])
         if not path.exists():
-            folder = path.parent
-            if not folder.is_dir():
-                return False, f"{redacted(url)}: directory {folder} does not exist"
-            if not os.access(folder, os.W_OK | os.X_OK):
-                return False, f"{redacted(url)}: directory {folder} is not writable"
-            return True, f"{redacted(url)}: not there yet; serving creates it"
+            return path
+    return None
+
+
+def store_answers(url: str) -> tuple[bool, str]:
+    """Whether the store answers, and what it said (a SQLite file not there yet is not
+    created, only its directory checked)."""
+    path = _not_there_yet(url)
+    if path is not None:
+        folder = path.parent
+        if not folder.is_dir():
+            return False, f"{redacted(url)}: directory {folder} does not exist"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return False, f"{redacted(url)}: directory {folder} is not writable"
+        return True, f"{redacted(url)}: not there yet; serving creates it"
     try:
         store = open_store(url)
         try:
@@ -105,6 +118,29 @@ def store_answers(url: str) -> tuple[bool, str]:
     except (StoreError, ConfigError) as e:
         return False, f"{redacted(url)}: does not answer ({e})"
     return True, f"{redacted(url)}: answers; holds {', '.join(held) or 'no experiment yet'}"
+
+
+def refuse_stored(url: str, experiments: Sequence[ExperimentSpec]) -> None:
+    """:class:`ConfigError` if the store at ``url`` holds the state of one of
+    ``experiments`` with other shapes than it declares, as serving would refuse it (the
+    same check as the store's ``declare``); nothing is written."""
+    from ..snapshot import serving_policy
+
+    store = open_store(url)
+    try:
+        held = set(store.experiments())
+        for spec in experiments:
+            if spec.name not in held:
+                continue
+            policy, _ = serving_policy(spec.policy, store, spec.name)  # as the engine does
+            wanted = state_shapes(dataclasses.replace(spec, policy=policy))
+            have = {k: tuple(v.shape) for k, v in store.read(spec.name).items()}
+            try:
+                check_declared(spec.name, have, wanted)
+            except StoreError as e:
+                raise ConfigError(f"experiments.{spec.name}: {e}") from None
+    finally:
+        store.close()
 
 
 def _upstream(url: str, timeout_s: float) -> str:
@@ -164,6 +200,8 @@ def check(path: str) -> tuple[bool, list[str]]:
         warnings.append("secret: read from the config file; AUTOEXP_SECRET keeps it out of it")
     url = store_url(config.store)
     ok, said = store_answers(url)
+    if ok and _not_there_yet(url) is None:  # a store that holds something
+        refuse_stored(url, config.experiments)
     lines.append(f"  store     {said}")
     admin = "on" if token else f"off (no {TOKEN_VARIABLE})"
     lines.append(f"  admin     {admin}")

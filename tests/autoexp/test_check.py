@@ -3,13 +3,16 @@ routes that take each other's requests, the store and the upstreams, nothing ser
 
 from __future__ import annotations
 
+import re
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from autoexp.cli import main
+from autoexp.config import parse_config
 from autoexp.engine import Engine
 from autoexp.errors import ConfigError
 from autoexp.proxy.check import overlaps
@@ -153,6 +156,40 @@ def test_a_config_serving_would_refuse_is_refused_alike(
     assert code == 2 and out == "" and "secret: no signing key; set AUTOEXP_SECRET" in err
     code, out, err = run(tmp_path, 'secret = "a-test-secret-of-32-bytes-at-least"\n' + good, capsys)
     assert code == 0 and "warning: secret: read from the config file" in out, (out, err)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_store_holding_an_experiment_with_other_shapes_is_refused_as_serving_would_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, kind: str
+) -> None:
+    # The store holds ranker with three arms, the config has two: serving refuses it
+    # (exit 2 with the store's reason), where the check used to say "ready to serve".
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        url = server.url
+    else:
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    two = config(url, "http://127.0.0.1:9", ("ranker", "", ""))
+    three = parse_config(tomllib.loads(two.replace('{ name = "b" }', '"b", "c"')))
+    store = open_store(url)
+    Engine(store, three.experiments, secret=SECRET, log_flush_s=0).close()
+    before = {k: v.tolist() for k, v in store.read("ranker").items()}
+    store.close()
+    code, out, err = run(tmp_path, two, capsys)
+    assert code == 2 and out == "", out
+    assert re.search(
+        r"experiments\.ranker: store\.declare: 'ranker'\.\S+ has shape \(1, 3\) "
+        r"\(asked \(1, 2\)\): a different policy or arm count on the same store",
+        err,
+    ), err
+    store = open_store(url)  # nothing written
+    assert {k: v.tolist() for k, v in store.read("ranker").items()} == before
+    assert store.experiments() == ["ranker"]
+    store.close()
+    # under a new name it starts afresh beside the old one
+    code, out, _ = run(tmp_path, config(url, "http://127.0.0.1:9", ("ranker2", "", "")), capsys)
+    assert code == 0 and "answers; holds ranker" in out and "ready to serve" in out, out
 
 
 def route(name: str, prefix: str = "/", **options: Any) -> Route:
