@@ -59,7 +59,7 @@ from policies.promotion import STATUS, PromotionRule
 from .deciding import Deciding
 from .draws import Ids
 from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
-from .experiment import Decision, ExperimentSpec, Live, budget_of, state_shapes
+from .experiment import Decision, ExperimentSpec, Live, budget_of, renamed, state_shapes
 from .expiry import Scans
 from .generate import generation_step
 from .lifecycle import changes_of, evidence_of, history_of, operator_change
@@ -244,8 +244,11 @@ class Engine(Deciding):
             rule = PromotionRule(test_name=spec.test.name)
         shapes = state_shapes(spec)
         self.store.declare(spec.name, shapes)
-        if self.store.get(spec.name, "alternatives") is None:
+        stored = self.store.get(spec.name, "alternatives")
+        if stored is None:
             self.store.set(spec.name, "alternatives", json.dumps(list(spec.alternatives)))
+        elif (said := renamed(spec, stored)) is not None:
+            log.warning("autoexp: %s", said)
         live = Live(spec=spec, rule=rule, shapes=shapes, reader=reader)
         live.dim = spec.policy.context_dim
         live.names = list(spec.alternatives)

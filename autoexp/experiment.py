@@ -4,6 +4,7 @@ small pure helpers the engine uses on it."""
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,15 @@ from .context import ContextSpec
 from .errors import ConfigError
 from .generate import Generation
 
-__all__ = ["HISTORY", "Decision", "ExperimentSpec", "Live", "make_decision", "state_shapes"]
+__all__ = [
+    "HISTORY",
+    "Decision",
+    "ExperimentSpec",
+    "Live",
+    "make_decision",
+    "renamed",
+    "state_shapes",
+]
 
 HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
 
@@ -307,6 +316,24 @@ def state_shapes(spec: ExperimentSpec) -> dict[str, tuple[int, ...]]:
         for prefix, data in parts.items()
         for name, array in data.items()
     }
+
+
+def renamed(spec: ExperimentSpec, stored: str | None) -> str | None:
+    """What to say when the store holds the experiment's state for other alternative names
+    (``stored``: the JSON list the engine wrote when it first declared it; ``None``: not
+    there yet): each position's evidence counts for the name the config gives that
+    position now. ``None`` when the names agree."""
+    if stored is None:
+        return None
+    names = json.loads(stored)
+    if names == list(spec.alternatives):
+        return None
+    return (
+        f"experiments.{spec.name}: the store holds its state for alternatives {names}, the "
+        f"config names them {list(spec.alternatives)}: the evidence gathered for each "
+        "position counts for the config's name at that position (a new experiment name "
+        "starts afresh)"
+    )
 
 
 def served(alloc: np.ndarray, status: np.ndarray, paused: bool) -> np.ndarray:

@@ -13,7 +13,8 @@ would want to hear of before deploying:
 - the store, which must answer: opened and asked which experiments it holds (a SQLite
   file not there yet is not created: its directory must be one the proxy can write in),
   and whether it holds the state of one of the config's experiments with other shapes
-  (another arm count, another policy under the same name), which serving would refuse;
+  (another arm count, another policy under the same name), which serving would refuse,
+  or under other alternative names (whose evidence would carry over: a warning);
 - each upstream, connected to over TCP with the config's connect timeout: reported, not
   failed, since an application may start after its sidecar.
 
@@ -33,14 +34,14 @@ from policies import ConservativeBudget, TrafficCap
 
 from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
-from ..experiment import ExperimentSpec, state_shapes
+from ..experiment import ExperimentSpec, renamed, state_shapes
 from ..store import open_store, redacted, store_url
 from ..store.base import check_declared
 from ..tokens import keys_from
 from .admin import TOKEN_VARIABLE, admin_token
 from .routes import Route
 
-__all__ = ["check", "overlaps", "refuse_stored", "store_answers"]
+__all__ = ["check", "check_stored", "overlaps", "store_answers"]
 
 
 def _compatible(a: str | None, b: str | None) -> bool:
@@ -120,12 +121,14 @@ def store_answers(url: str) -> tuple[bool, str]:
     return True, f"{redacted(url)}: answers; holds {', '.join(held) or 'no experiment yet'}"
 
 
-def refuse_stored(url: str, experiments: Sequence[ExperimentSpec]) -> None:
-    """:class:`ConfigError` if the store at ``url`` holds the state of one of
-    ``experiments`` with other shapes than it declares, as serving would refuse it (the
-    same check as the store's ``declare``); nothing is written."""
+def check_stored(url: str, experiments: Sequence[ExperimentSpec]) -> list[str]:
+    """What the store at ``url`` holds of ``experiments``, reading only: a
+    :class:`ConfigError` if it holds one's state with other shapes than it declares, as
+    serving would refuse it (the same check as the store's ``declare``); a warning for
+    each it holds under other alternative names (as serving logs it)."""
     from ..snapshot import serving_policy
 
+    warnings = []
     store = open_store(url)
     try:
         held = set(store.experiments())
@@ -139,8 +142,12 @@ def refuse_stored(url: str, experiments: Sequence[ExperimentSpec]) -> None:
                 check_declared(spec.name, have, wanted)
             except StoreError as e:
                 raise ConfigError(f"experiments.{spec.name}: {e}") from None
+            said = renamed(spec, store.get(spec.name, "alternatives"))
+            if said is not None:
+                warnings.append(said)
     finally:
         store.close()
+    return warnings
 
 
 def _upstream(url: str, timeout_s: float) -> str:
@@ -201,7 +208,7 @@ def check(path: str) -> tuple[bool, list[str]]:
     url = store_url(config.store)
     ok, said = store_answers(url)
     if ok and _not_there_yet(url) is None:  # a store that holds something
-        refuse_stored(url, config.experiments)
+        warnings += check_stored(url, config.experiments)
     lines.append(f"  store     {said}")
     admin = "on" if token else f"off (no {TOKEN_VARIABLE})"
     lines.append(f"  admin     {admin}")

@@ -190,6 +190,16 @@ def test_a_store_holding_an_experiment_with_other_shapes_is_refused_as_serving_w
     # under a new name it starts afresh beside the old one
     code, out, _ = run(tmp_path, config(url, "http://127.0.0.1:9", ("ranker2", "", "")), capsys)
     assert code == 0 and "answers; holds ranker" in out and "ready to serve" in out, out
+    assert "warning" not in out
+    # the same shapes under other names: served, the old evidence carrying over, said
+    renamed = two.replace('{ name = "b" }', '"b", "c"').replace('"a", "b"', '"a", "x"')
+    code, out, _ = run(tmp_path, renamed, capsys)
+    assert code == 0 and "ready to serve" in out, out
+    assert (
+        "warning: experiments.ranker: the store holds its state for alternatives ['a', 'b', "
+        "'c'], the config names them ['a', 'x', 'c']: the evidence gathered for each position "
+        "counts for the config's name at that position" in out
+    ), out
 
 
 def route(name: str, prefix: str = "/", **options: Any) -> Route:

@@ -895,3 +895,20 @@ def test_make_decision_is_the_dataclass() -> None:
     assert made == plain and repr(made) == repr(plain)
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.arm = 1  # type: ignore[misc]
+
+
+def test_a_restart_under_other_alternative_names_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    # The same shapes, so the store takes it, but v2's evidence now counts for "v3": said
+    # once at the start, and the store keeps the names it was first given.
+    store = MemoryStore()
+    Engine(store, [spec()], secret=SECRET, log_flush_s=0).close()
+    Engine(store, [spec()], secret=SECRET, log_flush_s=0).close()  # the same: nothing said
+    assert not [r for r in caplog.records if "the store holds its state" in r.getMessage()]
+    Engine(store, [spec(alternatives=("v1", "v3"))], secret=SECRET, log_flush_s=0).close()
+    said = [r for r in caplog.records if "the store holds its state" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert (
+        "experiments.ranker: the store holds its state for alternatives ['v1', 'v2'], the "
+        "config names them ['v1', 'v3']" in said[0].getMessage()
+    )
+    assert store.get("ranker", "alternatives") == '["v1", "v2"]'
