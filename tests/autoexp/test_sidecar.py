@@ -572,7 +572,7 @@ def test_an_experiment_its_store_refuses_once_it_answers_waits_and_says_why(
     # says it (not "the store does not answer", and not holding up the other experiment).
     from autoexp.store import open_store
 
-    monkeypatch.setattr("autoexp.engine.REFUSED_RETRY_S", 1.0)
+    monkeypatch.setattr("autoexp.startup.REFUSED_RETRY_S", 1.0)
     server = RedisServer(tmp_path, "--appendonly", "yes")  # keeps ranker across the stop
     url = server.url + "?socket_timeout_s=0.3&connect_timeout_s=0.3"
     store = open_store(url)
