@@ -132,7 +132,6 @@ class _EngineCollector(Collector):
         for name in self.engine.experiments:
             waits.add_metric([name], 0.0)
             st: dict[str, Any] = self.engine.status(name)
-            ok = ok and bool(st["store_ok"])
             n = st["state"].get("n")
             sums = st["state"].get("sum_reward")
             for i, alt in enumerate(st["alternatives"]):

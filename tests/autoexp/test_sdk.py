@@ -140,7 +140,9 @@ def test_store_down_fails_open_to_control(
         assert all(a.decision is None for a in answers)
         assert exp.reward(None, 1.0) is False
         assert exp.status()["fail_open"] >= 3
-        # every one counted, but said at most every 10 s, not once per call
+        # every one counted, but said at most every 10 s, not once per call: the throttle
+        # says the first and then one per full 10 s, so over t seconds at most 1 + t // 10
+        # lines, and at least the first (3 calls or more failed open: 3 lines without it)
         said = [r for r in caplog.records if "failed open to control" in r.getMessage()]
         assert 1 <= len(said) <= 1 + (time.monotonic() - stopped) // 10, len(said)
         assert "(1 failed open so far; said at most every 10 s" in said[0].getMessage()
