@@ -15,7 +15,8 @@
     rule = { margin = 0.0 }
     drift = { tolerance = 0.05, threshold = 25 }   # after a promotion, watch the champion
     reward = { low = 0.0, high = 1.0, join_window_s = 86_400, default = 0.0 }
-    refresh_every = 100
+    refresh_every = 100                  # a replica's snapshot re-read every 100 events,
+    refresh_s = 10                       # and at least every 10 s
 
     [experiments.ranker.context]         # named features (see autoexp.context); with a
     features = [                         # contextual policy (lin-ucb, lin-ts) they decide,
@@ -63,6 +64,7 @@ _EXPERIMENT = (
     "rule",
     "reward",
     "refresh_every",
+    "refresh_s",
     "token_ttl_s",
     "route",
     "context",
@@ -179,6 +181,7 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
         rule=rule,
         reward_range=(low, high),
         refresh_every=refresh,
+        refresh_s=_number(raw.get("refresh_s", 10.0), f"{where}.refresh_s"),
         token_ttl_s=_number(raw.get("token_ttl_s", 7 * 24 * 3600.0), f"{where}.token_ttl_s"),
         join_window_s=_number(
             reward.get("join_window_s", 24 * 3600.0), f"{where}.reward.join_window_s"

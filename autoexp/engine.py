@@ -74,7 +74,8 @@ __all__ = ["Decision", "Engine", "ExperimentSpec"]
 
 def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s: float) -> None:
     """The background writer: pending decisions to the log every ``every_s``, or at once
-    when a group fills (``wake``), and the refreshes ``decide`` asked for. It holds the
+    when a group fills (``wake``), the refreshes ``decide`` asked for, and those of a
+    snapshot older than its ``refresh_s`` (a quiet replica's). It holds the
     engine's state lock only to take the pending group or install a snapshot, so decisions
     go on while the store works (an fsync, a round trip)."""
     while not stop.is_set():
@@ -90,6 +91,8 @@ def _flush_loop(ref: Any, stop: threading.Event, wake: threading.Event, every_s:
                     if live.refresh_due:  # decide's cadence, off its path
                         live.refresh_due = False
                         engine._refresh_now(live)
+                    elif engine._down is None and engine._aged(live):
+                        engine._refresh_now(live, aged=True)
                 engine._probe()
                 if engine._waiting and engine._down is None:  # the store answers again
                     engine._start_waiting()
@@ -292,8 +295,18 @@ class Engine(Startup, Deciding):
                 return
             self._refresh_now(live)
 
-    def _refresh_now(self, live: Live) -> None:
-        if live.since_refresh < live.spec.refresh_every:
+    def _aged(self, live: Live) -> bool:
+        """Whether the snapshot is ``refresh_s`` old; if so, its time is reset first, so a
+        refresh that fails is tried again ``refresh_s`` later, not at every pass."""
+        every = live.spec.refresh_s
+        now = time.monotonic()
+        if not every or now - live.refreshed_at < every:
+            return False
+        live.refreshed_at = now
+        return True
+
+    def _refresh_now(self, live: Live, *, aged: bool = False) -> None:
+        if not aged and live.since_refresh < live.spec.refresh_every:
             return  # refreshed meanwhile (by a reward)
         try:
             self._refresh(live)

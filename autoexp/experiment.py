@@ -58,6 +58,10 @@ class ExperimentSpec:
     rule : the promotion rule (default: ``PromotionRule(test_name=test.name)``)
     reward_range : (low, high) of valid rewards
     refresh_every : decisions and rewards between snapshot refreshes of a replica
+    refresh_s : seconds at most between them, whatever the traffic: the background writer
+        (``Engine(log_flush_s > 0)``, as the sidecar's and the SDK's engines have) refreshes
+        a snapshot this old, so a quiet replica's status, metrics and lifecycle follow the
+        store (other replicas' rewards, an operator's change) within it. 0: by count only
     token_ttl_s : how long a decision's token can be rewarded
     join_window_s : rewards later than this after the decision are refused and counted;
         :meth:`Engine.expire` applies ``default_reward`` to decisions whose window closed
@@ -86,6 +90,7 @@ class ExperimentSpec:
     rule: PromotionRule | None = None
     reward_range: tuple[float, float] = (0.0, 1.0)
     refresh_every: int = 100
+    refresh_s: float = 10.0
     token_ttl_s: float = 7 * 24 * 3600.0
     join_window_s: float = 24 * 3600.0
     default_reward: float | None = None
@@ -123,6 +128,11 @@ class ExperimentSpec:
         refresh = self.refresh_every
         if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
             raise ConfigError(f"{where}.refresh_every: must be an integer >= 1 (got {refresh!r})")
+        seconds = finite(self.refresh_s)
+        if isinstance(self.refresh_s, bool) or seconds is None or seconds < 0:
+            raise ConfigError(
+                f"{where}.refresh_s: must be a finite number >= 0 (got {self.refresh_s!r:.60})"
+            )
         for key in ("token_ttl_s", "join_window_s"):
             x = finite(getattr(self, key))
             if x is None or not x > 0:
@@ -263,6 +273,7 @@ class Live:
     version: int = 0
     since_refresh: int = 0
     refresh_due: bool = False  # decide's cadence reached: the background writer refreshes
+    refreshed_at: float = 0.0  # time.monotonic() of the last refresh, or of its last try
     late: int = 0
     # expire: whether this replica held the experiment's lease at its last pass (None:
     # no pass with a lease yet), and the default rewards it applied

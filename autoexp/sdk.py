@@ -89,7 +89,7 @@ class Experiment:
     test : a name in ``policies.TESTS`` that promotes and rolls back (``None``: never)
     test_params : its parameters (e.g. ``{"n_expected": 10_000}``)
     guardrails : :class:`policies.safety.Guardrail` s on the reward
-    reward_range, refresh_every, token_ttl_s, join_window_s, default_reward : see
+    reward_range, refresh_every, refresh_s, token_ttl_s, join_window_s, default_reward : see
         :class:`autoexp.engine.ExperimentSpec`
     store : a URL (``sqlite:///x.db``, ``redis://...``) or a store; default
         ``AUTOEXP_STORE`` or ``sqlite:///autoexp.db``
@@ -114,6 +114,7 @@ class Experiment:
         guardrails: Sequence[Guardrail] = (),
         reward_range: tuple[float, float] = (0.0, 1.0),
         refresh_every: int = 100,
+        refresh_s: float = 10.0,
         token_ttl_s: float = 7 * 24 * 3600.0,
         join_window_s: float = 24 * 3600.0,
         default_reward: float | None = None,
@@ -173,6 +174,7 @@ class Experiment:
             "guardrails": tuple(guardrails),
             "reward_range": reward_range,
             "refresh_every": refresh_every,
+            "refresh_s": refresh_s,
             "token_ttl_s": token_ttl_s,
             "join_window_s": join_window_s,
             "default_reward": default_reward,

@@ -8,6 +8,7 @@ lock around them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,6 +78,7 @@ def install(
     live.cumulative = np.cumsum(live.allocation).tolist()
     live.version += 1
     live.since_refresh = 0
+    live.refreshed_at = time.monotonic()
     live.history.append(
         (
             clock(),

@@ -80,6 +80,10 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"reward": {"low": "zero"}}, r"ranker\.reward\.low: must be a number"),
         ({"reward": {"window": 5}}, r"ranker\.reward\.window: unknown key"),
         ({"refresh_every": 0}, r"ranker\.refresh_every: must be an integer >= 1"),
+        ({"refresh_s": -1}, r"ranker\.refresh_s: must be a finite number >= 0 \(got -1\.0\)"),
+        ({"refresh_s": "10"}, r"ranker\.refresh_s: must be a number \(got '10'\)"),
+        ({"refresh_s": float("nan")}, r"ranker\.refresh_s: must be a finite number >= 0"),
+        ({"refresh_s": True}, r"ranker\.refresh_s: must be a number \(got True\)"),
         ({"colour": "red"}, r"experiments\.ranker\.colour: unknown key"),
     ],
 )

@@ -178,8 +178,8 @@ def test_a_held_unit_follows_another_replicas_reassignment_at_the_next_refresh(
     # control, with B's propensity (sticky: B's first exposure), the same as B serves.
     # Refreshed only when the test says (a refresh at the cadence, in A's background
     # writer, could otherwise come between the roll-back and A's "still its snapshot").
-    a = Engine(store, [spec(refresh_every=10_000)], secret=SECRET, seed=23)
-    b = Engine(store, [spec(refresh_every=10_000)], secret=SECRET, seed=24)
+    a = Engine(store, [spec(refresh_every=10_000, refresh_s=0)], secret=SECRET, seed=23)
+    b = Engine(store, [spec(refresh_every=10_000, refresh_s=0)], secret=SECRET, seed=24)
     units = [f"u{i}" for i in range(40)]
     on_alt = [u for u in units if a.decide("ranker", unit=u).arm == 1]
     assert on_alt  # a 50% cap: about half
@@ -332,6 +332,68 @@ def test_two_engines_share_state_exactly(durable_store: Any) -> None:
     b.refresh()
     assert durable_store.read("ranker")["policy.n"].sum() == 300.0
     assert a.status("ranker")["state"] == b.status("ranker")["state"]
+
+
+def rewarded(engine: Engine) -> float:
+    """The rewards in this replica's snapshot."""
+    return float(sum(engine.status("ranker")["state"]["n"][0]))
+
+
+def test_a_quiet_replica_follows_the_store_within_refresh_s(durable_store: Any) -> None:
+    # Five rewards, far fewer events than refresh_every: only a snapshot's age refreshes
+    # it. A decides and rewards; B serves nothing. Both show the 5 rewards once their
+    # background writers find their snapshots refresh_s (0.3 s) old. C, the same but
+    # refresh_s=0 (by count only), still shows none after both did. Waited for up to
+    # 10 s (33 periods), not timed: a loaded machine may be slow to schedule the writer.
+    quiet = {"refresh_every": 10_000}
+    a = Engine(durable_store, [spec(**quiet, refresh_s=0.3)], secret=SECRET, seed=1)
+    b = Engine(durable_store, [spec(**quiet, refresh_s=0.3)], secret=SECRET, seed=2)
+    c = Engine(durable_store, [spec(**quiet, refresh_s=0)], secret=SECRET, seed=3)
+    try:
+        for _ in range(5):
+            a.reward(a.decide("ranker"), 1.0)
+        deadline = time.monotonic() + 10
+        while not rewarded(a) == rewarded(b) == 5:
+            assert time.monotonic() < deadline, (rewarded(a), rewarded(b))
+            time.sleep(0.05)
+        assert rewarded(c) == 0 and c.status("ranker")["version"] == 1  # its first only
+        # with nothing happening, B goes on refreshing at its pace: at least 2 more in
+        # 1.5 s (5 periods; 2 leaves room for a slow writer)
+        version = b.status("ranker")["version"]
+        time.sleep(1.5)
+        assert b.status("ranker")["version"] >= version + 2
+    finally:
+        for engine in (a, b, c):
+            engine.close()
+
+
+class FailingReads(MemoryStore):
+    """Answers (its probe reads succeed) but fails every refresh's read once told to."""
+
+    failing = False
+    reads = 0
+
+    def read_meta(self, name: str, keys: Any) -> Any:
+        if self.failing:
+            self.reads += 1
+            raise StoreError("store (read_meta): failing on purpose")
+        return super().read_meta(name, keys)
+
+
+def test_a_refresh_that_fails_is_tried_again_a_period_later_not_at_every_pass() -> None:
+    # The writer passes every 10 ms here; refresh_s is 0.2 s. A store that answers the
+    # writer's probe but fails the refresh is asked again once per period: at most
+    # 1 + 1.2 / 0.2 = 7 refreshes in 1.2 s, and at least 2. Without the period reset on a
+    # try, every pass retried: about 120.
+    store = FailingReads()
+    engine = Engine(store, [spec(refresh_s=0.2)], secret=SECRET, seed=1, log_flush_s=0.01)
+    try:
+        store.failing = True
+        time.sleep(1.2)
+        store.failing = False
+        assert 2 <= store.reads <= 7, store.reads
+    finally:
+        engine.close()
 
 
 def test_guardrail_rolls_back_and_traffic_returns_to_control(store: Any) -> None:

@@ -28,6 +28,7 @@ KEYWORDS = [
     "guardrails",
     "reward_range",
     "refresh_every",
+    "refresh_s",
     "token_ttl_s",
     "join_window_s",
     "default_reward",
