@@ -16,8 +16,9 @@ sharing the store; absent before the first pass) and whether it waits for its st
 start (``autoexp_waiting``); the store's health (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
-``client_gone``...). The snapshot is refreshed on the engine's cadence, so the
-figures move in steps of ``refresh_every`` events, summed over every replica.
+``client_gone``...). The snapshot is refreshed on the engine's cadence, every
+``refresh_every`` events of this replica and at least every ``refresh_s`` seconds, so the
+figures, summed over every replica, move in steps and lag the store by at most that.
 """
 
 from __future__ import annotations
