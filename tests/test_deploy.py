@@ -9,6 +9,7 @@ stops cleanly as a real process on 127.0.0.1.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes_validate
+import pytest
 import yaml
 
 from autoexp.config import parse_config
@@ -216,6 +219,27 @@ def test_kubernetes_runs_the_sidecar_in_front_of_the_app() -> None:
     (port,) = service["spec"]["ports"]
     (target,) = [p for p in c["ports"] if p["name"] == port["targetPort"]]
     assert (port["port"], target["containerPort"]) == (80, 8700)
+
+
+@pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
+def test_the_manifest_validates_strictly_against_the_kubernetes_api_schema(version: str) -> None:
+    # Each document against the API's published OpenAPI schema of that release (the
+    # oldest this manifest's fields need, and the newest the validator knows), strictly:
+    # an unknown field is refused, as `kubectl apply --validate=strict` refuses it, where
+    # the structure test above would only miss the key it looks for.
+    docs = kubernetes_docs()
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+    # the validator has teeth: the sidecar's readiness probe misspelt, a port as a string
+    bad = copy.deepcopy(docs["Deployment"])
+    probe = sidecar(bad)
+    probe["readinesProbe"] = probe.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="'readinesProbe' was unexp"):
+        kubernetes_validate.validate(bad, version, strict=True)
+    bad = copy.deepcopy(docs["Deployment"])
+    sidecar(bad)["ports"][0]["containerPort"] = "8700"
+    with pytest.raises(kubernetes_validate.ValidationError, match="'8700' is not of type"):
+        kubernetes_validate.validate(bad, version, strict=True)
 
 
 def test_the_example_config_is_the_configmap_and_loads(monkeypatch: Any) -> None:
