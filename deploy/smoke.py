@@ -22,6 +22,10 @@ stops the run with exit 1 (the stack is taken down unless ``--keep``):
    alternative held in memory); readyz 200, saying the store is down; Redis started:
    decisions again.
 7. ``docker compose stop``: the sidecar drains and exits 0.
+
+Between 5 and 6, a sidecar with ``--workers 2`` is sent SIGHUP after its config changed:
+new workers serve the new config (healthz's ``config_sha256``), the port answering
+throughout, and it stops with exit 0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +127,59 @@ def until(what: str, seconds: float, probe: Any) -> Any:
         time.sleep(0.5)
 
 
+def reload_in_place(config_file: str) -> str:
+    """``--workers 2`` in a container, SIGHUP to it (``docker kill -s HUP``, as the README
+    says for ``kill -HUP 1``): new workers serve the changed config, the port answering
+    throughout, and it stops with exit 0."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "autoexp.toml"
+        text = Path(config_file).read_text()
+        config.write_text(text)
+        os.chmod(folder, 0o755)  # read by the container's user
+        os.chmod(config, 0o644)
+        box = run(
+            *("docker", "run", "-d", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8700"),
+            *("-v", f"{folder}:/etc/autoexp:ro", "-e", "AUTOEXP_SECRET", IMAGE),
+            *("--config", CONFIG, "--host", "0.0.0.0", "--port", "8700", "--workers", "2"),
+        ).strip()
+        try:
+            host_port = run("docker", "port", box, "8700/tcp").split()[0].rsplit(":", 1)[1]
+            url = f"http://127.0.0.1:{host_port}/_autoexp/healthz"
+
+            def served() -> dict[str, set[Any]]:  # the answering workers' pids and configs
+                seen: dict[str, set[Any]] = {"pid": set(), "config_sha256": set()}
+                for _ in range(20):
+                    try:
+                        status, _, body = get(url)
+                    except OSError:  # not listening yet (before the first start only)
+                        return {}
+                    expect(status == 200, f"healthz: {status}")
+                    for key in seen:
+                        seen[key].add(json.loads(body)[key])
+                return seen
+
+            first = until("two workers answering", 60, lambda: len(served().get("pid", ())) == 2)
+            before = served()
+            expect(first and len(before["config_sha256"]) == 1, f"before: {before}")
+            config.write_text(text.replace("explore_share = 0.1", "explore_share = 0.2"))
+            sha = hashlib.sha256(config.read_bytes()).hexdigest()
+            expect(sha not in before["config_sha256"], "the config did not change")
+            run("docker", "kill", "-s", "HUP", box)
+
+            def reloaded() -> bool:  # every answer from a new worker with the new config
+                seen = served()
+                expect(bool(seen), "the port stopped answering during the reload")
+                return seen["config_sha256"] == {sha} and not seen["pid"] & before["pid"]
+
+            until("the new config served by new workers", 60, reloaded)
+            run("docker", "stop", "-t", "30", box)
+            code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", box).strip()
+            expect(code == "0", f"the reloaded sidecar exited {code}")
+        finally:
+            run("docker", "rm", "-f", box, check=False)
+    return f"--workers 2: SIGHUP, new workers serve config {sha[:12]}, the port answering; exit 0"
+
+
 def smoke(port: int, requests: int) -> None:
     base = f"http://127.0.0.1:{port}"
     admin = {"Authorization": f"Bearer {os.environ['AUTOEXP_ADMIN_TOKEN']}"}
@@ -200,6 +258,10 @@ def smoke(port: int, requests: int) -> None:
     finally:
         run("docker", "rm", "-f", second, check=False)
     step("healthcheck", t, "a sidecar alone (SQLite, root read-only) healthy; stopped: exit 0")
+
+    t = time.monotonic()
+    said = reload_in_place(mount.split(":")[0])
+    step("reload", t, said)
 
     t = time.monotonic()
     before = fail_open(base)
