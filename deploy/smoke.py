@@ -9,7 +9,8 @@ stops the run with exit 1 (the stack is taken down unless ``--keep``):
 
 1. ``docker compose build``: the image, its size and build time.
 2. The image: runs as uid 10001, entrypoint ``autoexp proxy``; its ``--check`` says the
-   example config is ready, and refuses a secret too short (exit 2).
+   example config is ready, and refuses a secret too short (exit 2); given a store folder
+   it may not write in (owned by root), it stops at the start and says so.
 3. ``docker compose up --wait``: Redis, the stand-in application and the sidecar healthy.
 4. The application's traffic through the sidecar: every request answered by the
    application with a decision token; the admin API (401 without the token), the rewards
@@ -207,7 +208,19 @@ def smoke(port: int, requests: int) -> None:
         env={**os.environ, "AUTOEXP_SECRET": "short"},
     )
     expect(short.returncode == 2, f"--check with a short secret: exit {short.returncode}")
-    step("image", t, f"uid {uid}; --check: ready, a short secret exit 2")
+    # a store folder the image's user may not write in (a root-owned bind mount): refused
+    # at the start, saying so
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        locked = subprocess.run(
+            [*check[:3], "-v", f"{folder}:/var/lib/autoexp", *check[3:], "--config", CONFIG],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    said = "is not writable by this process (uid 10001)"
+    expect(locked.returncode != 0 and said in locked.stderr, f"locked store: {locked}")
+    step("image", t, f"uid {uid}; --check ready, short secret: 2; store unwritable: said")
 
     t = time.monotonic()
     compose("up", "-d", "--no-build", "--wait", timeout=300)

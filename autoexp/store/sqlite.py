@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -83,6 +84,24 @@ def _write_ahead(db: sqlite3.Connection, timeout_s: float) -> None:
         pause = min(2 * pause, 0.1)
 
 
+
+def _why_not_opened(path: str | Path) -> str:
+    """What about the file's folder keeps SQLite from opening it, if anything can be
+    seen: it is missing, or this process may not write in it (the write-ahead log and
+    its index are files beside the database: a read-only folder fails even an existing
+    database). A container's volume owned by another user is the usual case."""
+    if str(path) == ":memory:" or str(path).startswith("file:"):
+        return ""
+    folder = Path(path).parent
+    who = f"uid {os.getuid()}" if hasattr(os, "getuid") else "this user"
+    if not folder.is_dir():
+        return f"; its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"; its folder {folder} is not writable by this process ({who})"
+    if Path(path).exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"; the file is not readable and writable by this process ({who})"
+    return ""
+
 class SQLiteStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol on one SQLite file."""
 
@@ -105,7 +124,7 @@ class SQLiteStore(UnitsInBatches):
             self._db.executescript(_SCHEMA)
             self._json = _has_json(self._db)
         except sqlite3.Error as e:
-            raise StoreError(f"store: cannot open {path} ({e})") from None
+            raise StoreError(f"store: cannot open {path} ({e}){_why_not_opened(path)}") from None
         self._lock = threading.Lock()
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         # per experiment: (the position after the last record read, that record's seq)

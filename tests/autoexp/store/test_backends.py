@@ -209,6 +209,18 @@ def test_bad_urls_are_refused() -> None:
         open_store("memory://").declare("a{b}", {"n": (1,)})
 
 
+def test_a_sqlite_file_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    # The folder missing (a volume not mounted where the URL says): named. A folder this
+    # process may not write in (a container's volume owned by another user) is named
+    # too, but root may write anywhere, and this suite runs as root here:
+    # deploy/smoke.py's image step checks that one (the image's uid 10001 on a folder
+    # owned by root).
+    missing = tmp_path / "not-mounted" / "autoexp.db"
+    with pytest.raises(StoreError, match=r"cannot open .*; its folder .*not-mounted does not"):
+        open_store(f"sqlite:///{missing}")
+    assert not missing.parent.exists()  # nothing created on the way
+
+
 def test_store_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'env.db'}")
     store = open_store()
