@@ -43,6 +43,26 @@ def _iterable(value: Any) -> list[Any]:
         return [value]
 
 
+
+def check_servable(policy: PolicyBase, where: str) -> None:
+    """Refuse a policy whose state depends on the order of its observations (discounted
+    Thompson, sliding-window UCB): replicas add their rewards' increments to the store in
+    any order, so only additive state, or a learner served from snapshots, can be shared.
+    Found at the start of ``autoexp proxy`` before, as a TypeError from the first reward's
+    warm-up, after ``--check`` had said ready."""
+    from .learn import is_learner
+
+    inner: Any = policy
+    while not is_learner(inner) and isinstance(getattr(inner, "policy", None), PolicyBase):
+        inner = inner.policy  # through the safety stack's wrappers
+    if not is_learner(inner) and not getattr(inner, "additive", True):
+        raise ConfigError(
+            f"{where}.policy: {getattr(inner, 'name', type(inner).__name__)} cannot be served: "
+            "its state depends on the order of observations, and replicas add theirs to the "
+            "store in any order; it runs in the simulators (autoexp simulate), or choose an "
+            "additive policy (thompson-beta, ucb1, ...)"
+        )
+
 @dataclass(frozen=True, kw_only=True)
 class ExperimentSpec:
     """One experiment: a control and alternatives, and how to decide between them.
@@ -116,6 +136,7 @@ class ExperimentSpec:
                 )
         if not isinstance(self.policy, PolicyBase):
             raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
+        check_servable(self.policy, where)
         if self.params is not None and len(self.params) != len(names):
             raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
         pair = self.reward_range

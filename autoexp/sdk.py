@@ -43,6 +43,7 @@ from .config import drift_detector
 from .context import ContextSpec, parse_context, policy_defaults
 from .engine import Decision, Engine, ExperimentSpec
 from .errors import ConfigError, StateError, StoreError
+from .experiment import check_servable
 from .generate import parse_generation
 from .store import Store, open_store
 from .throttle import Throttle
@@ -161,6 +162,7 @@ class Experiment:
                 safety["conservative_alpha"] = conservative_alpha
                 safety["conservative_delta"] = conservative_delta
             self._policy = safety_stack(built, safety, refresh=refresh_every, where=where)
+            check_servable(self._policy, where)  # here, not at the first decision
             low, high = reward_range
             params = {"low": low, "high": high, **(test_params or {})}
             self._test = (

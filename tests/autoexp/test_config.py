@@ -80,6 +80,10 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"reward": {"low": "zero"}}, r"ranker\.reward\.low: must be a number"),
         ({"reward": {"window": 5}}, r"ranker\.reward\.window: unknown key"),
         ({"refresh_every": 0}, r"ranker\.refresh_every: must be an integer >= 1"),
+        # a state that depends on the order of rewards cannot be added up across replicas
+        # (a TypeError from the proxy's first reward before, after --check said ready)
+        ({"policy": {"name": "discounted-thompson"}}, r"ranker\.policy: discounted-thompson "),
+        ({"policy": {"name": "sliding-window-ucb", "window": 50}}, r"cannot be served: its"),
         ({"refresh_s": -1}, r"ranker\.refresh_s: must be a finite number >= 0 \(got -1\.0\)"),
         ({"refresh_s": "10"}, r"ranker\.refresh_s: must be a number \(got '10'\)"),
         ({"refresh_s": float("nan")}, r"ranker\.refresh_s: must be a finite number >= 0"),

@@ -117,6 +117,9 @@ def test_misuse_gets_specific_errors(store: Any) -> None:
         autoexp.Experiment("e", explore_share=2.0)
     with pytest.raises(ConfigError, match=r"Experiment\('e'\)\.test\.n_expected"):
         autoexp.Experiment("e", test_params={"n_expected": -1})
+    # at its definition, not at its first decision (the engine is built then)
+    with pytest.raises(ConfigError, match=r"Experiment\('e'\)\.policy: discounted-thompson can"):
+        autoexp.Experiment("e", policy="discounted-thompson")
 
 
 def test_store_down_fails_open_to_control(
