@@ -43,7 +43,6 @@ def _iterable(value: Any) -> list[Any]:
         return [value]
 
 
-
 def check_servable(policy: PolicyBase, where: str) -> None:
     """Refuse a policy whose state depends on the order of its observations (discounted
     Thompson, sliding-window UCB): replicas add their rewards' increments to the store in
@@ -62,6 +61,7 @@ def check_servable(policy: PolicyBase, where: str) -> None:
             "store in any order; it runs in the simulators (autoexp simulate), or choose an "
             "additive policy (thompson-beta, ucb1, ...)"
         )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExperimentSpec:

@@ -84,7 +84,6 @@ def _write_ahead(db: sqlite3.Connection, timeout_s: float) -> None:
         pause = min(2 * pause, 0.1)
 
 
-
 def _why_not_opened(path: str | Path) -> str:
     """What about the file's folder keeps SQLite from opening it, if anything can be
     seen: it is missing, or this process may not write in it (the write-ahead log and
@@ -101,6 +100,7 @@ def _why_not_opened(path: str | Path) -> str:
     if Path(path).exists() and not os.access(path, os.R_OK | os.W_OK):
         return f"; the file is not readable and writable by this process ({who})"
     return ""
+
 
 class SQLiteStore(UnitsInBatches):
     """The :class:`~autoexp.store.base.Store` protocol on one SQLite file."""
