@@ -17,7 +17,8 @@ stops the run with exit 1 (the stack is taken down unless ``--keep``):
    counted in its state, metrics naming the config's SHA-256, the status page.
 5. The image's own command and HEALTHCHECK: a second sidecar from the image alone (its
    default SQLite store; a read-only root filesystem and a writable ``/tmp``, as
-   ``kubernetes.yaml`` runs it) turns ``healthy``, and stops with exit 0.
+   ``kubernetes.yaml`` runs it) turns ``healthy``, having compiled no numba kernel (it
+   loads those the image compiled), and stops with exit 0.
 6. Redis stopped: every request still answered, each sent to control and counted as
    ``fail_open`` or decided (before the sidecar saw the store fail, a returning user's
    alternative held in memory); readyz 200, saying the store is down; Redis started:
@@ -253,8 +254,10 @@ def smoke(port: int, requests: int) -> None:
     # the image's own command and HEALTHCHECK (port 8700 in its own network; nothing at
     # its upstream, which healthz does not need), on a read-only root filesystem with a
     # writable /tmp, as kubernetes.yaml runs it
+    # numba says what it loads and compiles (NUMBA_DEBUG_CACHE): a fresh container loads
+    # the kernels the image compiled, and compiles none (built and run on one machine)
     second = run(
-        *("docker", "run", "-d", "--read-only", "--tmpfs", "/tmp"),
+        *("docker", "run", "-d", "--read-only", "--tmpfs", "/tmp", "-e", "NUMBA_DEBUG_CACHE=1"),
         *("-v", mount, "-e", "AUTOEXP_SECRET", IMAGE),
     ).strip()
     try:
@@ -265,12 +268,17 @@ def smoke(port: int, requests: int) -> None:
             return state == "healthy"
 
         until("the image's own HEALTHCHECK healthy", 90, healthy)
+        logs = subprocess.run(["docker", "logs", second], capture_output=True, text=True)
+        said = logs.stdout + logs.stderr
+        loaded, saved = said.count("[cache] data loaded"), said.count("[cache] data saved")
+        expect(loaded > 0 and saved == 0, f"kernels loaded {loaded}, compiled {saved}")
         run("docker", "stop", "-t", "30", second)
         code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", second).strip()
         expect(code == "0", f"the second sidecar exited {code}")
     finally:
         run("docker", "rm", "-f", second, check=False)
-    step("healthcheck", t, "a sidecar alone (SQLite, root read-only) healthy; stopped: exit 0")
+    said = f"a sidecar alone (SQLite, root read-only) healthy, {loaded} kernels loaded, 0 compiled"
+    step("healthcheck", t, said + "; stopped: exit 0")
 
     t = time.monotonic()
     said = reload_in_place(mount.split(":")[0])

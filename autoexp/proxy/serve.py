@@ -122,6 +122,7 @@ def serve(
     port is served, then closed (the supervisor's reload waits for it)."""
     from ..config import load_config
     from ..engine import Engine
+    from ..precompile import seed
     from ..store import open_store, redacted, store_url
     from .admin import admin_token
     from .app import make_app
@@ -137,6 +138,7 @@ def serve(
     if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
         raise ConfigError(f"{options.config}: changed while it was read; try again")
     store = open_store(config.store)  # StoreError if it cannot be opened (SQLite)
+    seed()  # an image's kernels, compiled as it was built, before the warm-up needs them
     try:
         # a store down as it starts (a Redis restarting with the pod, say) does not keep
         # the proxy down with it: the experiments start once it answers, control meanwhile
