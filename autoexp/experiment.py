@@ -47,8 +47,7 @@ def check_servable(policy: PolicyBase, where: str) -> None:
     """Refuse a policy whose state depends on the order of its observations (discounted
     Thompson, sliding-window UCB): replicas add their rewards' increments to the store in
     any order, so only additive state, or a learner served from snapshots, can be shared.
-    Found at the start of ``autoexp proxy`` before, as a TypeError from the first reward's
-    warm-up, after ``--check`` had said ready."""
+    Refused where the experiment is defined, so ``--check`` refuses it too."""
     from .learn import is_learner
 
     inner: Any = policy

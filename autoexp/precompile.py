@@ -49,7 +49,12 @@ def seed(environ: Any = os.environ) -> int:
             if dest.exists():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)  # its time too, though numba reads the source's
+            # whole or not at all, as numba writes its own: the workers of a supervised
+            # proxy seed one folder at once, and numba's reading of an index another
+            # worker had only begun to write would raise in the warm-up
+            part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+            shutil.copyfile(path, part)
+            os.replace(part, dest)
             copied += 1
     except OSError as e:
         print(f"autoexp: compiled kernels not copied from {source} ({e}); compiling them")
