@@ -137,7 +137,7 @@ def _compiled() -> list[str]:
     return sorted(p.name.split("-")[0] for p in Path(folder).rglob("*.nbi"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     if not os.environ.get("NUMBA_CACHE_DIR"):
         print("autoexp.precompile: set NUMBA_CACHE_DIR to the folder to compile into")
         return 2
@@ -154,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

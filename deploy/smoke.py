@@ -129,13 +129,24 @@ def until(what: str, seconds: float, probe: Any) -> Any:
         time.sleep(0.5)
 
 
-def reload_in_place(config_file: str) -> str:
+def exited_cleanly(container: str, what: str) -> None:
+    code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", container).strip()
+    expect(code == "0", f"{what} exited {code} on SIGTERM")
+
+
+def stop(container: str, what: str) -> None:
+    """``docker stop`` (SIGTERM, 30 s to drain); it must exit 0."""
+    run("docker", "stop", "-t", "30", container)
+    exited_cleanly(container, what)
+
+
+def reload_in_place(config_file: Path) -> str:
     """``--workers 2`` in a container, SIGHUP to it (``docker kill -s HUP``, as the README
     says for ``kill -HUP 1``): new workers serve the changed config, the port answering
     throughout, and it stops with exit 0."""
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "autoexp.toml"
-        text = Path(config_file).read_text()
+        text = config_file.read_text()
         config.write_text(text)
         os.chmod(folder, 0o755)  # read by the container's user
         os.chmod(config, 0o644)
@@ -160,9 +171,9 @@ def reload_in_place(config_file: str) -> str:
                         seen[key].add(json.loads(body)[key])
                 return seen
 
-            first = until("two workers answering", 60, lambda: len(served().get("pid", ())) == 2)
+            until("two workers answering", 60, lambda: len(served().get("pid", ())) == 2)
             before = served()
-            expect(first and len(before["config_sha256"]) == 1, f"before: {before}")
+            expect(len(before["config_sha256"]) == 1, f"before: {before}")
             config.write_text(text.replace("explore_share = 0.1", "explore_share = 0.2"))
             sha = hashlib.sha256(config.read_bytes()).hexdigest()
             expect(sha not in before["config_sha256"], "the config did not change")
@@ -174,9 +185,7 @@ def reload_in_place(config_file: str) -> str:
                 return seen["config_sha256"] == {sha} and not seen["pid"] & before["pid"]
 
             until("the new config served by new workers", 60, reloaded)
-            run("docker", "stop", "-t", "30", box)
-            code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", box).strip()
-            expect(code == "0", f"the reloaded sidecar exited {code}")
+            stop(box, "the reloaded sidecar")
         finally:
             run("docker", "rm", "-f", box, check=False)
     return f"--workers 2: SIGHUP, new workers serve config {sha[:12]}, the port answering; exit 0"
@@ -272,16 +281,14 @@ def smoke(port: int, requests: int) -> None:
         said = logs.stdout + logs.stderr
         loaded, saved = said.count("[cache] data loaded"), said.count("[cache] data saved")
         expect(loaded > 0 and saved == 0, f"kernels loaded {loaded}, compiled {saved}")
-        run("docker", "stop", "-t", "30", second)
-        code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", second).strip()
-        expect(code == "0", f"the second sidecar exited {code}")
+        stop(second, "the second sidecar")
     finally:
         run("docker", "rm", "-f", second, check=False)
     said = f"a sidecar alone (SQLite, root read-only) healthy, {loaded} kernels loaded, 0 compiled"
     step("healthcheck", t, said + "; stopped: exit 0")
 
     t = time.monotonic()
-    said = reload_in_place(mount.split(":")[0])
+    said = reload_in_place(DEPLOY / "autoexp.toml")
     step("reload", t, said)
 
     t = time.monotonic()
@@ -322,9 +329,7 @@ def smoke(port: int, requests: int) -> None:
 
     t = time.monotonic()
     compose("stop", "autoexp", timeout=120)
-    sidecar = compose("ps", "-a", "-q", "autoexp").strip()
-    code = run("docker", "inspect", "-f", "{{.State.ExitCode}}", sidecar).strip()
-    expect(code == "0", f"the sidecar exited {code} on SIGTERM")
+    exited_cleanly(compose("ps", "-a", "-q", "autoexp").strip(), "the sidecar")
     step("stop", t, "drained, exit 0")
 
 
