@@ -13,6 +13,12 @@ Requests with a body, ``HEAD`` and ``CONNECT`` (whose answers carry no body what
 their head says: llhttp cannot be told so through httptools), and ``https://`` upstreams
 stay on aiohttp's client (:mod:`autoexp.proxy.upstream` chooses).
 
+A WebSocket handshake (:meth:`Pool.upgrade`, ``http://`` or ``https://``) goes on a
+connection of its own, never pooled: an upstream that declines it answers as to any
+request; one that switches protocols (``101``) turns the connection into a byte tunnel,
+read through :meth:`Answer.chunks` (no read timeout: a WebSocket may stay quiet for
+hours) and written through :meth:`Answer.send`.
+
 Failures are :class:`UpstreamError` (an ``aiohttp.ClientConnectionError``, so the
 forwarder treats both clients' failures alike) and :class:`TimeoutError`: the connect
 timeout bounds opening a connection, the read timeout each wait for the upstream's next
@@ -27,8 +33,9 @@ request its read timeout.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -114,11 +121,17 @@ class Answer:
             raise self._error
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(self._conn.pool.read_timeout_s, _expire, waiter)
+        # a tunnel may stay quiet for as long as its two ends like
+        timer = (
+            None
+            if self._conn.tunneling
+            else loop.call_later(self._conn.pool.read_timeout_s, _expire, waiter)
+        )
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
         if self._error is not None:
             raise self._error
@@ -146,6 +159,25 @@ class Answer:
         if not self.complete:
             self._conn.abort()
 
+    # --- a tunnel, after the upstream switched protocols ------------------------------
+
+    @property
+    def upgraded(self) -> bool:
+        """The upstream switched protocols: :meth:`chunks` gives the tunnel's bytes until
+        the upstream closes it, :meth:`send` writes to it."""
+        return self._conn.tunneling
+
+    def send(self, data: bytes) -> None:
+        """Bytes to the upstream through the tunnel (dropped once it is closed)."""
+        transport = self._conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def on_writable(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Called as the tunnel's write buffer to the upstream fills past its high-water
+        mark and drains again: the sender stops reading its side meanwhile."""
+        self._conn.on_pause, self._conn.on_resume = pause, resume
+
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
@@ -164,6 +196,10 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._informational = False
         self._paused = False
+        self.upgrading = False  # its request asked to switch to WebSocket
+        self.tunneling = False  # and the upstream did: bytes pass as they come
+        self.on_pause: Callable[[], None] | None = None  # the tunnel's writer is full
+        self.on_resume: Callable[[], None] | None = None
 
     # --- asyncio.Protocol ---
 
@@ -177,9 +213,18 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         answer.received = True
+        if self.tunneling:
+            answer.body(data)
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # autoexp never asks for an upgrade
+        except httptools.HttpParserUpgrade as e:
+            if self.upgrading and answer.status == 101:  # the tunnel begins
+                self.tunneling = True
+                tail = data[e.args[0] :]
+                if tail:  # the first bytes of the new protocol, in the same packet
+                    answer.body(tail)
+                return
             answer.fail(UpstreamError("upstream: switched protocols unasked"))
             self.abort()
         except httptools.HttpParserError as e:
@@ -191,6 +236,12 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         answer, self.answer = self.answer, None
         if answer is None or answer.complete:
+            return
+        if self.tunneling:  # closed by the upstream (or by the proxy, the client gone)
+            if exc is None:
+                answer.finish()
+            else:
+                answer.fail(UpstreamError(f"upstream: tunnel broken ({exc})"))
             return
         if answer.has_head and exc is None and self._until_close(answer):
             answer.finish()  # a body delimited by the connection's end: whole
@@ -215,7 +266,8 @@ class _Connection(asyncio.Protocol):
         answer = self.answer
         assert answer is not None
         status = self._parser.get_status_code()
-        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the final head follows
+        if 100 <= status < 200 and not (status == 101 and self.upgrading):
+            # 100 Continue, 103 Early Hints: the final head follows
             self._informational = True
             answer.headers = []
             return
@@ -232,10 +284,12 @@ class _Connection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
+        if self.upgrading and self._parser.get_status_code() == 101:
+            return  # the switch: llhttp stops here, data_received takes the tunnel over
         answer, self.answer = self.answer, None
         assert answer is not None
         answer.finish()
-        if self.keep and self.transport is not None:
+        if self.keep and self.transport is not None and not self.upgrading:
             self.resume()
             self.pool.release(self)
         else:
@@ -263,6 +317,16 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    # asyncio's flow control of what the tunnel writes to the upstream
+
+    def pause_writing(self) -> None:
+        if self.on_pause is not None:
+            self.on_pause()
+
+    def resume_writing(self) -> None:
+        if self.on_resume is not None:
+            self.on_resume()
+
     def send(self, head: bytes) -> Answer:
         assert self.transport is not None
         self.answer = answer = Answer(self)
@@ -272,14 +336,17 @@ class _Connection(asyncio.Protocol):
 
 class Pool:
     """Keep-alive connections to one ``http://host:port`` upstream, most recently used
-    first; a connection goes back to the pool when its answer has been parsed whole."""
+    first; a connection goes back to the pool when its answer has been parsed whole.
+    An ``https://`` one serves :meth:`upgrade` only (certificates checked against the
+    system's authorities, as aiohttp's client does)."""
 
     def __init__(self, base: str, *, connect_timeout_s: float, read_timeout_s: float) -> None:
         parts = urlsplit(base)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"an http://host:port base URL, got {base!r}")
+        if parts.scheme not in ("http", "https") or parts.hostname is None:
+            raise ValueError(f"an http:// or https://host:port base URL, got {base!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.tls else 80)
         self.netloc = parts.netloc.encode("idna")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -302,7 +369,10 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
                 )
         except TimeoutError:  # an OSError too, but the connect timeout's: a 504 as aiohttp's
             raise
@@ -313,18 +383,7 @@ class Pool:
     async def request(self, method: str, target: str, headers: list[tuple[str, str]]) -> Answer:
         """Send a request without a body; its answer once the head has arrived. The
         caller reads the body from :meth:`Answer.chunks` and calls :meth:`Answer.close`."""
-        lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
-        lines.append(b"Host: " + self.netloc + b"\r\n")
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        if method in ("POST", "PUT", "PATCH"):  # no body, said (as aiohttp's client does)
-            lines.append(b"Content-Length: 0\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
-        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
-            # a line break inside a header would split it in two for the upstream; aiohttp's
-            # parser refuses them from clients and the config from alternatives' names
-            raise UpstreamError("request head: a header holds a line break; not sent")
+        head = self._head(method, target, headers)
         stale = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             conn = self._idle.pop()
@@ -346,7 +405,18 @@ class Pool:
             except BaseException:
                 answer.close()
                 raise
+        return await self._exchange(await self._connect(), head)
+
+    async def upgrade(self, target: str, headers: list[tuple[str, str]]) -> Answer:
+        """Send a WebSocket handshake (``GET``; ``headers`` ask for the switch) on a new
+        connection; its answer once the head has arrived. :attr:`Answer.upgraded` says
+        whether the upstream switched; the caller calls :meth:`Answer.close` either way."""
+        head = self._head("GET", target, headers)
         conn = await self._connect()
+        conn.upgrading = True
+        return await self._exchange(conn, head)
+
+    async def _exchange(self, conn: _Connection, head: bytes) -> Answer:
         answer = conn.send(head)
         try:
             await answer.head()
@@ -354,6 +424,21 @@ class Pool:
             answer.close()
             raise
         return answer
+
+    def _head(self, method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+        lines.append(b"Host: " + self.netloc + b"\r\n")
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        if method in ("POST", "PUT", "PATCH"):  # no body, said (as aiohttp's client does)
+            lines.append(b"Content-Length: 0\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
+            # a line break inside a header would split it in two for the upstream; aiohttp's
+            # parser refuses them from clients and the config from alternatives' names
+            raise UpstreamError("request head: a header holds a line break; not sent")
+        return head
 
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []

@@ -16,9 +16,11 @@ sharing the store; absent before the first pass) and whether it waits for its st
 start (``autoexp_waiting``); the store's health (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
-``client_gone``...). The snapshot is refreshed on the engine's cadence, every
-``refresh_every`` events of this replica and at least every ``refresh_s`` seconds, so the
-figures, summed over every replica, move in steps and lag the store by at most that.
+``client_gone``, ``websockets`` opened, ``websockets_broken`` by their upstream...) and
+the WebSockets open now (``autoexp_proxy_websockets_open``). The snapshot is refreshed on
+the engine's cadence, every ``refresh_every`` events of this replica and at least every
+``refresh_s`` seconds, so the figures, summed over every replica, move in steps and lag
+the store by at most that.
 """
 
 from __future__ import annotations
@@ -191,6 +193,11 @@ class _EngineCollector(Collector):
             for event, count in sorted(self.forwarder.counts.items()):
                 events.add_metric([event], count)
             yield events
+            sockets = GaugeMetricFamily(
+                "autoexp_proxy_websockets_open", "WebSocket tunnels open through this worker"
+            )
+            sockets.add_metric([], float(self.forwarder.websockets_open))
+            yield sockets
         if self.config_sha256 is not None:
             info = GaugeMetricFamily(
                 "autoexp_config_info",

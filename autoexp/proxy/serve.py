@@ -237,7 +237,7 @@ async def _serve_app(
         names = ", ".join(sorted(str(site.name) for site in sites))
         _running(f"======== Running on {names} ========", ready_fd)
         await stop.wait()
-        app[DRAIN].closing = True  # answers from here on close their connection
+        app[DRAIN].begin()  # answers from here on close their connection; WebSockets close
         for site in sites:
             await site.stop()
         await asyncio.sleep(STOP_GRACE_S)

@@ -29,6 +29,15 @@ ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; bodies are streamed
 buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
 as text gets a 505, as from nginx.
 
+WebSockets: a ``GET`` asking to upgrade to ``websocket`` is sent to its upstream with its
+``Upgrade`` and ``Connection`` headers (on a connection of its own). An upstream that
+declines answers as to any request; one that switches protocols has its ``101`` passed to
+the client (with the decision's token, if the route decided), and from then on the bytes
+go both ways as they come, until either end closes, or the server drains to stop (then
+the tunnel is closed at once: the client reconnects, to another worker or the new ones).
+On a route the handshake is decided, retried on control and rewarded like any ``GET``:
+its status and the time to its head, not what the socket carries afterwards.
+
 Two clients, one contract: a request without a body (but ``HEAD`` and ``CONNECT``) to an
 ``http://`` upstream goes through autoexp's own pooled HTTP/1.1 client
 (:mod:`autoexp.proxy.http1`: less than half the CPU per request of aiohttp's); the
@@ -48,8 +57,9 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -58,7 +68,7 @@ from ..engine import Decision, Engine
 from ..errors import StoreError
 from ..throttle import Throttle
 from .features import request_context
-from .http1 import IDEMPOTENT, Pool, UpstreamError
+from .http1 import IDEMPOTENT, Answer, Pool, UpstreamError
 from .offload import Offload
 from .routes import ProxySettings, Route
 
@@ -99,6 +109,8 @@ FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not
 BODY_FAILED = web.RequestKey("autoexp_body_failed", str)
 CLIENT_FAULT = web.ResponseKey("autoexp_client_fault", bool)  # no reward: nothing to judge
 REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
+# the 101 sent: what carries the WebSocket's bytes from then on, run by the handler
+TUNNEL: web.ResponseKey[Callable[[], Awaitable[None]]] = web.ResponseKey("autoexp_tunnel")
 
 
 class _ClientGone(Exception):
@@ -139,6 +151,14 @@ class Drain:
     one about to be closed under it."""
 
     closing: bool = False
+    tunnels: set[Callable[[], None]] = field(default_factory=set)  # each closes one
+
+    def begin(self) -> None:
+        """The server stops: answers say ``Connection: close`` and the WebSockets open
+        are closed (their clients reconnect elsewhere rather than wait to be cut off)."""
+        self.closing = True
+        for close in list(self.tunnels):
+            close()
 
 
 @dataclass
@@ -161,6 +181,7 @@ class Forwarder:
     _applying_lock: threading.Lock = field(default_factory=threading.Lock)
     offload: Offload = field(default_factory=Offload)  # store calls (a unit not held)
     pools: dict[str, Pool] = field(default_factory=dict)  # http:// upstreams, bodiless requests
+    upgrades: dict[str, Pool] = field(default_factory=dict)  # WebSocket handshakes, per upstream
     drain: Drain = field(default_factory=Drain)
     _fail_open_said: Throttle = field(default_factory=Throttle)  # logged, not every time
     _store_error_said: Throttle = field(default_factory=Throttle)  # the applier's, likewise
@@ -195,7 +216,7 @@ class Forwarder:
         self._handoff.put(None)
         await asyncio.to_thread(applier.join, APPLIER_STOP_S)
         await self.session.close()
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.upgrades.values()]:
             pool.close()
 
     async def _hand_over_loop(self) -> None:
@@ -350,6 +371,16 @@ class Forwarder:
             return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The handler: the answer, and for a WebSocket whose upstream switched, the
+        tunnel's bytes until it closes (the decision is rewarded before, on its 101)."""
+        response = await self._handle(request)
+        if response.status == 101:  # only a switched WebSocket's (a cheaper test first)
+            tunnel = response.get(TUNNEL)
+            if tunnel is not None:
+                await tunnel()
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         version = request.version
         if version.major != 1:  # a text request line the parser takes as it comes; as
             # nginx does: 505 for HTTP/2 and later (they never come as text), 400 below 1
@@ -441,6 +472,8 @@ class Forwarder:
         raise_5xx: bool = False,
         hide: str | None = None,
     ) -> web.StreamResponse:
+        if _wants_websocket(request):
+            return await self._upgrade(request, base, extra, raise_5xx, hide)
         lean = not request.body_exists and request.method not in _NOT_LEAN
         headers = _headers(request, extra, lean=lean)
         pool = self.pools.get(base) if lean else None
@@ -497,18 +530,97 @@ class Forwarder:
                 return self._client_fault(request)
             raise
 
-    async def _relay(
+    async def _upgrade(
         self,
         request: web.Request,
+        base: str,
+        extra: dict[str, str],
+        raise_5xx: bool,
+        hide: str | None,
+    ) -> web.StreamResponse:
+        """A WebSocket handshake to ``base``: declined, its answer relayed as any other;
+        accepted, the 101 sent and the tunnel handed to the handler (:data:`TUNNEL`)."""
+        upgrade = request.headers["Upgrade"]
+        headers = _headers(request, extra, lean=True)
+        headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+        pool = self.upgrades.get(base)
+        if pool is None:
+            pool = self.upgrades[base] = Pool(
+                base,
+                connect_timeout_s=self.settings.connect_timeout_s,
+                read_timeout_s=self.settings.read_timeout_s,
+            )
+        answer = await pool.upgrade(request.rel_url.raw_path_qs, headers)
+        handed = False
+        try:
+            if raise_5xx and answer.status >= 500:
+                raise UpstreamError(f"upstream: answered {answer.status}")
+            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            if not answer.upgraded:
+                return await self._relay(
+                    request, response, answer.headers, answer.chunks(), extra, hide, base
+                )
+            self._head(response, answer.headers, extra, hide)
+            switched = [v for k, v in answer.headers if k.lower() == "upgrade"]
+            response.headers["Connection"] = "Upgrade"
+            response.headers["Upgrade"] = switched[0] if switched else upgrade
+            try:
+                await _to_client(response.prepare(request))
+            except _ClientGone:
+                self.events["client_gone"] += 1
+                return response
+
+            async def tunnel() -> None:
+                await self._tunnel(request, response, answer)
+
+            response[TUNNEL] = tunnel
+            handed = True
+            return response
+        finally:
+            if not handed:
+                answer.close()
+
+    async def _tunnel(
+        self, request: web.Request, response: web.StreamResponse, answer: Answer
+    ) -> None:
+        """The WebSocket's bytes both ways until either end closes it (or the drain)."""
+        transport = request.transport
+        self.events["websockets"] += 1
+        self.drain.tunnels.add(answer.close)
+        try:
+            if transport is None or self.drain.closing:
+                return
+            # what the client sends from now on: aiohttp hands it to the request's payload
+            # parser (as to its own WebSocket reader), here straight to the upstream
+            cast(Any, request.protocol).set_parser(_ToUpstream(answer))
+            answer.on_writable(transport.pause_reading, transport.resume_reading)
+            async for chunk in answer.chunks():  # no read timeout: until the upstream closes
+                await _to_client(response.write(chunk))
+        except _ClientGone:
+            pass  # the client closed first
+        except aiohttp.ClientError as e:  # reset by the upstream
+            self.events["websockets_broken"] += 1
+            log.info("autoexp: a WebSocket's upstream broke off: %r", e)
+        finally:
+            self.drain.tunnels.discard(answer.close)
+            answer.close()
+            if transport is not None:
+                transport.close()
+
+    @property
+    def websockets_open(self) -> int:
+        """WebSocket tunnels open now."""
+        return len(self.drain.tunnels)
+
+    def _head(
+        self,
         response: web.StreamResponse,
         headers: Iterable[tuple[str, str]],
-        chunks: AsyncIterator[bytes],
         extra: dict[str, str],
         hide: str | None,
-        base: str,
-    ) -> web.StreamResponse:
-        """The upstream's answer to the client: its head (hop-by-hop headers dropped, the
-        reward header hidden, the decision's token added), then its body as it comes."""
+    ) -> None:
+        """The client's answer's head: the upstream's (hop-by-hop headers dropped, the
+        reward header hidden), the decision's token added."""
         for k, v in headers:
             if k.lower() not in HOP_BY_HOP:
                 response.headers.add(k, v)
@@ -519,6 +631,20 @@ class Forwarder:
             response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
         if self.drain.closing:
             response.force_close()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        headers: Iterable[tuple[str, str]],
+        chunks: AsyncIterator[bytes],
+        extra: dict[str, str],
+        hide: str | None,
+        base: str,
+    ) -> web.StreamResponse:
+        """The upstream's answer to the client: its head (:meth:`_head`), then its body as
+        it comes."""
+        self._head(response, headers, extra, hide)
         try:
             await _to_client(response.prepare(request))
             try:
@@ -574,3 +700,31 @@ class Forwarder:
         except Exception as e:  # the parser's, if it ever fails a body it began to pass
             request[BODY_FAILED] = e.__class__.__name__
             raise
+
+
+def _wants_websocket(request: web.Request) -> bool:
+    """A WebSocket handshake: ``GET`` over HTTP/1.1 with ``Upgrade: websocket`` and
+    ``Connection: upgrade`` (what aiohttp's server also takes as one, and then stops
+    parsing the connection's bytes as HTTP)."""
+    if request.method != "GET" or request.version != aiohttp.HttpVersion11:
+        return False
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return False
+    tokens = request.headers.get("Connection", "").lower().split(",")
+    return "upgrade" in (t.strip() for t in tokens)
+
+
+class _ToUpstream:
+    """The payload parser of a connection switched to WebSocket (aiohttp's interface,
+    as its ``WebSocketReader``): each piece the client sends goes to the upstream; the
+    client's end closes the tunnel."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.answer.send(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.answer.close()

@@ -156,19 +156,24 @@ class Served:
     """An aiohttp application served on 127.0.0.1 from a thread of its own (its own event
     loop), so synchronous clients can call it from the test."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, ssl_context: Any = None, *, uvloop: bool = False) -> None:
         import asyncio
         import threading
 
         from aiohttp import web
 
-        self.loop = asyncio.new_event_loop()
+        if uvloop:  # as the proxy's workers run
+            import uvloop as _uvloop
+
+            self.loop = _uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
         self.loop.run_until_complete(site.start())
         self.port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -184,12 +189,12 @@ class Served:
 class Sidecar(Served):
     """The sidecar's app around ``engine`` (and forwarding, given ``proxy``), served."""
 
-    def __init__(self, engine: Any, **options: Any) -> None:
+    def __init__(self, engine: Any, *, uvloop: bool = False, **options: Any) -> None:
         from autoexp.proxy import make_app
 
         self.engine = engine
         self.app = make_app(engine, close_engine=False, **options)
-        super().__init__(self.app)
+        super().__init__(self.app, uvloop=uvloop)
 
     def close(self) -> None:
         super().close()

@@ -172,6 +172,55 @@ def test_after_sigterm_requests_on_open_connections_are_served_and_told_to_close
     assert proc.returncode == 0, out
 
 
+def test_sigterm_closes_open_websockets_and_the_proxy_stops_at_once(tmp_path: Path) -> None:
+    # A WebSocket open through the real process (its route decided and rewarded on the
+    # handshake): SIGTERM closes it at once, so the stop does not wait out its 10 s
+    # shutdown timeout, and the decision and its reward are in the log afterwards.
+    import asyncio
+
+    import aiohttp
+
+    from tests.autoexp.test_websocket import Upstream
+
+    upstream = Upstream("app")
+    port = free_port()
+    text = CONFIG.replace(
+        "\n[experiments.ranker]", f'\n[proxy]\nupstream = "{upstream.url}"\n\n[experiments.ranker]'
+    )
+    proc = start(
+        tmp_path,
+        port,
+        config_text=text + 'route = {{ path_prefix = "/ws", reward_from = "status" }}\n',
+    )
+
+    async def client() -> tuple[aiohttp.WSMsgType, float]:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"http://127.0.0.1:{port}/ws") as sock:
+                assert (await sock.receive_json())["who"] == "app"
+                await sock.send_str("hi")
+                assert await sock.receive_str() == "app:hi"
+                began = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                m = await sock.receive()
+                return m.type, time.monotonic() - began
+
+    try:
+        kind, took = asyncio.run(asyncio.wait_for(client(), 30))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        upstream.close()
+    assert proc.returncode == 0, out
+    assert kind in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    assert took < 5.0  # closed by the drain, not after the shutdown timeout (10 s)
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    log = store.records("ranker")
+    assert [r["type"] for r in log] == ["decision", "reward"] and log[1]["reward"] == 1.0
+    store.close()
+
+
 def test_a_bad_config_exits_with_a_reason(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[experiments.ranker]\nalternatives = ["only-one"]\n')

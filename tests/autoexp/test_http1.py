@@ -310,10 +310,14 @@ def test_a_large_answer_is_streamed_with_backpressure(kind: str) -> None:
     run(kind, main)
 
 
-def test_a_base_that_is_not_plain_http_is_refused() -> None:
-    for base in ("https://127.0.0.1:1", "ftp://x", "http://"):
-        with pytest.raises(ValueError, match="http://host:port"):
+def test_a_base_that_is_not_http_or_https_is_refused() -> None:
+    for base in ("ftp://x", "http://", "ws://127.0.0.1:1"):
+        with pytest.raises(ValueError, match="http:// or https://host:port"):
             Pool(base, connect_timeout_s=1.0, read_timeout_s=1.0)
+    # https:// (for WebSocket handshakes only: the forwarder says which): TLS, port 443
+    tls = Pool("https://127.0.0.1", connect_timeout_s=1.0, read_timeout_s=1.0)
+    plain = Pool("http://127.0.0.1", connect_timeout_s=1.0, read_timeout_s=1.0)
+    assert (tls.port, plain.port) == (443, 80) and tls.tls is not None and plain.tls is None
 
 
 @pytest.mark.parametrize("kind", LOOPS)
