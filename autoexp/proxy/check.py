@@ -216,7 +216,11 @@ def check(path: str) -> tuple[bool, list[str]]:
     if config.proxy is not None:
         s = config.proxy
         units = [f"header {s.unit_header}"] if s.unit_header else []
-        units += [f"cookie {s.unit_cookie}"] if s.unit_cookie else []
+        cookie = f"cookie {s.unit_cookie}"
+        if s.set_unit_cookie:
+            days = s.unit_cookie_max_age_s / 86_400
+            cookie += f", set for {days:g} days where a routed request has no unit"
+        units += [cookie] if s.unit_cookie else []
         lines.append(
             f"  upstream  {_upstream(s.upstream, s.connect_timeout_s)} (connect timeout "
             f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s; units from "

@@ -5,6 +5,8 @@
     [proxy]
     upstream = "http://127.0.0.1:8080"   # the application: control, and unmatched requests
     unit_header = "X-User-Id"            # sticky units from this header (or unit_cookie)
+    # unit_cookie = "autoexp_uid"; set_unit_cookie = true: a browser without a unit gets
+    # one (a random id in that cookie), so its alternative holds from its first request
     connect_timeout_s = 1.0
     read_timeout_s = 30.0
     max_body_bytes = 10_485_760
@@ -23,6 +25,7 @@ An alternative is another upstream, or the same upstream told its parameters in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +41,15 @@ _PROXY = (
     "upstream",
     "unit_header",
     "unit_cookie",
+    "set_unit_cookie",
+    "unit_cookie_max_age_s",
     "connect_timeout_s",
     "read_timeout_s",
     "max_body_bytes",
 )
 _ROUTE = ("path_prefix", "host", "method", "header", "reward_from", "slo_ms", "reward_header")
 _REWARD_FROM = ("none", "status", "latency", "header")
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265's token
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -71,6 +77,8 @@ class ProxySettings:
     upstream: str
     unit_header: str | None = "X-User-Id"
     unit_cookie: str | None = None
+    set_unit_cookie: bool = False  # mint a unit for a routed request without one
+    unit_cookie_max_age_s: int = 365 * 86_400
     connect_timeout_s: float = 1.0
     read_timeout_s: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
@@ -90,6 +98,24 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigError(f"{where}.{key}: must be a non-empty name (got {value!r})")
         names[key] = value
+    set_cookie = raw.get("set_unit_cookie", False)
+    if not isinstance(set_cookie, bool):
+        raise ConfigError(f"{where}.set_unit_cookie: must be true or false (got {set_cookie!r})")
+    if set_cookie and names["unit_cookie"] is None:
+        raise ConfigError(
+            f"{where}.set_unit_cookie: needs unit_cookie, the name of the cookie to set"
+        )
+    if set_cookie and not _COOKIE_NAME.fullmatch(names["unit_cookie"]):
+        raise ConfigError(
+            f"{where}.unit_cookie: {names['unit_cookie']!r} cannot be a cookie's name to set "
+            "(letters, digits and !#$%&'*+-.^_`|~ only)"
+        )
+    age = raw.get("unit_cookie_max_age_s", 365 * 86_400)
+    if isinstance(age, bool) or not isinstance(age, int) or age < 1:
+        raise ConfigError(
+            f"{where}.unit_cookie_max_age_s: must be an integer number of seconds >= 1 "
+            f"(got {age!r:.60})"
+        )
     size = raw.get("max_body_bytes", 10 * 1024 * 1024)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"{where}.max_body_bytes: must be an integer >= 1 (got {size!r})")
@@ -97,6 +123,8 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         upstream=_url(raw["upstream"], f"{where}.upstream"),
         unit_header=names["unit_header"],
         unit_cookie=names["unit_cookie"],
+        set_unit_cookie=set_cookie,
+        unit_cookie_max_age_s=age,
         connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
         read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
         max_body_bytes=size,

@@ -54,6 +54,7 @@ import json
 import logging
 import math
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -109,6 +110,7 @@ FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not
 BODY_FAILED = web.RequestKey("autoexp_body_failed", str)
 CLIENT_FAULT = web.ResponseKey("autoexp_client_fault", bool)  # no reward: nothing to judge
 REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
+NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_cookie
 # the 101 sent: what carries the WebSocket's bytes from then on, run by the handler
 TUNNEL: web.ResponseKey[Callable[[], Awaitable[None]]] = web.ResponseKey("autoexp_tunnel")
 
@@ -128,12 +130,19 @@ class _TooLarge(Exception):
     pass
 
 
-def _headers(request: web.Request, extra: dict[str, str], *, lean: bool) -> list[tuple[str, str]]:
+def _headers(
+    request: web.Request, extra: dict[str, str], *, lean: bool, cookie: str | None = None
+) -> list[tuple[str, str]]:
     """The headers sent upstream: the client's but hop-by-hop ones, Host (the upstream's
     own), autoexp's (only it sets them) and ``X-Forwarded-*`` (set here); without a body
-    to send (``lean``), its Content-Length too."""
+    to send (``lean``), its Content-Length too. ``cookie`` (``name=value``, a unit minted
+    for this request) joins the client's cookies, as the browser will send it from now on."""
     skip = _NOT_SENT_LEAN if lean else _NOT_SENT
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in skip]
+    if cookie is not None:  # one Cookie header (RFC 6265): the client's, then the unit's
+        cookies = [v for k, v in headers if k.lower() == "cookie"]
+        headers = [(k, v) for k, v in headers if k.lower() != "cookie"]
+        headers.append(("Cookie", "; ".join([*cookies, cookie])))
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
@@ -340,7 +349,28 @@ class Forwarder:
             return request.headers[s.unit_header][:1024]
         if s.unit_cookie and request.cookies.get(s.unit_cookie):
             return request.cookies[s.unit_cookie][:1024]
+        if s.set_unit_cookie:  # a new visitor: its unit from now on, in the cookie set
+            unit = request[NEW_UNIT] = secrets.token_urlsafe(16)  # 128 random bits
+            return unit
         return None
+
+    def _unit_cookie(self, request: web.Request) -> str | None:
+        """``name=value`` of the unit minted for this request, if one was."""
+        if not self.settings.set_unit_cookie:  # the common case: no lookup
+            return None
+        unit = request.get(NEW_UNIT)
+        return None if unit is None else f"{self.settings.unit_cookie}={unit}"
+
+    def _set_unit_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        cookie = self._unit_cookie(request)
+        if cookie is None:
+            return
+        secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+        response.headers.add(
+            "Set-Cookie",
+            f"{cookie}; Max-Age={self.settings.unit_cookie_max_age_s}; Path=/; SameSite=Lax; "
+            f"HttpOnly{'; Secure' if secure else ''}",
+        )
 
     async def _decide(self, route: Route, request: web.Request) -> Decision | None:
         unit = self._unit(request)
@@ -475,7 +505,7 @@ class Forwarder:
         if _wants_websocket(request):
             return await self._upgrade(request, base, extra, raise_5xx, hide)
         lean = not request.body_exists and request.method not in _NOT_LEAN
-        headers = _headers(request, extra, lean=lean)
+        headers = _headers(request, extra, lean=lean, cookie=self._unit_cookie(request))
         pool = self.pools.get(base) if lean else None
         if pool is None and lean and base.startswith("http://"):
             pool = self.pools[base] = Pool(
@@ -541,7 +571,7 @@ class Forwarder:
         """A WebSocket handshake to ``base``: declined, its answer relayed as any other;
         accepted, the 101 sent and the tunnel handed to the handler (:data:`TUNNEL`)."""
         upgrade = request.headers["Upgrade"]
-        headers = _headers(request, extra, lean=True)
+        headers = _headers(request, extra, lean=True, cookie=self._unit_cookie(request))
         headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
         pool = self.upgrades.get(base)
         if pool is None:
@@ -560,7 +590,7 @@ class Forwarder:
                 return await self._relay(
                     request, response, answer.headers, answer.chunks(), extra, hide, base
                 )
-            self._head(response, answer.headers, extra, hide)
+            self._head(request, response, answer.headers, extra, hide)
             switched = [v for k, v in answer.headers if k.lower() == "upgrade"]
             response.headers["Connection"] = "Upgrade"
             response.headers["Upgrade"] = switched[0] if switched else upgrade
@@ -614,13 +644,14 @@ class Forwarder:
 
     def _head(
         self,
+        request: web.Request,
         response: web.StreamResponse,
         headers: Iterable[tuple[str, str]],
         extra: dict[str, str],
         hide: str | None,
     ) -> None:
         """The client's answer's head: the upstream's (hop-by-hop headers dropped, the
-        reward header hidden), the decision's token added."""
+        reward header hidden), the decision's token and a new unit's cookie added."""
         for k, v in headers:
             if k.lower() not in HOP_BY_HOP:
                 response.headers.add(k, v)
@@ -629,6 +660,7 @@ class Forwarder:
                 response[REWARD] = response.headers.popall(hide)[0]
         if DECISION_HEADER in extra:
             response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
+        self._set_unit_cookie(request, response)
         if self.drain.closing:
             response.force_close()
 
@@ -644,7 +676,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         """The upstream's answer to the client: its head (:meth:`_head`), then its body as
         it comes."""
-        self._head(response, headers, extra, hide)
+        self._head(request, response, headers, extra, hide)
         try:
             await _to_client(response.prepare(request))
             try:
