@@ -221,10 +221,11 @@ def check(path: str) -> tuple[bool, list[str]]:
             days = s.unit_cookie_max_age_s / 86_400
             cookie += f", set for {days:g} days where a routed request has no unit"
         units += [cookie] if s.unit_cookie else []
+        host = "; the client's Host passed on" if s.preserve_host else ""
         lines.append(
             f"  upstream  {_upstream(s.upstream, s.connect_timeout_s)} (connect timeout "
             f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s; units from "
-            f"{' or '.join(units) or 'nothing: every request decided afresh'})"
+            f"{' or '.join(units) or 'nothing: every request decided afresh'}{host})"
         )
     for spec in config.experiments:
         route = routes.get(spec.name)

@@ -380,10 +380,13 @@ class Pool:
             raise UpstreamError(f"upstream: cannot connect to {self.host}:{self.port}: {e}") from e
         return conn
 
-    async def request(self, method: str, target: str, headers: list[tuple[str, str]]) -> Answer:
+    async def request(
+        self, method: str, target: str, headers: list[tuple[str, str]], host: str | None = None
+    ) -> Answer:
         """Send a request without a body; its answer once the head has arrived. The
-        caller reads the body from :meth:`Answer.chunks` and calls :meth:`Answer.close`."""
-        head = self._head(method, target, headers)
+        caller reads the body from :meth:`Answer.chunks` and calls :meth:`Answer.close`.
+        ``host``: its ``Host`` header (the upstream's own by default)."""
+        head = self._head(method, target, headers, host)
         stale = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             conn = self._idle.pop()
@@ -407,11 +410,13 @@ class Pool:
                 raise
         return await self._exchange(await self._connect(), head)
 
-    async def upgrade(self, target: str, headers: list[tuple[str, str]]) -> Answer:
+    async def upgrade(
+        self, target: str, headers: list[tuple[str, str]], host: str | None = None
+    ) -> Answer:
         """Send a WebSocket handshake (``GET``; ``headers`` ask for the switch) on a new
         connection; its answer once the head has arrived. :attr:`Answer.upgraded` says
         whether the upstream switched; the caller calls :meth:`Answer.close` either way."""
-        head = self._head("GET", target, headers)
+        head = self._head("GET", target, headers, host)
         conn = await self._connect()
         conn.upgrading = True
         return await self._exchange(conn, head)
@@ -425,9 +430,12 @@ class Pool:
             raise
         return answer
 
-    def _head(self, method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    def _head(
+        self, method: str, target: str, headers: list[tuple[str, str]], host: str | None
+    ) -> bytes:
         lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
-        lines.append(b"Host: " + self.netloc + b"\r\n")
+        netloc = self.netloc if host is None else host.encode("utf-8", "surrogateescape")
+        lines.append(b"Host: " + netloc + b"\r\n")
         for name, value in headers:
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         if method in ("POST", "PUT", "PATCH"):  # no body, said (as aiohttp's client does)

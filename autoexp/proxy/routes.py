@@ -10,6 +10,7 @@
     connect_timeout_s = 1.0
     read_timeout_s = 30.0
     max_body_bytes = 10_485_760
+    preserve_host = false                # true: the client's Host header goes upstream
 
     [experiments.ranker]
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
@@ -46,6 +47,7 @@ _PROXY = (
     "connect_timeout_s",
     "read_timeout_s",
     "max_body_bytes",
+    "preserve_host",
 )
 _ROUTE = ("path_prefix", "host", "method", "header", "reward_from", "slo_ms", "reward_header")
 _REWARD_FROM = ("none", "status", "latency", "header")
@@ -82,6 +84,7 @@ class ProxySettings:
     connect_timeout_s: float = 1.0
     read_timeout_s: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
+    preserve_host: bool = False  # the client's Host upstream, not the upstream's own
 
 
 def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
@@ -116,6 +119,9 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
             f"{where}.unit_cookie_max_age_s: must be an integer number of seconds >= 1 "
             f"(got {age!r:.60})"
         )
+    preserve = raw.get("preserve_host", False)
+    if not isinstance(preserve, bool):
+        raise ConfigError(f"{where}.preserve_host: must be true or false (got {preserve!r})")
     size = raw.get("max_body_bytes", 10 * 1024 * 1024)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"{where}.max_body_bytes: must be an integer >= 1 (got {size!r})")
@@ -128,6 +134,7 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
         read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
         max_body_bytes=size,
+        preserve_host=preserve,
     )
 
 

@@ -25,7 +25,8 @@ without a Content-Length saying so: a 413): the decision gets no reward from it.
 upstream that breaks off after its answer's head was sent cannot be retried: the client's
 connection is closed (it sees a truncated answer, never a second one), ``upstream_error``
 counts it and the decision gets the lowest reward. Hop-by-hop headers are dropped both
-ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; bodies are streamed, never
+ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; ``Host`` is the upstream's
+own, or the client's with ``preserve_host``; bodies are streamed, never
 buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
 as text gets a 505, as from nginx.
 
@@ -506,6 +507,7 @@ class Forwarder:
             return await self._upgrade(request, base, extra, raise_5xx, hide)
         lean = not request.body_exists and request.method not in _NOT_LEAN
         headers = _headers(request, extra, lean=lean, cookie=self._unit_cookie(request))
+        host = request.host if self.settings.preserve_host else None
         pool = self.pools.get(base) if lean else None
         if pool is None and lean and base.startswith("http://"):
             pool = self.pools[base] = Pool(
@@ -514,8 +516,10 @@ class Forwarder:
                 read_timeout_s=self.settings.read_timeout_s,
             )
         if pool is None:
+            if host is not None:
+                headers.append(("Host", host))
             return await self._forward_aiohttp(request, base, headers, extra, raise_5xx, hide)
-        answer = await pool.request(request.method, request.rel_url.raw_path_qs, headers)
+        answer = await pool.request(request.method, request.rel_url.raw_path_qs, headers, host)
         try:
             if raise_5xx and answer.status >= 500:
                 raise UpstreamError(f"upstream: answered {answer.status}")
@@ -580,7 +584,8 @@ class Forwarder:
                 connect_timeout_s=self.settings.connect_timeout_s,
                 read_timeout_s=self.settings.read_timeout_s,
             )
-        answer = await pool.upgrade(request.rel_url.raw_path_qs, headers)
+        host = request.host if self.settings.preserve_host else None
+        answer = await pool.upgrade(request.rel_url.raw_path_qs, headers, host)
         handed = False
         try:
             if raise_5xx and answer.status >= 500:

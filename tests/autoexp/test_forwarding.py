@@ -103,6 +103,7 @@ def sidecar(
     *,
     read_timeout_s: float = 5.0,
     max_body_bytes: int = 10 * 1024 * 1024,
+    preserve_host: bool = False,
     **route: Any,
 ) -> Sidecar:
     spec = ExperimentSpec(
@@ -121,6 +122,7 @@ def sidecar(
         read_timeout_s=read_timeout_s,
         connect_timeout_s=1.0,
         max_body_bytes=max_body_bytes,
+        preserve_host=preserve_host,
     )
     return Sidecar(engine, proxy=proxy, routes=routes)
 
@@ -156,6 +158,34 @@ def test_unmatched_requests_pass_through_with_headers_and_streamed_bodies(
         assert "x-autoexp-decision" not in h  # only autoexp sets these
         assert r.headers["X-Upstream"] == "control"
         assert "X-Autoexp-Decision" not in r.headers
+    finally:
+        side.close()
+
+
+def test_preserve_host_sends_the_clients_host_upstream_through_either_client(
+    servers: dict[str, Served],
+) -> None:
+    # A sidecar in front of an application that builds its URLs (redirects, links) from
+    # Host: with preserve_host the application sees the Host the client asked for, through
+    # autoexp's own client (a GET) and aiohttp's (a body, HEAD), decided or not; without,
+    # the upstream's own address, as the test above shows.
+    side = sidecar(servers, preserve_host=True)
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            for method, path, body in [
+                ("GET", "/page", None),
+                ("POST", "/page", b"x" * 100),
+                ("GET", "/search", None),  # decided: control or the alternative's upstream
+                ("POST", "/search", b"{}"),
+            ]:
+                r = http.request(method, path, content=body, headers={"Host": "shop.example"})
+                # one Host header, not the upstream's beside it: aiohttp's server answers a
+                # request with two "400 Duplicate 'Host' header found"
+                assert r.status_code == 200, r.text
+                h = {k.lower(): v for k, v in r.json()["headers"].items()}
+                assert h["host"] == "shop.example" and h["x-forwarded-host"] == "shop.example"
+            r = http.head("/page", headers={"Host": "shop.example:8443"})
+            assert r.status_code == 200
     finally:
         side.close()
 
@@ -710,6 +740,7 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         # an integer TOML holds and a float cannot (was an OverflowError)
         ({"proxy": {"upstream": "http://x", "connect_timeout_s": 10**400}}, "finite number"),
         ({"proxy": {"upstrem": "http://x"}}, "proxy.upstrem: unknown key"),
+        ({"proxy": {"upstream": "http://x", "preserve_host": 1}}, "proxy.preserve_host: must be"),
         ({"route": {"path_prefix": "search"}}, "experiments.ranker.route.path_prefix"),
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),

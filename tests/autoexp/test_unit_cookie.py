@@ -232,7 +232,7 @@ def test_the_check_says_units_are_set(tmp_path: Any) -> None:
     path.write_text(
         f'store = "sqlite:///{tmp_path / "state.db"}"\nsecret = "{SECRET}"\n\n'
         '[proxy]\nupstream = "http://127.0.0.1:9"\nunit_cookie = "autoexp_uid"\n'
-        "set_unit_cookie = true\nunit_cookie_max_age_s = 2592000\n\n"
+        "set_unit_cookie = true\nunit_cookie_max_age_s = 2592000\npreserve_host = true\n\n"
         '[experiments.page]\nalternatives = ["v1", "v2"]\npolicy = { name = "thompson-beta" }\n'
         'route = { path_prefix = "/page" }\n'
     )
@@ -240,5 +240,5 @@ def test_the_check_says_units_are_set(tmp_path: Any) -> None:
     (upstream,) = [line for line in lines if line.strip().startswith("upstream")]
     assert (
         "units from header X-User-Id or cookie autoexp_uid, set for 30 days where a routed "
-        "request has no unit" in upstream
+        "request has no unit; the client's Host passed on)" in upstream
     ), upstream

@@ -121,6 +121,7 @@ def sidecar(
     *,
     read_timeout_s: float = 2.0,
     loop: str = "asyncio",
+    preserve_host: bool = False,
     **route: Any,
 ) -> Sidecar:
     """The proxy in front of ``control`` on ``loop`` (``"uvloop"``: as the workers run); a
@@ -141,6 +142,7 @@ def sidecar(
         read_timeout_s=read_timeout_s,
         connect_timeout_s=1.0,
         unit_header="X-User-Id",
+        preserve_host=preserve_host,
     )
     return Sidecar(engine, proxy=proxy, routes=routes, uvloop=loop == "uvloop")
 
@@ -212,6 +214,26 @@ def test_a_websocket_passes_both_ways_with_its_handshake_headers_and_subprotocol
         until(lambda: upstreams["control"].closed == [1000])  # the client's close, passed on
         until(lambda: fwd.websockets_open == 0)
         assert fwd.counts["websockets"] == 1 and fwd.counts["websockets_broken"] == 0
+    finally:
+        side.close()
+
+
+def test_preserve_host_sends_the_clients_host_with_the_handshake(
+    upstreams: dict[str, Upstream],
+) -> None:
+    side = sidecar(upstreams["control"].url, preserve_host=True)
+    try:
+        with socket.create_connection(("127.0.0.1", side.port), timeout=5) as raw:
+            raw.sendall(_handshake("/ws"))  # Host: example.test
+            got = b""
+            while b"}" not in got:  # the head, then the hello frame's JSON
+                piece = raw.recv(65536)
+                assert piece, got
+                got += piece
+        head, frame = got.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        hello = json.loads(frame[frame.index(b"{") :])
+        assert hello["headers"]["Host"] == "example.test"
     finally:
         side.close()
 
