@@ -129,6 +129,14 @@ class SQLiteStore(UnitsInBatches):
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         # per experiment: (the position after the last record read, that record's seq)
         self._read_at: dict[str, tuple[int, int]] = {}
+        # The log's reads (expire's passes, exports: thousands of rows) on a connection
+        # of their own, so they never hold up a write behind the lock above (a sticky
+        # unit's first decision waits for its assign_many): the write-ahead log lets one
+        # connection read while another writes. Opened at the first read; a database in
+        # memory has one connection only.
+        self._timeout_s = timeout_s
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -324,15 +332,16 @@ class SQLiteStore(UnitsInBatches):
         # Reading on from where the last read ended (expire's passes, paged exports) goes
         # by seq, not OFFSET, which would walk every earlier row: the log only grows and
         # its seqs are committed in order, so a position keeps its seq.
-        with self._lock:
+        db, lock = self._log_reader()
+        with lock:
             pos, after = self._read_at.get(experiment, (-1, 0))
             if pos == start:
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT seq, record FROM log WHERE exp = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (experiment, after, -1 if limit is None else limit),
                 ).fetchall()
             else:
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT seq, record FROM log WHERE exp = ? ORDER BY seq LIMIT ? OFFSET ?",
                     (experiment, -1 if limit is None else limit, start),
                 ).fetchall()
@@ -387,9 +396,30 @@ class SQLiteStore(UnitsInBatches):
             ).fetchall()
         return [str(r[0]) for r in rows]
 
+    def _log_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """The connection the log is read on, and its lock."""
+        where = str(self.path)
+        if where == ":memory:" or where.startswith("file:"):
+            return self._db, self._lock
+        with self._read_lock:
+            if self._reader is None:
+                try:
+                    self._reader = sqlite3.connect(
+                        self.path,
+                        timeout=self._timeout_s,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                except sqlite3.Error as e:
+                    raise StoreError(f"store: cannot read {self.path} ({e})") from None
+        return self._reader, self._read_lock
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
 
     def _write(self) -> _Transaction:
         return _Transaction(self._db)
