@@ -366,7 +366,9 @@ class Forwarder:
         cookie = self._unit_cookie(request)
         if cookie is None:
             return
-        secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+        # behind a TLS proxy: the first hop's scheme, as the client used it
+        first = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        secure = request.secure or first == "https"
         response.headers.add(
             "Set-Cookie",
             f"{cookie}; Max-Age={self.settings.unit_cookie_max_age_s}; Path=/; SameSite=Lax; "

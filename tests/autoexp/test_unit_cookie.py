@@ -146,10 +146,13 @@ def test_the_cookie_is_secure_behind_https_and_not_set_when_turned_off(
     off = sidecar(servers, set_unit_cookie=False)
     try:
         with httpx.Client(base_url=side.url, timeout=10) as http:
-            r = http.get("/page", headers={"X-Forwarded-Proto": "https"})
-        assert r.headers["Set-Cookie"].endswith(
-            "; Max-Age=3600; Path=/; SameSite=Lax; HttpOnly; Secure"
-        )
+            for proto in ("https", "HTTPS, http"):  # the client's hop is the first
+                r = http.get("/page", headers={"X-Forwarded-Proto": proto})
+                assert r.headers["Set-Cookie"].endswith(
+                    "; Max-Age=3600; Path=/; SameSite=Lax; HttpOnly; Secure"
+                )
+            r = http.get("/page", headers={"X-Forwarded-Proto": "http, https"})
+            assert not r.headers["Set-Cookie"].endswith("Secure")
         with httpx.Client(base_url=off.url, timeout=10) as http:
             r = http.get("/page")
         assert "Set-Cookie" not in r.headers and "Cookie" not in r.json()["headers"]
