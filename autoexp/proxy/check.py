@@ -169,6 +169,9 @@ def _route(route: Route) -> str:
         parts.append(f"host {route.host}")
     if route.header is not None:
         parts.append(f"header {route.header[0]}: {route.header[1]}")
+    if route.alternative_timeout_s is not None:
+        limit = route.alternative_timeout_s
+        parts.append(f"an alternative's idempotent request to control after {limit:g} s")
     reward = route.reward_from
     if reward == "none":
         return f"{', '.join(parts)}; no reward read from the answer (POST /_autoexp/rewards)"

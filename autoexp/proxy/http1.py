@@ -72,13 +72,15 @@ class Answer:
         "complete",
         "has_head",
         "headers",
+        "read_timeout_s",
         "reason",
         "received",
         "status",
     )
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, read_timeout_s: float) -> None:
         self._conn = conn
+        self.read_timeout_s = read_timeout_s  # each wait for the upstream's next bytes
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -123,9 +125,7 @@ class Answer:
         self._waiter = waiter = loop.create_future()
         # a tunnel may stay quiet for as long as its two ends like
         timer = (
-            None
-            if self._conn.tunneling
-            else loop.call_later(self._conn.pool.read_timeout_s, _expire, waiter)
+            None if self._conn.tunneling else loop.call_later(self.read_timeout_s, _expire, waiter)
         )
         try:
             await waiter
@@ -327,9 +327,9 @@ class _Connection(asyncio.Protocol):
         if self.on_resume is not None:
             self.on_resume()
 
-    def send(self, head: bytes) -> Answer:
+    def send(self, head: bytes, read_timeout_s: float) -> Answer:
         assert self.transport is not None
-        self.answer = answer = Answer(self)
+        self.answer = answer = Answer(self, read_timeout_s)
         self.transport.write(head)
         return answer
 
@@ -381,12 +381,19 @@ class Pool:
         return conn
 
     async def request(
-        self, method: str, target: str, headers: list[tuple[str, str]], host: str | None = None
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        host: str | None = None,
+        read_timeout_s: float | None = None,
     ) -> Answer:
         """Send a request without a body; its answer once the head has arrived. The
         caller reads the body from :meth:`Answer.chunks` and calls :meth:`Answer.close`.
-        ``host``: its ``Host`` header (the upstream's own by default)."""
+        ``host``: its ``Host`` header (the upstream's own by default); ``read_timeout_s``:
+        this request's (the pool's by default)."""
         head = self._head(method, target, headers, host)
+        timeout_s = self.read_timeout_s if read_timeout_s is None else read_timeout_s
         stale = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             conn = self._idle.pop()
@@ -396,7 +403,7 @@ class Pool:
                 break
             if conn.transport is None or conn.transport.is_closing():
                 continue
-            answer = conn.send(head)
+            answer = conn.send(head, timeout_s)
             try:
                 await answer.head()
                 return answer
@@ -408,7 +415,7 @@ class Pool:
             except BaseException:
                 answer.close()
                 raise
-        return await self._exchange(await self._connect(), head)
+        return await self._exchange(await self._connect(), head, timeout_s)
 
     async def upgrade(
         self, target: str, headers: list[tuple[str, str]], host: str | None = None
@@ -419,10 +426,10 @@ class Pool:
         head = self._head("GET", target, headers, host)
         conn = await self._connect()
         conn.upgrading = True
-        return await self._exchange(conn, head)
+        return await self._exchange(conn, head, self.read_timeout_s)
 
-    async def _exchange(self, conn: _Connection, head: bytes) -> Answer:
-        answer = conn.send(head)
+    async def _exchange(self, conn: _Connection, head: bytes, read_timeout_s: float) -> Answer:
+        answer = conn.send(head, read_timeout_s)
         try:
             await answer.head()
         except BaseException:

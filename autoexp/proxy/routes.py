@@ -16,6 +16,8 @@
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
                     { name = "fast", params = { timeout_ms = 200 } }]
     route = { path_prefix = "/search", method = "GET" }   # also host, header = "X-Beta: 1"
+    # alternative_timeout_s = 0.5: an alternative's GET that has not answered within it
+    # (each wait for its next bytes, before its head went out) is answered by control
     # rewards read from each answer: reward_from = "status" (1 below 400, else 0),
     # "latency" (1 if below 400 within slo_ms), "header" (the upstream's X-Autoexp-Reward,
     # or reward_header = "..."), or "none" (the default: rewards come to /_autoexp/rewards)
@@ -49,7 +51,16 @@ _PROXY = (
     "max_body_bytes",
     "preserve_host",
 )
-_ROUTE = ("path_prefix", "host", "method", "header", "reward_from", "slo_ms", "reward_header")
+_ROUTE = (
+    "path_prefix",
+    "host",
+    "method",
+    "header",
+    "reward_from",
+    "slo_ms",
+    "reward_header",
+    "alternative_timeout_s",
+)
 _REWARD_FROM = ("none", "status", "latency", "header")
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265's token
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -152,6 +163,9 @@ class Route:
     reward_from: str = "none"
     slo_ms: float | None = None
     reward_header: str = "X-Autoexp-Reward"
+    # an alternative's request that can go to control instead (idempotent, no body) waits
+    # this long for each of the alternative's bytes, then goes there (None: read_timeout_s)
+    alternative_timeout_s: float | None = None
 
     def matches(self, method: str, host: str | None, path: str, headers: Mapping[str, str]) -> bool:
         if not path.startswith(self.path_prefix):
@@ -201,6 +215,9 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
     reward_header = raw.get("reward_header", "X-Autoexp-Reward")
     if not (isinstance(reward_header, str) and reward_header.strip()):
         raise ConfigError(f"{where}.reward_header: must be a header name (got {reward_header!r})")
+    alternative_timeout_s = None
+    if "alternative_timeout_s" in raw:
+        alternative_timeout_s = _positive(raw, "alternative_timeout_s", 0.0, where)
     upstreams: list[str | None] = []
     for i, item in enumerate(alternatives):
         up = item.get("upstream") if isinstance(item, Mapping) else None
@@ -216,4 +233,5 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
         reward_from=reward_from,
         slo_ms=slo_ms,
         reward_header=reward_header,
+        alternative_timeout_s=alternative_timeout_s,
     )

@@ -458,7 +458,14 @@ class Forwarder:
             self._outcome(route, decision, response, started)
             return response
         try:
-            response = await self._forward(request, base, extra, raise_5xx=True, hide=hide)
+            response = await self._forward(
+                request,
+                base,
+                extra,
+                raise_5xx=True,
+                hide=hide,
+                read_timeout_s=route.alternative_timeout_s,
+            )
             self._outcome(route, decision, response, started)
             return response
         except (aiohttp.ClientError, TimeoutError) as e:  # before anything reached the client
@@ -504,7 +511,10 @@ class Forwarder:
         *,
         raise_5xx: bool = False,
         hide: str | None = None,
+        read_timeout_s: float | None = None,
     ) -> web.StreamResponse:
+        """``read_timeout_s``: each wait for the upstream's bytes (``None``: the proxy's
+        ``read_timeout_s``)."""
         if _wants_websocket(request):
             return await self._upgrade(request, base, extra, raise_5xx, hide)
         lean = not request.body_exists and request.method not in _NOT_LEAN
@@ -520,8 +530,12 @@ class Forwarder:
         if pool is None:
             if host is not None:
                 headers.append(("Host", host))
-            return await self._forward_aiohttp(request, base, headers, extra, raise_5xx, hide)
-        answer = await pool.request(request.method, request.rel_url.raw_path_qs, headers, host)
+            return await self._forward_aiohttp(
+                request, base, headers, extra, raise_5xx, hide, read_timeout_s
+            )
+        answer = await pool.request(
+            request.method, request.rel_url.raw_path_qs, headers, host, read_timeout_s
+        )
         try:
             if raise_5xx and answer.status >= 500:
                 raise UpstreamError(f"upstream: answered {answer.status}")
@@ -540,10 +554,20 @@ class Forwarder:
         extra: dict[str, str],
         raise_5xx: bool,
         hide: str | None,
+        read_timeout_s: float | None = None,
     ) -> web.StreamResponse:
         """Through aiohttp's client: a request with a body, HEAD, or an https upstream."""
         assert self.session is not None
         body = self._body(request) if request.body_exists else None
+        timeout = (
+            self.session.timeout  # the proxy's, as the session was made
+            if read_timeout_s is None
+            else aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.settings.connect_timeout_s,
+                sock_read=read_timeout_s,
+            )
+        )
         try:
             async with self.session.request(
                 request.method,
@@ -551,6 +575,7 @@ class Forwarder:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                timeout=timeout,
             ) as up:
                 if raise_5xx and up.status >= 500:
                     raise aiohttp.ClientResponseError(

@@ -333,6 +333,45 @@ def test_a_failing_alternative_is_retried_on_control(servers: dict[str, Served],
         side.close()
 
 
+def test_alternative_timeout_s_answers_a_slow_alternatives_users_from_control(
+    servers: dict[str, Served],
+) -> None:
+    # The alternative answers after 2 s, inside the proxy's read timeout (5 s): without
+    # alternative_timeout_s its users wait the 2 s and get its answer; with 0.3 s, each GET
+    # (autoexp's own client) and HEAD (aiohttp's) decided for it goes to control after
+    # 0.3 s, counted in retried and fed to the alternative's statistics as a 0. A POST with
+    # a body cannot go to control instead: it keeps the proxy's read timeout and gets the
+    # alternative's answer.
+    for limit in (None, 0.3):
+        side = sidecar(servers, "hang", read_timeout_s=5.0, alternative_timeout_s=limit)
+        try:
+            with httpx.Client(base_url=side.url, timeout=10) as http:
+                if limit is not None:
+                    # first, while the allocation is a fresh 0.5 (no reward, no refresh
+                    # yet): until one is decided for the alternative, at most 12, which
+                    # all go to control with probability 0.5**12 = 2.4e-4
+                    posted: list[str] = []
+                    while "hang" not in posted and len(posted) < 12:
+                        posted.append(http.post("/search", content=b"{}").json()["who"])
+                    assert posted[-1] == "hang" and set(posted) <= {"control", "hang"}
+                    who = [http.get("/search").json()["who"] for _ in range(8)]
+                    heads = [http.head("/search").headers["X-Upstream"] for _ in range(6)]
+                else:  # until one is decided for the alternative (as above)
+                    who = []
+                    while "hang" not in who and len(who) < 12:
+                        who.append(http.get("/search").json()["who"])
+            retried = side.app[FORWARDER].counts["retried"]
+            if limit is None:
+                assert who[-1] == "hang" and retried == 0  # waited for, answered by it
+            else:
+                # 14 draws at 0.5, all for control with probability 0.5**14 = 6e-5
+                assert set(who) == set(heads) == {"control"} and retried >= 1
+                # the route reads no reward from answers: only the timeouts' zeros arrive
+                assert settle(side)["policy.n"] == [0.0, retried]
+        finally:
+            side.close()
+
+
 def test_a_client_gone_mid_answer_is_not_an_upstream_failure(servers: dict[str, Served]) -> None:
     # 12 clients read the head of a slow 2 MiB answer, then reset their connections (RST,
     # SO_LINGER 0) while the proxy is still streaming: the proxy counts each as client_gone,
@@ -748,6 +787,7 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"route": {"reward_from": "vibes"}}, "experiments.ranker.route.reward_from"),
         ({"route": {"reward_from": "latency"}}, "experiments.ranker.route.slo_ms"),
         ({"route": {"slo_ms": 100}}, "only with reward_from"),
+        ({"route": {"alternative_timeout_s": 0}}, "route.alternative_timeout_s: must be"),
         ({"route": None, "upstream": "http://x"}, "experiments.ranker.route: missing"),
         ({"proxy": None}, "proxy: missing; experiments with a route"),
     ]

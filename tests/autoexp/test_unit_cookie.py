@@ -228,7 +228,7 @@ def test_the_settings_are_checked() -> None:
     assert parse_config(base | raw).proxy.set_unit_cookie
 
 
-def test_the_check_says_units_are_set(tmp_path: Any) -> None:
+def test_the_check_says_what_the_proxy_settings_do(tmp_path: Any) -> None:
     from autoexp.proxy.check import check
 
     path = tmp_path / "autoexp.toml"
@@ -237,7 +237,7 @@ def test_the_check_says_units_are_set(tmp_path: Any) -> None:
         '[proxy]\nupstream = "http://127.0.0.1:9"\nunit_cookie = "autoexp_uid"\n'
         "set_unit_cookie = true\nunit_cookie_max_age_s = 2592000\npreserve_host = true\n\n"
         '[experiments.page]\nalternatives = ["v1", "v2"]\npolicy = { name = "thompson-beta" }\n'
-        'route = { path_prefix = "/page" }\n'
+        'route = { path_prefix = "/page", alternative_timeout_s = 0.5 }\n'
     )
     _, lines = check(str(path))
     (upstream,) = [line for line in lines if line.strip().startswith("upstream")]
@@ -245,3 +245,6 @@ def test_the_check_says_units_are_set(tmp_path: Any) -> None:
         "units from header X-User-Id or cookie autoexp_uid, set for 30 days where a routed "
         "request has no unit; the client's Host passed on)" in upstream
     ), upstream
+    (route,) = [line for line in lines if line.strip().startswith("route:")]
+    said = "path_prefix /page, an alternative's idempotent request to control after 0.5 s;"
+    assert said in route, route
