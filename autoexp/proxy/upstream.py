@@ -194,6 +194,7 @@ class Forwarder:
     upgrades: dict[str, Pool] = field(default_factory=dict)  # WebSocket handshakes, per upstream
     drain: Drain = field(default_factory=Drain)
     _fail_open_said: Throttle = field(default_factory=Throttle)  # logged, not every time
+    _retry_said: Throttle = field(default_factory=Throttle)  # likewise
     _store_error_said: Throttle = field(default_factory=Throttle)  # the applier's, likewise
 
     @property
@@ -472,7 +473,16 @@ class Forwarder:
             self.events["retried"] += 1
             low = self.engine.spec(route.experiment).reward_range[0]
             self._queue(decision, low)  # the alternative failed: its guardrail sees it
-            log.warning("autoexp: %s on %s failed (%r); retried on control", path, base, e)
+            if self._retry_said.due():  # a failing alternative under load: not a line each
+                log.warning(
+                    "autoexp: %s on %s failed (%r); retried on control (%d retried so far; "
+                    "said at most every %.0f s, all counted in autoexp_proxy_events_total)",
+                    path,
+                    base,
+                    e,
+                    self.events["retried"],
+                    self._retry_said.every_s,
+                )
             control = self.engine.spec(route.experiment).alternatives[0]
             return await self._safe(
                 request, self.settings.upstream, {"X-Autoexp-Alternative": control}

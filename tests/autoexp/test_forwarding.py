@@ -309,14 +309,18 @@ def test_parameter_alternatives_reach_the_default_upstream_with_their_params(
 
 
 @pytest.mark.parametrize("alt", ["five", "hang", "reset"])
-def test_a_failing_alternative_is_retried_on_control(servers: dict[str, Served], alt: str) -> None:
+def test_a_failing_alternative_is_retried_on_control(
+    servers: dict[str, Served], alt: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # 40 GETs, about half decided for an alternative that answers 503, hangs past the read
     # timeout (0.5 s) or resets the connection: every request is answered 200 by control,
-    # and each retry is counted.
+    # and each retry is counted (and logged at most every 10 s, not once each).
     side = sidecar(servers, alt, read_timeout_s=0.5)
     try:
+        began = time.monotonic()
         with httpx.Client(base_url=side.url, timeout=10) as http:
             answers = [http.get("/search") for _ in range(40)]
+        elapsed = time.monotonic() - began
         assert [r.status_code for r in answers] == [200] * 40
         assert {r.json()["who"] for r in answers} == {"control"}
         retried = side.app[FORWARDER].counts["retried"]
@@ -329,6 +333,10 @@ def test_a_failing_alternative_is_retried_on_control(servers: dict[str, Served],
             for r in answers
         )
         assert retried >= 5 and retried + decided_alt >= 40
+        # the throttle says the first and then one per full 10 s: 1 + elapsed // 10 lines
+        # at most (one per retry, 5 or more, without it)
+        said = [r for r in caplog.records if "retried on control" in r.getMessage()]
+        assert 1 <= len(said) <= 1 + int(elapsed // 10), len(said)
     finally:
         side.close()
 
