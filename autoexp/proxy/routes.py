@@ -16,8 +16,9 @@
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
                     { name = "fast", params = { timeout_ms = 200 } }]
     route = { path_prefix = "/search", method = "GET" }   # also host, header = "X-Beta: 1"
-    # alternative_timeout_s = 0.5: an alternative's GET that has not answered within it
-    # (each wait for its next bytes, before its head went out) is answered by control
+    # alternative_timeout_s = 0.5: each wait for an alternative's bytes, on a request that
+    # can go to control instead (idempotent, no body): before its head, control answers;
+    # after, the answer is cut off as any broken one (the proxy's read_timeout_s otherwise)
     # rewards read from each answer: reward_from = "status" (1 below 400, else 0),
     # "latency" (1 if below 400 within slo_ms), "header" (the upstream's X-Autoexp-Reward,
     # or reward_header = "..."), or "none" (the default: rewards come to /_autoexp/rewards)

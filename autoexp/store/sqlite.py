@@ -137,6 +137,7 @@ class SQLiteStore(UnitsInBatches):
         self._timeout_s = timeout_s
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._closed = False
 
     # --- state ---------------------------------------------------------------------------
 
@@ -399,8 +400,8 @@ class SQLiteStore(UnitsInBatches):
     def _log_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
         """The connection the log is read on, and its lock."""
         where = str(self.path)
-        if where == ":memory:" or where.startswith("file:"):
-            return self._db, self._lock
+        if where == ":memory:" or where.startswith("file:") or self._closed:
+            return self._db, self._lock  # closed: fails as every other call then does
         with self._read_lock:
             if self._reader is None:
                 try:
@@ -416,6 +417,7 @@ class SQLiteStore(UnitsInBatches):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
         with self._read_lock:
             if self._reader is not None:

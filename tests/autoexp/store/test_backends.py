@@ -290,6 +290,7 @@ def test_sqlite_reads_the_log_beside_its_writes_not_behind_them(tmp_path: Path) 
     326 ms in four runs down to 29 to 32 ms in three). Each side's lock is held here as a
     long read or write would hold it; the other side goes on. What is read is what was
     committed, at once."""
+    import sqlite3
     import threading
 
     store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
@@ -311,6 +312,8 @@ def test_sqlite_reads_the_log_beside_its_writes_not_behind_them(tmp_path: Path) 
     with store._lock:  # a write in progress
         assert within(lambda: store.records("e")) == [{"i": 0}, {"i": 1}]
     store.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # closed is closed, reads too
+        store.records("e")
     # a database in memory has one connection: the same lock for both
     memory = open_store("sqlite:///:memory:")
     assert memory._log_reader() == (memory._db, memory._lock)
