@@ -312,8 +312,13 @@ def test_sqlite_reads_the_log_beside_its_writes_not_behind_them(tmp_path: Path) 
     with store._lock:  # a write in progress
         assert within(lambda: store.records("e")) == [{"i": 0}, {"i": 1}]
     store.close()
-    with pytest.raises(sqlite3.ProgrammingError):  # closed is closed, reads too
-        store.records("e")
+    # closed is closed, reads too, even a store closed before its first read (whose reader
+    # would otherwise open then)
+    unread = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    unread.close()
+    for closed in (store, unread):
+        with pytest.raises(sqlite3.ProgrammingError):
+            closed.records("e")
     # a database in memory has one connection: the same lock for both
     memory = open_store("sqlite:///:memory:")
     assert memory._log_reader() == (memory._db, memory._lock)
