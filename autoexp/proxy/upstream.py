@@ -525,18 +525,14 @@ class Forwarder:
     ) -> web.StreamResponse:
         """``read_timeout_s``: each wait for the upstream's bytes (``None``: the proxy's
         ``read_timeout_s``)."""
-        if _wants_websocket(request):
-            return await self._upgrade(request, base, extra, raise_5xx, hide)
         lean = not request.body_exists and request.method not in _NOT_LEAN
         headers = _headers(request, extra, lean=lean, cookie=self._unit_cookie(request))
         host = request.host if self.settings.preserve_host else None
+        if _wants_websocket(request):  # a GET without a body: lean
+            return await self._upgrade(request, base, headers, host, extra, raise_5xx, hide)
         pool = self.pools.get(base) if lean else None
         if pool is None and lean and base.startswith("http://"):
-            pool = self.pools[base] = Pool(
-                base,
-                connect_timeout_s=self.settings.connect_timeout_s,
-                read_timeout_s=self.settings.read_timeout_s,
-            )
+            pool = self._pool(self.pools, base)
         if pool is None:
             if host is not None:
                 headers.append(("Host", host))
@@ -605,23 +601,18 @@ class Forwarder:
         self,
         request: web.Request,
         base: str,
+        headers: list[tuple[str, str]],
+        host: str | None,
         extra: dict[str, str],
         raise_5xx: bool,
         hide: str | None,
     ) -> web.StreamResponse:
-        """A WebSocket handshake to ``base``: declined, its answer relayed as any other;
-        accepted, the 101 sent and the tunnel handed to the handler (:data:`TUNNEL`)."""
+        """A WebSocket handshake to ``base`` (``headers`` as :meth:`_forward` made them):
+        declined, its answer relayed as any other; accepted, the 101 sent and the tunnel
+        handed to the handler (:data:`TUNNEL`)."""
         upgrade = request.headers["Upgrade"]
-        headers = _headers(request, extra, lean=True, cookie=self._unit_cookie(request))
         headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
-        pool = self.upgrades.get(base)
-        if pool is None:
-            pool = self.upgrades[base] = Pool(
-                base,
-                connect_timeout_s=self.settings.connect_timeout_s,
-                read_timeout_s=self.settings.read_timeout_s,
-            )
-        host = request.host if self.settings.preserve_host else None
+        pool = self.upgrades.get(base) or self._pool(self.upgrades, base)
         answer = await pool.upgrade(request.rel_url.raw_path_qs, headers, host)
         handed = False
         try:
@@ -678,6 +669,15 @@ class Forwarder:
             answer.close()
             if transport is not None:
                 transport.close()
+
+    def _pool(self, pools: dict[str, Pool], base: str) -> Pool:
+        """A new pool for ``base`` in ``pools``, with the proxy's timeouts."""
+        pool = pools[base] = Pool(
+            base,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            read_timeout_s=self.settings.read_timeout_s,
+        )
+        return pool
 
     @property
     def websockets_open(self) -> int:
