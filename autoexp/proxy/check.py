@@ -225,6 +225,8 @@ def check(path: str) -> tuple[bool, list[str]]:
             cookie += f", set for {days:g} days where a routed request has no unit"
         units += [cookie] if s.unit_cookie else []
         host = "; the client's Host passed on" if s.preserve_host else ""
+        if not s.rewrite_redirects:
+            host += "; redirects to an upstream's address passed on as sent"
         lines.append(
             f"  upstream  {_upstream(s.upstream, s.connect_timeout_s)} (connect timeout "
             f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s; units from "

@@ -11,6 +11,7 @@
     read_timeout_s = 30.0
     max_body_bytes = 10_485_760
     preserve_host = false                # true: the client's Host header goes upstream
+    rewrite_redirects = true             # Location: http://127.0.0.1:8080/x comes out as /x
 
     [experiments.ranker]
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
@@ -51,6 +52,7 @@ _PROXY = (
     "read_timeout_s",
     "max_body_bytes",
     "preserve_host",
+    "rewrite_redirects",
 )
 _ROUTE = (
     "path_prefix",
@@ -62,6 +64,7 @@ _ROUTE = (
     "reward_header",
     "alternative_timeout_s",
 )
+_FLAGS = {"set_unit_cookie": False, "preserve_host": False, "rewrite_redirects": True}
 _REWARD_FROM = ("none", "status", "latency", "header")
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265's token
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -97,6 +100,7 @@ class ProxySettings:
     read_timeout_s: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
     preserve_host: bool = False  # the client's Host upstream, not the upstream's own
+    rewrite_redirects: bool = True  # an upstream's own address out of Location and Refresh
 
 
 def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
@@ -113,9 +117,11 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ConfigError(f"{where}.{key}: must be a non-empty name (got {value!r})")
         names[key] = value
-    set_cookie = raw.get("set_unit_cookie", False)
-    if not isinstance(set_cookie, bool):
-        raise ConfigError(f"{where}.set_unit_cookie: must be true or false (got {set_cookie!r})")
+    flags = {key: raw.get(key, default) for key, default in _FLAGS.items()}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: must be true or false (got {value!r:.60})")
+    set_cookie = flags["set_unit_cookie"]
     if set_cookie and names["unit_cookie"] is None:
         raise ConfigError(
             f"{where}.set_unit_cookie: needs unit_cookie, the name of the cookie to set"
@@ -131,9 +137,6 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
             f"{where}.unit_cookie_max_age_s: must be an integer number of seconds >= 1 "
             f"(got {age!r:.60})"
         )
-    preserve = raw.get("preserve_host", False)
-    if not isinstance(preserve, bool):
-        raise ConfigError(f"{where}.preserve_host: must be true or false (got {preserve!r})")
     size = raw.get("max_body_bytes", 10 * 1024 * 1024)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"{where}.max_body_bytes: must be an integer >= 1 (got {size!r})")
@@ -146,7 +149,8 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
         read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
         max_body_bytes=size,
-        preserve_host=preserve,
+        preserve_host=flags["preserve_host"],
+        rewrite_redirects=flags["rewrite_redirects"],
     )
 
 

@@ -26,7 +26,9 @@ upstream that breaks off after its answer's head was sent cannot be retried: the
 connection is closed (it sees a truncated answer, never a second one), ``upstream_error``
 counts it and the decision gets the lowest reward. Hop-by-hop headers are dropped both
 ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; ``Host`` is the upstream's
-own, or the client's with ``preserve_host``; bodies are streamed, never
+own, or the client's with ``preserve_host``; an answer's ``Location`` or ``Refresh`` URL
+on an upstream's own address loses it (``rewrite_redirects``, as nginx's
+``proxy_redirect default``); bodies are streamed, never
 buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
 as text gets a 505, as from nginx.
 
@@ -55,6 +57,7 @@ import json
 import logging
 import math
 import queue
+import re
 import secrets
 import threading
 import time
@@ -62,6 +65,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -114,6 +118,52 @@ REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden 
 NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_cookie
 # the 101 sent: what carries the WebSocket's bytes from then on, run by the handler
 TUNNEL: web.ResponseKey[Callable[[], Awaitable[None]]] = web.ResponseKey("autoexp_tunnel")
+
+
+_REDIRECTING = frozenset({"location", "refresh"})  # headers whose URL rewrite_redirects mends
+_REFRESH_URL = re.compile(r";\s*url\s*=\s*['\"]?", re.IGNORECASE)  # "5; url=..."
+
+
+def _origins(bases: Iterable[str]) -> tuple[str, ...]:
+    """The upstreams' origins as their answers may spell them: lower case, with and
+    without the scheme's default port (``http://app`` and ``http://app:80``)."""
+    out: set[str] = set()
+    for base in bases:
+        parts = urlsplit(base)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        default = 443 if parts.scheme == "https" else 80
+        out.add(origin)
+        if parts.port is None:
+            out.add(f"{origin}:{default}")
+        elif parts.port == default:
+            out.add(origin.rsplit(":", 1)[0])
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+def _relative(url: str, origins: tuple[str, ...]) -> str:
+    """``url`` without an upstream's origin it starts with (``http://127.0.0.1:8080/a?b``
+    is ``/a?b``, which the client resolves against the address it asked), else as it
+    was: another site's, a relative one, or one whose path would read as another host
+    (``//evil.example``, ``/\\evil.example``) once its origin was gone."""
+    low = url.lower()
+    for origin in origins:
+        if low.startswith(origin):
+            rest = url[len(origin) :]
+            if rest[:1] in ("", "?", "#"):
+                return "/" + rest
+            if rest[0] == "/":  # "//x" and "/\x" would name host x
+                return url if rest[1:2] in ("/", "\\") else rest
+    return url
+
+
+def _rewritten(name: str, value: str, origins: tuple[str, ...]) -> str:
+    """A ``Location`` (``name`` in lower case) or ``Refresh`` value, its URL relative."""
+    if name == "location":
+        return _relative(value, origins)
+    found = _REFRESH_URL.search(value)
+    if found is None:
+        return value
+    return value[: found.end()] + _relative(value[found.end() :], origins)
 
 
 class _ClientGone(Exception):
@@ -196,6 +246,12 @@ class Forwarder:
     _fail_open_said: Throttle = field(default_factory=Throttle)  # logged, not every time
     _retry_said: Throttle = field(default_factory=Throttle)  # likewise
     _store_error_said: Throttle = field(default_factory=Throttle)  # the applier's, likewise
+    _origins: tuple[str, ...] = field(default=(), init=False)  # rewrite_redirects' prefixes
+
+    def __post_init__(self) -> None:
+        if self.settings.rewrite_redirects:
+            ups = (u for r in self.routes for u in r.upstreams if u is not None)
+            self._origins = _origins([self.settings.upstream, *ups])
 
     @property
     def counts(self) -> Counter[str]:
@@ -693,9 +749,14 @@ class Forwarder:
         hide: str | None,
     ) -> None:
         """The client's answer's head: the upstream's (hop-by-hop headers dropped, the
-        reward header hidden), the decision's token and a new unit's cookie added."""
+        reward header hidden, a redirect to an upstream's own address made relative), the
+        decision's token and a new unit's cookie added."""
+        origins = self._origins
         for k, v in headers:
-            if k.lower() not in HOP_BY_HOP:
+            name = k.lower()
+            if name not in HOP_BY_HOP:
+                if origins and name in _REDIRECTING:
+                    v = _rewritten(name, v, origins)
                 response.headers.add(k, v)
         if hide is not None:  # the upstream's reward, for autoexp only
             if hide in response.headers:
