@@ -340,5 +340,5 @@ def make_app(
     add_admin_routes(app, engine, admin_token)
     add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/
-        app.router.add_route("*", "/{tail:.*}", forwarder.handle)
+        app.router.add_route("*", "/{tail:.*}", forwarder.handle, expect_handler=forwarder.expect)
     return app

@@ -69,6 +69,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from ..engine import Decision, Engine
 from ..errors import StoreError
@@ -101,7 +102,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-autoexp-alternative",
     "x-autoexp-params",
 }
-_NOT_SENT = _NOT_FORWARDED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+# Expect: 100-continue is the proxy's to answer (Forwarder.expect), as nginx and Envoy do
+_NOT_SENT = _NOT_FORWARDED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"}
 _NOT_SENT_LEAN = _NOT_SENT | {"content-length"}
 _NOT_LEAN = frozenset({"HEAD", "CONNECT"})  # their answers have no body: aiohttp's client
 DECISION_HEADER = "X-Autoexp-Decision"
@@ -460,6 +462,21 @@ class Forwarder:
                 )
             return None
 
+    def _too_large(self, request: web.Request) -> bool:
+        length = request.content_length
+        return length is not None and length > self.settings.max_body_bytes
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``, answered here and never sent upstream (as nginx and
+        Envoy do): an upstream that ignores it would leave aiohttp's client waiting for its
+        100 and itself waiting for the body. A body declared over ``max_body_bytes`` gets
+        its 413 before the client sends it; any other the 100 (aiohttp's own handler, which
+        answers an expectation other than 100-continue with a 417)."""
+        if self._too_large(request):
+            return self._client_fault(request, "too_large")
+        await _default_expect_handler(request)
+        return None
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The handler: the answer, and for a WebSocket whose upstream switched, the
         tunnel's bytes until it closes (the decision is rewarded before, on its 101)."""
@@ -481,11 +498,8 @@ class Forwarder:
                 },
                 status=505 if version.major > 1 else 400,
             )
-        length = request.content_length
-        if length is not None and length > self.settings.max_body_bytes:
-            return web.json_response(
-                {"error": f"body: larger than {self.settings.max_body_bytes} bytes"}, status=413
-            )
+        if self._too_large(request):
+            return self._client_fault(request, "too_large")
         path = request.path
         route = next(
             (
@@ -799,11 +813,11 @@ class Forwarder:
             self.events["client_gone"] += 1
         return response
 
-    def _client_fault(self, request: web.Request) -> web.StreamResponse:
-        """The answer to a request whose body could not be read whole (so no upstream
-        saw it whole): 413 over ``max_body_bytes``, else 400; a client gone reads none of
-        it, and ``client_gone`` counts it."""
-        why = request[BODY_FAILED]
+    def _client_fault(self, request: web.Request, why: str | None = None) -> web.StreamResponse:
+        """The answer to a request whose body could not be read whole, or is declared too
+        large to read (so no upstream saw it whole): 413 over ``max_body_bytes``, else 400;
+        a client gone reads none of it, and ``client_gone`` counts it."""
+        why = why or request[BODY_FAILED]
         if why == "too_large":
             error, status = f"body: larger than {self.settings.max_body_bytes} bytes", 413
         elif why == "client_gone":
