@@ -58,7 +58,7 @@ from .metrics import metrics_handler
 from .offload import Offload
 from .routes import ProxySettings, Route
 from .ui import add_ui_routes
-from .upstream import Drain, Forwarder
+from .upstream import Drain, Forwarder, untyped
 
 __all__ = ["DRAIN", "MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
 
@@ -341,4 +341,5 @@ def make_app(
     add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/
         app.router.add_route("*", "/{tail:.*}", forwarder.handle, expect_handler=forwarder.expect)
+        app.on_response_prepare.append(untyped)
     return app

@@ -42,11 +42,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import httptools
 
-__all__ = ["IDEMPOTENT", "Answer", "Pool", "UpstreamError"]
+__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "IDEMPOTENT", "Answer", "Pool", "UpstreamError"]
 
 IDLE_MAX = 1024  # idle keep-alive connections kept per upstream
 IDLE_S = 15.0  # an idle connection older is not reused (aiohttp's keepalive_timeout)
 BUFFER_BYTES = 256 * 1024  # answer bytes buffered before reading from the upstream pauses
+# an answer's head larger, or with more fields, is the upstream's fault: a 502, not memory
+# spent without bound (Envoy's default is 60 KiB and 100 fields; nginx's, 4 or 8 KiB)
+HEAD_BYTES = 64 * 1024
+HEAD_FIELDS = 256
 # methods a request may be sent again with (here on a new connection; in the forwarder,
 # to control after an alternative failed)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -70,7 +74,9 @@ class Answer:
         "buffered",
         "chunks_in",
         "complete",
+        "field_bytes",
         "has_head",
+        "head_bytes",
         "headers",
         "read_timeout_s",
         "reason",
@@ -84,6 +90,8 @@ class Answer:
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
+        self.head_bytes = 0  # received while the final head was not whole
+        self.field_bytes = 0  # of the head's fields, names and values
         self.has_head = False
         self.received = False  # any byte of the answer (so it cannot be sent again)
         self.complete = False
@@ -218,6 +226,10 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if not answer.has_head:  # every byte of it was the head's: bounded as it comes
+                answer.head_bytes += len(data)
+                if answer.head_bytes > HEAD_BYTES:
+                    raise httptools.HttpParserError(f"a head over {HEAD_BYTES} bytes")
         except httptools.HttpParserUpgrade as e:
             if self.upgrading and answer.status == 101:  # the tunnel begins
                 self.tunneling = True
@@ -256,9 +268,17 @@ class _Connection(asyncio.Protocol):
         self.answer.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.answer is not None
+        answer = self.answer
+        assert answer is not None
+        if answer.has_head:  # a trailer field: dropped, as aiohttp's client drops them
+            return
+        answer.field_bytes += len(name) + len(value)
+        if answer.field_bytes > HEAD_BYTES:  # a head that came whole in one read
+            raise httptools.HttpParserError(f"a head over {HEAD_BYTES} bytes")
+        if len(answer.headers) >= HEAD_FIELDS:
+            raise httptools.HttpParserError(f"more than {HEAD_FIELDS} header fields")
         # as aiohttp's client decodes them: bytes that are not UTF-8 pass through
-        self.answer.headers.append(
+        answer.headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
 

@@ -30,7 +30,10 @@ own, or the client's with ``preserve_host``; an answer's ``Location`` or ``Refre
 on an upstream's own address loses it (``rewrite_redirects``, as nginx's
 ``proxy_redirect default``); bodies are streamed, never
 buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
-as text gets a 505, as from nginx.
+as text gets a 505, as from nginx. ``Expect: 100-continue`` is answered here, never sent
+upstream (:meth:`Forwarder.expect`). An answer without a Content-Type goes on without one
+(:func:`untyped`), and both clients cap an answer's head at ``HEAD_BYTES`` and
+``HEAD_FIELDS`` (a 502 beyond).
 
 WebSockets: a ``GET`` asking to upgrade to ``websocket`` is sent to its upstream with its
 ``Upgrade`` and ``Connection`` headers (on a connection of its own). An upstream that
@@ -75,11 +78,11 @@ from ..engine import Decision, Engine
 from ..errors import StoreError
 from ..throttle import Throttle
 from .features import request_context
-from .http1 import IDEMPOTENT, Answer, Pool, UpstreamError
+from .http1 import HEAD_BYTES, HEAD_FIELDS, IDEMPOTENT, Answer, Pool, UpstreamError
 from .offload import Offload
 from .routes import ProxySettings, Route
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "untyped"]
 
 log = logging.getLogger("autoexp.proxy")
 
@@ -117,6 +120,7 @@ FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not
 BODY_FAILED = web.RequestKey("autoexp_body_failed", str)
 CLIENT_FAULT = web.ResponseKey("autoexp_client_fault", bool)  # no reward: nothing to judge
 REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
+UNTYPED = web.ResponseKey("autoexp_untyped", bool)  # the upstream's answer had no type
 NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_cookie
 # the 101 sent: what carries the WebSocket's bytes from then on, run by the handler
 TUNNEL: web.ResponseKey[Callable[[], Awaitable[None]]] = web.ResponseKey("autoexp_tunnel")
@@ -156,6 +160,14 @@ def _relative(url: str, origins: tuple[str, ...]) -> str:
             if rest[0] == "/":  # "//x" and "/\x" would name host x
                 return url if rest[1:2] in ("/", "\\") else rest
     return url
+
+
+async def untyped(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: an answer relayed without a Content-Type goes on without
+    one. aiohttp gives every body one (``application/octet-stream``), which makes a browser
+    download a page whose server left it to be sniffed (Node's ``res.end(html)``)."""
+    if response.get(UNTYPED):
+        response.headers.popall("Content-Type", None)
 
 
 def _rewritten(name: str, value: str, origins: tuple[str, ...]) -> str:
@@ -272,6 +284,11 @@ class Forwarder:
                 sock_read=self.settings.read_timeout_s,
             ),
             auto_decompress=False,  # bytes pass through as the upstream sent them
+            # an answer's head capped as autoexp's own client caps it (aiohttp's default
+            # is 8,190 bytes a line, so a large Set-Cookie or CSP failed on one client only)
+            max_line_size=HEAD_BYTES,
+            max_field_size=HEAD_BYTES,
+            max_headers=HEAD_FIELDS,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         applier = threading.Thread(target=self._applier, name="autoexp-rewards", daemon=True)
@@ -775,6 +792,8 @@ class Forwarder:
         if hide is not None:  # the upstream's reward, for autoexp only
             if hide in response.headers:
                 response[REWARD] = response.headers.popall(hide)[0]
+        if "Content-Type" not in response.headers:  # aiohttp would say octet-stream
+            response[UNTYPED] = True
         if DECISION_HEADER in extra:
             response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
         self._set_unit_cookie(request, response)

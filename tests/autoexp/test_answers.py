@@ -1,0 +1,171 @@
+"""An upstream's answer reaches the client as it was sent, through either of the proxy's
+clients (a GET: autoexp's own HTTP/1.1 client; a POST: aiohttp's): the upstream here is a
+raw socket server on 127.0.0.1 writing exact bytes, and the client reads exact bytes, so
+what the proxy adds, drops or merges shows."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from autoexp.engine import Engine, ExperimentSpec
+from autoexp.proxy.http1 import HEAD_BYTES, HEAD_FIELDS
+from autoexp.proxy.routes import ProxySettings
+from autoexp.store.memory import MemoryStore
+from policies import ThompsonBeta
+from tests.autoexp.conftest import Sidecar
+
+SECRET = "f" * 32
+ANSWERS = {
+    # no Content-Type: a browser sniffs it; aiohttp alone would say octet-stream (download)
+    "/untyped": b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n<p>sniff</p>\n",
+    # a trailer field stays out of the head (aiohttp's client drops trailers; so does ours)
+    "/trailers": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+        b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: 1234\r\n\r\n"
+    ),
+    # 103 Early Hints, then the answer: the answer's head is the one relayed
+    "/early": (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Final: yes\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    ),
+    # a 20 KiB Set-Cookie (aiohttp's client took 8,190 bytes a line before: a 502 there)
+    "/big": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: s="
+        + b"z" * 20_000
+        + b"\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    # over the caps: the upstream's fault, a 502
+    "/huge": (
+        b"HTTP/1.1 200 OK\r\nX-Huge: "
+        + b"h" * (HEAD_BYTES + 1)
+        + b"\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    "/many": (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"X-F%d: v\r\n" % i for i in range(HEAD_FIELDS + 1))
+        + b"Content-Length: 2\r\n\r\nok"
+    ),
+}
+
+
+@pytest.fixture
+def raw_upstream() -> Iterator[str]:
+    """Answers each request with ``ANSWERS[path]``, byte for byte, keeping the connection
+    open for the next (the proxy pools it) until the peer closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            while not stop.is_set():
+                line = f.readline()
+                if not line:
+                    return
+                length = 0
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    if h.lower().startswith(b"content-length:"):
+                        length = int(h.split(b":")[1])
+                f.read(length)
+                path = line.split()[1].decode()
+                if path == "/endless":  # a head that never ends, in 4 KiB pieces
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+                    with contextlib.suppress(OSError):  # the proxy gave up on it
+                        for _ in range(64):  # 256 KiB at most
+                            conn.sendall(b"e" * 4096)
+                            time.sleep(0.002)
+                    stop.wait(10)  # and the connection open, as a stuck upstream keeps it
+                    return
+                conn.sendall(ANSWERS[path])
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.fixture
+def side(raw_upstream: str) -> Iterator[Sidecar]:
+    spec = ExperimentSpec(name="e", alternatives=("v1", "v2"), policy=ThompsonBeta())
+    engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=1)
+    settings = ProxySettings(upstream=raw_upstream, connect_timeout_s=1.0, read_timeout_s=5.0)
+    sidecar = Sidecar(engine, proxy=settings, routes=[])
+    try:
+        yield sidecar
+    finally:
+        sidecar.close()
+
+
+def exchange(port: int, method: str, path: str) -> tuple[int, dict[str, list[str]], bytes]:
+    """One request on a new connection (closed after it): status, head, raw body."""
+    body = b"x" if method == "POST" else b""
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    if method == "GET":
+        request = request.replace(b"Content-Length: 0\r\n", b"")
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            got += chunk
+    head, _, raw = got.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.lower(), []).append(value.strip())
+    return int(status_line.split()[1]), headers, raw
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])  # autoexp's client; aiohttp's
+def test_the_answer_is_relayed_without_a_type_a_trailer_or_a_hint_added(
+    side: Sidecar, method: str
+) -> None:
+    status, headers, body = exchange(side.port, method, "/untyped")
+    assert status == 200 and body == b"<p>sniff</p>\n"
+    assert "content-type" not in headers, headers
+
+    status, headers, body = exchange(side.port, method, "/trailers")
+    assert status == 200 and "x-checksum" not in headers, headers
+    assert body == b"2\r\nok\r\n0\r\n\r\n"  # re-chunked by the proxy, without the trailer
+
+    status, headers, body = exchange(side.port, method, "/early")
+    assert status == 200 and body == b"ok"
+    assert headers["x-final"] == ["yes"] and "link" not in headers
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_both_clients_take_the_same_heads_and_refuse_the_same_heads(
+    side: Sidecar, method: str
+) -> None:
+    status, headers, body = exchange(side.port, method, "/big")
+    assert status == 200 and body == b"ok"
+    assert headers["set-cookie"] == ["s=" + "z" * 20_000]
+    # a head over the cap whether it comes in one read or in many (the 504 of the read
+    # timeout, 5 s, if the proxy waited for a head that never ends)
+    for path in ("/huge", "/many", "/endless"):
+        status, _, body = exchange(side.port, method, path)
+        assert status == 502, (path, status, body[:200])
+    # the proxy still answers: the next request after a refused head is relayed
+    assert exchange(side.port, method, "/early")[0] == 200
