@@ -162,6 +162,11 @@ def _relative(url: str, origins: tuple[str, ...]) -> str:
     return url
 
 
+def _named(connection: str) -> frozenset[str]:
+    """The header names a ``Connection`` value lists (``close``, ``keep-alive``, ...)."""
+    return frozenset(t.strip().lower() for t in connection.split(","))
+
+
 async def untyped(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: an answer relayed without a Content-Type goes on without
     one. aiohttp gives every body one (``application/octet-stream``), which makes a browser
@@ -203,6 +208,9 @@ def _headers(
     to send (``lean``), its Content-Length too. ``cookie`` (``name=value``, a unit minted
     for this request) joins the client's cookies, as the browser will send it from now on."""
     skip = _NOT_SENT_LEAN if lean else _NOT_SENT
+    connection = request.headers.get("Connection")
+    if connection is not None:  # and the headers it names: hop-by-hop too (RFC 9110 7.6.1)
+        skip = skip | _named(connection)
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in skip]
     if cookie is not None:  # one Cookie header (RFC 6265): the client's, then the unit's
         cookies = [v for k, v in headers if k.lower() == "cookie"]
@@ -289,6 +297,10 @@ class Forwarder:
             max_line_size=HEAD_BYTES,
             max_field_size=HEAD_BYTES,
             max_headers=HEAD_FIELDS,
+            # nothing the client did not send: aiohttp would add Accept, User-Agent, a
+            # Content-Type, and Accept-Encoding: gzip, deflate, so a compressing upstream
+            # answered gzip to a client that never said it could read it
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         applier = threading.Thread(target=self._applier, name="autoexp-rewards", daemon=True)
@@ -783,12 +795,18 @@ class Forwarder:
         reward header hidden, a redirect to an upstream's own address made relative), the
         decision's token and a new unit's cookie added."""
         origins = self._origins
+        connection = None
         for k, v in headers:
             name = k.lower()
             if name not in HOP_BY_HOP:
                 if origins and name in _REDIRECTING:
                     v = _rewritten(name, v, origins)
                 response.headers.add(k, v)
+            elif name == "connection":
+                connection = v
+        if connection is not None:  # the headers it names are hop-by-hop too
+            for name in _named(connection) - HOP_BY_HOP:
+                response.headers.popall(name, None)
         if hide is not None:  # the upstream's reward, for autoexp only
             if hide in response.headers:
                 response[REWARD] = response.headers.popall(hide)[0]

@@ -1,7 +1,7 @@
-"""An upstream's answer reaches the client as it was sent, through either of the proxy's
-clients (a GET: autoexp's own HTTP/1.1 client; a POST: aiohttp's): the upstream here is a
-raw socket server on 127.0.0.1 writing exact bytes, and the client reads exact bytes, so
-what the proxy adds, drops or merges shows."""
+"""An upstream's answer reaches the client as it was sent, and a client's request the
+upstream, through either of the proxy's clients (a GET: autoexp's own HTTP/1.1 client; a
+POST: aiohttp's): the upstream here is a raw socket server on 127.0.0.1 reading and
+writing exact bytes, and so is the client, so what the proxy adds, drops or merges shows."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ ANSWERS = {
         + b"z" * 20_000
         + b"\r\nContent-Length: 2\r\n\r\nok"
     ),
+    # a header the upstream's Connection names is hop-by-hop: not relayed
+    "/named": (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\n"
+        b"X-Public: 2\r\nContent-Length: 2\r\n\r\nok"
+    ),
     # over the caps: the upstream's fault, a 502
     "/huge": (
         b"HTTP/1.1 200 OK\r\nX-Huge: "
@@ -69,12 +74,18 @@ def raw_upstream() -> Iterator[str]:
                 line = f.readline()
                 if not line:
                     return
-                length = 0
+                length, head = 0, [line]
                 while (h := f.readline()) not in (b"\r\n", b""):
+                    head.append(h)
                     if h.lower().startswith(b"content-length:"):
                         length = int(h.split(b":")[1])
                 f.read(length)
                 path = line.split()[1].decode()
+                if path == "/echo":  # the request's head as the upstream received it
+                    got = b"".join(head)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(got))
+                    conn.sendall(got)
+                    continue
                 if path == "/endless":  # a head that never ends, in 4 KiB pieces
                     conn.sendall(b"HTTP/1.1 200 OK\r\nX-Endless: ")
                     with contextlib.suppress(OSError):  # the proxy gave up on it
@@ -115,11 +126,13 @@ def side(raw_upstream: str) -> Iterator[Sidecar]:
         sidecar.close()
 
 
-def exchange(port: int, method: str, path: str) -> tuple[int, dict[str, list[str]], bytes]:
+def exchange(
+    port: int, method: str, path: str, extra: str = "", connection: str = "close"
+) -> tuple[int, dict[str, list[str]], bytes]:
     """One request on a new connection (closed after it): status, head, raw body."""
     body = b"x" if method == "POST" else b""
     request = (
-        f"{method} {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: app\r\nConnection: {connection}\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     if method == "GET":
@@ -169,3 +182,33 @@ def test_both_clients_take_the_same_heads_and_refuse_the_same_heads(
         assert status == 502, (path, status, body[:200])
     # the proxy still answers: the next request after a refused head is relayed
     assert exchange(side.port, method, "/early")[0] == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_headers_named_by_connection_are_hop_by_hop_both_ways(side: Sidecar, method: str) -> None:
+    # RFC 9110 7.6.1: a proxy removes the headers a Connection header lists, as it removes
+    # Connection itself; other headers pass
+    _, _, body = exchange(
+        side.port, method, "/echo", "X-Secret: s\r\nX-Kept: k\r\n", "close, X-Secret"
+    )
+    upstream_saw = body.decode().lower()
+    assert "x-secret" not in upstream_saw and "x-kept: k" in upstream_saw, upstream_saw
+    status, headers, body = exchange(side.port, method, "/named")
+    assert status == 200 and body == b"ok"
+    assert "x-internal" not in headers and headers["x-public"] == ["2"], headers
+
+
+def test_a_request_with_a_body_reaches_the_upstream_with_only_the_clients_headers(
+    side: Sidecar,
+) -> None:
+    # aiohttp's client, which sends requests with bodies, adds Accept, User-Agent, a
+    # Content-Type and Accept-Encoding: gzip, deflate to what it is given; a compressing
+    # upstream then answered gzip to a client that never said it could read it.
+    _, _, body = exchange(side.port, "POST", "/echo")
+    upstream_saw = body.decode().lower()
+    for name in ("accept", "accept-encoding", "user-agent", "content-type"):
+        assert f"\r\n{name}:" not in upstream_saw, upstream_saw
+    # the client's own pass as they were
+    _, _, body = exchange(side.port, "POST", "/echo", "Accept-Encoding: br\r\nUser-Agent: me/1\r\n")
+    upstream_saw = body.decode().lower()
+    assert "accept-encoding: br\r\n" in upstream_saw and "user-agent: me/1\r\n" in upstream_saw
