@@ -43,15 +43,18 @@ import functools
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from policies.build import finite
 
 from ..engine import Engine
 from ..errors import RequestError, RewardError, StoreError, UnknownExperimentError
+from ..throttle import Throttle
 from .admin import add_admin_routes
 from .errors import json_error
 from .metrics import metrics_handler
@@ -60,7 +63,7 @@ from .routes import ProxySettings, Route
 from .ui import add_ui_routes
 from .upstream import Drain, Forwarder, untyped
 
-__all__ = ["DRAIN", "MAX_BODY_BYTES", "MAX_REWARDS", "make_app"]
+__all__ = ["DRAIN", "MAX_BODY_BYTES", "MAX_REWARDS", "ServerLog", "make_app"]
 
 log = logging.getLogger("autoexp.proxy")
 
@@ -279,6 +282,45 @@ def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[Non
             await task
 
     return chores
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, as the proxy's runner is given it: a malformed request
+    (aiohttp's own 400: a line over 8 KiB, conflicting lengths, not HTTP) is counted in
+    ``events`` (``malformed``) and said on one line at most every 10 s, where aiohttp
+    logs each with its traceback at ERROR (a scanner could fill the log); the rest as
+    aiohttp says it."""
+
+    def __init__(self, events: Counter[str]) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.events = events
+        self._said = Throttle()
+
+    def _malformed(self, kwargs: dict[str, Any]) -> bool:
+        if not isinstance(kwargs.get("exc_info"), HttpProcessingError):
+            return False
+        self.events["malformed"] += 1
+        return True
+
+    def exception(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._malformed(kwargs):
+            super().exception(msg, *args, **kwargs)
+        elif self._said.due():
+            error = kwargs["exc_info"]
+            self.logger.warning(
+                "autoexp: a malformed request from %s answered %d: %s: %.120s (%d so far; "
+                "said at most every %.0f s, all counted in autoexp_proxy_events_total)",
+                args[0] if args else "?",
+                error.code,
+                type(error).__name__,
+                str(error.message).strip(),
+                self.events["malformed"],
+                self._said.every_s,
+            )
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._malformed(kwargs)  # not HTTP on a first request: counted, kept quiet
+        super().debug(msg, *args, **kwargs)
 
 
 def make_app(

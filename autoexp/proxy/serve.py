@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,13 +214,15 @@ async def _serve_app(
     next request on a new connection rather than one about to close under it."""
     from aiohttp import web
 
-    from .app import DRAIN
+    from .app import DRAIN, FORWARDER, ServerLog
 
+    forwarder = app.get(FORWARDER)
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
         shutdown_timeout=options.shutdown_timeout_s,
+        logger=ServerLog(forwarder.events if forwarder is not None else Counter()),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

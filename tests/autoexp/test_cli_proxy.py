@@ -221,6 +221,36 @@ def test_sigterm_closes_open_websockets_and_the_proxy_stops_at_once(tmp_path: Pa
     store.close()
 
 
+def test_malformed_requests_are_counted_and_said_once_not_a_traceback_each(
+    tmp_path: Path,
+) -> None:
+    # aiohttp logs each request it cannot parse with a traceback at ERROR, about 8 lines
+    # each: a scanner could fill the proxy's log. Each gets its 400 as before.
+    port = free_port()
+    config = CONFIG + '\n[proxy]\nupstream = "http://127.0.0.1:9"\n'
+    proc = start(tmp_path, port, config_text=config)
+    try:
+        bad = [
+            b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",  # line too long
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # smuggling
+            b"\x16\x03\x01 not http\r\n\r\n",  # TLS to a plain port: aiohttp's debug line
+        ] * 5
+        for request in bad:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(request)
+                assert s.recv(64).startswith(b"HTTP/1.0 400 "), request[:40]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/_autoexp/metrics", timeout=30).text
+        assert f'autoexp_proxy_events_total{{event="malformed"}} {len(bad)}.0' in metrics
+    finally:
+        out = stop(proc)
+    said = [line for line in out.splitlines() if "malformed request" in line]
+    # the first said at once; the next 14 within the 10 s throttle (the test takes ~1 s)
+    assert len(said) == 1 and "answered 400: LineTooLong" in said[0], out
+    assert "Traceback" not in out and "Error handling request" not in out, out
+
+
 def test_a_bad_config_exits_with_a_reason(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[experiments.ranker]\nalternatives = ["only-one"]\n')
