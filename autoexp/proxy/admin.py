@@ -26,7 +26,7 @@ from aiohttp import web
 
 from ..engine import Engine
 from ..errors import ConfigError, StateError, StoreError, UnknownExperimentError
-from .errors import json_error
+from .errors import encoded, json_error
 
 __all__ = ["add_admin_routes", "admin_token"]
 
@@ -93,6 +93,8 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
         if (refused := authorised(request)) is not None:
             return refused
         name, action = request.match_info["name"], request.match_info["action"]
+        if (why := encoded(request)) is not None:
+            return json_error(415, "RequestError", why)
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}

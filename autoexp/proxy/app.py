@@ -56,7 +56,7 @@ from ..engine import Engine
 from ..errors import RequestError, RewardError, StoreError, UnknownExperimentError
 from ..throttle import Throttle
 from .admin import add_admin_routes
-from .errors import json_error
+from .errors import encoded, json_error
 from .metrics import metrics_handler
 from .offload import Offload
 from .routes import ProxySettings, Route
@@ -88,6 +88,8 @@ class _Refused(Exception):
 
 async def _body(request: web.Request) -> Mapping[str, Any]:
     """The request's JSON object; :class:`_Refused` with the reason otherwise."""
+    if (why := encoded(request)) is not None:
+        raise _Refused(415, why)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:  # aiohttp's own check of client_max_size
@@ -349,7 +351,9 @@ def make_app(
         metrics (``autoexp_config_info``): which config each worker and replica serves,
         after a reload say
     """
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    # bodies as they came: aiohttp would decompress a gzip body and the proxy send it on
+    # labelled gzip still, cut to the compressed length (and the API refuses them: 415)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"auto_decompress": False})
     app[ENGINE] = engine
     app[CONFIG_SHA256] = config_sha256
     drain = app[DRAIN] = Drain()

@@ -3,6 +3,8 @@ promote and roll back move traffic at once and are logged with the operator's re
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,3 +186,22 @@ def test_evidence_and_its_bounds_reach_the_admin_api_and_the_metrics(side: Sidec
                 f'autoexp_difference_{bound}{{alternative="{alt}",experiment="ranker",test="test"}}'
                 in text
             )
+
+
+def test_a_compressed_body_is_refused_with_a_reason_and_changes_nothing(side: Sidecar) -> None:
+    # the server passes bodies on as they came (the proxy forwards them), so the API
+    # says it takes JSON uncompressed rather than reading gzip as bad JSON
+    before = snapshot(side)
+    body = gzip.compress(json.dumps({"alternative": "v2", "reason": "zipped"}).encode())
+    headers = {**AUTH, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    with httpx.Client(base_url=side.url, timeout=10) as http:
+        r = http.post("/_autoexp/admin/experiments/ranker/promote", content=body, headers=headers)
+        assert r.status_code == 415, r.text
+        assert "Content-Encoding 'gzip' is not accepted here" in r.json()["error"]
+        for path, doc in [
+            ("/_autoexp/decide", {"experiment": "ranker"}),
+            ("/_autoexp/rewards", {"rewards": []}),
+        ]:
+            r = http.post(path, content=gzip.compress(json.dumps(doc).encode()), headers=headers)
+            assert r.status_code == 415 and r.json()["kind"] == "RequestError", r.text
+    assert snapshot(side) == before
