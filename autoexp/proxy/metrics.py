@@ -16,7 +16,8 @@ sharing the store; absent before the first pass) and whether it waits for its st
 start (``autoexp_waiting``); the store's health (``autoexp_store_up``); and the proxy's own events
 (``autoexp_proxy_events_total{event=...}``: ``fail_open``, ``retried``, ``rewards``,
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
-``client_gone``, ``websockets`` opened, ``websockets_broken`` by their upstream...) and
+``client_gone``, ``websockets`` opened, ``websockets_broken`` by their upstream,
+``websockets_idle`` closed for quiet...) and
 the WebSockets open now (``autoexp_proxy_websockets_open``). The snapshot is refreshed on
 the engine's cadence, every ``refresh_every`` events of this replica and at least every
 ``refresh_s`` seconds, so the figures, summed over every replica, move in steps and lag

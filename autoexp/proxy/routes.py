@@ -12,6 +12,7 @@
     max_body_bytes = 10_485_760
     preserve_host = false                # true: the client's Host header goes upstream
     rewrite_redirects = true             # Location: http://127.0.0.1:8080/x comes out as /x
+    websocket_idle_timeout_s = 3600.0    # a WebSocket with no byte either way this long: closed
 
     [experiments.ranker]
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
@@ -53,6 +54,7 @@ _PROXY = (
     "max_body_bytes",
     "preserve_host",
     "rewrite_redirects",
+    "websocket_idle_timeout_s",
 )
 _ROUTE = (
     "path_prefix",
@@ -101,6 +103,7 @@ class ProxySettings:
     max_body_bytes: int = 10 * 1024 * 1024
     preserve_host: bool = False  # the client's Host upstream, not the upstream's own
     rewrite_redirects: bool = True  # an upstream's own address out of Location and Refresh
+    websocket_idle_timeout_s: float = 3600.0  # a tunnel quiet both ways this long is closed
 
 
 def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
@@ -148,6 +151,7 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         unit_cookie_max_age_s=age,
         connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
         read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
+        websocket_idle_timeout_s=_positive(raw, "websocket_idle_timeout_s", 3600.0, where),
         max_body_bytes=size,
         preserve_host=flags["preserve_host"],
         rewrite_redirects=flags["rewrite_redirects"],

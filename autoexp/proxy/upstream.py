@@ -40,7 +40,8 @@ WebSockets: a ``GET`` asking to upgrade to ``websocket`` is sent to its upstream
 declines answers as to any request; one that switches protocols has its ``101`` passed to
 the client (with the decision's token, if the route decided), and from then on the bytes
 go both ways as they come, until either end closes, or the server drains to stop (then
-the tunnel is closed at once: the client reconnects, to another worker or the new ones).
+the tunnel is closed at once: the client reconnects, to another worker or the new ones),
+or no byte has gone either way for ``websocket_idle_timeout_s`` (an hour by default).
 On a route the handshake is decided, retried on control and rewarded like any ``GET``:
 its status and the time to its head, not what the socket carries afterwards.
 
@@ -749,14 +750,29 @@ class Forwarder:
         transport = request.transport
         self.events["websockets"] += 1
         self.drain.tunnels.add(answer.close)
+        idle: asyncio.TimerHandle | None = None
         try:
             if transport is None or self.drain.closing:
                 return
             # what the client sends from now on: aiohttp hands it to the request's payload
             # parser (as to its own WebSocket reader), here straight to the upstream
-            cast(Any, request.protocol).set_parser(_ToUpstream(answer))
+            feed = _ToUpstream(answer)
+            cast(Any, request.protocol).set_parser(feed)
             answer.on_writable(transport.pause_reading, transport.resume_reading)
-            async for chunk in answer.chunks():  # no read timeout: until the upstream closes
+            loop, quiet_s = asyncio.get_running_loop(), self.settings.websocket_idle_timeout_s
+
+            def watch() -> None:  # closed once no byte went either way for quiet_s
+                nonlocal idle
+                left = feed.last + quiet_s - time.monotonic()
+                if left > 0:
+                    idle = loop.call_later(left, watch)
+                else:
+                    self.events["websockets_idle"] += 1
+                    answer.close()  # the upstream's end: chunks() ends, the client's below
+
+            idle = loop.call_later(quiet_s, watch)
+            async for chunk in answer.chunks():  # no read timeout: until either end closes
+                feed.last = time.monotonic()
                 await _to_client(response.write(chunk))
         except _ClientGone:
             pass  # the client closed first
@@ -764,6 +780,8 @@ class Forwarder:
             self.events["websockets_broken"] += 1
             log.info("autoexp: a WebSocket's upstream broke off: %r", e)
         finally:
+            if idle is not None:
+                idle.cancel()
             self.drain.tunnels.discard(answer.close)
             answer.close()
             if transport is not None:
@@ -907,8 +925,10 @@ class _ToUpstream:
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
+        self.last = time.monotonic()  # when a byte last went either way
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.last = time.monotonic()
         self.answer.send(data)
         return False, b""
 

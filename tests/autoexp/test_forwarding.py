@@ -788,6 +788,10 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"proxy": {"upstream": "http://x", "connect_timeout_s": 10**400}}, "finite number"),
         ({"proxy": {"upstrem": "http://x"}}, "proxy.upstrem: unknown key"),
         ({"proxy": {"upstream": "http://x", "preserve_host": 1}}, "proxy.preserve_host: must be"),
+        (
+            {"proxy": {"upstream": "http://x", "websocket_idle_timeout_s": -1}},
+            "proxy.websocket_idle_timeout_s: must be a finite number > 0",
+        ),
         ({"route": {"path_prefix": "search"}}, "experiments.ranker.route.path_prefix"),
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),

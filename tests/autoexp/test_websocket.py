@@ -79,6 +79,8 @@ class Upstream:
                     elif m.data == "stall":  # read nothing for a while
                         await asyncio.sleep(self.stall_s)
                         await sock.send_str("unstalled")
+                    elif m.data.startswith("hush"):  # no answer: the client alone talks
+                        pass
                     elif m.data.startswith("flood "):  # a burst the client may not read
                         for _ in range(int(m.data.split()[1])):
                             await sock.send_bytes(b"f" * 65536)
@@ -122,6 +124,7 @@ def sidecar(
     read_timeout_s: float = 2.0,
     loop: str = "asyncio",
     preserve_host: bool = False,
+    websocket_idle_timeout_s: float = 3600.0,
     **route: Any,
 ) -> Sidecar:
     """The proxy in front of ``control`` on ``loop`` (``"uvloop"``: as the workers run); a
@@ -143,6 +146,7 @@ def sidecar(
         connect_timeout_s=1.0,
         unit_header="X-User-Id",
         preserve_host=preserve_host,
+        websocket_idle_timeout_s=websocket_idle_timeout_s,
     )
     return Sidecar(engine, proxy=proxy, routes=routes, uvloop=loop == "uvloop")
 
@@ -254,6 +258,47 @@ def test_a_quiet_websocket_outlives_the_read_timeout(upstreams: dict[str, Upstre
     try:
         run(client())
         assert forwarder(side).counts["websockets_broken"] == 0
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_websocket_quiet_both_ways_for_its_idle_timeout_is_closed(
+    upstreams: dict[str, Upstream], loop: str
+) -> None:
+    # websocket_idle_timeout_s = 1.5. Bytes either way keep a tunnel open: the client's
+    # alone every 0.5 s for 2 s (unanswered), then the upstream's alone (its answer to
+    # "stall" comes 0.9 s
+    # later: at the next message the client has been quiet 1.95 s, over the timeout, the
+    # upstream 1.05 s, under it; 0.45 s of slack each way for a busy machine's timers).
+    # Quiet both ways, it is closed at the timeout: not before (the timer re-arms from the
+    # last byte), and within 2 s after.
+    upstreams["control"].stall_s = 0.9
+    side = sidecar(upstreams["control"].url, loop=loop, websocket_idle_timeout_s=1.5)
+
+    async def client() -> float:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(side.url + "/ws", autoping=False) as sock:
+                await sock.receive_json()
+                for _ in range(4):
+                    await asyncio.sleep(0.5)
+                    await sock.send_str("hush")
+                await sock.send_str("stall")
+                assert await sock.receive_str() == "unstalled"
+                await asyncio.sleep(1.95 - 0.9)
+                await sock.send_str("still")
+                assert await sock.receive_str() == "control:still"
+                last = time.monotonic()
+                m = await sock.receive()
+                assert m.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), m
+                return time.monotonic() - last
+
+    try:
+        quiet = run(client())
+        assert 1.5 - 0.05 <= quiet < 1.5 + 2.0, quiet
+        fwd = forwarder(side)
+        until(lambda: fwd.websockets_open == 0 and len(upstreams["control"].closed) == 1)
+        assert fwd.counts["websockets_idle"] == 1 and fwd.counts["websockets_broken"] == 0
     finally:
         side.close()
 
