@@ -74,7 +74,6 @@ class Answer:
         "buffered",
         "chunks_in",
         "complete",
-        "field_bytes",
         "has_head",
         "head_bytes",
         "headers",
@@ -91,7 +90,6 @@ class Answer:
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self.head_bytes = 0  # received while the final head was not whole
-        self.field_bytes = 0  # of the head's fields, names and values
         self.has_head = False
         self.received = False  # any byte of the answer (so it cannot be sent again)
         self.complete = False
@@ -203,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._informational = False
+        self._feeding = 0  # the length of the read being parsed
         self._paused = False
         self.upgrading = False  # its request asked to switch to WebSocket
         self.tunneling = False  # and the upstream did: bytes pass as they come
@@ -225,6 +224,7 @@ class _Connection(asyncio.Protocol):
             answer.body(data)
             return
         try:
+            self._feeding = len(data)
             self._parser.feed_data(data)
             if not answer.has_head:  # every byte of it was the head's: bounded as it comes
                 answer.head_bytes += len(data)
@@ -272,11 +272,6 @@ class _Connection(asyncio.Protocol):
         assert answer is not None
         if answer.has_head:  # a trailer field: dropped, as aiohttp's client drops them
             return
-        answer.field_bytes += len(name) + len(value)
-        if answer.field_bytes > HEAD_BYTES:  # a head that came whole in one read
-            raise httptools.HttpParserError(f"a head over {HEAD_BYTES} bytes")
-        if len(answer.headers) >= HEAD_FIELDS:
-            raise httptools.HttpParserError(f"more than {HEAD_FIELDS} header fields")
         # as aiohttp's client decodes them: bytes that are not UTF-8 pass through
         answer.headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
@@ -285,6 +280,13 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         answer = self.answer
         assert answer is not None
+        headers = answer.headers
+        if len(headers) > HEAD_FIELDS:
+            raise httptools.HttpParserError(f"more than {HEAD_FIELDS} header fields")
+        # a head that came in one read: measured only if that read could hold too much
+        if answer.head_bytes + self._feeding > HEAD_BYTES:
+            if sum(len(k) + len(v) for k, v in headers) > HEAD_BYTES:
+                raise httptools.HttpParserError(f"a head over {HEAD_BYTES} bytes")
         status = self._parser.get_status_code()
         if 100 <= status < 200 and not (status == 101 and self.upgrading):
             # 100 Continue, 103 Early Hints: the final head follows

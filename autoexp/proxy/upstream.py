@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -115,19 +116,13 @@ CHUNK = 64 * 1024
 HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
 APPLY_BATCH = 1_000  # rewards per store call
 APPLIER_STOP_S = 30.0  # at exit, the applier's last writes are awaited this long
-FAILED = web.ResponseKey("autoexp_failed", bool)  # the proxy's own 502/504, not upstream's
 # the client's body could not be read whole (too large, cut off, malformed): its fault, not
 # the upstream's, though aiohttp's client reports it as a ClientError of its own
 BODY_FAILED = web.RequestKey("autoexp_body_failed", str)
-CLIENT_FAULT = web.ResponseKey("autoexp_client_fault", bool)  # no reward: nothing to judge
-REWARD = web.ResponseKey("autoexp_reward_header", str)  # the upstream's hidden reward
-UNTYPED = web.ResponseKey("autoexp_untyped", bool)  # the upstream's answer had no type
 NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_cookie
-# the 101 sent: what carries the WebSocket's bytes from then on, run by the handler
-TUNNEL: web.ResponseKey[Callable[[], Awaitable[None]]] = web.ResponseKey("autoexp_tunnel")
 
 
-_REDIRECTING = frozenset({"location", "refresh"})  # headers whose URL rewrite_redirects mends
+_REDIRECTING = ("Location", "Refresh")  # headers whose URL rewrite_redirects mends
 _REFRESH_URL = re.compile(r";\s*url\s*=\s*['\"]?", re.IGNORECASE)  # "5; url=..."
 
 
@@ -163,27 +158,57 @@ def _relative(url: str, origins: tuple[str, ...]) -> str:
     return url
 
 
+@functools.lru_cache(maxsize=256)
 def _named(connection: str) -> frozenset[str]:
-    """The header names a ``Connection`` value lists (``close``, ``keep-alive``, ...)."""
-    return frozenset(t.strip().lower() for t in connection.split(","))
+    """The header names a ``Connection`` value lists that are not hop-by-hop already
+    (none for ``keep-alive`` or ``close``, the values nearly every request carries)."""
+    return frozenset(t.strip().lower() for t in connection.split(",")) - HOP_BY_HOP
 
 
 async def untyped(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: an answer relayed without a Content-Type goes on without
     one. aiohttp gives every body one (``application/octet-stream``), which makes a browser
     download a page whose server left it to be sniffed (Node's ``res.end(html)``)."""
-    if response.get(UNTYPED):
+    if getattr(response, "untyped", False):
         response.headers.popall("Content-Type", None)
 
 
 def _rewritten(name: str, value: str, origins: tuple[str, ...]) -> str:
-    """A ``Location`` (``name`` in lower case) or ``Refresh`` value, its URL relative."""
-    if name == "location":
+    """A ``Location`` or ``Refresh`` value (``name`` in any case), its URL relative."""
+    if name.lower() == "location":
         return _relative(value, origins)
     found = _REFRESH_URL.search(value)
     if found is None:
         return value
     return value[: found.end()] + _relative(value[found.end() :], origins)
+
+
+class _Flags:
+    """What the forwarder knows of an answer it makes, as attributes rather than response
+    keys: a key looked up on a response without it raises and catches a KeyError (0.4 us),
+    and three were read for every decided request."""
+
+    failed = False  # no whole answer from the upstream: the proxy's 502/504, or broken off
+    client_fault = False  # the request never reached the upstream whole: no reward
+    untyped = False  # the upstream's answer had no Content-Type: none is added (untyped)
+    reward: str | None = None  # the upstream's hidden reward header
+    tunnel: Callable[[], Awaitable[None]] | None = None  # the 101 sent: the WebSocket's bytes
+
+
+class _Relayed(_Flags, web.StreamResponse):
+    """An upstream's answer, relayed."""
+
+
+class _Own(_Flags, web.Response):
+    """The proxy's own answer: ``{"error": ...}``."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(
+            text=json.dumps({"error": error}), status=status, content_type="application/json"
+        )
+
+
+_Made = _Relayed | _Own
 
 
 class _ClientGone(Exception):
@@ -211,7 +236,9 @@ def _headers(
     skip = _NOT_SENT_LEAN if lean else _NOT_SENT
     connection = request.headers.get("Connection")
     if connection is not None:  # and the headers it names: hop-by-hop too (RFC 9110 7.6.1)
-        skip = skip | _named(connection)
+        named = _named(connection)
+        if named:
+            skip = skip | named
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in skip]
     if cookie is not None:  # one Cookie header (RFC 6265): the client's, then the unit's
         cookies = [v for k, v in headers if k.lower() == "cookie"]
@@ -399,9 +426,7 @@ class Forwarder:
             with self._applying_lock:
                 self.applying -= n
 
-    def _earned(
-        self, route: Route, decision: Decision, response: web.StreamResponse, seconds: float
-    ) -> None:
+    def _earned(self, route: Route, decision: Decision, response: _Made, seconds: float) -> None:
         """Queue the reward this answer earned under the route's ``reward_from``."""
         if route.reward_from == "none":
             return
@@ -413,7 +438,7 @@ class Forwarder:
             assert route.slo_ms is not None
             value = high if ok and seconds * 1000.0 <= route.slo_ms else low
         else:
-            raw = response.get(REWARD)
+            raw = response.reward
             if raw is None:
                 return
             try:
@@ -511,22 +536,18 @@ class Forwarder:
         """The handler: the answer, and for a WebSocket whose upstream switched, the
         tunnel's bytes until it closes (the decision is rewarded before, on its 101)."""
         response = await self._handle(request)
-        if response.status == 101:  # only a switched WebSocket's (a cheaper test first)
-            tunnel = response.get(TUNNEL)
-            if tunnel is not None:
-                await tunnel()
+        if response.tunnel is not None:
+            await response.tunnel()
         return response
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.Request) -> _Made:
         version = request.version
         if version.major != 1:  # a text request line the parser takes as it comes; as
             # nginx does: 505 for HTTP/2 and later (they never come as text), 400 below 1
-            return web.json_response(
-                {
-                    "error": f"version: HTTP/{version.major}.{version.minor} is not supported; "
-                    "HTTP/1.0 and HTTP/1.1 are"
-                },
-                status=505 if version.major > 1 else 400,
+            return _Own(
+                505 if version.major > 1 else 400,
+                f"version: HTTP/{version.major}.{version.minor} is not supported; "
+                "HTTP/1.0 and HTTP/1.1 are",
             )
         if self._too_large(request):
             return self._client_fault(request, "too_large")
@@ -588,29 +609,27 @@ class Forwarder:
                 request, self.settings.upstream, {"X-Autoexp-Alternative": control}
             )
 
-    def _outcome(
-        self, route: Route, decision: Decision, response: web.StreamResponse, started: float
-    ) -> None:
-        if response.get(CLIENT_FAULT):  # the request never reached the upstream whole
+    def _outcome(self, route: Route, decision: Decision, response: _Made, started: float) -> None:
+        if response.client_fault:  # the request never reached the upstream whole
             return  # unrewarded: the join window's default, if the experiment has one
-        if response.get(FAILED):  # no (whole) answer from the upstream
+        if response.failed:  # no (whole) answer from the upstream
             self._queue(decision, self.engine.spec(route.experiment).reward_range[0])
         else:
             self._earned(route, decision, response, time.monotonic() - started)
 
     async def _safe(
         self, request: web.Request, base: str, extra: dict[str, str], hide: str | None = None
-    ) -> web.StreamResponse:
+    ) -> _Made:
         """Forward; an upstream that cannot answer is a 502 (504 on a timeout)."""
         try:
             return await self._forward(request, base, extra, hide=hide)
         except TimeoutError:
             self.events["upstream_timeout"] += 1
-            failed = web.json_response({"error": "upstream: timed out"}, status=504)
+            failed = _Own(504, "upstream: timed out")
         except aiohttp.ClientError as e:
             self.events["upstream_error"] += 1
-            failed = web.json_response({"error": f"upstream: {e.__class__.__name__}"}, status=502)
-        failed[FAILED] = True
+            failed = _Own(502, f"upstream: {e.__class__.__name__}")
+        failed.failed = True
         return failed
 
     async def _forward(
@@ -622,7 +641,7 @@ class Forwarder:
         raise_5xx: bool = False,
         hide: str | None = None,
         read_timeout_s: float | None = None,
-    ) -> web.StreamResponse:
+    ) -> _Made:
         """``read_timeout_s``: each wait for the upstream's bytes (``None``: the proxy's
         ``read_timeout_s``)."""
         lean = not request.body_exists and request.method not in _NOT_LEAN
@@ -645,7 +664,7 @@ class Forwarder:
         try:
             if raise_5xx and answer.status >= 500:
                 raise UpstreamError(f"upstream: answered {answer.status}")
-            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            response = _Relayed(status=answer.status, reason=answer.reason)
             return await self._relay(
                 request, response, answer.headers, answer.chunks(), extra, hide, base
             )
@@ -661,7 +680,7 @@ class Forwarder:
         raise_5xx: bool,
         hide: str | None,
         read_timeout_s: float | None = None,
-    ) -> web.StreamResponse:
+    ) -> _Made:
         """Through aiohttp's client: a request with a body, HEAD, or an https upstream."""
         assert self.session is not None
         body = self._body(request) if request.body_exists else None
@@ -687,7 +706,7 @@ class Forwarder:
                     raise aiohttp.ClientResponseError(
                         up.request_info, (), status=up.status, message=up.reason or ""
                     )
-                response = web.StreamResponse(status=up.status, reason=up.reason)
+                response = _Relayed(status=up.status, reason=up.reason)
                 chunks = up.content.iter_chunked(CHUNK)
                 return await self._relay(
                     request, response, up.headers.items(), chunks, extra, hide, base
@@ -706,7 +725,7 @@ class Forwarder:
         extra: dict[str, str],
         raise_5xx: bool,
         hide: str | None,
-    ) -> web.StreamResponse:
+    ) -> _Made:
         """A WebSocket handshake to ``base`` (``headers`` as :meth:`_forward` made them):
         declined, its answer relayed as any other; accepted, the 101 sent and the tunnel
         handed to the handler (:data:`TUNNEL`)."""
@@ -718,7 +737,7 @@ class Forwarder:
         try:
             if raise_5xx and answer.status >= 500:
                 raise UpstreamError(f"upstream: answered {answer.status}")
-            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            response = _Relayed(status=answer.status, reason=answer.reason)
             if not answer.upgraded:
                 return await self._relay(
                     request, response, answer.headers, answer.chunks(), extra, hide, base
@@ -736,16 +755,14 @@ class Forwarder:
             async def tunnel() -> None:
                 await self._tunnel(request, response, answer)
 
-            response[TUNNEL] = tunnel
+            response.tunnel = tunnel
             handed = True
             return response
         finally:
             if not handed:
                 answer.close()
 
-    async def _tunnel(
-        self, request: web.Request, response: web.StreamResponse, answer: Answer
-    ) -> None:
+    async def _tunnel(self, request: web.Request, response: _Relayed, answer: Answer) -> None:
         """The WebSocket's bytes both ways until either end closes it (or the drain)."""
         transport = request.transport
         self.events["websockets"] += 1
@@ -804,7 +821,7 @@ class Forwarder:
     def _head(
         self,
         request: web.Request,
-        response: web.StreamResponse,
+        response: _Relayed,
         headers: Iterable[tuple[str, str]],
         extra: dict[str, str],
         hide: str | None,
@@ -812,24 +829,27 @@ class Forwarder:
         """The client's answer's head: the upstream's (hop-by-hop headers dropped, the
         reward header hidden, a redirect to an upstream's own address made relative), the
         decision's token and a new unit's cookie added."""
-        origins = self._origins
         connection = None
         for k, v in headers:
             name = k.lower()
             if name not in HOP_BY_HOP:
-                if origins and name in _REDIRECTING:
-                    v = _rewritten(name, v, origins)
                 response.headers.add(k, v)
             elif name == "connection":
                 connection = v
         if connection is not None:  # the headers it names are hop-by-hop too
-            for name in _named(connection) - HOP_BY_HOP:
+            for name in _named(connection):
                 response.headers.popall(name, None)
+        if self._origins:  # looked up once each, not compared with every header
+            for name in _REDIRECTING:
+                if name in response.headers:
+                    values = response.headers.popall(name)
+                    for value in values:
+                        response.headers.add(name, _rewritten(name, value, self._origins))
         if hide is not None:  # the upstream's reward, for autoexp only
             if hide in response.headers:
-                response[REWARD] = response.headers.popall(hide)[0]
+                response.reward = response.headers.popall(hide)[0]
         if "Content-Type" not in response.headers:  # aiohttp would say octet-stream
-            response[UNTYPED] = True
+            response.untyped = True
         if DECISION_HEADER in extra:
             response.headers[DECISION_HEADER] = extra[DECISION_HEADER]
         self._set_unit_cookie(request, response)
@@ -839,13 +859,13 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        response: web.StreamResponse,
+        response: _Relayed,
         headers: Iterable[tuple[str, str]],
         chunks: AsyncIterator[bytes],
         extra: dict[str, str],
         hide: str | None,
         base: str,
-    ) -> web.StreamResponse:
+    ) -> _Relayed:
         """The upstream's answer to the client: its head (:meth:`_head`), then its body as
         it comes."""
         self._head(request, response, headers, extra, hide)
@@ -858,7 +878,7 @@ class Forwarder:
                 # the head is sent: no retry, no second answer; the client's
                 # connection closes on a truncated one
                 self.events["upstream_error"] += 1
-                response[FAILED] = True
+                response.failed = True
                 if request.transport is not None:
                     request.transport.close()
                 log.warning("autoexp: %s broke off its answer: %r", base, e)
@@ -868,7 +888,7 @@ class Forwarder:
             self.events["client_gone"] += 1
         return response
 
-    def _client_fault(self, request: web.Request, why: str | None = None) -> web.StreamResponse:
+    def _client_fault(self, request: web.Request, why: str | None = None) -> _Own:
         """The answer to a request whose body could not be read whole, or is declared too
         large to read (so no upstream saw it whole): 413 over ``max_body_bytes``, else 400;
         a client gone reads none of it, and ``client_gone`` counts it."""
@@ -880,8 +900,8 @@ class Forwarder:
             error, status = "body: the client went away before sending all of it", 400
         else:
             error, status = f"body: could not be read ({why})", 400
-        response = web.json_response({"error": error}, status=status)
-        response[CLIENT_FAULT] = True
+        response = _Own(status, error)
+        response.client_fault = True
         return response
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
