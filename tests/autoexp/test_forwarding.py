@@ -780,6 +780,12 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
     assert route.matches("GET", "h", "/search/x", {"X-Beta": "1"})
     assert not route.matches("GET", "h", "/search/x", {"X-Beta": "2"})
     assert not route.matches("POST", "h", "/search", {"X-Beta": "1"})
+    # a string prefix, as the README says (nginx's location): "/search/" for the folder only
+    assert route.matches("GET", "h", "/searchx", {"X-Beta": "1"})
+    folder = dataclasses.replace(route, path_prefix="/search/")
+    assert folder.matches("GET", "h", "/search/x", {"X-Beta": "1"})
+    assert not folder.matches("GET", "h", "/searchx", {"X-Beta": "1"})
+    assert not folder.matches("GET", "h", "/search", {"X-Beta": "1"})
     bad = [
         ({"proxy": {"upstream": "ftp://x"}}, "proxy.upstream: must be an http"),
         ({"proxy": {"upstream": "http://x/path"}}, "without path or query"),
