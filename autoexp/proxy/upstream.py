@@ -728,7 +728,7 @@ class Forwarder:
     ) -> _Made:
         """A WebSocket handshake to ``base`` (``headers`` as :meth:`_forward` made them):
         declined, its answer relayed as any other; accepted, the 101 sent and the tunnel
-        handed to the handler (:data:`TUNNEL`)."""
+        handed to the handler (the answer's ``tunnel``)."""
         upgrade = request.headers["Upgrade"]
         headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
         pool = self.upgrades.get(base) or self._pool(self.upgrades, base)
