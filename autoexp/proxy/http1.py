@@ -200,6 +200,8 @@ class _Connection(asyncio.Protocol):
         self.keep = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        # a line ended by LF alone, as aiohttp's client takes it (RFC 9112 2.2 allows it)
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._informational = False
         self._feeding = 0  # the length of the read being parsed
         self._paused = False

@@ -222,6 +222,17 @@ async def _to_client(write: Awaitable[object]) -> None:
         raise _ClientGone from e
 
 
+async def _send_head(request: web.Request, response: web.StreamResponse) -> None:
+    """The answer's head to the client. One aiohttp will not write (a control character in
+    a header: it refuses it as an injection) is the upstream's fault, as a head the
+    parser refuses: an :class:`UpstreamError` before any byte is sent (a 502, or control's
+    answer for a request that may go there), not a 500 from the server."""
+    try:
+        await _to_client(response.prepare(request))
+    except ValueError as e:
+        raise UpstreamError(f"upstream: a head that cannot be passed on ({e})") from None
+
+
 class _TooLarge(Exception):
     pass
 
@@ -747,7 +758,7 @@ class Forwarder:
             response.headers["Connection"] = "Upgrade"
             response.headers["Upgrade"] = switched[0] if switched else upgrade
             try:
-                await _to_client(response.prepare(request))
+                await _send_head(request, response)
             except _ClientGone:
                 self.events["client_gone"] += 1
                 return response
@@ -870,7 +881,7 @@ class Forwarder:
         it comes."""
         self._head(request, response, headers, extra, hide)
         try:
-            await _to_client(response.prepare(request))
+            await _send_head(request, response)
             try:
                 async for chunk in chunks:
                     await _to_client(response.write(chunk))

@@ -42,6 +42,11 @@ ANSWERS = {
         + b"z" * 20_000
         + b"\r\nContent-Length: 2\r\n\r\nok"
     ),
+    # lines ended by LF alone: taken by both clients (RFC 9112 2.2 lets a recipient)
+    "/lf": b"HTTP/1.1 200 OK\nContent-Type: text/plain\nContent-Length: 2\n\nok",
+    # a control character in a header: refused by both, a 502 (aiohttp's client took it,
+    # and its server then refused to write it: a 500 from the proxy, with a traceback)
+    "/ctl": b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01b\r\nContent-Length: 2\r\n\r\nok",
     # a header the upstream's Connection names is hop-by-hop: not relayed
     "/named": (
         b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\n"
@@ -182,9 +187,12 @@ def test_both_clients_take_the_same_heads_and_refuse_the_same_heads(
     status, headers, body = exchange(side.port, method, "/big")
     assert status == 200 and body == b"ok"
     assert headers["set-cookie"] == ["s=" + "z" * 20_000]
+    status, headers, body = exchange(side.port, method, "/lf")
+    assert status == 200 and body == b"ok" and headers["content-type"] == ["text/plain"]
     # a head over the cap whether it comes in one read or in many (the 504 of the read
-    # timeout, 5 s, if the proxy waited for a head that never ends)
-    for path in ("/huge", "/many", "/endless"):
+    # timeout, 5 s, if the proxy waited for a head that never ends), or one with a control
+    # character
+    for path in ("/huge", "/many", "/endless", "/ctl"):
         status, _, body = exchange(side.port, method, path)
         assert status == 502, (path, status, body[:200])
     # the proxy still answers: the next request after a refused head is relayed
