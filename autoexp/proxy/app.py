@@ -353,7 +353,10 @@ def make_app(
     """
     # bodies as they came: aiohttp would decompress a gzip body and the proxy send it on
     # labelled gzip still, cut to the compressed length (and the API refuses them: 415)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"auto_decompress": False})
+    handler: dict[str, Any] = {"auto_decompress": False}
+    if proxy is not None:  # also the time a client may take to send a request's head
+        handler["keepalive_timeout"] = proxy.client_idle_timeout_s
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler)
     app[ENGINE] = engine
     app[CONFIG_SHA256] = config_sha256
     drain = app[DRAIN] = Drain()

@@ -229,7 +229,8 @@ def check(path: str) -> tuple[bool, list[str]]:
             host += "; redirects to an upstream's address passed on as sent"
         lines.append(
             f"  upstream  {_upstream(s.upstream, s.connect_timeout_s)} (connect timeout "
-            f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s, a quiet WebSocket "
+            f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s, an idle client "
+            f"{s.client_idle_timeout_s:g} s, a quiet WebSocket "
             f"{s.websocket_idle_timeout_s:g} s; units from "
             f"{' or '.join(units) or 'nothing: every request decided afresh'}{host})"
         )

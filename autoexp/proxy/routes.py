@@ -13,6 +13,8 @@
     preserve_host = false                # true: the client's Host header goes upstream
     rewrite_redirects = true             # Location: http://127.0.0.1:8080/x comes out as /x
     websocket_idle_timeout_s = 3600.0    # a WebSocket with no byte either way this long: closed
+    client_idle_timeout_s = 3630.0       # a connection without a whole request: closed (keep
+    # it above a load balancer's idle timeout in front; lower it if clients come straight)
 
     [experiments.ranker]
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
@@ -55,6 +57,7 @@ _PROXY = (
     "preserve_host",
     "rewrite_redirects",
     "websocket_idle_timeout_s",
+    "client_idle_timeout_s",
 )
 _ROUTE = (
     "path_prefix",
@@ -104,6 +107,9 @@ class ProxySettings:
     preserve_host: bool = False  # the client's Host upstream, not the upstream's own
     rewrite_redirects: bool = True  # an upstream's own address out of Location and Refresh
     websocket_idle_timeout_s: float = 3600.0  # a tunnel quiet both ways this long is closed
+    # a client's connection without a whole request this long is closed (aiohttp's
+    # keep-alive timeout: also what a client trickling its head gets)
+    client_idle_timeout_s: float = 3630.0
 
 
 def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
@@ -152,6 +158,7 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         connect_timeout_s=_positive(raw, "connect_timeout_s", 1.0, where),
         read_timeout_s=_positive(raw, "read_timeout_s", 30.0, where),
         websocket_idle_timeout_s=_positive(raw, "websocket_idle_timeout_s", 3600.0, where),
+        client_idle_timeout_s=_positive(raw, "client_idle_timeout_s", 3630.0, where),
         max_body_bytes=size,
         preserve_host=flags["preserve_host"],
         rewrite_redirects=flags["rewrite_redirects"],

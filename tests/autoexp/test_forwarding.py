@@ -5,9 +5,11 @@ alternative that errors, hangs or resets being retried on control."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
+import socket
 import threading
 import time
 import tomllib
@@ -158,6 +160,47 @@ def test_unmatched_requests_pass_through_with_headers_and_streamed_bodies(
         assert "x-autoexp-decision" not in h  # only autoexp sets these
         assert r.headers["X-Upstream"] == "control"
         assert "X-Autoexp-Decision" not in r.headers
+    finally:
+        side.close()
+
+
+def test_a_client_connection_without_a_whole_request_is_closed_after_client_idle_timeout_s(
+    servers: dict[str, Served],
+) -> None:
+    # client_idle_timeout_s = 0.6: a connection that sends nothing, one that trickles its
+    # head a byte every 0.2 s (slowloris), and one idle after its answer are each closed at
+    # 0.6 s, not before, and within 2 s after (a loaded machine's timers); a request
+    # whose upstream takes longer than that (1 s of a slow body) is not cut.
+    spec = ExperimentSpec(name="ranker", alternatives=("v1", "v2"), policy=ThompsonBeta())
+    engine = Engine(MemoryStore(), [spec], secret=SECRET, seed=1)
+    proxy = ProxySettings(upstream=servers["control"].url, client_idle_timeout_s=0.6)
+    side = Sidecar(engine, proxy=proxy, routes=[])
+
+    def held(mode: str) -> float:
+        with socket.create_connection(("127.0.0.1", side.port), timeout=10) as c:
+            if mode == "answered":
+                c.sendall(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n")
+                assert c.recv(65536).startswith(b"HTTP/1.1 200 ")
+            began = time.monotonic()
+            if mode == "trickle":
+                c.sendall(b"GET /p HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+                with contextlib.suppress(OSError):  # the proxy closed it: a reset or a pipe
+                    for _ in range(50):
+                        time.sleep(0.2)
+                        c.sendall(b"s")
+                return time.monotonic() - began - 0.2  # the last send that found it open
+            with contextlib.suppress(ConnectionError):
+                while c.recv(65536):
+                    pass
+            return time.monotonic() - began
+
+    try:
+        for mode in ("silent", "trickle", "answered"):
+            took = held(mode)
+            assert 0.6 - 0.25 <= took < 0.6 + 2.0, (mode, took)
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            r = http.get("/p", params={"slow_body": 1})  # 2 MiB over about 1.6 s
+            assert r.status_code == 200 and len(r.content) == 2 * 1024 * 1024
     finally:
         side.close()
 
@@ -797,6 +840,10 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         (
             {"proxy": {"upstream": "http://x", "websocket_idle_timeout_s": -1}},
             "proxy.websocket_idle_timeout_s: must be a finite number > 0",
+        ),
+        (
+            {"proxy": {"upstream": "http://x", "client_idle_timeout_s": 0}},
+            "proxy.client_idle_timeout_s: must be a finite number > 0",
         ),
         ({"route": {"path_prefix": "search"}}, "experiments.ranker.route.path_prefix"),
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),

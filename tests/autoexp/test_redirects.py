@@ -208,5 +208,6 @@ def test_the_check_says_when_redirects_are_passed_on_as_sent(tmp_path: Any) -> N
     assert said in upstream_line("rewrite_redirects = false\n")
     assert "redirects" not in upstream_line("")  # the default says nothing
     # and how long a quiet WebSocket is kept (the line that reports the timeouts)
-    assert ", a quiet WebSocket 3600 s;" in upstream_line("")
+    assert ", an idle client 3630 s, a quiet WebSocket 3600 s;" in upstream_line("")
+    assert ", an idle client 75 s," in upstream_line("client_idle_timeout_s = 75\n")
     assert ", a quiet WebSocket 120 s;" in upstream_line("websocket_idle_timeout_s = 120\n")
