@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -72,17 +71,15 @@ def test_an_upload_expecting_100_continue_reaches_an_upstream_that_ignores_it(
     side: Sidecar,
 ) -> None:
     # Unmatched and decided, to control and to the alternative's own upstream: each gets
-    # its 200 with the whole body well inside the read timeout (3 s; the client's 10 s
-    # bounds the test if it hangs), and no upstream sees the Expect header.
+    # its 200 with the whole body, and no upstream sees the Expect header. With the header
+    # passed on, the first upload hung: no answer within the client's 10 s.
     body = bytes(range(256)) * 3000  # 768 KiB, under max_body_bytes
     with httpx.Client(base_url=side.url, timeout=10) as http:
         for path in ["/other", *[f"/up/{i}" for i in range(12)]]:
-            started = time.monotonic()
             r = http.post(path, content=body, headers={"Expect": "100-continue"})
             assert r.status_code == 200, r.text
             assert r.json()["sha"] == hashlib.sha256(body).hexdigest()
             assert r.json()["expect"] is None
-            assert time.monotonic() - started < 2.0  # not the read timeout's 504 at 3 s
 
 
 def head_only(port: int, head: bytes) -> bytes:
