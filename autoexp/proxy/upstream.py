@@ -123,6 +123,9 @@ NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_co
 
 
 _REDIRECTING = ("Location", "Refresh")  # headers whose URL rewrite_redirects mends
+# what aiohttp's server refuses to write in a head (RFC 9110 5.5): llhttp refuses it in an
+# answer too, aiohttp's client does not
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _REFRESH_URL = re.compile(r";\s*url\s*=\s*['\"]?", re.IGNORECASE)  # "5; url=..."
 
 
@@ -225,8 +228,10 @@ async def _to_client(write: Awaitable[object]) -> None:
 async def _send_head(request: web.Request, response: web.StreamResponse) -> None:
     """The answer's head to the client. One aiohttp will not write (a control character in
     a header: it refuses it as an injection) is the upstream's fault, as a head the
-    parser refuses: an :class:`UpstreamError` before any byte is sent (a 502, or control's
-    answer for a request that may go there), not a 500 from the server."""
+    parser refuses: an :class:`UpstreamError` before any byte is sent, not a 500 from the
+    server. A backstop: both clients refuse such heads before this (llhttp as it parses,
+    :meth:`Forwarder._forward_aiohttp` by :data:`_CONTROL`), for a prepare that failed
+    has set the writer's framing for this answer, which the next would inherit."""
     try:
         await _to_client(response.prepare(request))
     except ValueError as e:
@@ -717,6 +722,10 @@ class Forwarder:
                     raise aiohttp.ClientResponseError(
                         up.request_info, (), status=up.status, message=up.reason or ""
                     )
+                if _CONTROL.search(up.reason or "") or any(
+                    _CONTROL.search(v) for v in up.headers.values()
+                ):  # refused before the head is prepared: a failed prepare leaves its mark
+                    raise UpstreamError("upstream: a control character in its head")
                 response = _Relayed(status=up.status, reason=up.reason)
                 chunks = up.content.iter_chunked(CHUNK)
                 return await self._relay(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import socket
 import threading
 import time
@@ -47,6 +48,14 @@ ANSWERS = {
     # a control character in a header: refused by both, a 502 (aiohttp's client took it,
     # and its server then refused to write it: a 500 from the proxy, with a traceback)
     "/ctl": b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01b\r\nContent-Length: 2\r\n\r\nok",
+    # and with a chunked body, whose framing a failed attempt to write the head left set
+    # for the 502 after it (its JSON went out chunked under a Content-Length), or in the
+    # reason phrase
+    "/ctl-chunked": (
+        b"HTTP/1.1 200 OK\r\nX-Ctl: a\x7fb\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    ),
+    "/ctl-reason": b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok",
     # a header the upstream's Connection names is hop-by-hop: not relayed
     "/named": (
         b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\n"
@@ -192,9 +201,10 @@ def test_both_clients_take_the_same_heads_and_refuse_the_same_heads(
     # a head over the cap whether it comes in one read or in many (the 504 of the read
     # timeout, 5 s, if the proxy waited for a head that never ends), or one with a control
     # character
-    for path in ("/huge", "/many", "/endless", "/ctl"):
-        status, _, body = exchange(side.port, method, path)
+    for path in ("/huge", "/many", "/endless", "/ctl", "/ctl-chunked", "/ctl-reason"):
+        status, headers, body = exchange(side.port, method, path)
         assert status == 502, (path, status, body[:200])
+        assert int(headers["content-length"][0]) == len(body) and json.loads(body)["error"]
     # the proxy still answers: the next request after a refused head is relayed
     assert exchange(side.port, method, "/early")[0] == 200
 
