@@ -33,6 +33,7 @@ request its read timeout.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -42,7 +43,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httptools
 
-__all__ = ["HEAD_BYTES", "HEAD_FIELDS", "IDEMPOTENT", "Answer", "Pool", "UpstreamError"]
+__all__ = ["CONTROL", "HEAD_BYTES", "HEAD_FIELDS", "IDEMPOTENT", "Answer", "Pool", "UpstreamError"]
 
 IDLE_MAX = 1024  # idle keep-alive connections kept per upstream
 IDLE_S = 15.0  # an idle connection older is not reused (aiohttp's keepalive_timeout)
@@ -51,6 +52,9 @@ BUFFER_BYTES = 256 * 1024  # answer bytes buffered before reading from the upstr
 # spent without bound (Envoy's default is 60 KiB and 100 fields; nginx's, 4 or 8 KiB)
 HEAD_BYTES = 64 * 1024
 HEAD_FIELDS = 256
+# what aiohttp's server refuses to write in a head (RFC 9110 5.5), so what no answer may
+# carry: llhttp refuses it in a header, not in the reason phrase (nor does aiohttp's client)
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # methods a request may be sent again with (here on a new connection; in the forwarder,
 # to control after an alternative failed)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -267,7 +271,9 @@ class _Connection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         assert self.answer is not None
-        self.answer.reason = reason.decode("latin-1")
+        self.answer.reason = text = reason.decode("latin-1")
+        if CONTROL.search(text):
+            raise httptools.HttpParserError("a control character in the reason phrase")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self.answer

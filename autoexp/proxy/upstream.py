@@ -80,7 +80,7 @@ from ..engine import Decision, Engine
 from ..errors import StoreError
 from ..throttle import Throttle
 from .features import request_context
-from .http1 import HEAD_BYTES, HEAD_FIELDS, IDEMPOTENT, Answer, Pool, UpstreamError
+from .http1 import CONTROL, HEAD_BYTES, HEAD_FIELDS, IDEMPOTENT, Answer, Pool, UpstreamError
 from .offload import Offload
 from .routes import ProxySettings, Route
 
@@ -123,9 +123,6 @@ NEW_UNIT = web.RequestKey("autoexp_new_unit", str)  # minted for it: set_unit_co
 
 
 _REDIRECTING = ("Location", "Refresh")  # headers whose URL rewrite_redirects mends
-# what aiohttp's server refuses to write in a head (RFC 9110 5.5): llhttp refuses it in an
-# answer too, aiohttp's client does not
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _REFRESH_URL = re.compile(r";\s*url\s*=\s*['\"]?", re.IGNORECASE)  # "5; url=..."
 
 
@@ -223,19 +220,6 @@ async def _to_client(write: Awaitable[object]) -> None:
         await write
     except ConnectionError as e:  # aiohttp's ClientConnectionResetError is one
         raise _ClientGone from e
-
-
-async def _send_head(request: web.Request, response: web.StreamResponse) -> None:
-    """The answer's head to the client. One aiohttp will not write (a control character in
-    a header: it refuses it as an injection) is the upstream's fault, as a head the
-    parser refuses: an :class:`UpstreamError` before any byte is sent, not a 500 from the
-    server. A backstop: both clients refuse such heads before this (llhttp as it parses,
-    :meth:`Forwarder._forward_aiohttp` by :data:`_CONTROL`), for a prepare that failed
-    has set the writer's framing for this answer, which the next would inherit."""
-    try:
-        await _to_client(response.prepare(request))
-    except ValueError as e:
-        raise UpstreamError(f"upstream: a head that cannot be passed on ({e})") from None
 
 
 class _TooLarge(Exception):
@@ -722,8 +706,8 @@ class Forwarder:
                     raise aiohttp.ClientResponseError(
                         up.request_info, (), status=up.status, message=up.reason or ""
                     )
-                if _CONTROL.search(up.reason or "") or any(
-                    _CONTROL.search(v) for v in up.headers.values()
+                if CONTROL.search(up.reason or "") or any(
+                    CONTROL.search(v) for v in up.headers.values()
                 ):  # refused before the head is prepared: a failed prepare leaves its mark
                     raise UpstreamError("upstream: a control character in its head")
                 response = _Relayed(status=up.status, reason=up.reason)
@@ -767,7 +751,7 @@ class Forwarder:
             response.headers["Connection"] = "Upgrade"
             response.headers["Upgrade"] = switched[0] if switched else upgrade
             try:
-                await _send_head(request, response)
+                await _to_client(response.prepare(request))
             except _ClientGone:
                 self.events["client_gone"] += 1
                 return response
@@ -890,7 +874,7 @@ class Forwarder:
         it comes."""
         self._head(request, response, headers, extra, hide)
         try:
-            await _send_head(request, response)
+            await _to_client(response.prepare(request))
             try:
                 async for chunk in chunks:
                     await _to_client(response.write(chunk))
