@@ -28,9 +28,10 @@ counts it and the decision gets the lowest reward. Hop-by-hop headers are droppe
 ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; ``Host`` is the upstream's
 own, or the client's with ``preserve_host``; an answer's ``Location`` or ``Refresh`` URL
 on an upstream's own address loses it (``rewrite_redirects``, as nginx's
-``proxy_redirect default``); bodies are streamed, never
-buffered whole, and capped at ``max_body_bytes``. A request line claiming HTTP/2 or later
-as text gets a 505, as from nginx. ``Expect: 100-continue`` is answered here, never sent
+``proxy_redirect default``); bodies are streamed, never buffered whole, and capped at
+``max_body_bytes``. A request line claiming HTTP/2 or later as text gets a 505, as from
+nginx; a body in a transfer coding but chunked a 501. The request target goes up as the
+client wrote it (:func:`_target`). ``Expect: 100-continue`` is answered here, never sent
 upstream (:meth:`Forwarder.expect`). An answer without a Content-Type goes on without one
 (:func:`untyped`), and both clients cap an answer's head at ``HEAD_BYTES`` and
 ``HEAD_FIELDS`` (a 502 beyond).
@@ -75,6 +76,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
+from yarl import URL
 
 from ..engine import Decision, Engine
 from ..errors import StoreError
@@ -211,6 +213,16 @@ class _Own(_Flags, web.Response):
 _Made = _Relayed | _Own
 
 
+def _not_implemented(coding: str) -> _Own:
+    """A request body in a transfer coding other than chunked alone (``gzip, chunked``):
+    aiohttp's server undoes the chunking and passes the rest as it is, so the upstream
+    would get gzip bytes as the plain body, the coding lost. RFC 9112 6.1: a 501, as from
+    nginx; the connection is closed, its body unread."""
+    response = _Own(501, f"Transfer-Encoding: {coding[:60]!r} is not implemented; chunked is")
+    response.force_close()
+    return response
+
+
 class _ClientGone(Exception):
     """Writing the answer to the client failed: it closed or reset its connection."""
 
@@ -224,6 +236,19 @@ async def _to_client(write: Awaitable[object]) -> None:
 
 class _TooLarge(Exception):
     pass
+
+
+def _target(request: web.Request) -> str:
+    """The request target for the upstream, as the client wrote it: aiohttp's parsed URL
+    (yarl) would drop an empty query (``/p?``), and aiohttp's client would resolve dot
+    segments and re-quote (``/a/%2e%2e/b`` sent as ``/b``, ``%7e`` as ``~``, ``%zz`` as
+    ``%25zz``), so that the upstream could see another path than the client asked for,
+    and routes have matched. An absolute-form target (``http://host/p``, RFC 9112 3.2.2)
+    goes on in origin form; a fragment, never sent by a browser, is left out."""
+    raw = request.raw_path
+    if raw[:1] != "/":
+        return request.rel_url.raw_path_qs
+    return raw.partition("#")[0] if "#" in raw else raw
 
 
 def _headers(
@@ -549,6 +574,9 @@ class Forwarder:
                 f"version: HTTP/{version.major}.{version.minor} is not supported; "
                 "HTTP/1.0 and HTTP/1.1 are",
             )
+        coding = request.headers.get("Transfer-Encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            return _not_implemented(coding)
         if self._too_large(request):
             return self._client_fault(request, "too_large")
         path = request.path
@@ -658,9 +686,7 @@ class Forwarder:
             return await self._forward_aiohttp(
                 request, base, headers, extra, raise_5xx, hide, read_timeout_s
             )
-        answer = await pool.request(
-            request.method, request.rel_url.raw_path_qs, headers, host, read_timeout_s
-        )
+        answer = await pool.request(request.method, _target(request), headers, host, read_timeout_s)
         try:
             if raise_5xx and answer.status >= 500:
                 raise UpstreamError(f"upstream: answered {answer.status}")
@@ -696,7 +722,7 @@ class Forwarder:
         try:
             async with self.session.request(
                 request.method,
-                base + request.rel_url.raw_path_qs,
+                URL(base + _target(request), encoded=True),  # as it is: not re-quoted
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -736,7 +762,7 @@ class Forwarder:
         upgrade = request.headers["Upgrade"]
         headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
         pool = self.upgrades.get(base) or self._pool(self.upgrades, base)
-        answer = await pool.upgrade(request.rel_url.raw_path_qs, headers, host)
+        answer = await pool.upgrade(_target(request), headers, host)
         handed = False
         try:
             if raise_5xx and answer.status >= 500:

@@ -964,6 +964,18 @@ def test_through_the_proxy_alone_the_better_is_promoted_and_the_harmful_rolled_b
             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"400",
         ),
+        # a transfer coding but chunked: aiohttp's server undid the chunking and passed
+        # the gzip bytes on as the plain body, the coding lost (RFC 9112 6.1: 501)
+        (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"2\r\n\x1f\x8b\r\n0\r\n\r\n",
+            b"501",
+        ),
+        (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+            b"2\r\n\x1f\x8b\r\n0\r\n\r\n",
+            b"400",
+        ),
         # two different Content-Lengths
         (
             b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
