@@ -60,6 +60,14 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+def chunked(coding: str) -> bool:
+    """Whether a Transfer-Encoding value is ``chunked`` alone: the only coding either
+    client undoes. With another (``gzip, chunked``) both would pass the coded bytes on as
+    the body, the coding lost; such an answer is the upstream's error (a 502, as nginx
+    answers it), and a request in one a 501."""
+    return coding.strip().lower() == "chunked"
+
+
 class UpstreamError(aiohttp.ClientConnectionError):
     """The upstream could not be reached, closed the connection before its answer was
     whole, or answered what is not HTTP/1.x."""
@@ -280,6 +288,12 @@ class _Connection(asyncio.Protocol):
         assert answer is not None
         if answer.has_head:  # a trailer field: dropped, as aiohttp's client drops them
             return
+        if (
+            len(name) == 17
+            and name.lower() == b"transfer-encoding"
+            and not chunked(value.decode("latin-1"))
+        ):
+            raise httptools.HttpParserError("a transfer coding but chunked")
         # as aiohttp's client decodes them: bytes that are not UTF-8 pass through
         answer.headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))

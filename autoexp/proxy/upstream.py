@@ -34,7 +34,7 @@ nginx; a body in a transfer coding but chunked a 501. The request target goes up
 client wrote it (:func:`_target`). ``Expect: 100-continue`` is answered here, never sent
 upstream (:meth:`Forwarder.expect`). An answer without a Content-Type goes on without one
 (:func:`untyped`), and both clients cap an answer's head at ``HEAD_BYTES`` and
-``HEAD_FIELDS`` (a 502 beyond).
+``HEAD_FIELDS`` (a 502 beyond), and refuse one in a transfer coding but chunked (a 502).
 
 WebSockets: a ``GET`` asking to upgrade to ``websocket`` is sent to its upstream with its
 ``Upgrade`` and ``Connection`` headers (on a connection of its own). An upstream that
@@ -82,7 +82,16 @@ from ..engine import Decision, Engine
 from ..errors import StoreError
 from ..throttle import Throttle
 from .features import request_context
-from .http1 import CONTROL, HEAD_BYTES, HEAD_FIELDS, IDEMPOTENT, Answer, Pool, UpstreamError
+from .http1 import (
+    CONTROL,
+    HEAD_BYTES,
+    HEAD_FIELDS,
+    IDEMPOTENT,
+    Answer,
+    Pool,
+    UpstreamError,
+    chunked,
+)
 from .offload import Offload
 from .routes import ProxySettings, Route
 
@@ -575,7 +584,7 @@ class Forwarder:
                 "HTTP/1.0 and HTTP/1.1 are",
             )
         coding = request.headers.get("Transfer-Encoding")
-        if coding is not None and coding.strip().lower() != "chunked":
+        if coding is not None and not chunked(coding):
             return _not_implemented(coding)
         if self._too_large(request):
             return self._client_fault(request, "too_large")
@@ -736,6 +745,9 @@ class Forwarder:
                     CONTROL.search(v) for v in up.headers.values()
                 ):  # refused before the head is prepared: a failed prepare leaves its mark
                     raise UpstreamError("upstream: a control character in its head")
+                codings = up.headers.getall("Transfer-Encoding", None)
+                if codings and (len(codings) > 1 or not chunked(codings[0])):
+                    raise UpstreamError("upstream: a transfer coding but chunked")
                 response = _Relayed(status=up.status, reason=up.reason)
                 chunks = up.content.iter_chunked(CHUNK)
                 return await self._relay(
