@@ -227,6 +227,9 @@ def check(path: str) -> tuple[bool, list[str]]:
         host = "; the client's Host passed on" if s.preserve_host else ""
         if not s.rewrite_redirects:
             host += "; redirects to an upstream's address passed on as sent"
+        if s.trusted_proxies:
+            nets = ", ".join(map(str, s.trusted_proxies))
+            host += f"; X-Forwarded-Proto and -Host passed on from {nets}"
         lines.append(
             f"  upstream  {_upstream(s.upstream, s.connect_timeout_s)} (connect timeout "
             f"{s.connect_timeout_s:g} s, read {s.read_timeout_s:g} s, an idle client "

@@ -15,6 +15,8 @@
     websocket_idle_timeout_s = 3600.0    # a WebSocket with no byte either way this long: closed
     client_idle_timeout_s = 3630.0       # a connection without a whole request: closed (keep
     # it above a load balancer's idle timeout in front; lower it if clients come straight)
+    trusted_proxies = []                 # ["10.0.0.0/8"]: from these peers (a load balancer
+    # ending TLS in front), X-Forwarded-Proto and -Host go upstream as they sent them
 
     [experiments.ranker]
     alternatives = ["v1", { name = "v2", upstream = "http://127.0.0.1:8081" },
@@ -36,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,6 +61,7 @@ _PROXY = (
     "rewrite_redirects",
     "websocket_idle_timeout_s",
     "client_idle_timeout_s",
+    "trusted_proxies",
 )
 _ROUTE = (
     "path_prefix",
@@ -110,6 +114,41 @@ class ProxySettings:
     # a client's connection without a whole request this long is closed (aiohttp's
     # keep-alive timeout: also what a client trickling its head gets)
     client_idle_timeout_s: float = 3630.0
+    # peers whose X-Forwarded-Proto and -Host are passed on as they sent them (a load
+    # balancer ending TLS in front); from any other peer they are the proxy's own
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether ``peer`` (an address, as aiohttp gives ``request.remote``) is in
+        ``trusted_proxies``."""
+        if peer is None or not self.trusted_proxies:
+            return False
+        try:
+            ip = ip_address(peer.partition("%")[0])  # an IPv6 zone id is not an address's
+        except ValueError:
+            return False
+        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:  # a dual-stack socket
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.trusted_proxies)
+
+
+def _networks(value: Any, where: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{where}: must be a list of addresses or networks, like "
+            f'["10.0.0.0/8", "192.0.2.7"] (got {value!r:.60})'
+        )
+    nets = []
+    for i, item in enumerate(value):
+        try:
+            if not isinstance(item, str):  # ip_network takes 10 for 0.0.0.10
+                raise TypeError
+            nets.append(ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}[{i}]: not an IP address or network such as 10.0.0.0/8 (got {item!r:.60})"
+            ) from None
+    return tuple(nets)
 
 
 def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
@@ -162,6 +201,7 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
         max_body_bytes=size,
         preserve_host=flags["preserve_host"],
         rewrite_redirects=flags["rewrite_redirects"],
+        trusted_proxies=_networks(raw.get("trusted_proxies", []), f"{where}.trusted_proxies"),
     )
 
 

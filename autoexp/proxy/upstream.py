@@ -25,7 +25,8 @@ without a Content-Length saying so: a 413): the decision gets no reward from it.
 upstream that breaks off after its answer's head was sent cannot be retried: the client's
 connection is closed (it sees a truncated answer, never a second one), ``upstream_error``
 counts it and the decision gets the lowest reward. Hop-by-hop headers are dropped both
-ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set; ``Host`` is the upstream's
+ways; ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are set (a ``trusted_proxies`` peer's
+``-Proto`` and ``-Host`` kept); ``Host`` is the upstream's
 own, or the client's with ``preserve_host``; an answer's ``Location`` or ``Refresh`` URL
 on an upstream's own address loses it (``rewrite_redirects``, as nginx's
 ``proxy_redirect default``); bodies are streamed, never buffered whole, and capped at
@@ -261,12 +262,19 @@ def _target(request: web.Request) -> str:
 
 
 def _headers(
-    request: web.Request, extra: dict[str, str], *, lean: bool, cookie: str | None = None
+    request: web.Request,
+    extra: dict[str, str],
+    *,
+    lean: bool,
+    cookie: str | None = None,
+    trusted: bool = False,
 ) -> list[tuple[str, str]]:
     """The headers sent upstream: the client's but hop-by-hop ones, Host (the upstream's
-    own), autoexp's (only it sets them) and ``X-Forwarded-*`` (set here); without a body
-    to send (``lean``), its Content-Length too. ``cookie`` (``name=value``, a unit minted
-    for this request) joins the client's cookies, as the browser will send it from now on."""
+    own), autoexp's (only it sets them) and ``X-Forwarded-*`` (set here, but a
+    ``trusted`` peer's ``-Proto`` and ``-Host``, passed on as it sent them); without a
+    body to send (``lean``), its Content-Length too. ``cookie`` (``name=value``, a unit
+    minted for this request) joins the client's cookies, as the browser will send it
+    from now on."""
     skip = _NOT_SENT_LEAN if lean else _NOT_SENT
     connection = request.headers.get("Connection")
     if connection is not None:  # and the headers it names: hop-by-hop too (RFC 9110 7.6.1)
@@ -281,10 +289,18 @@ def _headers(
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    headers.append(("X-Forwarded-Proto", request.scheme))
-    headers.append(("X-Forwarded-Host", request.host))
+    proto = host = None
+    if trusted:  # a load balancer ending TLS in front: the client's scheme, not ours
+        proto = request.headers.get("X-Forwarded-Proto")
+        host = request.headers.get("X-Forwarded-Host")
+    headers.append(("X-Forwarded-Proto", proto or request.scheme))
+    headers.append(("X-Forwarded-Host", host or request.host))
     headers.extend(extra.items())
     return headers
+
+
+def _trusts_none(peer: str | None) -> bool:
+    return False
 
 
 @dataclass
@@ -331,8 +347,15 @@ class Forwarder:
     _retry_said: Throttle = field(default_factory=Throttle)  # likewise
     _store_error_said: Throttle = field(default_factory=Throttle)  # the applier's, likewise
     _origins: tuple[str, ...] = field(default=(), init=False)  # rewrite_redirects' prefixes
+    # whether a peer is a trusted proxy: cached per address (a balancer's are few)
+    _trusts: Callable[[str | None], bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._trusts = (
+            functools.lru_cache(maxsize=4096)(self.settings.trusts)
+            if self.settings.trusted_proxies
+            else _trusts_none
+        )
         if self.settings.rewrite_redirects:
             ups = (u for r in self.routes for u in r.upstreams if u is not None)
             self._origins = _origins([self.settings.upstream, *ups])
@@ -682,7 +705,13 @@ class Forwarder:
         """``read_timeout_s``: each wait for the upstream's bytes (``None``: the proxy's
         ``read_timeout_s``)."""
         lean = not request.body_exists and request.method not in _NOT_LEAN
-        headers = _headers(request, extra, lean=lean, cookie=self._unit_cookie(request))
+        headers = _headers(
+            request,
+            extra,
+            lean=lean,
+            cookie=self._unit_cookie(request),
+            trusted=self._trusts(request.remote),
+        )
         host = request.host if self.settings.preserve_host else None
         if _wants_websocket(request):  # a GET without a body: lean
             return await self._upgrade(request, base, headers, host, extra, raise_5xx, hide)

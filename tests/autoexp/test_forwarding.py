@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -106,6 +108,7 @@ def sidecar(
     read_timeout_s: float = 5.0,
     max_body_bytes: int = 10 * 1024 * 1024,
     preserve_host: bool = False,
+    trusted_proxies: tuple[str, ...] = (),
     **route: Any,
 ) -> Sidecar:
     spec = ExperimentSpec(
@@ -125,6 +128,7 @@ def sidecar(
         connect_timeout_s=1.0,
         max_body_bytes=max_body_bytes,
         preserve_host=preserve_host,
+        trusted_proxies=tuple(ipaddress.ip_network(n) for n in trusted_proxies),
     )
     return Sidecar(engine, proxy=proxy, routes=routes)
 
@@ -162,6 +166,56 @@ def test_unmatched_requests_pass_through_with_headers_and_streamed_bodies(
         assert "X-Autoexp-Decision" not in r.headers
     finally:
         side.close()
+
+
+@pytest.mark.parametrize("path", ["/other", "/search"])  # unmatched; decided
+def test_forwarded_proto_and_host_pass_on_from_a_trusted_proxy_only(
+    servers: dict[str, Served], path: str
+) -> None:
+    # Behind a load balancer that ends TLS, the application must see the client's scheme:
+    # told "http" (the proxy's own), Django's SECURE_SSL_REDIRECT or Rails' force_ssl
+    # redirect to https for ever. From a peer in trusted_proxies, the balancer's
+    # X-Forwarded-Proto and -Host go on as it sent them; from any other, the proxy's own,
+    # as before (a client cannot claim https). X-Forwarded-For is appended to either way.
+    sent = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "shop.example",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    balancer = ("10.0.0.0/8", "127.0.0.0/8")
+    for trusted, headers, scheme, host in [
+        ((), sent, "http", None),
+        (("10.0.0.0/8", "::1"), sent, "http", None),  # 127.0.0.1 not among them
+        (balancer, sent, "https", "shop.example"),
+        (balancer, {}, "http", None),  # a trusted peer that sent none: the proxy's own
+    ]:
+        side = sidecar(servers, trusted_proxies=trusted)
+        try:
+            with httpx.Client(base_url=side.url, timeout=10) as http:
+                r = http.get(path, headers={**headers, "X-User-Id": "u1"})
+            assert r.status_code == 200
+            seen = r.json()["headers"]
+            h = {k.lower(): v for k, v in seen.items()}
+            assert h["x-forwarded-proto"] == scheme, (trusted, seen)
+            assert h["x-forwarded-host"] == (host or f"127.0.0.1:{side.port}"), (trusted, seen)
+            prior = "203.0.113.9, " if headers else ""
+            assert h["x-forwarded-for"] == prior + "127.0.0.1"
+            assert (path == "/search") == ("X-Autoexp-Decision" in r.headers)
+        finally:
+            side.close()
+
+
+def test_a_peer_is_trusted_by_address_network_and_family() -> None:
+    settings = ProxySettings(
+        upstream="http://x",
+        trusted_proxies=(ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/8")),
+    )
+    assert settings.trusts("10.1.2.3") and settings.trusts("fd00::5")
+    assert settings.trusts("::ffff:10.1.2.3")  # an IPv4 peer on a dual-stack socket
+    assert settings.trusts("fd00::5%eth0")  # with its zone id
+    for peer in ("10.2.0.1", "127.0.0.1", "::1", "not an address", "", None):
+        assert not settings.trusts(peer), peer
+    assert not ProxySettings(upstream="http://x").trusts("10.1.2.3")  # none by default
 
 
 def test_a_client_connection_without_a_whole_request_is_closed_after_client_idle_timeout_s(
@@ -818,6 +872,12 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
     )
     config = parse_config(raw)
     assert config.proxy == ProxySettings(upstream="http://127.0.0.1:8080", unit_cookie="uid")
+    trusting = json.loads(json.dumps(raw))
+    trusting["proxy"]["trusted_proxies"] = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]
+    proxy = parse_config(trusting).proxy
+    assert proxy is not None and proxy.trusted_proxies == tuple(
+        map(ipaddress.ip_network, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"])
+    )
     (route,) = config.routes
     assert route.upstreams == (None, "http://127.0.0.1:8081") and route.method == "GET"
     assert route.matches("GET", "h", "/search/x", {"X-Beta": "1"})
@@ -845,6 +905,18 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
             {"proxy": {"upstream": "http://x", "client_idle_timeout_s": 0}},
             "proxy.client_idle_timeout_s: must be a finite number > 0",
         ),
+        (
+            {"proxy": {"upstream": "http://x", "trusted_proxies": "10.0.0.0/8"}},
+            "proxy.trusted_proxies: must be a list of addresses or networks",
+        ),
+        (
+            {"proxy": {"upstream": "http://x", "trusted_proxies": ["10.0.0.0/8", "lb"]}},
+            "proxy.trusted_proxies[1]: not an IP address or network",
+        ),
+        (
+            {"proxy": {"upstream": "http://x", "trusted_proxies": [10]}},
+            "proxy.trusted_proxies[0]: not an IP address or network",
+        ),
         ({"route": {"path_prefix": "search"}}, "experiments.ranker.route.path_prefix"),
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),
@@ -871,7 +943,7 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
                 del trial["proxy"]
             else:
                 trial["proxy"] = change["proxy"]
-        with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
             parse_config(trial)
 
 

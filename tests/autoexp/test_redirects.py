@@ -211,3 +211,7 @@ def test_the_check_says_when_redirects_are_passed_on_as_sent(tmp_path: Any) -> N
     assert ", an idle client 3630 s, a quiet WebSocket 3600 s;" in upstream_line("")
     assert ", an idle client 75 s," in upstream_line("client_idle_timeout_s = 75\n")
     assert ", a quiet WebSocket 120 s;" in upstream_line("websocket_idle_timeout_s = 120\n")
+    # and whose X-Forwarded-Proto and -Host it passes on
+    trusted = upstream_line('trusted_proxies = ["10.0.0.0/8", "fd00::1"]\n')
+    assert "; X-Forwarded-Proto and -Host passed on from 10.0.0.0/8, fd00::1/128" in trusted
+    assert "X-Forwarded" not in upstream_line("")
