@@ -159,10 +159,15 @@ class PromotionRule:
             hit = live & (g.breach != 0)
             for row, arm in zip(*np.nonzero(hit), strict=True):
                 kind = "harm" if g.breach[row, arm] == HARM else "hard limit"
+                lo, hi = g.arm_lower[row, arm], g.arm_upper[row, arm]
+                metric = (  # the metric's own bounds (an off-policy guardrail has none)
+                    f", metric bounds [{lo:.4g}, {hi:.4g}]"
+                    if np.isfinite(lo) or np.isfinite(hi)
+                    else ""
+                )
                 reason = (
                     f"guardrail {name}: {kind} (harm bounds [{g.harm_lower[row, arm]:.4g}, "
-                    f"{g.harm_upper[row, arm]:.4g}], metric bounds [{g.arm_lower[row, arm]:.4g}, "
-                    f"{g.arm_upper[row, arm]:.4g}])"
+                    f"{g.harm_upper[row, arm]:.4g}]{metric})"
                 )
                 changes.append(
                     self._record(row, arm, ROLLED_BACK, name, reason, g, users, guard=True)

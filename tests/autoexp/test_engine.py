@@ -419,6 +419,10 @@ def test_guardrail_rolls_back_and_traffic_returns_to_control(store: Any) -> None
     assert all(engine.decide("ranker").arm == 0 for _ in range(50))
     moves = [r for r in store.records("ranker") if r["type"] == "transition"]
     assert [m["new"] for m in moves] == ["rolled_back"]
+    # an off-policy guardrail bounds the difference only: the reason gives no metric
+    # bounds (it said "metric bounds [nan, nan]" on the status page)
+    assert moves[0]["reason"].startswith("guardrail success: harm (harm bounds [")
+    assert "nan" not in moves[0]["reason"] and "metric" not in moves[0]["reason"]
     # the change, its evidence and the states before and after, for the status page
     assert engine.changes("ranker") == moves
     states = [h["status"][1] for h in engine.history("ranker")]
