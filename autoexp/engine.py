@@ -60,7 +60,7 @@ from .draws import Ids
 from .errors import ConfigError, RewardError, StoreError, UnknownExperimentError
 from .experiment import Decision, ExperimentSpec, Live, budget_of
 from .expiry import Scans
-from .lifecycle import changes_of, evidence_of, history_of, operator_change
+from .lifecycle import changes_of, evidence_of, history_of, operator_change, shared_history
 from .records import reward_lines
 from .startup import Startup
 from .state import increments
@@ -272,11 +272,18 @@ class Engine(Startup, Deciding):
         return changes_of(self.store, self._get(name))
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        """This replica's allocations and states at its last refreshes (at most
-        :data:`HISTORY`), oldest first: ``time``, ``version``, ``allocation``, ``status``,
-        ``paused``."""
-        with self._lock:
-            return history_of(self._get(name))
+        """The allocations and states over time, oldest first: ``time``, ``version``,
+        ``allocation``, ``status``, ``paused``. Read from the store, so that it holds
+        every replica's points since the experiment began (restarts included; at most
+        :data:`~autoexp.experiment.HISTORY_SAVED`, the older ones thinned), with this
+        replica's own refreshes (at most :data:`HISTORY`); those alone while the store
+        fails."""
+        live = self._get(name)
+        try:
+            return shared_history(self.store, live)
+        except StoreError:
+            with self._lock:
+                return history_of(live)
 
     def spec(self, name: str) -> ExperimentSpec:
         """The definition of experiment ``name``."""

@@ -24,6 +24,8 @@ from .generate import Generation
 
 __all__ = [
     "HISTORY",
+    "HISTORY_SAVED",
+    "HISTORY_SAVE_S",
     "Decision",
     "ExperimentSpec",
     "Live",
@@ -33,6 +35,11 @@ __all__ = [
 ]
 
 HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
+# the history shared through the store (every replica's, kept across restarts): a point
+# at least this often per replica, and at every change of state; at most this many, the
+# older ones thinned
+HISTORY_SAVE_S = 10.0
+HISTORY_SAVED = 1_000
 
 
 def _iterable(value: Any) -> list[Any]:
@@ -330,6 +337,8 @@ class Live:
     history: deque[tuple[float, int, list[float], list[str], bool]] = field(
         default_factory=lambda: deque(maxlen=HISTORY)
     )
+    # the last point this replica saved to the store's shared history: its time and states
+    saved: tuple[float, list[str], bool] | None = None
 
 
 def state_shapes(spec: ExperimentSpec) -> dict[str, tuple[int, ...]]:

@@ -20,7 +20,7 @@ import numpy as np
 from policies.promotion import STATUS, PromotionRule
 
 from .errors import StateError, UnknownExperimentError
-from .experiment import Live
+from .experiment import HISTORY_SAVE_S, HISTORY_SAVED, Live
 from .store.base import Store
 
 __all__ = ["ACTIONS", "changes_of", "evidence_of", "history_of", "look", "operator_change"]
@@ -145,10 +145,60 @@ def changes_of(store: Store, live: Live) -> list[dict[str, Any]]:
     return sorted((json.loads(raw) for raw in found if raw), key=lambda r: float(r["time"]))
 
 
+_HISTORY_KEYS = ("time", "version", "allocation", "status", "paused")
+
+
 def history_of(live: Live) -> list[dict[str, Any]]:
     """``live``'s allocation and states at its last refreshes, oldest first."""
-    keys = ("time", "version", "allocation", "status", "paused")
-    return [dict(zip(keys, row, strict=True)) for row in live.history]
+    return [dict(zip(_HISTORY_KEYS, row, strict=True)) for row in live.history]
+
+
+def save_history(store: Store, live: Live) -> None:
+    """Add ``live``'s last refresh to the store's shared history (key ``history``: a JSON
+    list of ``[time, allocation, status, paused]``, oldest first) if its states changed
+    since this replica's last point there or that point is :data:`HISTORY_SAVE_S` old.
+    Beyond :data:`HISTORY_SAVED` points, the older half is thinned to every other point,
+    but for changes of state, so a long run keeps its whole span, its recent past in
+    detail. Replicas read, add and write it whole: two saving at once may lose one point
+    of the chart, never a record (the log and the ``change:*`` keys hold those)."""
+    if not live.history:
+        return
+    now, _, allocation, status, paused = live.history[-1]
+    last = live.saved
+    if last is not None and (status, paused) == last[1:] and now - last[0] < HISTORY_SAVE_S:
+        return
+    raw = store.get(live.spec.name, "history")
+    points = json.loads(raw) if raw else []
+    points.append([now, allocation, status, paused])
+    points.sort(key=lambda p: p[0])  # another replica's may be later
+    if len(points) > HISTORY_SAVED:
+        half = len(points) - HISTORY_SAVED // 2
+        older = [
+            p
+            for i, p in enumerate(points[:half])
+            if i % 2 == 0 or p[2:] != points[i - 1][2:]  # every other, and every change
+        ]
+        points = (older + points[half:])[-HISTORY_SAVED:]
+    store.set(live.spec.name, "history", json.dumps(points, separators=(",", ":")))
+    live.saved = (now, status, paused)
+
+
+def shared_history(store: Store, live: Live) -> list[dict[str, Any]]:
+    """The store's shared history (every replica's points, since the experiment began)
+    with ``live``'s own refreshes that are not among them, oldest first, each as
+    :func:`history_of` gives them (``version``: ``None`` for the store's points, whose
+    replica's count is not this one's). Points of another number of alternatives (a
+    config since changed) are left out."""
+    k = len(live.spec.alternatives)
+    raw = store.get(live.spec.name, "history")
+    stored = [
+        {"time": t, "version": None, "allocation": a, "status": s, "paused": p}
+        for t, a, s, p in (json.loads(raw) if raw else [])
+        if len(a) == k and len(s) == k
+    ]
+    saved = {h["time"] for h in stored}
+    own = [h for h in history_of(live) if h["time"] not in saved]
+    return sorted(stored + own, key=lambda h: h["time"])  # stable: the store's first
 
 
 def begin_epoch(

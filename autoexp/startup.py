@@ -26,6 +26,7 @@ from policies.promotion import PromotionRule
 from .errors import StoreError
 from .experiment import ExperimentSpec, Live, renamed, state_shapes
 from .generate import generation_step
+from .lifecycle import save_history
 from .snapshot import serving_policy
 from .state import increments, install
 from .tokens import Ticket
@@ -117,6 +118,7 @@ class Startup:
         paused = paused_raw == "1"
         with self._lock:
             install(self.store, live, data, raw, paused, self._clock)
+        save_history(self.store, live)  # for the status page: every replica's, kept
         if spec.generate is not None:
             generation_step(self.store, live, self._lock, self._clock())
 

@@ -13,9 +13,10 @@ metrics.
     [...]}`` (``waiting``: the experiments not started because their store has not
     answered since the proxy started, each with its ``reason``); per experiment
     its :meth:`~autoexp.engine.Engine.status` without the raw ``state``, ``evidence``,
-    ``changes`` (``null`` while the store fails) and ``history`` (this replica's refreshes
-    since it started, evenly thinned to at most :data:`MAX_POINTS`). Non-finite numbers
-    are ``null``.
+    ``changes`` (``null`` while the store fails) and ``history``
+    (:meth:`~autoexp.engine.Engine.history`: every worker's and replica's allocations
+    since the experiment began, restarts included, kept in the store; evenly thinned to
+    at most :data:`MAX_POINTS`). Non-finite numbers are ``null``.
 
 Experiment and alternative names come from the configuration and are escaped everywhere.
 """

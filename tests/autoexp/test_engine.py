@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
+import json
 import math
 import threading
 import time
@@ -978,3 +980,99 @@ def test_a_restart_under_other_alternative_names_is_said(caplog: pytest.LogCaptu
         "config names them ['v1', 'v3']" in said[0].getMessage()
     )
     assert store.get("ranker", "alternatives") == '["v1", "v2"]'
+
+
+def test_the_allocation_history_is_every_replicas_and_outlives_a_restart(
+    durable_store: Any,
+) -> None:
+    # The status page drew each worker's own refreshes since it started: another chart
+    # on each worker, and none of an experiment's past after a restart or a reload. The
+    # store holds them now: a point per HISTORY_SAVE_S per replica (here every refresh:
+    # the fake clock moves HISTORY_SAVE_S between them) and at each change of state.
+    clock = Clock()
+
+    def users(engine: Engine, n: int) -> None:
+        for _ in range(n):
+            clock.now += 1.0
+            engine.reward(engine.decide("ranker"), 1.0)
+
+    first = Engine(durable_store, [spec()], secret=SECRET, seed=1, clock=clock)
+    users(first, 200)  # 20 refreshes: every 20 events (a decision and a reward each)
+    first.operate("ranker", "pause", reason="incident")
+    before = first.history("ranker")
+    first.close()
+    assert [h["paused"] for h in before][-2:] == [False, True]
+    assert all(h["version"] is None for h in before)  # all of them the store's
+    # a restart: the new replica's chart begins where the experiment did
+    second = Engine(durable_store, [spec()], secret=SECRET, seed=2, clock=clock)
+    third = Engine(durable_store, [spec()], secret=SECRET, seed=3, clock=clock)
+    try:
+        second.operate("ranker", "resume", reason="fixed")
+        users(second, 100)
+        users(third, 100)
+        for engine in (second, third):  # two replicas at once: each shows both
+            history = engine.history("ranker")
+            assert history[: len(before)] == before
+            times = [h["time"] for h in history]
+            assert times == sorted(times)  # (a start's and an operator's share a time)
+            assert history[-1]["paused"] is False
+            # 10 refreshes each of the two (and the resume's), all of them saved
+            assert len(history) >= len(before) + 20
+    finally:
+        second.close()
+        third.close()
+
+
+def engine_rows(engine: Engine) -> list[Any]:
+    """This replica's own refreshes, as it keeps them."""
+    return list(engine._get("ranker").history)
+
+
+def test_the_shared_history_is_bounded_keeps_its_span_and_every_change() -> None:
+    from autoexp.experiment import HISTORY, HISTORY_SAVE_S, HISTORY_SAVED
+
+    clock = Clock()
+    start = clock.now
+    engine = Engine(MemoryStore(), [spec()], secret=SECRET, seed=1, clock=clock)
+    try:
+        for i in range(3 * HISTORY_SAVED):
+            clock.now += HISTORY_SAVE_S  # each refresh due to be saved
+            if i % 500 == 250:
+                engine.operate("ranker", "pause", reason="a")
+            elif i % 500 == 260:
+                engine.operate("ranker", "resume", reason="b")
+            else:
+                engine.refresh("ranker")
+        raw = engine.store.get("ranker", "history")
+        stored = [{"time": t, "paused": p} for t, _, _, p in json.loads(raw)]
+        assert len(stored) <= HISTORY_SAVED  # bounded, the older half thinned
+        assert stored[0]["time"] == start and stored[-1]["time"] == clock.now  # its span
+        # the newest half as saved, every point
+        recent = [h["time"] for h in stored[-HISTORY_SAVED // 2 :]]
+        assert np.allclose(np.diff(recent), HISTORY_SAVE_S)
+        # every pause and resume, however old: 6 of each over 3,000 refreshes
+        flips = [a["paused"] != b["paused"] for a, b in itertools.pairwise(stored)]
+        assert sum(flips) == 12
+        # the chart: the store's points with this replica's own refreshes (its last
+        # HISTORY, each one), from the start
+        history = engine.history("ranker")
+        assert history[0]["time"] == start and len(history) > HISTORY
+        assert [h["time"] for h in history[-HISTORY:]] == [t for t, *_ in engine_rows(engine)]
+        # a point's allocation stays as the config's alternatives: one saved under another
+        # number of alternatives (the config since changed) is left out
+        engine.store.set(
+            "ranker",
+            "history",
+            '[[1.0,[0.5,0.25,0.25],["exploring","exploring","exploring"],false]]',
+        )
+        assert engine.history("ranker")[0]["time"] > 1.0
+
+        def fail(experiment: str, name: str) -> Any:
+            raise StoreError("store: connection refused")
+
+        engine.store.get = fail  # the store failing: this replica's own refreshes
+        own = engine.history("ranker")
+        assert own and all(isinstance(h["version"], int) for h in own)
+    finally:
+        engine.store.get = MemoryStore.get.__get__(engine.store)
+        engine.close()
