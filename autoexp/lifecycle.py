@@ -153,6 +153,28 @@ def history_of(live: Live) -> list[dict[str, Any]]:
     return [dict(zip(_HISTORY_KEYS, row, strict=True)) for row in live.history]
 
 
+def _points(raw: str | None) -> list[list[Any]]:
+    """The store's history points; those not of the form :func:`save_history` writes
+    are left out (a value written by hand or by another version: the chart's, never a
+    reason to stop refreshing or to fail the page)."""
+    try:
+        points = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(points, list):
+        return []
+    return [
+        p
+        for p in points
+        if isinstance(p, list)
+        and len(p) == 4
+        and isinstance(p[0], int | float)
+        and isinstance(p[1], list)
+        and isinstance(p[2], list)
+        and isinstance(p[3], bool)
+    ]
+
+
 def save_history(store: Store, live: Live) -> None:
     """Add ``live``'s last refresh to the store's shared history (key ``history``: a JSON
     list of ``[time, allocation, status, paused]``, oldest first) if its states changed
@@ -167,8 +189,7 @@ def save_history(store: Store, live: Live) -> None:
     last = live.saved
     if last is not None and (status, paused) == last[1:] and now - last[0] < HISTORY_SAVE_S:
         return
-    raw = store.get(live.spec.name, "history")
-    points = json.loads(raw) if raw else []
+    points = _points(store.get(live.spec.name, "history"))
     points.append([now, allocation, status, paused])
     points.sort(key=lambda p: p[0])  # another replica's may be later
     if len(points) > HISTORY_SAVED:
@@ -190,10 +211,9 @@ def shared_history(store: Store, live: Live) -> list[dict[str, Any]]:
     replica's count is not this one's). Points of another number of alternatives (a
     config since changed) are left out."""
     k = len(live.spec.alternatives)
-    raw = store.get(live.spec.name, "history")
     stored = [
         {"time": t, "version": None, "allocation": a, "status": s, "paused": p}
-        for t, a, s, p in (json.loads(raw) if raw else [])
+        for t, a, s, p in _points(store.get(live.spec.name, "history"))
         if len(a) == k and len(s) == k
     ]
     saved = {h["time"] for h in stored}

@@ -1066,6 +1066,14 @@ def test_the_shared_history_is_bounded_keeps_its_span_and_every_change() -> None
             '[[1.0,[0.5,0.25,0.25],["exploring","exploring","exploring"],false]]',
         )
         assert engine.history("ranker")[0]["time"] > 1.0
+        # a value not of that form (by hand, by another version): the chart's loss only,
+        # never a refresh or the page failing; the next point starts it afresh
+        for junk in ("{not json", '{"a": 1}', '[[1, 2], "x", [1.0, [0.5], ["a"], 0]]'):
+            engine.store.set("ranker", "history", junk)
+            assert engine.history("ranker")[0]["version"] is not None  # the replica's own
+            clock.now += HISTORY_SAVE_S
+            engine.refresh("ranker")
+            assert json.loads(engine.store.get("ranker", "history"))[0][0] == clock.now
 
         def fail(experiment: str, name: str) -> Any:
             raise StoreError("store: connection refused")
