@@ -9,9 +9,13 @@ half of the aiohttp proxy's samples in its client. Parsing is httptools' (llhttp
 parser Node.js uses); what is written by hand here is the connection pool, the request
 head and the waiting.
 
-Requests with a body, ``HEAD`` and ``CONNECT`` (whose answers carry no body whatever
-their head says: llhttp cannot be told so through httptools), and ``https://`` upstreams
-stay on aiohttp's client (:mod:`autoexp.proxy.upstream` chooses).
+Requests with a body, ``CONNECT``, and ``https://`` upstreams stay on aiohttp's client
+(:mod:`autoexp.proxy.upstream` chooses). A ``HEAD``'s answer carries no body whatever its
+head says, which llhttp cannot be told through httptools: its parsing stops at the head,
+and the connection is closed rather than reused, so that a body sent anyway (some
+upstreams do) is never read as the next answer. aiohttp's client, which took ``HEAD``
+before, refuses such an answer when its body comes in the same read (a 502), where nginx
+relays the head.
 
 A WebSocket handshake (:meth:`Pool.upgrade`, ``http://`` or ``https://``) goes on a
 connection of its own, never pooled: an upstream that declines it answers as to any
@@ -66,6 +70,10 @@ def chunked(coding: str) -> bool:
     the body, the coding lost; such an answer is the upstream's error (a 502, as nginx
     answers it), and a request in one a 501."""
     return coding.strip().lower() == "chunked"
+
+
+class _HeadDone(Exception):
+    """Raised from the parser's callback once a HEAD's answer has its head."""
 
 
 class UpstreamError(aiohttp.ClientConnectionError):
@@ -217,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self._informational = False
         self._feeding = 0  # the length of the read being parsed
         self._paused = False
+        self.head_only = False  # its request is a HEAD: the answer ends with its head
         self.upgrading = False  # its request asked to switch to WebSocket
         self.tunneling = False  # and the upstream did: bytes pass as they come
         self.on_pause: Callable[[], None] | None = None  # the tunnel's writer is full
@@ -254,7 +263,8 @@ class _Connection(asyncio.Protocol):
             answer.fail(UpstreamError("upstream: switched protocols unasked"))
             self.abort()
         except httptools.HttpParserError as e:
-            answer.fail(UpstreamError(f"upstream: malformed answer ({e})"))
+            if not answer.complete:  # (a HEAD's, complete: stopped at its head)
+                answer.fail(UpstreamError(f"upstream: malformed answer ({e})"))
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -319,6 +329,14 @@ class _Connection(asyncio.Protocol):
         answer.has_head = True
         self.keep = self._parser.should_keep_alive()
         answer._wake()
+        if self.head_only:
+            # a HEAD's answer is its head, whatever length it declares (llhttp, not told
+            # the method, would wait for that body). The connection is not reused: an
+            # upstream that sends a body anyway (some do; aiohttp's client refuses it, a
+            # 502 where nginx relays the head) must not have it read as the next answer.
+            self.answer = None
+            answer.finish()
+            raise _HeadDone  # the parser stops here; data_received closes the connection
 
     def on_body(self, data: bytes) -> None:
         assert self.answer is not None
@@ -371,8 +389,9 @@ class _Connection(asyncio.Protocol):
         if self.on_resume is not None:
             self.on_resume()
 
-    def send(self, head: bytes, read_timeout_s: float) -> Answer:
+    def send(self, head: bytes, read_timeout_s: float, head_only: bool = False) -> Answer:
         assert self.transport is not None
+        self.head_only = head_only
         self.answer = answer = Answer(self, read_timeout_s)
         self.transport.write(head)
         return answer
@@ -438,6 +457,7 @@ class Pool:
         this request's (the pool's by default)."""
         head = self._head(method, target, headers, host)
         timeout_s = self.read_timeout_s if read_timeout_s is None else read_timeout_s
+        head_only = method == "HEAD"
         stale = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             conn = self._idle.pop()
@@ -447,7 +467,7 @@ class Pool:
                 break
             if conn.transport is None or conn.transport.is_closing():
                 continue
-            answer = conn.send(head, timeout_s)
+            answer = conn.send(head, timeout_s, head_only)
             try:
                 await answer.head()
                 return answer
@@ -459,7 +479,7 @@ class Pool:
             except BaseException:
                 answer.close()
                 raise
-        return await self._exchange(await self._connect(), head, timeout_s)
+        return await self._exchange(await self._connect(), head, timeout_s, head_only)
 
     async def upgrade(
         self, target: str, headers: list[tuple[str, str]], host: str | None = None
@@ -472,8 +492,10 @@ class Pool:
         conn.upgrading = True
         return await self._exchange(conn, head, self.read_timeout_s)
 
-    async def _exchange(self, conn: _Connection, head: bytes, read_timeout_s: float) -> Answer:
-        answer = conn.send(head, read_timeout_s)
+    async def _exchange(
+        self, conn: _Connection, head: bytes, read_timeout_s: float, head_only: bool = False
+    ) -> Answer:
+        answer = conn.send(head, read_timeout_s, head_only)
         try:
             await answer.head()
         except BaseException:

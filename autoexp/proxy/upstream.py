@@ -47,7 +47,7 @@ or no byte has gone either way for ``websocket_idle_timeout_s`` (an hour by defa
 On a route the handshake is decided, retried on control and rewarded like any ``GET``:
 its status and the time to its head, not what the socket carries afterwards.
 
-Two clients, one contract: a request without a body (but ``HEAD`` and ``CONNECT``) to an
+Two clients, one contract: a request without a body (but ``CONNECT``) to an
 ``http://`` upstream goes through autoexp's own pooled HTTP/1.1 client
 (:mod:`autoexp.proxy.http1`: less than half the CPU per request of aiohttp's); the
 others through one pooled ``aiohttp.ClientSession``. Both fail with an
@@ -122,7 +122,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 # Expect: 100-continue is the proxy's to answer (Forwarder.expect), as nginx and Envoy do
 _NOT_SENT = _NOT_FORWARDED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "expect"}
 _NOT_SENT_LEAN = _NOT_SENT | {"content-length"}
-_NOT_LEAN = frozenset({"HEAD", "CONNECT"})  # their answers have no body: aiohttp's client
+_NOT_LEAN = frozenset({"CONNECT"})  # aiohttp's client
 DECISION_HEADER = "X-Autoexp-Decision"
 CHUNK = 64 * 1024
 HAND_OVER_S = 0.05  # queued rewards go to the applier thread this often
@@ -745,7 +745,7 @@ class Forwarder:
         hide: str | None,
         read_timeout_s: float | None = None,
     ) -> _Made:
-        """Through aiohttp's client: a request with a body, HEAD, or an https upstream."""
+        """Through aiohttp's client: a request with a body, CONNECT, or an https upstream."""
         assert self.session is not None
         body = self._body(request) if request.body_exists else None
         timeout = (

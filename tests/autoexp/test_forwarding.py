@@ -264,7 +264,7 @@ def test_preserve_host_sends_the_clients_host_upstream_through_either_client(
 ) -> None:
     # A sidecar in front of an application that builds its URLs (redirects, links) from
     # Host: with preserve_host the application sees the Host the client asked for, through
-    # autoexp's own client (a GET) and aiohttp's (a body, HEAD), decided or not; without,
+    # autoexp's own client (a GET, a HEAD) and aiohttp's (a body), decided or not; without,
     # the upstream's own address, as the test above shows.
     side = sidecar(servers, preserve_host=True)
     try:
@@ -443,7 +443,7 @@ def test_alternative_timeout_s_answers_a_slow_alternatives_users_from_control(
 ) -> None:
     # The alternative answers after 2 s, inside the proxy's read timeout (5 s): without
     # alternative_timeout_s its users wait the 2 s and get its answer; with 0.3 s, each GET
-    # (autoexp's own client) and HEAD (aiohttp's) decided for it goes to control after
+    # and HEAD (autoexp's own client) decided for it goes to control after
     # 0.3 s, counted in retried and fed to the alternative's statistics as a 0. A POST with
     # a body cannot go to control instead: it keeps the proxy's read timeout and gets the
     # alternative's answer.
