@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,12 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return pairs
 
 
+def stages(instructions: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], ...]:
+    """The instructions of each stage, its ``FROM`` first."""
+    starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
+    return tuple(instructions[a:b] for a, b in zip(starts, [*starts[1:], None], strict=True))
+
+
 def kubernetes_docs() -> dict[str, dict[str, Any]]:
     with open(DEPLOY / "kubernetes.yaml") as f:
         docs = [d for d in yaml.safe_load_all(f) if d is not None]
@@ -98,7 +106,7 @@ def test_the_dockerfile_is_multi_stage_non_root_and_runs_the_proxy() -> None:
     assert json.loads(dict(instructions)["ENTRYPOINT"]) == ["autoexp", "proxy"]
     assert json.loads(dict(instructions)["CMD"]) == IMAGE_ARGS
     # the runtime stage: its default store, volume and health check
-    runtime = instructions[[word for word, _ in instructions].index("FROM", 1) :]
+    _, runtime = stages(instructions)
     env = " ".join(args for word, args in runtime if word == "ENV")
     assert "AUTOEXP_STORE=sqlite:////var/lib/autoexp/autoexp.db" in env
     assert "PATH=/opt/autoexp/bin:$PATH" in env  # `autoexp` and the health check's python
@@ -106,6 +114,67 @@ def test_the_dockerfile_is_multi_stage_non_root_and_runs_the_proxy() -> None:
     assert any("-o 10001 -g 10001" in r and "/var/lib/autoexp" in r for r in runs)
     (health,) = [args for word, args in runtime if word == "HEALTHCHECK"]
     assert "urllib.request.urlopen('http://127.0.0.1:8700/_autoexp/healthz'" in health
+
+
+def build_context(into: Path) -> None:
+    """The builder stage's files, laid out as ``docker build -f deploy/Dockerfile .`` gives
+    them to its ``pip install .``: the repository root through
+    ``Dockerfile.dockerignore`` (``*`` then ``!`` for each entry let in, caches out),
+    copied by the stage's ``COPY`` lines into its ``WORKDIR``."""
+    root = DEPLOY.parent
+    rules = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    rules = [r.strip() for r in rules if r.strip() and not r.lstrip().startswith("#")]
+    assert rules[0] == "*", "the context starts empty and lets entries in by name"
+    let_in = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    instructions = dockerfile_instructions()
+    builder, _ = stages(instructions)
+    assert ("WORKDIR", "/src") in builder
+    copies = [args.split() for word, args in builder if word == "COPY"]
+    assert copies and not any(a[0].startswith("--") for a in copies)
+    for *sources, dest in copies:
+        for source in sources:
+            assert source in let_in, f"COPY {source}: left out of the context by the dockerignore"
+            target = into / dest / Path(source).name if dest.endswith("/") else into / dest
+            if (root / source).is_dir():
+                shutil.copytree(
+                    root / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]")
+                )
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / source, target)
+
+
+def test_the_builder_stage_builds_the_package_from_what_it_copies(tmp_path: Path) -> None:
+    # The image's `pip install .`, short of Docker: a wheel built from exactly the files
+    # the builder stage has. A file the project's metadata names but the stage does not
+    # copy (the license, the README) fails the build here as it would in `docker build`.
+    # Built without isolation, with the test extra's setuptools, so nothing is downloaded.
+    context = tmp_path / "src"
+    build_context(context)
+    wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    built = subprocess.run(
+        [*pip_wheel, "--no-index", "--quiet", "--wheel-dir", str(wheels), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.glob("autoexp-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = zf.read(metadata).decode()
+    dist_info = metadata.rsplit("/", 1)[0]
+    assert f"{dist_info}/licenses/LICENSE" in names
+    assert "License-Expression: Apache-2.0" in meta.splitlines()
+    # the three packages, their data and the README as the long description
+    for module in ("autoexp/cli.py", "autoexp/proxy/ui.py", "autoexp/py.typed"):
+        assert module in names
+    assert any(n.startswith("policies/") for n in names)
+    assert any(n.startswith("simulators/") for n in names)
+    assert "# autoexp" in meta
+    assert not any("__pycache__" in n for n in names)
 
 
 def upstream_port() -> int:
