@@ -77,6 +77,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         expire_every_s=args.expire_every_s,
         shutdown_timeout_s=args.shutdown_timeout_s,
         access_log=args.access_log,
+        workers_dir=args.workers_dir,
     )
     if args.workers > 1:
         return supervise(options)
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen-fds", type=_fds, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workers-dir", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_proxy)
     p = sub.add_parser(
         "learn",

@@ -57,7 +57,8 @@ from ..errors import RequestError, RewardError, StoreError, UnknownExperimentErr
 from ..throttle import Throttle
 from .admin import add_admin_routes
 from .errors import encoded, json_error
-from .metrics import metrics_handler
+from .group import EVERY_S, Group
+from .metrics import metrics_handler, replica_figures
 from .offload import Offload
 from .routes import ProxySettings, Route
 from .ui import add_ui_routes
@@ -286,6 +287,33 @@ def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[Non
     return chores
 
 
+def _publishing(group: Group) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A supervised worker's figures written for the others every ``EVERY_S``, and a
+    last time, marked stopped, as it stops."""
+
+    async def publishing(app: web.Application) -> AsyncIterator[None]:
+        said = Throttle()
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await asyncio.to_thread(group.publish)
+                except Exception as e:  # its directory gone, say: tried again each second
+                    if said.due():
+                        log.warning("autoexp: this worker's figures not shared: %r", e)
+                await asyncio.sleep(EVERY_S)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(group.publish, stopped=True)
+
+    return publishing
+
+
 class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger, as the proxy's runner is given it: a malformed request
     (aiohttp's own 400: a line over 8 KiB, conflicting lengths, not HTTP) is counted in
@@ -334,6 +362,7 @@ def make_app(
     close_engine: bool = True,
     admin_token: str | None = None,
     config_sha256: str | None = None,
+    workers_dir: str | None = None,
 ) -> web.Application:
     """The sidecar's application around a started engine.
 
@@ -350,6 +379,8 @@ def make_app(
     config_sha256 : the SHA-256 of the config file served, in ``healthz`` and the
         metrics (``autoexp_config_info``): which config each worker and replica serves,
         after a reload say
+    workers_dir : a supervised worker's: where the workers of its group share what each
+        counts on its own, so that the metrics sum them (:mod:`autoexp.proxy.group`)
     """
     # bodies as they came: aiohttp would decompress a gzip body and the proxy send it on
     # labelled gzip still, cut to the compressed length (and the API refuses them: 415)
@@ -368,6 +399,11 @@ def make_app(
             await asyncio.to_thread(engine.store.close)
 
     app.cleanup_ctx.append(lifetime)  # unwinds last: after the chores stopped
+    forwarder: Forwarder | None = None
+    group = None
+    if workers_dir is not None:
+        group = Group(workers_dir, lambda: replica_figures(engine, forwarder))
+        app.cleanup_ctx.append(_publishing(group))  # its last figures once requests ended
     app.cleanup_ctx.append(_background(expire_every_s))
     offload = app[OFFLOAD] = Offload()
     app.cleanup_ctx.append(offload.lifetime)  # stopped after the forwarder's requests
@@ -378,14 +414,14 @@ def make_app(
     app.router.add_get("/_autoexp/readyz", readyz)
     if routes and proxy is None:
         raise ValueError("make_app: routes need proxy settings (the default upstream)")
-    forwarder = None
     if proxy is not None:
         forwarder = Forwarder(
             engine=engine, settings=proxy, routes=tuple(routes), offload=offload, drain=drain
         )
         app[FORWARDER] = forwarder
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
-    app.router.add_get("/_autoexp/metrics", metrics_handler(engine, forwarder, config_sha256))
+    metrics = metrics_handler(engine, forwarder, config_sha256, group)
+    app.router.add_get("/_autoexp/metrics", metrics)
     add_admin_routes(app, engine, admin_token)
     add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/

@@ -18,7 +18,10 @@ start (``autoexp_waiting``); the store's health (``autoexp_store_up``); and the 
 ``rewards_refused``, ``reward_store_errors``, ``upstream_error``, ``upstream_timeout``,
 ``client_gone``, ``websockets`` opened, ``websockets_broken`` by their upstream,
 ``websockets_idle`` closed for quiet...) and
-the WebSockets open now (``autoexp_proxy_websockets_open``). The snapshot is refreshed on
+the WebSockets open now (``autoexp_proxy_websockets_open``). With ``--workers N``, the
+figures each process counts on its own (``OWN``: the events, WebSockets, late and default
+rewards, unwritten decisions, the lease) are every worker's summed, whichever worker the
+scrape reaches (:mod:`autoexp.proxy.group`). The snapshot is refreshed on
 the engine's cadence, every ``refresh_every`` events of this replica and at least every
 ``refresh_s`` seconds, so the figures, summed over every replica, move in steps and lag
 the store by at most that.
@@ -37,18 +40,68 @@ from prometheus_client.registry import Collector
 
 from ..engine import Engine
 from ..errors import StoreError
+from .group import Figures, Group
 from .upstream import Forwarder
 
 __all__ = ["metrics_handler"]
 
 
+# The figures each process counts on its own (its events, the rewards it refused or
+# defaulted, its unwritten decisions, its lease, its WebSockets): with --workers N,
+# summed over the workers (autoexp.proxy.group). metric: (its label, its help)
+OWN: dict[str, dict[str, tuple[str, str]]] = {
+    "counters": {
+        "autoexp_late_rewards": ("experiment", "Rewards refused after the join window"),
+        "autoexp_defaults_applied": (
+            "experiment",
+            "Default rewards applied to decisions whose join window closed",
+        ),
+        "autoexp_proxy_events": ("event", "What the proxy did, by event"),
+    },
+    "gauges": {
+        "autoexp_unlogged_decisions": ("experiment", "Decisions not yet written"),
+        "autoexp_expire_holder": (
+            "experiment",
+            "1 while this replica holds the experiment's expire lease (applies the defaults)",
+        ),
+        "autoexp_proxy_websockets_open": ("", "WebSocket tunnels open through the proxy"),
+    },
+}
+
+
+def replica_figures(engine: Engine, forwarder: Forwarder | None) -> Figures:
+    """This process's own figures (``OWN``), as they are now."""
+    late: dict[str, float] = {}
+    defaults: dict[str, float] = {}
+    unlogged: dict[str, float] = {}
+    holder: dict[str, float] = {}
+    for name in engine.experiments:
+        st = engine.status(name)
+        late[name] = float(st["late_rewards"])
+        defaults[name] = float(st["defaults_applied"])
+        unlogged[name] = float(st["unlogged"])
+        if st["expire_held"] is not None:  # before its first pass: absent
+            holder[name] = 1.0 if st["expire_held"] else 0.0
+    counters = {"autoexp_late_rewards": late, "autoexp_defaults_applied": defaults}
+    gauges = {"autoexp_unlogged_decisions": unlogged, "autoexp_expire_holder": holder}
+    if forwarder is not None:
+        counters["autoexp_proxy_events"] = {k: float(v) for k, v in forwarder.counts.items()}
+        gauges["autoexp_proxy_websockets_open"] = {"": float(forwarder.websockets_open)}
+    return {"counters": counters, "gauges": gauges}
+
+
 class _EngineCollector(Collector):
     def __init__(
-        self, engine: Engine, forwarder: Forwarder | None, config_sha256: str | None = None
+        self,
+        engine: Engine,
+        forwarder: Forwarder | None,
+        config_sha256: str | None = None,
+        group: Group | None = None,
     ) -> None:
         self.engine = engine
         self.forwarder = forwarder
         self.config_sha256 = config_sha256
+        self.group = group
 
     def collect(self) -> Iterator[Metric]:
         labels = ["experiment", "alternative"]
@@ -68,22 +121,6 @@ class _EngineCollector(Collector):
         )
         version = GaugeMetricFamily(
             "autoexp_allocation_version", "Allocation version", labels=["experiment"]
-        )
-        late = CounterMetricFamily(
-            "autoexp_late_rewards", "Rewards refused after the join window", labels=["experiment"]
-        )
-        unlogged = GaugeMetricFamily(
-            "autoexp_unlogged_decisions", "Decisions not yet written", labels=["experiment"]
-        )
-        defaults = CounterMetricFamily(
-            "autoexp_defaults_applied",
-            "Default rewards this replica applied to decisions whose join window closed",
-            labels=["experiment"],
-        )
-        holder = GaugeMetricFamily(
-            "autoexp_expire_holder",
-            "1 while this replica holds the experiment's expire lease (applies the defaults)",
-            labels=["experiment"],
         )
         store_up = GaugeMetricFamily("autoexp_store_up", "1 while the store answers")
         waits = GaugeMetricFamily(
@@ -178,27 +215,25 @@ class _EngineCollector(Collector):
                 labels = [name, d["alternative"], d["detector"], f"{d['threshold']:g}"]
                 drift.add_metric(labels, d["statistic"])
             version.add_metric([name], st["version"])
-            late.add_metric([name], st["late_rewards"])
-            unlogged.add_metric([name], st["unlogged"])
-            defaults.add_metric([name], st["defaults_applied"])
-            if st["expire_held"] is not None:
-                holder.add_metric([name], 1.0 if st["expire_held"] else 0.0)
         store_up.add_metric([], 1.0 if ok else 0.0)
-        yield from (allocation, state, rewarded, reward_sum, version, late, unlogged, store_up)
-        yield from (defaults, holder, waits)
+        yield from (allocation, state, rewarded, reward_sum, version, store_up, waits)
         yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
-        if self.forwarder is not None:
-            events = CounterMetricFamily(
-                "autoexp_proxy_events", "What the proxy did, by event", labels=["event"]
-            )
-            for event, count in sorted(self.forwarder.counts.items()):
-                events.add_metric([event], count)
-            yield events
-            sockets = GaugeMetricFamily(
-                "autoexp_proxy_websockets_open", "WebSocket tunnels open through this worker"
-            )
-            sockets.add_metric([], float(self.forwarder.websockets_open))
-            yield sockets
+        # this process's own counts, or every worker's summed (autoexp.proxy.group)
+        figures = (
+            self.group.total()
+            if self.group is not None
+            else replica_figures(self.engine, self.forwarder)
+        )
+        for kind, family_type in (("counters", CounterMetricFamily), ("gauges", GaugeMetricFamily)):
+            for metric, (label, text) in OWN[kind].items():
+                values = figures[kind].get(metric)
+                if values is None:
+                    continue
+                own: CounterMetricFamily | GaugeMetricFamily
+                own = family_type(metric, text, labels=[label] if label else [])
+                for value_label, value in sorted(values.items()):
+                    own.add_metric([value_label] if label else [], value)
+                yield own
         if self.config_sha256 is not None:
             info = GaugeMetricFamily(
                 "autoexp_config_info",
@@ -210,11 +245,15 @@ class _EngineCollector(Collector):
 
 
 def metrics_handler(
-    engine: Engine, forwarder: Forwarder | None, config_sha256: str | None = None
+    engine: Engine,
+    forwarder: Forwarder | None,
+    config_sha256: str | None = None,
+    group: Group | None = None,
 ) -> Any:
-    """The ``GET /_autoexp/metrics`` handler (the Prometheus text format)."""
+    """The ``GET /_autoexp/metrics`` handler (the Prometheus text format); with a
+    ``group``, each worker's own figures summed."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_EngineCollector(engine, forwarder, config_sha256))
+    registry.register(_EngineCollector(engine, forwarder, config_sha256, group))
 
     async def handler(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, registry)  # it reads the store

@@ -21,13 +21,16 @@ write their pending logs (and on Linux they are sent SIGTERM if it is killed:
 10 s), and stops everything if a worker refuses its config (exit code 2). A store that does
 not answer at the start is said, not refused: each worker forwards to control until it
 answers (:func:`serve`). SIGHUP reloads the config: new workers on it, then the old ones
-drain and stop (:func:`_reload`).
+drain and stop (:func:`_reload`). The workers share what each counts on its own through a
+directory the supervisor makes, so that the metrics any of them answers are all of theirs
+(:mod:`autoexp.proxy.group`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, StoreError
+from . import group
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -71,6 +75,7 @@ class ServeOptions:
     expire_every_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     access_log: bool = False
+    workers_dir: str | None = None  # where a group's workers share their own figures
 
     def worker_argv(self, listen_fds: Sequence[int]) -> list[str]:
         """The command line of one worker of a supervised group, serving the listening
@@ -93,6 +98,7 @@ class ServeOptions:
             "--listen-fds",
             ",".join(str(fd) for fd in listen_fds),
             *(["--access-log"] if self.access_log else []),
+            *(["--workers-dir", self.workers_dir] if self.workers_dir else []),
         ]
 
 
@@ -171,6 +177,7 @@ def serve(
         expire_every_s=options.expire_every_s,
         admin_token=token,
         config_sha256=digest,
+        workers_dir=options.workers_dir,
     )
     # Everything loaded so far (numpy, scipy, numba's compiled code, the app) lives as
     # long as the process: out of the collector's generations, so a collection walks only
@@ -303,6 +310,15 @@ def supervise(options: ServeOptions) -> int:
     answers, said = store_answers(store_url(store))
     if not answers:
         print(f"autoexp proxy: store: {said}; starting anyway", file=sys.stderr, flush=True)
+    # what each worker counts on its own, shared so that the metrics sum the workers'
+    shared = group.make_directory()
+    try:
+        return _supervise(dataclasses.replace(options, workers_dir=shared))
+    finally:
+        group.remove_directory(shared)
+
+
+def _supervise(options: ServeOptions) -> int:
     stopping: list[int] = []
     hangups: list[int] = []
 
@@ -370,7 +386,9 @@ def supervise(options: ServeOptions) -> int:
             for old, until in retiring:
                 if old.poll() is None and now > until:
                     old.kill()  # did not drain in time
-            retiring = [(old, until) for old, until in retiring if old.poll() is None]
+            exited = [old for old, _ in retiring if old.poll() is not None]
+            _fold(options, exited)
+            retiring = [(old, until) for old, until in retiring if old not in exited]
             for i, proc in enumerate(procs):
                 if proc is None and now >= due[i]:
                     try:
@@ -403,6 +421,7 @@ def supervise(options: ServeOptions) -> int:
                     listening[i] = None
                     if now - started[i] > 60.0:  # it had been serving: no crash loop
                         pauses[i] = RESTART_PAUSE_S[0]
+                    _fold(options, [proc])
                     procs[i], due[i] = None, now + pauses[i]
                     pauses[i] = min(2 * pauses[i], RESTART_PAUSE_S[1])
             time.sleep(0.05)
@@ -538,6 +557,7 @@ def _reload(
     except (_NotReady, OSError, ConfigError) as e:
         _stop_all(fresh, signal.SIGTERM, options.shutdown_timeout_s + 15.0)
         _stop_all(fresh, signal.SIGKILL, 5.0)
+        _fold(options, fresh)
         if stopping:
             print("autoexp proxy: reload given up: stopping", flush=True)
         else:
@@ -548,6 +568,16 @@ def _reload(
             os.close(r)
     print(f"autoexp proxy: reloaded {options.config}: workers {pids} serve it", flush=True)
     return fresh
+
+
+def _fold(options: ServeOptions, exited: Sequence[subprocess.Popen[bytes]]) -> None:
+    """The counts of these workers, which exited, kept with the retired ones
+    (:func:`autoexp.proxy.group.fold`), so the directory does not grow with reloads."""
+    if options.workers_dir is not None and exited:
+        try:
+            group.fold(options.workers_dir, [p.pid for p in exited])
+        except OSError as e:  # the metrics keep their files: summed all the same
+            print(f"autoexp proxy: workers' figures not folded: {e}", file=sys.stderr)
 
 
 def _exit_code(code: int | None) -> str:

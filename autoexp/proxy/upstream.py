@@ -362,8 +362,13 @@ class Forwarder:
 
     @property
     def counts(self) -> Counter[str]:
-        """Every event counted so far, on the event loop and by the applier thread."""
-        return self.events + self.applier_events
+        """Every event counted so far, on the event loop and by the applier thread. Safe
+        from another thread (the metrics'): each counter is copied whole first (one C call
+        under the GIL), where adding them walks one in Python, and an event counted for
+        the first time meanwhile would change its size under the walk."""
+        total = Counter(dict(self.events))
+        total.update(dict(self.applier_events))
+        return +total  # as adding them: events counted at least once
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: the pooled keep-alive connections live as long as the app, and so

@@ -36,6 +36,23 @@ test = {{ name = "off-policy-cs", n_expected = 1000 }}
 """
 
 
+def in_front_of(upstream: str) -> str:
+    """``CONFIG`` with ``[proxy]`` forwarding to ``upstream`` (``ranker`` still last)."""
+    proxy = f'\n[proxy]\nupstream = "{upstream}"\n'
+    return CONFIG.replace("\n[experiments.ranker]", f"{proxy}\n[experiments.ranker]")
+
+
+def search_upstream() -> Served:
+    """An application on 127.0.0.1 answering ``GET /search`` with ``ok``."""
+
+    async def search(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/search", search)
+    return Served(app)
+
+
 def start(
     tmp_path: Path, port: int, *options: str, config_text: str = CONFIG
 ) -> subprocess.Popen[str]:
@@ -125,16 +142,9 @@ def test_after_sigterm_requests_on_open_connections_are_served_and_told_to_close
     # worker, the new ones after a reload) rather than on a connection closing under
     # them. aiohttp's run_app closed A, B and C unanswered one loop pass after the signal.
 
-    async def search(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    upstream_app = web.Application()
-    upstream_app.router.add_get("/search", search)
-    upstream = Served(upstream_app)
+    upstream = search_upstream()
     port = free_port()
-    text = CONFIG.replace(
-        "\n[experiments.ranker]", f'\n[proxy]\nupstream = "{upstream.url}"\n\n[experiments.ranker]'
-    )
+    text = in_front_of(upstream.url)
     proc = start(tmp_path, port, config_text=text + 'route = {{ path_prefix = "/search" }}\n')
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(3)]
     body = b'{"experiment": "ranker"}'
@@ -184,9 +194,7 @@ def test_sigterm_closes_open_websockets_and_the_proxy_stops_at_once(tmp_path: Pa
 
     upstream = Upstream("app")
     port = free_port()
-    text = CONFIG.replace(
-        "\n[experiments.ranker]", f'\n[proxy]\nupstream = "{upstream.url}"\n\n[experiments.ranker]'
-    )
+    text = in_front_of(upstream.url)
     proc = start(
         tmp_path,
         port,
@@ -602,7 +610,8 @@ def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path)
 
 def test_each_worker_gets_the_supervisors_options() -> None:
     # A supervised worker's command line parses back into the options it was given, the
-    # access log included, plus the hidden --listen-fds: the sockets its supervisor bound.
+    # access log included, plus the hidden --listen-fds (the sockets its supervisor bound)
+    # and --workers-dir (where the workers share what each counts, for the metrics).
     from autoexp.cli import build_parser
     from autoexp.proxy.serve import ServeOptions
 
@@ -615,6 +624,7 @@ def test_each_worker_gets_the_supervisors_options() -> None:
             expire_every_s=2.5,
             shutdown_timeout_s=4.0,
             access_log=access_log,
+            workers_dir="/tmp/autoexp-workers-x",
         )
         argv = options.worker_argv([5, 7])
         assert argv[:4] == [sys.executable, "-m", "autoexp.cli", "proxy"]
@@ -622,7 +632,7 @@ def test_each_worker_gets_the_supervisors_options() -> None:
         assert (args.config, args.host, args.port) == ("x.toml", "127.0.0.1", 8701)
         assert (args.expire_every_s, args.shutdown_timeout_s) == (2.5, 4.0)
         assert args.access_log is access_log and args.workers == 1
-        assert args.listen_fds == [5, 7]
+        assert args.listen_fds == [5, 7] and args.workers_dir == "/tmp/autoexp-workers-x"
 
 
 def test_a_proxy_stopped_gracefully_gives_up_its_expire_lease(tmp_path: Path) -> None:
@@ -806,3 +816,79 @@ def test_sighup_reloads_the_config_with_new_workers_while_the_port_is_served(
     assert proc.returncode == 0, out
     assert "not valid TOML" in out
     assert "exited with 3 (its store not opened); the workers keep their config" in out
+
+
+def scraped(port: int, name: str) -> float | None:
+    """One sample of ``GET /_autoexp/metrics`` on a fresh connection (so on either
+    worker); ``None`` if absent."""
+    text = httpx.get(f"http://127.0.0.1:{port}/_autoexp/metrics", timeout=30).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found.group(1))
+
+
+def test_the_metrics_of_several_workers_sum_what_each_counts(tmp_path: Path) -> None:
+    # Prometheus scrapes the port, and the kernel hands each scrape to one worker. Each
+    # worker counts its own events (a reward queued per decided request), WebSockets and
+    # expire lease; scraped, each must answer for all, or the counter falls whenever a
+    # scrape reaches the worker that counted fewer, which Prometheus takes for a reset
+    # (before: 143 and 157 of 300 rewards, in turn). 60 requests on fresh connections all
+    # reaching one worker has probability 2 * 2^-60; 20 scrapes all reaching one, 2^-19.
+    # The counts outlive a reload and a worker killed outright (written each second); a
+    # killed worker's lease is not counted, so exactly one worker or none holds it.
+    upstream = search_upstream()
+    port = free_port()
+    text = in_front_of(upstream.url)
+    text += 'route = {{ path_prefix = "/search", reward_from = "status" }}\n'
+    text += "reward = {{ low = 0.0, high = 1.0, join_window_s = 3600, default = 0.0 }}\n"
+    proc = start(tmp_path, port, "--workers", "2", "--expire-every-s", "1", config_text=text)
+    said = Said(proc)
+    rewards = 'autoexp_proxy_events_total{event="rewards"}'
+    holder = 'autoexp_expire_holder{experiment="ranker"}'
+
+    def requests(n: int) -> None:
+        for _ in range(n):
+            got = httpx.get(f"http://127.0.0.1:{port}/search", timeout=30)
+            assert got.status_code == 200 and got.headers["X-Autoexp-Decision"]
+
+    def settle(count: int) -> None:
+        """Until a scrape says ``count`` rewards (queued within the request, counted once
+        the reward applier took them) and a holder; then 20 scrapes all say exactly so."""
+        deadline = time.monotonic() + 60
+        while (scraped(port, rewards), scraped(port, holder)) != (count, 1.0):
+            assert time.monotonic() < deadline, (scraped(port, rewards), said.lines)
+            time.sleep(0.2)
+        samples = [(scraped(port, rewards), scraped(port, holder)) for _ in range(20)]
+        assert samples == [(count, 1.0)] * 20
+
+    try:
+        workers = both_workers(port)
+        requests(60)
+        settle(60)
+        config = tmp_path / "autoexp.toml"
+        config.write_text(config.read_text() + "# reloaded\n")
+        proc.send_signal(signal.SIGHUP)
+        said.wait_for("reloaded ")
+        workers = successors(port, workers)  # the old ones stopped: their counts kept
+        requests(10)
+        settle(70)
+        time.sleep(1.5)  # each worker's figures written since (every second)
+        os.kill(min(workers), signal.SIGKILL)
+        said.wait_for("exited with -9; restarting")
+        samples = [(scraped(port, rewards), scraped(port, holder)) for _ in range(20)]
+        assert all(n == 70 and held in (0.0, 1.0) for n, held in samples), samples
+        deadline = time.monotonic() + 60
+        while len(workers := pids(port, 20)) < 2:  # replaced
+            assert time.monotonic() < deadline, said.lines
+            time.sleep(0.2)
+        settle(70)
+        # the directory the workers share (a worker's hidden --workers-dir): the running
+        # workers' files and one for the three that exited, folded by the supervisor
+        argv = Path(f"/proc/{min(workers)}/cmdline").read_bytes().split(b"\0")
+        shared = Path(argv[argv.index(b"--workers-dir") + 1].decode())
+        files = {f"{pid}.json" for pid in workers} | {"retired.json"}
+        assert {p.name for p in shared.glob("*.json")} == files
+    finally:
+        out = said.stop()
+        upstream.close()
+    assert proc.returncode == 0, out
+    assert not shared.exists()  # removed as the supervisor stopped
