@@ -311,7 +311,16 @@ def supervise(options: ServeOptions) -> int:
     if not answers:
         print(f"autoexp proxy: store: {said}; starting anyway", file=sys.stderr, flush=True)
     # what each worker counts on its own, shared so that the metrics sum the workers'
-    shared = group.make_directory()
+    try:
+        shared = group.make_directory()
+    except OSError as e:  # no writable temporary directory: each worker says its own
+        print(
+            f"autoexp proxy: no directory for the workers' figures ({e}); each worker's "
+            "metrics say its own counts (set TMPDIR to a writable directory)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return _supervise(options)
     try:
         return _supervise(dataclasses.replace(options, workers_dir=shared))
     finally:

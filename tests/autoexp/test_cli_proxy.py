@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,11 @@ def search_upstream() -> Served:
 
 
 def start(
-    tmp_path: Path, port: int, *options: str, config_text: str = CONFIG
+    tmp_path: Path,
+    port: int,
+    *options: str,
+    config_text: str = CONFIG,
+    command: Sequence[str] = PROXY,
 ) -> subprocess.Popen[str]:
     config = tmp_path / "autoexp.toml"
     config.write_text(config_text.format(db=tmp_path / "state.db"))
@@ -62,7 +67,7 @@ def start(
     env.pop("AUTOEXP_STORE", None)
     env.pop("AUTOEXP_SECRET", None)
     proc = subprocess.Popen(
-        [*PROXY, "--config", str(config), "--port", str(port), *options],
+        [*command, "--config", str(config), "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -892,3 +897,28 @@ def test_the_metrics_of_several_workers_sum_what_each_counts(tmp_path: Path) -> 
         upstream.close()
     assert proc.returncode == 0, out
     assert not shared.exists()  # removed as the supervisor stopped
+
+
+def test_workers_with_nowhere_to_share_their_figures_serve_and_say_so(tmp_path: Path) -> None:
+    # A supervisor that cannot make its directory (no writable temporary directory; here
+    # tempfile.mkdtemp made to fail in it, not in the workers) runs its workers all the
+    # same, each one's metrics its own counts, and says why.
+    refuse = (
+        "import sys, tempfile\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise PermissionError(13, 'Permission denied', '/tmp')\n"
+        "tempfile.mkdtemp = refuse\n"
+        "from autoexp.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    port = free_port()
+    proc = start(tmp_path, port, "--workers", "2", command=[sys.executable, "-c", refuse, "proxy"])
+    said = Said(proc)
+    try:
+        both_workers(port)
+        got = httpx.get(f"http://127.0.0.1:{port}/_autoexp/metrics", timeout=30)
+        assert got.status_code == 200 and "autoexp_allocation{" in got.text
+    finally:
+        out = said.stop()
+    assert proc.returncode == 0, out
+    assert "no directory for the workers' figures ([Errno 13] Permission denied" in out
