@@ -219,11 +219,14 @@ class _EngineCollector(Collector):
         yield from (allocation, state, rewarded, reward_sum, version, store_up, waits)
         yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
         # this process's own counts, or every worker's summed (autoexp.proxy.group)
-        figures = (
-            self.group.total()
-            if self.group is not None
-            else replica_figures(self.engine, self.forwarder)
-        )
+        figures = None
+        if self.group is not None:
+            try:
+                figures = self.group.total()
+            except OSError:  # the shared directory gone (removed by hand): its own
+                pass
+        if figures is None:
+            figures = replica_figures(self.engine, self.forwarder)
         for kind, family_type in (("counters", CounterMetricFamily), ("gauges", GaugeMetricFamily)):
             for metric, (label, text) in OWN[kind].items():
                 values = figures[kind].get(metric)

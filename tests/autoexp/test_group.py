@@ -181,3 +181,34 @@ def test_the_proxys_events_can_be_read_while_the_event_loop_counts_new_ones() ->
         reader.join(timeout=60)
     assert errors == [] and len(reads) > 0
     assert all(2005 <= n <= 22_005 for n in reads) and reads == sorted(reads)
+
+
+def test_the_metrics_answer_with_the_workers_own_figures_if_the_directory_is_gone(
+    tmp_path: Path,
+) -> None:
+    # The supervisor removes the directory only after its workers stopped; removed by
+    # hand (or a cleaner of /tmp) under a running worker, the scrape still answers, with
+    # this worker's own figures, rather than a 500.
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from autoexp.engine import Engine, ExperimentSpec
+    from autoexp.proxy.metrics import _EngineCollector, replica_figures
+    from autoexp.store.memory import MemoryStore
+    from policies import ThompsonBeta
+
+    spec = ExperimentSpec(name="ranker", alternatives=("v1", "v2"), policy=ThompsonBeta())
+    engine = Engine(MemoryStore(), [spec], secret="a" * 32, seed=1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    worker_file(shared, os.getppid(), figures(7), stopped=False)
+    group = Group(shared, lambda: replica_figures(engine, None))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_EngineCollector(engine, None, None, group))
+    assert "autoexp_proxy_events_total" in generate_latest(registry).decode()  # the other's
+    for path in shared.iterdir():
+        path.unlink()
+    shared.rmdir()
+    text = generate_latest(registry).decode()
+    assert 'autoexp_late_rewards_total{experiment="ranker"} 0.0' in text
+    assert "autoexp_proxy_events_total" not in text  # this worker counts none
+    engine.close()
