@@ -41,7 +41,7 @@ def _cmd_log_export(args: argparse.Namespace) -> int:
     from .log import export
     from .store import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)  # a mistyped path: said, not created
     try:
         n = export(store, args.experiment, args.out, args.format)
     finally:
@@ -130,7 +130,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         )
     except ValueError as e:  # a flag out of range, named as the gate's parameter
         raise ConfigError(str(e)) from None
-    store = open_store(config.store)
+    store = open_store(config.store, create=False)  # its log to learn from: there already
     try:
         try:
             learner = Learner(

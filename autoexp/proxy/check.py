@@ -27,7 +27,6 @@ import dataclasses
 import os
 import socket
 from collections.abc import Sequence
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from policies import ConservativeBudget, TrafficCap
@@ -35,7 +34,7 @@ from policies import ConservativeBudget, TrafficCap
 from ..config import Config, load_config
 from ..errors import ConfigError, StoreError
 from ..experiment import ExperimentSpec, renamed, state_shapes
-from ..store import open_store, redacted, store_url
+from ..store import missing_file, open_store, redacted, store_url
 from ..store.base import check_declared
 from ..tokens import keys_from
 from .admin import TOKEN_VARIABLE, admin_token
@@ -90,19 +89,10 @@ def overlaps(routes: Sequence[Route]) -> list[str]:
     return out
 
 
-def _not_there_yet(url: str) -> Path | None:
-    """The file of a SQLite store that does not exist yet (opening it would create it)."""
-    if urlsplit(url).scheme == "sqlite" and url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :].split("?", 1)[0])
-        if not path.exists():
-            return path
-    return None
-
-
 def store_answers(url: str) -> tuple[bool, str]:
     """Whether the store answers, and what it said (a SQLite file not there yet is not
     created, only its directory checked)."""
-    path = _not_there_yet(url)
+    path = missing_file(url)
     if path is not None:
         folder = path.parent
         if not folder.is_dir():
@@ -210,7 +200,7 @@ def check(path: str) -> tuple[bool, list[str]]:
         warnings.append("secret: read from the config file; AUTOEXP_SECRET keeps it out of it")
     url = store_url(config.store)
     ok, said = store_answers(url)
-    if ok and _not_there_yet(url) is None:  # a store that holds something
+    if ok and missing_file(url) is None:  # a store that holds something
         warnings += check_stored(url, config.experiments)
     lines.append(f"  store     {said}")
     admin = "on" if token else f"off (no {TOKEN_VARIABLE})"

@@ -8,12 +8,13 @@ or ``redis://host:port/db``. Without a URL, ``AUTOEXP_STORE`` or the default
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .base import Store, redacted
 
-__all__ = ["DEFAULT_URL", "Store", "open_store", "redacted", "store_url"]
+__all__ = ["DEFAULT_URL", "Store", "missing_file", "open_store", "redacted", "store_url"]
 
 DEFAULT_URL = "sqlite:///autoexp.db"
 SCHEMES = ("memory", "sqlite", "redis")
@@ -24,9 +25,26 @@ def store_url(url: str | None = None) -> str:
     return url or os.environ.get("AUTOEXP_STORE") or DEFAULT_URL
 
 
-def open_store(url: str | None = None) -> Store:
-    """The store at ``url`` (or ``$AUTOEXP_STORE``, or :data:`DEFAULT_URL`)."""
+def missing_file(url: str) -> Path | None:
+    """The file of a SQLite store that does not exist (opening it would create it);
+    ``None`` for one that does, or another kind of store."""
+    if urlsplit(url).scheme == "sqlite" and url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+        if not path.exists():
+            return path
+    return None
+
+
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
+    """The store at ``url`` (or ``$AUTOEXP_STORE``, or :data:`DEFAULT_URL`).
+    ``create=False``: a SQLite file that does not exist is a :class:`ConfigError` rather
+    than created empty (for commands that only read what a store holds)."""
     url = store_url(url)
+    if not create and (path := missing_file(url)) is not None:
+        raise ConfigError(
+            f"store: {redacted(url)}: no such file {path} (give the store that holds the "
+            "experiments: --store or AUTOEXP_STORE)"
+        )
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryStore

@@ -281,9 +281,12 @@ def test_the_command_line_learns_once_and_explains_errors(
     monkeypatch.delenv("AUTOEXP_STORE", raising=False)
     config = write_config(tmp_path, "vw-cb")
     argv = ["learn", "--config", str(config), "--experiment", "ranker", "--once"]
+    assert main(argv) == 2  # no store yet: said, and not created empty
+    assert f"no such file {tmp_path / 'cli.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "cli.db").exists()
+    store = open_store(f"sqlite:///{tmp_path / 'cli.db'}")
     assert main(argv) == 2  # nothing logged yet
     assert "'ranker' is not in the store" in capsys.readouterr().err
-    store = open_store(f"sqlite:///{tmp_path / 'cli.db'}")
     make_log(store, "ranker", 600, seed=7)
     assert main([*argv, "--publish-every", "200", "--max-weight", "3"]) == 0
     out = capsys.readouterr().out

@@ -84,3 +84,9 @@ def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "'nope' has nothing in" in capsys.readouterr().err
     assert main(["log", "export", "exp", "--store", "postgres://x", "--out", str(out)]) == 2
     assert "unknown URL scheme" in capsys.readouterr().err
+    # a mistyped path (or the default, autoexp.db, where there is none) is said, and no
+    # empty database is left behind in its place
+    typo = tmp_path / "y.db"
+    assert main(["log", "export", "exp", "--store", f"sqlite:///{typo}", "--out", str(out)]) == 2
+    assert f"store: sqlite:///{typo}: no such file {typo}" in capsys.readouterr().err
+    assert not typo.exists()
