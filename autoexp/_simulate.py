@@ -278,6 +278,8 @@ def _cmd_ope(args: argparse.Namespace) -> int:
     from simulators.plots import plot_ope
 
     replicates = args.replicates or 1
+    if not Path(args.log).exists():  # as simulate's and sweep's: the path, then why
+        raise ConfigError(f"{args.log}: no such file")
     try:
         log = read_any(args.log)
         with _bar(replicates, Path(args.log).name, "split", args.quiet) as bar:

@@ -163,6 +163,9 @@ def test_ope_refuses_bad_logs_and_settings(
     bad.write_text("x")
     assert main(["ope", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "log.txt" in capsys.readouterr().err
+    missing = tmp_path / "nosuch.jsonl"
+    assert main(["ope", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert f"autoexp ope: error: {missing}: no such file\n" in capsys.readouterr().err
     assert main(["ope", str(OBD), "--candidate", "best", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "candidate: unknown (got 'best'); accepted: best-arm, uniform, logging" in err
