@@ -35,6 +35,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 CONFIG_PATH = "/etc/autoexp/autoexp.toml"
 IMAGE_ARGS = ["--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", "8700"]
 ADMIN_TOKEN = "deploy-test-admin-token-0123456789"
+METRICS = "/_autoexp/metrics"
 
 
 def free_port() -> int:
@@ -240,6 +241,11 @@ def test_kubernetes_runs_the_sidecar_in_front_of_the_app() -> None:
     c = sidecar(deployment)
     assert c["args"] == IMAGE_ARGS
     assert [p["containerPort"] for p in c["ports"]] == [8700]
+    # Prometheus's pod discovery by annotation: the sidecar's port and its metrics (the
+    # path is scraped for real in the image's test below)
+    scrape = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert scrape["prometheus.io/scrape"] == "true"
+    assert scrape["prometheus.io/port"] == "8700" and scrape["prometheus.io/path"] == METRICS
     env = {e["name"]: e for e in c["env"]}
     assert env["AUTOEXP_STORE"]["value"] == "redis://redis:6379/0"
     for key in ("AUTOEXP_SECRET", "AUTOEXP_ADMIN_TOKEN"):  # both keys from the Secret
@@ -431,7 +437,9 @@ def test_the_image_command_forwards_to_the_application_and_stops_on_sigterm(
             listed = client.get(admin, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             assert listed.status_code == 200, listed.text
             assert [e["experiment"] for e in listed.json()["experiments"]] == ["ranker"]
-            assert "autoexp_config_info" in client.get("/_autoexp/metrics").text
+            pod = kubernetes_docs()["Deployment"]["spec"]["template"]["metadata"]
+            scraped = pod["annotations"]["prometheus.io/path"]  # where Prometheus looks
+            assert "autoexp_config_info" in client.get(scraped).text
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
