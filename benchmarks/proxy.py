@@ -55,6 +55,7 @@ request than one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -518,27 +519,48 @@ def has_workers_option() -> bool:
     return "--workers" in done.stdout
 
 
+@functools.cache
+def sums_workers() -> bool:
+    """Whether a scrape of the proxy answers for all its workers (``autoexp.proxy.group``,
+    since ``03f7ef6``) rather than for the one it reached."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import autoexp.proxy.group"],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    return done.returncode == 0
+
+
 def metrics(port: int, workers: int) -> tuple[dict[str, float], int]:
     """The forwarder's event counters (``autoexp_proxy_events_total``), summed over the
-    workers, and how many workers answered.
+    workers, and how many workers they are of.
 
-    Each worker counts its own; a scrape reaches one (SO_REUSEPORT picks by connection),
-    so with several workers it scrapes on fresh connections, after the load, until it saw
-    as many different sets of counters as workers (or gave up after 12 tries).
+    A scrape reaches one worker (SO_REUSEPORT picks by connection). Since the workers
+    share their counts, it answers for all of them: one scrape. Before, each answered
+    for its own, so with several workers it scrapes on fresh connections, after the load,
+    until it saw as many different sets of counters as workers (or gave up after 12).
     """
+    if workers > 1 and sums_workers():
+        return _events(port), workers
     seen: dict[tuple[tuple[str, float], ...], None] = {}
     for _ in range(1 if workers == 1 else 12):
-        url = f"http://127.0.0.1:{port}/_autoexp/metrics"
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            text = answer.read().decode()
-        found = re.findall(r'^autoexp_proxy_events_total\{event="(\w+)"\} (\S+)$', text, re.M)
-        seen[tuple(sorted((event, float(value)) for event, value in found))] = None
+        seen[tuple(sorted(_events(port).items()))] = None
         if len(seen) >= workers:
             break
     total: Counter[str] = Counter()
     for counters in seen:
         total.update(dict(counters))
     return dict(total), len(seen)
+
+
+def _events(port: int) -> dict[str, float]:
+    """``autoexp_proxy_events_total`` of one scrape, on a fresh connection."""
+    url = f"http://127.0.0.1:{port}/_autoexp/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.findall(r'^autoexp_proxy_events_total\{event="(\w+)"\} (\S+)$', text, re.M)
+    return {event: float(value) for event, value in found}
 
 
 def probe(port: int, *, decided: bool, n: int = PROBES) -> list[str]:

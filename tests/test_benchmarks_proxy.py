@@ -23,6 +23,7 @@ from benchmarks.proxy import (
     compare,
     cpu_s,
     machine_ticks,
+    metrics,
     nginx_conf,
     parse_wrk,
     proxy_server,
@@ -359,3 +360,40 @@ def test_x2_over_x1_splits_into_the_machines_headroom_and_cpu_per_request() -> N
     head, _, one, _ = table(rows, 64).splitlines()
     assert " busy " in head and "all us/req" in head
     assert " 60% " in one and " 300 " in one
+
+
+def test_metrics_take_one_scrape_for_workers_that_share_their_counts() -> None:
+    # Since the workers share their counts (autoexp.proxy.group), any scrape is all of
+    # them: one scrape, summed by the proxy, not 12 searched for each worker's set (which
+    # found one set, and left the x2 rows without rewards/req). A page that answers two
+    # different sets would be summed by the old search: here the first is taken alone.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    pages = iter(
+        [
+            'autoexp_proxy_events_total{event="rewards"} 300.0\n',
+            'autoexp_proxy_events_total{event="rewards"} 157.0\n',
+        ]
+    )
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = next(pages).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert metrics(server.server_address[1], 2) == ({"rewards": 300.0}, 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
