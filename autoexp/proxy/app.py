@@ -57,7 +57,7 @@ from ..errors import RequestError, RewardError, StoreError, UnknownExperimentErr
 from ..throttle import Throttle
 from .admin import add_admin_routes
 from .errors import encoded, json_error
-from .group import EVERY_S, Group
+from .group import EVERY_S, Group, remove_directory
 from .metrics import metrics_handler, replica_figures
 from .offload import Offload
 from .routes import ProxySettings, Route
@@ -289,7 +289,8 @@ def _background(every_s: float) -> Callable[[web.Application], AsyncIterator[Non
 
 def _publishing(group: Group) -> Callable[[web.Application], AsyncIterator[None]]:
     """A supervised worker's figures written for the others every ``EVERY_S``, and a
-    last time, marked stopped, as it stops."""
+    last time, marked stopped, as it stops (then the directory removed if the supervisor
+    was killed outright: each worker stopping tries, so the last one gets it all)."""
 
     async def publishing(app: web.Application) -> AsyncIterator[None]:
         said = Throttle()
@@ -310,6 +311,8 @@ def _publishing(group: Group) -> Callable[[web.Application], AsyncIterator[None]
             await task
         with contextlib.suppress(OSError):
             await asyncio.to_thread(group.publish, stopped=True)
+        if group.orphaned():  # nobody left to sum them, nor to remove them
+            remove_directory(str(group.directory))
 
     return publishing
 

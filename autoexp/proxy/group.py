@@ -108,6 +108,7 @@ class Group:
         self.directory = Path(directory)
         self.figures = figures
         self.pid = os.getpid()
+        self.supervisor = os.getppid()
         self.path = self.directory / f"{self.pid}.json"
         self._lock = threading.Lock()  # one write at a time: the file only goes up
 
@@ -117,6 +118,11 @@ class Group:
             own = self.figures()
             _write(self.path, {"pid": self.pid, "stopped": stopped, **own})
         return own
+
+    def orphaned(self) -> bool:
+        """Whether the supervisor is gone (killed outright: it could not remove the
+        directory, so the workers, stopping, do)."""
+        return os.getppid() != self.supervisor
 
     def total(self) -> Figures:
         """Every worker's figures summed: counters over all the supervisor started,

@@ -590,6 +590,8 @@ def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path)
     try:
         workers = pids(port, 40)
         assert len(workers) == 2
+        shared = workers_dir(min(workers))
+        assert shared.is_dir()
         made = []
         for _ in range(20):  # a fresh client, so a fresh connection, each: both workers
             with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
@@ -611,6 +613,15 @@ def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path)
     assert logged >= {d.id for d in made}
     store.close()
     assert_port_free(port)
+    # the directory their figures were shared in: removed by the workers, as the
+    # supervisor could not (it was left behind in /tmp by every such kill before)
+    assert not shared.exists()
+
+
+def workers_dir(pid: int) -> Path:
+    """The directory a supervised worker shares its figures in (its --workers-dir)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"--workers-dir") + 1].decode())
 
 
 def test_each_worker_gets_the_supervisors_options() -> None:
@@ -888,8 +899,7 @@ def test_the_metrics_of_several_workers_sum_what_each_counts(tmp_path: Path) -> 
         settle(70)
         # the directory the workers share (a worker's hidden --workers-dir): the running
         # workers' files and one for the three that exited, folded by the supervisor
-        argv = Path(f"/proc/{min(workers)}/cmdline").read_bytes().split(b"\0")
-        shared = Path(argv[argv.index(b"--workers-dir") + 1].decode())
+        shared = workers_dir(min(workers))
         files = {f"{pid}.json" for pid in workers} | {"retired.json"}
         assert {p.name for p in shared.glob("*.json")} == files
     finally:
