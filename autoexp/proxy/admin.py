@@ -12,6 +12,13 @@ not answered since the proxy started is listed with ``"waiting": true`` and its
 ``POST /_autoexp/admin/experiments/NAME/resume``
 ``POST /_autoexp/admin/experiments/NAME/promote``         ``{"alternative": ..., "reason": ...}``
 ``POST /_autoexp/admin/experiments/NAME/roll_back``       ``{"alternative": ..., "reason": ...}``
+
+A status holds what the process counts on its own beside the shared state: the late
+rewards refused (``late_rewards``), the default rewards applied (``defaults_applied``),
+the decisions not yet written (``unlogged``) and whether it holds the experiment's expire
+lease (``expire_held``; ``null`` before the first pass). With ``--workers N`` these are
+every worker's, summed (:mod:`autoexp.proxy.group`), as in the metrics: whichever worker
+a call reaches answers alike.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import hmac
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +35,7 @@ from aiohttp import web
 from ..engine import Engine
 from ..errors import ConfigError, StateError, StoreError, UnknownExperimentError
 from .errors import encoded, json_error
+from .group import Figures
 
 __all__ = ["add_admin_routes", "admin_token"]
 
@@ -47,8 +56,35 @@ def admin_token() -> str | None:
     return token
 
 
-def add_admin_routes(app: web.Application, engine: Engine, token: str | None) -> None:
-    """Mount the admin API on ``app`` (refusing every call when ``token`` is ``None``)."""
+# a status's fields each worker counts on its own: where the summed figures hold them
+SUMMED = {
+    "late_rewards": ("counters", "autoexp_late_rewards"),
+    "defaults_applied": ("counters", "autoexp_defaults_applied"),
+    "unlogged": ("gauges", "autoexp_unlogged_decisions"),
+}
+
+
+def summed_status(status: dict[str, Any], figures: Figures) -> dict[str, Any]:
+    """``status`` with its worker's own counts replaced by the group's ``figures``."""
+    name = status["experiment"]
+    for field, (kind, metric) in SUMMED.items():
+        value = figures[kind].get(metric, {}).get(name)
+        if value is not None:
+            status[field] = int(value)
+    held = figures["gauges"].get("autoexp_expire_holder", {}).get(name)
+    status["expire_held"] = None if held is None else held >= 1.0  # one worker holds it
+    return status
+
+
+def add_admin_routes(
+    app: web.Application,
+    engine: Engine,
+    token: str | None,
+    summed: Callable[[], Figures] | None = None,
+) -> None:
+    """Mount the admin API on ``app`` (refusing every call when ``token`` is ``None``);
+    ``summed`` gives every worker's own counts summed (a supervised worker's; it reads
+    files, so it is called in a thread)."""
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"admin_token: at least {MIN_TOKEN_CHARS} characters")
 
@@ -62,15 +98,20 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
             return json_error(401, "Unauthorized", "admin: missing or wrong bearer token")
         return None
 
-    def summary(name: str) -> dict[str, Any]:
-        st = engine.status(name)
+    async def group() -> Figures | None:
+        return None if summed is None else await asyncio.to_thread(summed)
+
+    def status(st: dict[str, Any], figures: Figures | None) -> dict[str, Any]:
         st.pop("state", None)
-        return {**st, "waiting": False}
+        return st if figures is None else summed_status(st, figures)
 
     async def list_experiments(request: web.Request) -> web.Response:
         if (refused := authorised(request)) is not None:
             return refused
-        listed = [summary(n) for n in engine.experiments]
+        figures = await group()
+        listed = [
+            {**status(engine.status(n), figures), "waiting": False} for n in engine.experiments
+        ]
         listed += [  # not started: the store has not answered yet
             {"experiment": n, "waiting": True, "reason": why}
             for n, why in engine.not_started().items()
@@ -87,7 +128,8 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
             return json_error(404, "UnknownExperimentError", f"no experiment named {name!r}")
         except StoreError as e:  # not started yet: waiting for its store
             return json_error(503, "StoreError", str(e))
-        return web.json_response(body)
+        figures = await group()
+        return web.json_response(body if figures is None else summed_status(body, figures))
 
     async def operate(request: web.Request) -> web.Response:
         if (refused := authorised(request)) is not None:
@@ -108,7 +150,7 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
         if not isinstance(reason, str) or len(reason) > 1000:
             return json_error(400, "RequestError", "reason: a string of at most 1000 chars")
         try:
-            status = await asyncio.to_thread(
+            changed = await asyncio.to_thread(
                 engine.operate, name, action, alternative=alternative, reason=reason
             )
         except UnknownExperimentError as e:
@@ -117,8 +159,7 @@ def add_admin_routes(app: web.Application, engine: Engine, token: str | None) ->
             return json_error(409, "StateError", str(e))
         except StoreError as e:
             return json_error(503, "StoreError", str(e))
-        status.pop("state", None)
-        return web.json_response(status)
+        return web.json_response(status(changed, await group()))
 
     app.router.add_get("/_autoexp/admin/experiments", list_experiments)
     app.router.add_get("/_autoexp/admin/experiments/{name}", inspect)

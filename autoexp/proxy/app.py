@@ -58,7 +58,7 @@ from ..throttle import Throttle
 from .admin import add_admin_routes
 from .errors import encoded, json_error
 from .group import EVERY_S, Group, remove_directory
-from .metrics import metrics_handler, replica_figures
+from .metrics import figures, metrics_handler, replica_figures
 from .offload import Offload
 from .routes import ProxySettings, Route
 from .ui import add_ui_routes
@@ -425,7 +425,12 @@ def make_app(
         app.cleanup_ctx.append(forwarder.lifetime)  # closed first: before the engine
     metrics = metrics_handler(engine, forwarder, config_sha256, group)
     app.router.add_get("/_autoexp/metrics", metrics)
-    add_admin_routes(app, engine, admin_token)
+    add_admin_routes(
+        app,
+        engine,
+        admin_token,
+        None if group is None else lambda: figures(engine, forwarder, group),
+    )
     add_ui_routes(app, engine)
     if forwarder is not None:  # last: everything outside /_autoexp/
         app.router.add_route("*", "/{tail:.*}", forwarder.handle, expect_handler=forwarder.expect)

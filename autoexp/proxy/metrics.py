@@ -43,7 +43,7 @@ from ..errors import StoreError
 from .group import Figures, Group
 from .upstream import Forwarder
 
-__all__ = ["metrics_handler"]
+__all__ = ["figures", "metrics_handler", "replica_figures"]
 
 
 # The figures each process counts on its own (its events, the rewards it refused or
@@ -88,6 +88,18 @@ def replica_figures(engine: Engine, forwarder: Forwarder | None) -> Figures:
         counters["autoexp_proxy_events"] = {k: float(v) for k, v in forwarder.counts.items()}
         gauges["autoexp_proxy_websockets_open"] = {"": float(forwarder.websockets_open)}
     return {"counters": counters, "gauges": gauges}
+
+
+def figures(engine: Engine, forwarder: Forwarder | None, group: Group | None) -> Figures:
+    """This process's own figures (``OWN``) or, with a ``group``, every worker's summed
+    (its own if the group's directory is gone: removed by hand). Reads files: call it
+    in a thread."""
+    if group is not None:
+        try:
+            return group.total()
+        except OSError:
+            pass
+    return replica_figures(engine, forwarder)
 
 
 class _EngineCollector(Collector):
@@ -219,17 +231,10 @@ class _EngineCollector(Collector):
         yield from (allocation, state, rewarded, reward_sum, version, store_up, waits)
         yield from (bounds["lower"], bounds["upper"], paused, budget, changed, epoch, drift, model)
         # this process's own counts, or every worker's summed (autoexp.proxy.group)
-        figures = None
-        if self.group is not None:
-            try:
-                figures = self.group.total()
-            except OSError:  # the shared directory gone (removed by hand): its own
-                pass
-        if figures is None:
-            figures = replica_figures(self.engine, self.forwarder)
+        summed = figures(self.engine, self.forwarder, self.group)
         for kind, family_type in (("counters", CounterMetricFamily), ("gauges", GaugeMetricFamily)):
             for metric, (label, text) in OWN[kind].items():
-                values = figures[kind].get(metric)
+                values = summed[kind].get(metric)
                 if values is None:
                     continue
                 own: CounterMetricFamily | GaugeMetricFamily

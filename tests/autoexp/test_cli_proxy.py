@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 
 import autoexp
@@ -907,6 +908,66 @@ def test_the_metrics_of_several_workers_sum_what_each_counts(tmp_path: Path) -> 
         upstream.close()
     assert proc.returncode == 0, out
     assert not shared.exists()  # removed as the supervisor stopped
+
+
+def test_the_admin_api_of_several_workers_says_what_all_of_them_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A status holds what each worker counts on its own: the late rewards it refused, the
+    # default rewards it applied, its unwritten decisions and its expire lease. With two
+    # workers, each admin call must give every worker's, as the metrics do (before: the
+    # late rewards about 20 and 20 of 40 in turn, the lease held on one worker and not
+    # on the other, the defaults 40 or 0). 40 rewards on fresh connections all reaching
+    # one worker has probability 2 * 2^-40; 20 admin calls all reaching one, 2^-19.
+    port = free_port()
+    text = CONFIG + "reward = {{ low = 0.0, high = 1.0, join_window_s = 1, default = 0.0 }}\n"
+    token = "an-admin-token-for-the-test"
+    monkeypatch.setenv("AUTOEXP_ADMIN_TOKEN", token)
+    proc = start(tmp_path, port, "--workers", "2", "--expire-every-s", "1", config_text=text)
+    said = Said(proc)
+    counts = ("late_rewards", "defaults_applied", "unlogged", "expire_held")
+    whole = {"late_rewards": 40, "defaults_applied": 40, "unlogged": 0, "expire_held": True}
+
+    def admin(path: str, method: str = "GET") -> dict[str, Any]:
+        got = httpx.request(
+            method,
+            f"http://127.0.0.1:{port}/_autoexp/admin/experiments{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            json={} if method == "POST" else None,
+            timeout=30,
+        )
+        assert got.status_code == 200, got.text
+        body: dict[str, Any] = got.json()
+        return body
+
+    try:
+        both_workers(port)
+        made = []
+        for i in range(40):  # a fresh client, so a fresh connection, each
+            with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+                made.append(client.decide("ranker", unit=f"user-{i}"))
+        time.sleep(1.5)  # past the join window: each reward is refused as late, and counted
+        for d in made:
+            with autoexp.Client(f"http://127.0.0.1:{port}", timeout_s=30) as client:
+                try:
+                    client.reward(d, 1.0)
+                except autoexp.RewardError as e:
+                    assert "late by" in str(e)
+                else:
+                    raise AssertionError("a late reward was applied")
+        deadline = time.monotonic() + 60  # until every worker's file says so (each second)
+        while {k: admin("/ranker")[k] for k in counts} != whole:
+            assert time.monotonic() < deadline, (admin("/ranker"), said.lines)
+            time.sleep(0.2)
+        for _ in range(20):
+            assert {k: admin("/ranker")[k] for k in counts} == whole
+            (listed,) = admin("")["experiments"]
+            assert {k: listed[k] for k in counts} == whole
+        paused = admin("/ranker/pause", "POST")
+        assert paused["paused"] and {k: paused[k] for k in counts} == whole
+    finally:
+        out = said.stop()
+    assert proc.returncode == 0, out
 
 
 def test_workers_with_nowhere_to_share_their_figures_serve_and_say_so(tmp_path: Path) -> None:
