@@ -155,7 +155,7 @@ def _experiment(name: str, raw: Any) -> ExperimentSpec:
     low = _number(reward.get("low", 0.0), f"{where}.reward.low")
     high = _number(reward.get("high", 1.0), f"{where}.reward.high")
     context = parse_context(raw["context"], f"{where}.context") if "context" in raw else None
-    table = policy_defaults(_table(raw, "policy", where) or {"name": None}, context, (low, high))
+    table = policy_defaults(_table(raw, "policy", where), context, (low, high))
     try:
         policy = named({**REGISTRY, **CONTEXTUAL}, table, f"{where}.policy")
         policy = safety_stack(

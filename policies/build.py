@@ -79,7 +79,9 @@ def named(
 ) -> Any:
     """The registry entry ``raw[key]`` built with the rest of ``raw`` as its parameters."""
     params = dict(raw)
-    name = params.pop(key, None)
+    if key not in params:
+        raise ValueError(f"{where}.{key}: missing; accepted: {', '.join(sorted(registry))}")
+    name = params.pop(key)
     if not isinstance(name, str) or name not in registry:
         raise ValueError(
             f"{where}.{key}: unknown (got {name!r}); accepted: {', '.join(sorted(registry))}"

@@ -72,6 +72,9 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"alternatives": ["a", "b\r\nX-Evil: 1"]}, r"ranker\.alternatives: each a non-empty"),
         ({"alternatives": ["a", ""]}, r"ranker\.alternatives: each a non-empty string"),
         ({"policy": {"name": "ts"}}, r"experiments\.ranker\.policy\.name: unknown \(got 'ts'\)"),
+        # no policy at all: said missing (it said "unknown (got None)")
+        ({"policy": None}, r"^experiments\.ranker\.policy\.name: missing; accepted: discounted-"),
+        ({"policy": {"name": None}}, r"ranker\.policy\.name: unknown \(got None\)"),
         ({"safety": {"explore_share": 5}}, r"ranker\.safety\.explore_share: must be in \(0, 1\]"),
         ({"safety": {"explore": 0.1}}, r"ranker\.safety\.explore: unknown key"),
         ({"test": {"name": "off-policy-cs", "n_expected": -1}}, r"ranker\.test\.n_expected"),

@@ -83,6 +83,10 @@ def test_delay_and_arm_names() -> None:
         (with_(env__arms=["a"]), r"^env\.arms: must be 2 distinct names"),
         (with_(env__delay=3), r"^env\.delay: must be a table"),
         (with_(policy__name="thompson"), r"^policy\.name: unknown \(got 'thompson'\)"),
+        (
+            {**BASE, "policy": {"prior_alpha": 1.0}},
+            r"^policy\.name: missing; accepted: discounted-thompson, epsilon-greedy",
+        ),
         (with_(policy__prior_alpha=-1.0), r"^policy\.prior_alpha: must be"),
         (with_(policy__gamma=0.9), r"^policy\.gamma: unknown key; accepted: prior_alpha"),
         (with_(safety__explore=0.1), r"^safety\.explore: unknown key; accepted: explore_share"),
