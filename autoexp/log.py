@@ -7,12 +7,17 @@ The engine appends records to the store's log (``type`` "decision", "reward",
 :func:`export` writes them as JSON lines, Parquet (pyarrow: ``pip install
 'autoexp[parquet]'``) or the Open Bandit Dataset's CSV layout (``obp``: ``item_id`` is the
 arm, ``position`` 1, ``click`` the reward, ``propensity_score`` the propensity).
+
+Parquet's columns have fixed types whatever the rows hold (:func:`parquet_schema`); the
+``seed`` is a string of decimal digits there, as an engine started without one logs its
+generator's 128-bit entropy, which no Parquet integer holds.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from policies.base import LOG_COLUMNS
 from .errors import ConfigError
 from .store.base import Store, redacted
 
-__all__ = ["COLUMNS", "FORMATS", "export", "rows"]
+__all__ = ["COLUMNS", "FORMATS", "export", "parquet_schema", "rows"]
 
 #: The joined log's columns (:data:`policies.base.LOG_COLUMNS`, the ones the simulators
 #: read), then the alternative's name and the whole allocation the arm was drawn from.
@@ -60,6 +65,44 @@ def rows(store: Store, experiment: str) -> list[dict[str, Any]]:
     return list(decisions.values())
 
 
+def parquet_schema() -> Any:
+    """The Parquet export's columns and their types (``pyarrow.Schema``): the same for
+    every log, so a column is not typed by what its rows happen to hold (a log with no
+    reward yet, a seeded engine's small seeds)."""
+    import pyarrow as pa
+
+    numbers = pa.list_(pa.float64())
+    types = {
+        "decision_id": pa.string(),
+        "time": pa.float64(),
+        "experiment": pa.string(),
+        "unit_hash": pa.string(),
+        "context": numbers,
+        "arm": pa.int64(),
+        "propensity": pa.float64(),
+        "policy": pa.string(),
+        "policy_version": pa.int64(),
+        "allocation_version": pa.int64(),
+        "seed": pa.string(),  # unseeded: 128 bits of entropy
+        "reward": pa.float64(),
+        "reward_time": pa.float64(),
+        "alternative": pa.string(),
+        "allocation": numbers,
+    }
+    return pa.schema([(c, types[c]) for c in (*COLUMNS, *EXTRA)])
+
+
+def _writable(out: Path) -> None:
+    """A :class:`ConfigError` now, before the log is read, for a file that cannot be
+    written there (a directory, a folder not there, not writable)."""
+    if out.is_dir():
+        raise ConfigError(f"out: {out} is a directory; give a file to write")
+    if not out.parent.is_dir():
+        raise ConfigError(f"out: {out}: no such directory {out.parent}")
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise ConfigError(f"out: {out}: not writable")
+
+
 def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") -> int:
     """Write the joined log of ``experiment`` to ``path``; the number of rows written.
     ``obp`` keeps only rewarded decisions (its ``click`` column has no missing value)."""
@@ -70,8 +113,23 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
             f"experiment: {experiment!r} has nothing in {redacted(store.url)}; "
             f"there: {store.experiments()}"
         )
-    data = rows(store, experiment)
     out = Path(path)
+    _writable(out)
+    if fmt == "parquet":  # said before the log is read
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "format parquet: pyarrow is not installed; pip install 'autoexp[parquet]'"
+            ) from None
+    data = rows(store, experiment)
+    try:
+        return _write(data, out, fmt)
+    except OSError as e:  # the disk full, say
+        raise ConfigError(f"out: {out}: {e.strerror or e}") from None
+
+
+def _write(data: list[dict[str, Any]], out: Path, fmt: str) -> int:
     if fmt == "jsonl":
         with open(out, "w") as f:
             for row in data:
@@ -85,13 +143,10 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
             for r in done:
                 writer.writerow([r["time"], r["arm"], 1, r["reward"], r["propensity"]])
         return len(done)
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError(
-            "format parquet: pyarrow is not installed; pip install 'autoexp[parquet]'"
-        ) from None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     columns = {c: [r[c] for r in data] for c in (*COLUMNS, *EXTRA)}
-    pq.write_table(pa.table(columns), out)
+    columns["seed"] = [None if x is None else str(x) for x in columns["seed"]]
+    pq.write_table(pa.table(columns, schema=parquet_schema()), out)
     return len(data)

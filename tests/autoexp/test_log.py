@@ -12,7 +12,7 @@ import pytest
 
 from autoexp.cli import main
 from autoexp.engine import Engine, ExperimentSpec
-from autoexp.log import COLUMNS, export, rows
+from autoexp.log import COLUMNS, export, parquet_schema, rows
 from autoexp.store import open_store
 from policies import ThompsonBeta, TrafficCap
 from simulators.ope import ips, read_log, read_obd
@@ -20,21 +20,22 @@ from simulators.ope import ips, read_log, read_obd
 SECRET = "s" * 32
 
 
-def run(store: Any, users: int = 300) -> list[Any]:
+def run(store: Any, users: int = 300, seed: int | None = 1, rewards: bool = True) -> list[Any]:
     spec = ExperimentSpec(
         name="exp",
         alternatives=("a", "b"),
         policy=TrafficCap(policy=ThompsonBeta(), explore_share=0.5),
         refresh_every=10,
     )
-    engine = Engine(store, [spec], secret=SECRET, seed=1)
+    engine = Engine(store, [spec], secret=SECRET, seed=seed)
     rng = np.random.default_rng(2)
     out = []
     for i in range(users):
         d = engine.decide("exp", unit=f"u{i}", context=[float(i % 3)])
-        if i % 10:  # every tenth decision never gets its reward
+        if rewards and i % 10:  # every tenth decision never gets its reward
             engine.reward(d, float(rng.random() < (0.3, 0.6)[d.arm]))
         out.append(d)
+    engine.flush()  # the decisions still queued for the log's background writer
     return out
 
 
@@ -70,6 +71,25 @@ def test_exports_read_back_by_the_simulators(tmp_path: Path) -> None:
     store.close()
 
 
+def test_parquet_columns_keep_their_types_whatever_the_log_holds(tmp_path: Path) -> None:
+    # An engine started without a seed (every proxy) logs its generator's 128-bit
+    # entropy: exporting such a log as Parquet raised OverflowError ("Python int too
+    # large to convert to C long"), the demo's own log included. The seed is written as
+    # its decimal digits, exactly; and a log with no reward yet still has a float reward
+    # column (it was typed "null" by its rows).
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    run(store, 40, seed=None, rewards=False)
+    assert export(store, "exp", tmp_path / "log.parquet", "parquet") == 40
+    table = pq.read_table(tmp_path / "log.parquet")
+    assert table.schema == parquet_schema()
+    logged = [r["seed"] for r in rows(store, "exp")]
+    assert max(logged) >= 2**64  # 128 bits of entropy: under 2^64 with probability 2^-64
+    assert table.column("seed").to_pylist() == [str(x) for x in logged]
+    assert table.column("reward").null_count == 40
+    assert table.column("context").to_pylist()[:3] == [[0.0], [1.0], [2.0]]
+    store.close()
+
+
 def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     store = open_store(url)
@@ -90,3 +110,9 @@ def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["log", "export", "exp", "--store", f"sqlite:///{typo}", "--out", str(out)]) == 2
     assert f"store: sqlite:///{typo}: no such file {typo}" in capsys.readouterr().err
     assert not typo.exists()
+    # where the file cannot be written: said (it was a FileNotFoundError's traceback)
+    nowhere = tmp_path / "no" / "e.jsonl"
+    assert main(["log", "export", "exp", "--store", url, "--out", str(nowhere)]) == 2
+    assert f"out: {nowhere}: no such directory {nowhere.parent}" in capsys.readouterr().err
+    assert main(["log", "export", "exp", "--store", url, "--out", str(tmp_path)]) == 2
+    assert f"out: {tmp_path} is a directory" in capsys.readouterr().err
