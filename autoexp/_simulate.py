@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .outputs import output_directory
 
 __all__ = ["add_commands"]
 
@@ -48,7 +49,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ScenarioError as e:
         raise _config_error(e) from None
     sc = spec.scenario
-    out = Path(args.out) if args.out else Path("out") / spec.name
+    out = output_directory(args.out or Path("out") / spec.name)
     print(
         f"simulating {spec.name}: {sc.replicates:,} replicates x {sc.steps:,} steps, "
         f"{len(spec.arm_names)} arms ({', '.join(spec.arm_names)}), seed {sc.seed}",
@@ -130,7 +131,7 @@ def _simulate_tuning(args: argparse.Namespace, raw: dict[str, Any]) -> int:
         raise ConfigError(
             f"{where}: experiment.generate.space: must include curve.param {curve.param!r}"
         )
-    out = Path(args.out) if args.out else Path("out") / name
+    out = output_directory(args.out or Path("out") / name)
     print(
         f"simulating {name}: {replicates:,} runs x {steps:,} requests through the engine "
         f"(generated alternatives over {', '.join(p.name for p in spec.generate.space)}), "
@@ -160,7 +161,6 @@ def _simulate_tuning(args: argparse.Namespace, raw: dict[str, Any]) -> int:
         f"{replicates}; served >= (1 - {alpha:g}) x control at every request: {held} of "
         f"{replicates}"
     )
-    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(
         json.dumps(
             {
@@ -223,7 +223,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         spec = load_sweep(args.sweep, replicates=args.replicates, seed=args.seed)
     except ScenarioError as e:
         raise _config_error(e) from None
-    out = Path(args.out) if args.out else Path("out") / spec.name
+    out = output_directory(args.out or Path("out") / spec.name)
     first = spec.spec(0).scenario
     print(
         f"sweep {spec.name}: {len(spec.cells)} cells x {first.replicates:,} replicates x "
@@ -280,6 +280,7 @@ def _cmd_ope(args: argparse.Namespace) -> int:
     replicates = args.replicates or 1
     if not Path(args.log).exists():  # as simulate's and sweep's: the path, then why
         raise ConfigError(f"{args.log}: no such file")
+    out = output_directory(args.out or Path("out") / f"ope-{Path(args.log).stem}")
     try:
         log = read_any(args.log)
         with _bar(replicates, Path(args.log).name, "split", args.quiet) as bar:
@@ -298,8 +299,6 @@ def _cmd_ope(args: argparse.Namespace) -> int:
             )
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    out = Path(args.out) if args.out else Path("out") / f"ope-{Path(args.log).stem}"
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "ope.json"
     text = json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)
     path.write_text(text + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from policies.base import LOG_COLUMNS
 
 from .errors import ConfigError
+from .outputs import output_file
 from .store.base import Store, redacted
 
 __all__ = ["COLUMNS", "FORMATS", "export", "parquet_schema", "rows"]
@@ -92,17 +92,6 @@ def parquet_schema() -> Any:
     return pa.schema([(c, types[c]) for c in (*COLUMNS, *EXTRA)])
 
 
-def _writable(out: Path) -> None:
-    """A :class:`ConfigError` now, before the log is read, for a file that cannot be
-    written there (a directory, a folder not there, not writable)."""
-    if out.is_dir():
-        raise ConfigError(f"out: {out} is a directory; give a file to write")
-    if not out.parent.is_dir():
-        raise ConfigError(f"out: {out}: no such directory {out.parent}")
-    if not os.access(out if out.exists() else out.parent, os.W_OK):
-        raise ConfigError(f"out: {out}: not writable")
-
-
 def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") -> int:
     """Write the joined log of ``experiment`` to ``path``; the number of rows written.
     ``obp`` keeps only rewarded decisions (its ``click`` column has no missing value)."""
@@ -113,8 +102,7 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
             f"experiment: {experiment!r} has nothing in {redacted(store.url)}; "
             f"there: {store.experiments()}"
         )
-    out = Path(path)
-    _writable(out)
+    out = output_file(path)
     if fmt == "parquet":  # said before the log is read
         try:
             import pyarrow.parquet  # noqa: F401
@@ -126,7 +114,7 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
     try:
         return _write(data, out, fmt)
     except OSError as e:  # the disk full, say
-        raise ConfigError(f"out: {out}: {e.strerror or e}") from None
+        raise ConfigError(f"--out: {str(out)!r}: {e.strerror or e}") from None
 
 
 def _write(data: list[dict[str, Any]], out: Path, fmt: str) -> int:

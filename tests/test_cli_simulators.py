@@ -171,6 +171,34 @@ def test_ope_refuses_bad_logs_and_settings(
     assert "candidate: unknown (got 'best'); accepted: best-arm, uniform, logging" in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["simulate", str(EXAMPLES / "winner.toml")],
+        ["simulate", str(EXAMPLES / "tuning.toml")],
+        ["sweep", str(EXAMPLES / "sweep.toml")],
+        ["ope", str(OBD)],
+    ],
+    ids=["simulate", "tuning", "sweep", "ope"],
+)
+def test_an_out_that_cannot_be_a_report_directory_is_said_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # It was a FileExistsError's or FileNotFoundError's traceback once the run was over
+    # (a sweep's minutes lost); now it is said first and nothing runs (no summary table).
+    taken = tmp_path / "a-file"
+    taken.write_text("kept\n")
+    assert main([*command, "--out", str(taken), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert f"error: --out: not a directory (got {str(taken)!r}); give a directory\n" in err
+    assert out == "" and taken.read_text() == "kept\n"
+    blocked = taken / "report"  # under a file: cannot be made
+    assert main([*command, "--out", str(blocked), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert f"error: --out: cannot create {str(blocked)!r} (Not a directory)\n" in err
+    assert out == ""
+
+
 def test_a_tuning_scenario_runs_generated_alternatives_through_the_engine(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

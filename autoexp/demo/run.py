@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..outputs import output_directory
 from .report import narrative, write_report
 from .story import CONFIG, EXPERIMENT, SHOPPERS, STUCK_S, TAIL, VERSIONS, DemoResult, Version
 
@@ -315,15 +315,7 @@ def run_demo(
     ------
     ConfigError : ``out`` is not a directory that can be written
     """
-    result = DemoResult(out=Path(out), seed=seed)
-    if result.out.exists() and not result.out.is_dir():
-        raise ConfigError(f"--out: not a directory (got {str(out)!r}); give a directory")
-    try:
-        result.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
-    if not os.access(result.out, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out: cannot write in {str(out)!r}; give a writable directory")
+    result = DemoResult(out=output_directory(out), seed=seed)
     old = [p for p in (result.db, Path(f"{result.db}-wal"), Path(f"{result.db}-shm")) if p.exists()]
     for p in old:
         p.unlink()

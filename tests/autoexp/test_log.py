@@ -113,6 +113,7 @@ def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # where the file cannot be written: said (it was a FileNotFoundError's traceback)
     nowhere = tmp_path / "no" / "e.jsonl"
     assert main(["log", "export", "exp", "--store", url, "--out", str(nowhere)]) == 2
-    assert f"out: {nowhere}: no such directory {nowhere.parent}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--out: {str(nowhere)!r}: no such directory {str(nowhere.parent)!r}" in err
     assert main(["log", "export", "exp", "--store", url, "--out", str(tmp_path)]) == 2
-    assert f"out: {tmp_path} is a directory" in capsys.readouterr().err
+    assert f"--out: {str(tmp_path)!r} is a directory" in capsys.readouterr().err
