@@ -265,6 +265,11 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
         )
     slo_ms = raw.get("slo_ms")
     if reward_from == "latency":
+        if slo_ms is None:
+            raise ConfigError(
+                f'{where}.slo_ms: missing; reward_from = "latency" needs the SLO in '
+                "milliseconds (a reward of 1 for an answer below 400 within it)"
+            )
         slo_ms = _positive(raw, "slo_ms", 0.0, where)
     elif slo_ms is not None:
         raise ConfigError(f'{where}.slo_ms: only with reward_from = "latency"')

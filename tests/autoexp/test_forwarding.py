@@ -922,7 +922,9 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),
         ({"route": {"header": "no colon"}}, "experiments.ranker.route.header"),
         ({"route": {"reward_from": "vibes"}}, "experiments.ranker.route.reward_from"),
-        ({"route": {"reward_from": "latency"}}, "experiments.ranker.route.slo_ms"),
+        # said missing (it said "must be a finite number > 0 (got 0.0)", a value not given)
+        ({"route": {"reward_from": "latency"}}, "experiments.ranker.route.slo_ms: missing; "),
+        ({"route": {"reward_from": "latency", "slo_ms": 0}}, "route.slo_ms: must be a finite"),
         ({"route": {"slo_ms": 100}}, "only with reward_from"),
         ({"route": {"alternative_timeout_s": 0}}, "route.alternative_timeout_s: must be"),
         ({"route": None, "upstream": "http://x"}, "experiments.ranker.route: missing"),
