@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .arguments import SEED, bounded
 from .errors import ConfigError
 from .outputs import output_directory
+
+POSITIVE = bounded(int, 1, "an integer >= 1")
 
 __all__ = ["add_commands"]
 
@@ -312,8 +315,8 @@ def add_commands(sub: Any) -> None:
     """Register ``simulate``, ``sweep`` and ``ope`` on the CLI's subparsers."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--replicates", type=_positive, help="override the file's replicates")
-        p.add_argument("--seed", type=int, help="override the file's seed")
+        p.add_argument("--replicates", type=POSITIVE, help="override the file's replicates")
+        p.add_argument("--seed", type=SEED, help="override the file's seed")
         p.add_argument("--out", metavar="DIR", help="report directory (default: out/NAME)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -331,7 +334,7 @@ def add_commands(sub: Any) -> None:
         default="processes",
         help="where cells run (default: processes on this machine)",
     )
-    p.add_argument("--workers", type=_positive, help="processes (default: one per CPU)")
+    p.add_argument("--workers", type=POSITIVE, help="processes (default: one per CPU)")
     p.add_argument("--ray-address", help="a running Ray cluster (default: start a local one)")
     p.set_defaults(func=_cmd_sweep)
 
@@ -346,13 +349,3 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", type=float, default=0.5, help="share of the log to choose on")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level")
     p.set_defaults(func=_cmd_ope)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})")
-    return value

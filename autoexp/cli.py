@@ -9,6 +9,7 @@ from typing import Any
 
 from ._simulate import add_commands
 from ._version import __version__
+from .arguments import PORT, bounded
 from .demo import add_demo_command
 from .errors import ConfigError, StoreError
 
@@ -192,16 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the TOML config")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8700, help="port to listen on (8700)")
+    p.add_argument("--port", type=PORT, default=8700, help="port to listen on (8700)")
     p.add_argument(
         "--expire-every-s",
-        type=float,
+        type=bounded(float, 0.001, "seconds >= 0.001"),
         default=10.0,
         help="how often default rewards are applied to closed join windows (10)",
     )
     p.add_argument(
         "--shutdown-timeout-s",
-        type=float,
+        type=bounded(float, 0.0, "seconds >= 0"),
         default=10.0,
         help="how long requests in flight may take to finish on shutdown (10)",
     )
@@ -258,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-expected", type=float, default=5000.0, help="rows where the gate is tightest"
     )
-    p.add_argument("--poll-s", type=float, default=1.0, help="seconds between log reads (1)")
+    p.add_argument(
+        "--poll-s",
+        type=bounded(float, 0.001, "seconds >= 0.001"),
+        default=1.0,
+        help="seconds between log reads (1)",
+    )
     p.set_defaults(func=_cmd_learn)
     p = sub.add_parser("log", help="the decision log")
     logs = p.add_subparsers(dest="log_command", metavar="ACTION", required=True)

@@ -481,6 +481,9 @@ class Learner:
         """Process the log as it grows until ``stop`` is set (or interrupted); a store
         that fails is retried at the next poll. ``progress`` gets :meth:`status` after
         every pass that learned something."""
+        number = isinstance(poll_s, int | float) and not isinstance(poll_s, bool)
+        if not (number and math.isfinite(poll_s) and poll_s > 0):  # else: a busy loop
+            raise ConfigError(f"poll_s: must be finite seconds > 0 (got {poll_s!r})")
         stop = stop or threading.Event()
         while not stop.is_set():
             try:

@@ -57,3 +57,35 @@ def test_module_entry_point() -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "thompson-beta" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # 70000 was served on port 4464 (taken modulo 65536)
+        (
+            ["proxy", "--config", "x.toml", "--port", "70000"],
+            "--port: must be a port in [0, 65535]",
+        ),
+        (["proxy", "--config", "x.toml", "--port", "-1"], "--port: must be a port in [0, 65535]"),
+        # served, then stopped at the first expire pass (-1), or a uvloop traceback (nan)
+        (["proxy", "--config", "x.toml", "--expire-every-s", "-1"], "--expire-every-s: must be"),
+        (["proxy", "--config", "x.toml", "--expire-every-s", "nan"], "--expire-every-s: must be"),
+        (["proxy", "--config", "x.toml", "--shutdown-timeout-s", "-5"], "--shutdown-timeout-s"),
+        # polled the store in a busy loop
+        (["learn", "--config", "x.toml", "--experiment", "e", "--poll-s", "-1"], "--poll-s: must"),
+        # numpy's SeedSequence: a ValueError traceback, after the demo had started
+        (["demo", "--seed", "-1"], "--seed: must be an integer >= 0 (got '-1')"),
+        (["simulate", "x.toml", "--seed", "-1"], "--seed: must be an integer >= 0 (got '-1')"),
+        (["sweep", "x.toml", "--seed", "-1"], "--seed: must be an integer >= 0 (got '-1')"),
+        (["ope", "x.jsonl", "--seed", "-1"], "--seed: must be an integer >= 0 (got '-1')"),
+        (["simulate", "x.toml", "--replicates", "0"], "--replicates: must be an integer >= 1"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_anything_starts(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert f"error: argument {message}" in capsys.readouterr().err

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..arguments import SEED, bounded
 from ..outputs import output_directory
 from .report import narrative, write_report
 from .story import CONFIG, EXPERIMENT, SHOPPERS, STUCK_S, TAIL, VERSIONS, DemoResult, Version
@@ -371,21 +371,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.concluded else 1
 
 
-def _bounded(kind: type, low: float, what: str) -> Any:
-    """An argparse type: ``kind`` of the text, finite and at least ``low``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value >= low or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be {what} (got {text!r})")
-        return value
-
-    return parse
-
-
 def add_demo_command(sub: Any) -> None:
     """Register ``demo`` on the CLI's subparsers."""
     p = sub.add_parser(
@@ -403,29 +388,29 @@ def add_demo_command(sub: Any) -> None:
         metavar="DIR",
         help="where the config, store, report and log go (autoexp-demo)",
     )
-    p.add_argument("--seed", type=int, default=3, help="seeds the whole run (3)")
+    p.add_argument("--seed", type=SEED, default=3, help="seeds the whole run (3)")
     p.add_argument(
         "--max-requests",
-        type=_bounded(int, 100, "an integer >= 100"),
+        type=bounded(int, 100, "an integer >= 100"),
         default=30_000,
         metavar="N",
         help="stop after N requests (30000)",
     )
     p.add_argument(
         "--timeout-s",
-        type=_bounded(float, 1.0, "a number of seconds >= 1"),
+        type=bounded(float, 1.0, "a number of seconds >= 1"),
         default=110.0,
         help="stop after this long (110)",
     )
     p.add_argument(
         "--concurrency",
-        type=_bounded(int, 1, "an integer >= 1"),
+        type=bounded(int, 1, "an integer >= 1"),
         default=32,
         help="shoppers requesting at a time (32)",
     )
     p.add_argument(
         "--rate",
-        type=_bounded(float, 0.0, "a number >= 0"),
+        type=bounded(float, 0.0, "a number >= 0"),
         default=300.0,
         help="requests per second; 0: as fast as the machine goes (300)",
     )

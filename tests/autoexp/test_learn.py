@@ -301,3 +301,16 @@ def test_the_command_line_learns_once_and_explains_errors(
     write_config(tmp_path, "thompson-beta")
     assert main(argv) == 2
     assert "experiments.ranker.policy: 'thompson-beta' is not a learner" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("poll_s", [0.0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_run_refuses_a_poll_that_would_spin_or_never_wake(poll_s: Any) -> None:
+    # Event.wait(-1) and wait(nan) return at once: a busy loop reading the store
+    store = open_store("memory://")
+    try:
+        make_log(store, "ranker", 10, seed=1)
+        learner = Learner(store, "ranker", RiverThompson(dim=4, n_boot=2, seed=3), gate=GATE)
+        with pytest.raises(ConfigError, match=r"poll_s: must be finite seconds > 0"):
+            learner.run(poll_s=poll_s)
+    finally:
+        store.close()
