@@ -44,7 +44,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.report import write_report
     from simulators.runner import run
 
-    raw = _read_toml(Path(args.scenario))
+    from .config import read_toml
+
+    raw = read_toml(args.scenario)
     if "experiment" in raw:  # generated alternatives: the real engine, against a curve
         return _simulate_tuning(args, raw)
     try:
@@ -79,18 +81,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
     print(f"report: {html}")
     return 0
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
 _TUNING = ("name", "replicates", "steps", "seed", "batch", "curve", "experiment")

@@ -246,16 +246,29 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     return Config(store=store, secret=secret, experiments=specs, proxy=proxy, routes=tuple(routes))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; errors name the file and the dotted path."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; a :class:`ConfigError` naming the file and why otherwise
+    (not there, a directory, not readable, not UTF-8 text, not TOML)."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: a directory, not a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML (not UTF-8 text at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; errors name the file and the dotted path."""
+    p = Path(path)
+    raw = read_toml(p)
     try:
         return parse_config(raw)
     except ConfigError as e:

@@ -151,11 +151,17 @@ def _fail(where: str, what: str) -> ScenarioError:
 
 def _read(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ScenarioError(f"{p}: a directory, not a TOML file")
     if not p.is_file():
         raise ScenarioError(f"{p}: no such file")
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)
+    except OSError as e:
+        raise ScenarioError(f"{p}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{p}: not valid TOML (not UTF-8 text at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{p}: not valid TOML ({e})") from None
 

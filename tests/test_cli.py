@@ -89,3 +89,26 @@ def test_numbers_out_of_range_are_refused_before_anything_starts(
         main(args)
     assert exc.value.code == 2
     assert f"error: argument {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["proxy", "--config"],
+        ["proxy", "--check", "--config"],
+        ["learn", "--experiment", "e", "--config"],
+        ["simulate"],
+        ["sweep"],
+    ],
+    ids=["proxy", "check", "learn", "simulate", "sweep"],
+)
+def test_a_config_that_is_no_text_file_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # a directory (IsADirectoryError) and bytes that are not UTF-8 (UnicodeDecodeError)
+    # were tracebacks
+    binary = tmp_path / "x.toml"
+    binary.write_bytes(b'name = "x"\n\xd0\x00\xff\n')
+    for path, why in ((tmp_path, "a directory, not a TOML file"), (binary, "not UTF-8 text")):
+        assert main([*command, str(path)]) == 2
+        assert f"error: {path}: " in (err := capsys.readouterr().err) and why in err, err

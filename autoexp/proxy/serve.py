@@ -243,7 +243,10 @@ async def _serve_app(
             else [web.SockSite(runner, sock) for sock in socks]
         )
         for site in sites:
-            await site.start()
+            try:
+                await site.start()
+            except OSError as e:  # the port taken, an address not this host's, a name
+                raise _cannot_listen(options.host, options.port, e) from None
         names = ", ".join(sorted(str(site.name) for site in sites))
         _running(f"======== Running on {names} ========", ready_fd)
         await stop.wait()
@@ -472,6 +475,10 @@ def _start_worker(argv: list[str], fds: Sequence[int]) -> subprocess.Popen[bytes
 LISTEN_BACKLOG = 128  # as aiohttp's own sites (the kernel caps it at net.core.somaxconn)
 
 
+def _cannot_listen(host: str, port: int, error: OSError) -> ConfigError:
+    return ConfigError(f"--host {host} --port {port}: cannot listen there ({error})")
+
+
 def _listen(host: str, port: int) -> list[socket.socket]:
     """One worker slot's listening sockets, one per address ``host`` resolves to (as
     aiohttp binds them: IPv6 ones IPv6 only), each with ``SO_REUSEPORT`` so that every
@@ -492,7 +499,7 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         _close(socks)
-        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e})") from None
+        raise _cannot_listen(host, port, e) from None
     return socks
 
 

@@ -278,6 +278,30 @@ def test_a_bad_config_exits_with_a_reason(tmp_path: Path) -> None:
     assert "experiments.ranker.alternatives: need a control and at least one" in proc.stderr
 
 
+def test_a_port_taken_is_said_not_a_traceback(tmp_path: Path) -> None:
+    # One worker binds as it serves: a port another process listens on was an OSError
+    # traceback out of uvloop (the supervisor of --workers N already said so)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "autoexp.toml"
+    config.write_text(CONFIG.format(db=tmp_path / "state.db"))
+    try:
+        proc = subprocess.run(
+            [*PROXY, "--config", str(config), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 2, proc.stderr
+    said = f"autoexp proxy: error: --host 127.0.0.1 --port {port}: cannot listen there ("
+    assert said in proc.stderr and "address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
