@@ -106,7 +106,8 @@ def store_answers(url: str) -> tuple[bool, str]:
             held = store.experiments()
         finally:
             store.close()
-    except (StoreError, ConfigError) as e:
+    except StoreError as e:  # a ConfigError (a URL no store could answer at) is raised,
+        # as serving raises it: a refused config (exit 2), not a store down (exit 1)
         return False, f"{redacted(url)}: does not answer ({e})"
     return True, f"{redacted(url)}: answers; holds {', '.join(held) or 'no experiment yet'}"
 

@@ -518,8 +518,5 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 address keeps its brackets
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    where = parts.netloc.rpartition("@")[2]  # as written: an IPv6 host's brackets, any port
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{where}"))

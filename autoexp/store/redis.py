@@ -193,6 +193,16 @@ class RedisStore(UnitsInBatches):
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (read to check: redis-py's own error is a ValueError)
+        except ValueError as e:  # not a number, or past 65535
+            raise ConfigError(f"store: bad port in {redacted(url)!r} ({e})") from None
+        db = parts.path.strip("/")
+        if db and not (db.isascii() and db.isdigit()):  # redis-py took it as database 0
+            raise ConfigError(
+                f"store: the database in {redacted(url)!r} must be a number (got {db!r}), "
+                "as in redis://host:6379/0"
+            )
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         try:
             socket_timeout = float(options.pop("socket_timeout_s", 2.0))

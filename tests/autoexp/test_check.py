@@ -156,6 +156,17 @@ def test_a_config_serving_would_refuse_is_refused_alike(
     assert code == 2 and out == "" and "secret: no signing key; set AUTOEXP_SECRET" in err
     code, out, err = run(tmp_path, 'secret = "a-test-secret-of-32-bytes-at-least"\n' + good, capsys)
     assert code == 0 and "warning: secret: read from the config file" in out, (out, err)
+    # a store URL no store could answer at: refused (2), as serving refuses it, not "does
+    # not answer" (1, "served anyway")
+    one = ("ranker", "", "")
+    for url, why in (
+        ("http://x", "store: unknown URL scheme 'http'"),
+        ("redis://:pw@127.0.0.1:six/0", "store: bad port in 'redis://:***@127.0.0.1:six/0'"),
+        ("redis://127.0.0.1:1/abc", "store: the database in 'redis://127.0.0.1:1/abc' must be"),
+    ):
+        monkeypatch.setenv("AUTOEXP_SECRET", SECRET)
+        code, out, err = run(tmp_path, config(url, "http://127.0.0.1:9", one), capsys)
+        assert code == 2 and why in err and "pw" not in err + out, (out, err)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])

@@ -205,6 +205,14 @@ def test_bad_urls_are_refused() -> None:
         open_store("sqlite:///x.db?synchronous=sometimes")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['pool'\]"):
         open_store("redis://127.0.0.1:1/0?pool=3")
+    # a port that is no number was redis-py's ValueError traceback; a database that is
+    # no number was taken as database 0, another store than the one meant
+    with pytest.raises(ConfigError, match=r"bad port in 'redis://:\*\*\*@h:six/0' \(Port"):
+        open_store("redis://:secret@h:six/0")
+    with pytest.raises(ConfigError, match=r"bad port .* \(Port out of range"):
+        open_store("redis://127.0.0.1:70000/0")
+    with pytest.raises(ConfigError, match=r"must be a number \(got 'abc'\), as in redis://"):
+        open_store("redis://127.0.0.1:1/abc")
     with pytest.raises(StoreError, match=r"without control characters or braces"):
         open_store("memory://").declare("a{b}", {"n": (1,)})
 
