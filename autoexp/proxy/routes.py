@@ -80,8 +80,14 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _url(value: Any, where: str) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        port = None if parts is None else parts.port  # a number in [0, 65535]
+    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise ConfigError(
+            f"{where}: must be an http(s)://host:port URL (got {value!r}: {e})"
+        ) from None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise ConfigError(f"{where}: must be an http(s)://host:port URL (got {value!r})")
     if parts.path not in ("", "/") or parts.query:
         raise ConfigError(f"{where}: a base URL without path or query (got {value!r})")

@@ -896,6 +896,11 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         # an integer TOML holds and a float cannot (was an OverflowError)
         ({"proxy": {"upstream": "http://x", "connect_timeout_s": 10**400}}, "finite number"),
         ({"proxy": {"upstrem": "http://x"}}, "proxy.upstrem: unknown key"),
+        # urlsplit's and .port's ValueErrors were tracebacks
+        ({"proxy": {"upstream": "http://[::1"}}, "(got 'http://[::1': Invalid IPv6 URL)"),
+        ({"proxy": {"upstream": "http://h:99999"}}, "got 'http://h:99999': Port out of range"),
+        ({"proxy": {"upstream": "http://:80"}}, "proxy.upstream: must be an http(s)://host"),
+        ({"upstream": "http://h:x"}, "alternatives[1].upstream: must be an http(s)://host:port"),
         ({"proxy": {"upstream": "http://x", "preserve_host": 1}}, "proxy.preserve_host: must be"),
         (
             {"proxy": {"upstream": "http://x", "websocket_idle_timeout_s": -1}},
