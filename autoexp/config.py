@@ -48,6 +48,7 @@ from policies.drift import PageHinkley
 from .context import parse_context, policy_defaults
 from .engine import Engine, ExperimentSpec
 from .errors import ConfigError
+from .experiment import check_params
 from .generate import parse_generation
 from .proxy.routes import ProxySettings, Route, parse_proxy, parse_route
 from .store import open_store
@@ -126,6 +127,7 @@ def _alternatives(
             p = item.get("params", {})
             if not isinstance(p, Mapping):
                 raise _fail(f"{where}[{i}].params", f"must be a table (got {p!r})")
+            check_params(p, f"{where}[{i}].params")
             names.append(item["name"])
             params.append(dict(p))
         else:

@@ -29,6 +29,7 @@ __all__ = [
     "Decision",
     "ExperimentSpec",
     "Live",
+    "check_params",
     "make_decision",
     "renamed",
     "state_shapes",
@@ -40,6 +41,34 @@ HISTORY = 2_000  # refreshes kept per experiment for :meth:`Engine.history`
 # older ones thinned
 HISTORY_SAVE_S = 10.0
 HISTORY_SAVED = 1_000
+
+
+def check_params(value: Any, where: str) -> None:
+    """A :class:`ConfigError` naming ``where`` unless ``value`` is what JSON carries
+    exactly: strings, integers, finite numbers, booleans, ``None``, and lists and string-keyed
+    tables of them. An alternative's parameters go upstream as JSON (``X-Autoexp-Params``)
+    and in the API's answers: a TOML date was a 500 for every request given that
+    alternative, and an infinite number JSON that is not JSON (``Infinity``)."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if finite(value) is None:
+            raise ConfigError(f"{where}: must be a finite number (got {value!r})")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: keys must be strings (got {key!r:.60})")
+            check_params(item, f"{where}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_params(item, f"{where}[{i}]")
+        return
+    raise ConfigError(
+        f"{where}: must be a string, number, boolean, list or table, as it goes upstream "
+        f"in JSON (got {value!r:.60}); a date or a time goes as a string"
+    )
 
 
 def _iterable(value: Any) -> list[Any]:
@@ -143,8 +172,13 @@ class ExperimentSpec:
         if not isinstance(self.policy, PolicyBase):
             raise ConfigError(f"{where}.policy: must be a policy (got {self.policy!r})")
         check_servable(self.policy, where)
-        if self.params is not None and len(self.params) != len(names):
-            raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
+        if self.params is not None:
+            if len(self.params) != len(names):
+                raise ConfigError(f"{where}.params: one mapping per alternative ({len(names)})")
+            for i, p in enumerate(self.params):
+                if not isinstance(p, Mapping):
+                    raise ConfigError(f"{where}.params[{i}]: must be a mapping (got {p!r:.60})")
+                check_params(p, f"{where}.params[{i}]")
         pair = self.reward_range
         try:
             low, high = (finite(x) for x in pair)  # any pair: a tuple, a list, an array

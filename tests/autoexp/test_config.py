@@ -3,6 +3,8 @@ of every bad key."""
 
 from __future__ import annotations
 
+import datetime
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,15 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
         # a name goes upstream in a header: a line break in it would forge others
         ({"alternatives": ["a", "b\r\nX-Evil: 1"]}, r"ranker\.alternatives: each a non-empty"),
         ({"alternatives": ["a", ""]}, r"ranker\.alternatives: each a non-empty string"),
+        # parameters go upstream as JSON: a date was a 500 for each request given "b"
+        (
+            {"alternatives": ["a", {"name": "b", "params": {"day": datetime.date(2024, 1, 1)}}]},
+            r"ranker\.alternatives\[1\]\.params\.day: must be a string, number, boolean",
+        ),
+        (
+            {"alternatives": ["a", {"name": "b", "params": {"x": [1.0, math.inf]}}]},
+            r"ranker\.alternatives\[1\]\.params\.x\[1\]: must be a finite number",
+        ),
         ({"policy": {"name": "ts"}}, r"experiments\.ranker\.policy\.name: unknown \(got 'ts'\)"),
         # no policy at all: said missing (it said "unknown (got None)")
         ({"policy": None}, r"^experiments\.ranker\.policy\.name: missing; accepted: discounted-"),

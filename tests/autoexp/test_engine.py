@@ -446,6 +446,14 @@ def test_bad_specs_and_unknown_experiments() -> None:
         spec(reward_range=(1.0, 0.0))
     with pytest.raises(ConfigError, match=r"default_reward: must be a number in \[0\.0, 1\.0\]"):
         spec(default_reward=2.0)
+    # an SDK's parameters go upstream and into the API's answers as JSON
+    with pytest.raises(ConfigError, match=r"ranker\.params\[1\]\.depth: must be a string"):
+        spec(params=({}, {"depth": np.int64(3)}))
+    with pytest.raises(ConfigError, match=r"ranker\.params\[1\]: keys must be strings"):
+        spec(params=({}, {1: "x"}))
+    with pytest.raises(ConfigError, match=r"ranker\.params\[0\]: must be a mapping"):
+        spec(params=(["depth"], {}))
+    assert spec(params=({}, {"a": [1, 2.5, None, True], "b": {"c": "d"}})).params
     from autoexp.store import open_store
 
     engine = Engine(open_store("memory://"), [spec()], secret=SECRET)
