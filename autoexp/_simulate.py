@@ -329,7 +329,11 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("ope", help="evaluate a candidate policy on a decision log offline")
-    p.add_argument("log", metavar="LOG", help="decision log (.jsonl) or Open Bandit CSV (.csv)")
+    p.add_argument(
+        "log",
+        metavar="LOG",
+        help="decision log (.jsonl; .parquet from autoexp log export) or Open Bandit CSV (.csv)",
+    )
     common(p)
     p.add_argument(
         "--candidate",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,15 +155,8 @@ def _record(path: str | Path, lineno: int, row: Any) -> tuple[int, float, float,
     return arm, propensity, reward, context
 
 
-def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:
-    """Read autoexp's decision log (JSON lines with :data:`LOG_COLUMNS`); rows whose reward
-    has not joined are skipped. ``n_arms`` defaults to the largest arm seen + 1. A line
-    that is not such a record is refused with its number."""
-    arms: list[int] = []
-    props: list[float] = []
-    rewards: list[float] = []
-    contexts: list[Sequence[float] | None] = []
-    width: tuple[int, int] | None = None  # the first context's length, and its line
+def _json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Each line's number and its JSON value (blank lines skipped)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -173,25 +166,59 @@ def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            record = _record(path, lineno, row)
-            if record is None:
-                continue
-            arm, propensity, reward, context = record
-            if context is not None:
-                if width is None:
-                    width = (len(context), lineno)
-                elif len(context) != width[0]:
-                    raise ValueError(
-                        f"{path}:{lineno}: context: {len(context)} numbers, where line "
-                        f"{width[1]}'s has {width[0]}"
-                    )
-            arms.append(arm)
-            props.append(propensity)
-            rewards.append(reward)
-            contexts.append(context)
+
+
+def _parquet_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Each row's number (from 1) and its columns, of ``autoexp log export --format
+    parquet``'s file (pyarrow: ``pip install 'autoexp[parquet]'``)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading Parquet needs pyarrow; pip install 'autoexp[parquet]'"
+        ) from None
+    if Path(path).is_dir():  # pyarrow would read it as a dataset of files
+        raise ValueError(f"{path}: a directory, not a Parquet file")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as e:  # a ValueError: not a Parquet file
+        raise ValueError(f"{path}: not a Parquet file ({e})") from None
+    for batch in table.to_batches():
+        yield from enumerate(batch.to_pylist(), start=1)
+
+
+def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:
+    """Read autoexp's decision log (JSON lines with :data:`LOG_COLUMNS`, or its Parquet
+    export: a ``.parquet`` file); rows whose reward has not joined are skipped.
+    ``n_arms`` defaults to the largest arm seen + 1. A line (a row of a Parquet file,
+    numbered from 1) that is not such a record is refused with its number."""
+    arms: list[int] = []
+    props: list[float] = []
+    rewards: list[float] = []
+    contexts: list[Sequence[float] | None] = []
+    width: tuple[int, int] | None = None  # the first context's length, and its line
+    parquet = Path(path).suffix.lower() == ".parquet"
+    for lineno, row in _parquet_rows(path) if parquet else _json_lines(path):
+        record = _record(path, lineno, row)
+        if record is None:
+            continue
+        arm, propensity, reward, context = record
+        if context is not None:
+            if width is None:
+                width = (len(context), lineno)
+            elif len(context) != width[0]:
+                raise ValueError(
+                    f"{path}:{lineno}: context: {len(context)} numbers, where line "
+                    f"{width[1]}'s has {width[0]}"
+                )
+        arms.append(arm)
+        props.append(propensity)
+        rewards.append(reward)
+        contexts.append(context)
     if not arms:
         raise ValueError(f"{path}: no decision with a reward")
     context_array = None
@@ -210,13 +237,14 @@ def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:
 
 def read_any(path: str | Path) -> Log:
     """Read a log by its suffix: ``.csv`` with :func:`read_obd` (Open Bandit Dataset),
-    ``.jsonl`` or ``.json`` with :func:`read_log` (autoexp's decision log)."""
+    ``.jsonl``, ``.json`` or ``.parquet`` with :func:`read_log` (autoexp's decision log)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         return read_obd(path)
-    if suffix in (".jsonl", ".json"):
+    if suffix in (".jsonl", ".json", ".parquet"):
         return read_log(path)
     raise ValueError(
         f"{path}: unknown log format (suffix {suffix!r}); accepted: .csv (Open Bandit "
-        "Dataset layout), .jsonl or .json (autoexp decision log, JSON lines)"
+        "Dataset layout), .jsonl or .json (autoexp decision log, JSON lines), .parquet "
+        "(its Parquet export)"
     )

@@ -15,7 +15,7 @@ from autoexp.engine import Engine, ExperimentSpec
 from autoexp.log import COLUMNS, export, parquet_schema, rows
 from autoexp.store import open_store
 from policies import ThompsonBeta, TrafficCap
-from simulators.ope import ips, read_log, read_obd
+from simulators.ope import ips, read_any, read_log, read_obd
 
 SECRET = "s" * 32
 
@@ -68,6 +68,13 @@ def test_exports_read_back_by_the_simulators(tmp_path: Path) -> None:
     assert export(store, "exp", tmp_path / "log.parquet", "parquet") == 300
     pq_table = pq.read_table(tmp_path / "log.parquet")
     assert pq_table.num_rows == 300 and pq_table.column_names[:13] == list(COLUMNS)
+    # the Parquet export is read back as the JSON lines are, row for row
+    again = read_any(tmp_path / "log.parquet")
+    for field in ("arm", "propensity", "reward", "context"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(log, field))
+    (tmp_path / "not.parquet").write_text("{}\n")
+    with pytest.raises(ValueError, match=r"not\.parquet: not a Parquet file \("):
+        read_any(tmp_path / "not.parquet")
     store.close()
 
 
