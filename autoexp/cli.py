@@ -59,12 +59,15 @@ def _fds(text: str) -> list[int]:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     import logging
 
-    from .proxy.serve import STORE_UNAVAILABLE, ServeOptions, serve, supervise
+    from .proxy.serve import STORE_UNAVAILABLE, ServeOptions, check_not_itself, serve, supervise
 
     if args.check:
+        from .config import load_config
         from .proxy.check import check
 
         ok, lines = check(args.config)
+        # the address it would listen on: refused as serving refuses it
+        check_not_itself(load_config(args.config), args.config, args.host, args.port)
         print("\n".join(lines))
         return 0 if ok else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

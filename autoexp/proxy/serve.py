@@ -55,6 +55,8 @@ from . import group
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from ..config import Config
+
 __all__ = ["ServeOptions", "serve", "supervise"]
 
 log = logging.getLogger("autoexp.proxy")
@@ -141,6 +143,7 @@ def serve(
         signal.signal(signal.SIGHUP, _hangup_alone)  # not the default: exit without draining
     digest = _sha256(options.config)
     config = load_config(options.config)
+    check_not_itself(config, options.config, options.host, options.port)
     token = admin_token()  # refused before anything is built
     if _sha256(options.config) != digest:  # the digest names what was loaded, exactly
         raise ConfigError(f"{options.config}: changed while it was read; try again")
@@ -305,7 +308,10 @@ def supervise(options: ServeOptions) -> int:
 
     if options.port == 0:
         raise ConfigError("--port: several workers need a fixed port to share (not 0)")
-    store = load_config(options.config).store
+    config = load_config(options.config)
+    # said here once, not by each worker
+    check_not_itself(config, options.config, options.host, options.port)
+    store = config.store
     check_shareable(store, options.workers)  # fail early
     admin_token()  # the workers' environment is this one: refused here, not N times
     # a store down at the first start is said here once; the workers start anyway and
@@ -473,6 +479,44 @@ def _start_worker(argv: list[str], fds: Sequence[int]) -> subprocess.Popen[bytes
 
 
 LISTEN_BACKLOG = 128  # as aiohttp's own sites (the kernel caps it at net.core.somaxconn)
+
+
+# a listening address, and the upstream names that reach it beside its own: a wildcard
+# takes the loopback address of its family, "localhost" (resolved to either) both
+_SAME_AS = {
+    "": ("127.0.0.1", "::1", "localhost"),
+    "0.0.0.0": ("127.0.0.1", "localhost"),
+    "::": ("::1", "localhost"),
+    "127.0.0.1": ("localhost",),
+    "::1": ("localhost",),
+    "localhost": ("127.0.0.1", "::1"),
+}
+
+
+def check_not_itself(config: Config, path: str, host: str, port: int) -> None:
+    """A :class:`ConfigError` if an upstream of ``config`` (the file ``path``) is the
+    address the proxy listens on (``host``, ``port``): every request would come back to
+    it, hop after hop, until its ``X-Forwarded-For`` passed 8 KiB and the client got a
+    400 (about 800 hops, measured). Names are compared as written (``_SAME_AS``); none is
+    looked up."""
+    if config.proxy is None:
+        return
+    upstreams = [("proxy.upstream", config.proxy.upstream)]
+    for route in config.routes:
+        where = f"experiments.{route.experiment}.alternatives"
+        upstreams += [(f"{where}[{i}].upstream", u) for i, u in enumerate(route.upstreams) if u]
+    listen = host.strip("[]").lower()
+    for where, url in upstreams:
+        parts = urlsplit(url)
+        if (parts.port or (443 if parts.scheme == "https" else 80)) != port:
+            continue
+        name = (parts.hostname or "").lower()
+        if name == listen or name in _SAME_AS.get(listen, ()):
+            raise ConfigError(
+                f"{path}: {where}: {url} is this proxy's own address (--host {host} "
+                f"--port {port}): every request would come back to it; give the "
+                "application's address"
+            )
 
 
 def _cannot_listen(host: str, port: int, error: OSError) -> ConfigError:

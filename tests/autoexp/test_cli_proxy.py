@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,58 @@ def test_a_port_taken_is_said_not_a_traceback(tmp_path: Path) -> None:
     said = f"autoexp proxy: error: --host 127.0.0.1 --port {port}: cannot listen there ("
     assert said in proc.stderr and "address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_upstream_that_is_the_proxy_itself_is_refused(tmp_path: Path, workers: str) -> None:
+    # Forwarding to its own port, every request came back to the proxy, hop after hop,
+    # until its X-Forwarded-For passed 8 KiB: a 400 "malformed request" after about 800
+    # hops, the cause nowhere said
+    port = free_port()
+    config = tmp_path / "autoexp.toml"
+    config.write_text(in_front_of(f"http://localhost:{port}").format(db=tmp_path / "s.db"))
+    proc = subprocess.run(
+        [*PROXY, "--config", str(config), "--port", str(port), "--workers", workers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    said = f"proxy.upstream: http://localhost:{port} is this proxy's own address (--host "
+    assert said in proc.stderr and proc.stderr.count("own address") == 1, proc.stderr
+    checked = subprocess.run(
+        [*PROXY, "--config", str(config), "--port", str(port), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 2 and said in checked.stderr, checked.stdout
+
+
+def test_which_upstreams_are_the_proxy_itself() -> None:
+    from autoexp.config import parse_config
+    from autoexp.proxy.serve import check_not_itself
+
+    def refused(upstream: str, host: str, port: int = 8700) -> bool:
+        text = in_front_of(upstream).format(db="x.db")
+        config = parse_config(tomllib.loads(text.replace('"sqlite:///x.db"', '"memory://"')))
+        try:
+            check_not_itself(config, "c.toml", host, port)
+        except autoexp.ConfigError:
+            return True
+        return False
+
+    assert refused("http://127.0.0.1:8700", "127.0.0.1")
+    assert refused("http://localhost:8700", "::1")
+    assert refused("http://127.0.0.1:8700", "0.0.0.0")
+    assert refused("http://[::1]:8700", "::")
+    assert refused("http://proxy.internal:8700", "proxy.internal")
+    assert refused("http://127.0.0.1", "127.0.0.1", port=80)  # the scheme's port
+    assert not refused("http://127.0.0.1:8080", "127.0.0.1")  # the application
+    assert not refused("http://[::1]:8700", "127.0.0.1")  # another family's loopback
+    assert not refused("http://[::1]:8700", "0.0.0.0")
+    assert not refused("http://10.0.0.5:8700", "0.0.0.0")  # another host: not looked up
+    assert refused("https://127.0.0.1", "127.0.0.1", port=443)
 
 
 def sha256(path: Path) -> str:
