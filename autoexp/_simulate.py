@@ -19,7 +19,7 @@ POSITIVE = bounded(int, 1, "an integer >= 1")
 __all__ = ["add_commands"]
 
 
-def _bar(total: int, desc: str, unit: str, quiet: bool) -> Any:
+def _bar(total: int | None, desc: str, unit: str, quiet: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._simulate import add_commands
+from ._simulate import _bar, add_commands
 from ._version import __version__
 from .arguments import PORT, bounded
 from .demo import add_demo_command
@@ -44,7 +44,8 @@ def _cmd_log_export(args: argparse.Namespace) -> int:
 
     store = open_store(args.store, create=False)  # a mistyped path: said, not created
     try:
-        n = export(store, args.experiment, args.out, args.format)
+        with _bar(None, f"reading {args.experiment}'s log", "record", args.quiet) as bar:
+            n = export(store, args.experiment, args.out, args.format, progress=bar.update)
     finally:
         store.close()
     print(f"{n} decisions of {args.experiment!r} written to {args.out} ({args.format})")
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store", help="store URL (default: $AUTOEXP_STORE or sqlite:///autoexp.db)")
     e.add_argument("--format", choices=("jsonl", "parquet", "obp"), default="jsonl")
     e.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_log_export)
     return parser
 

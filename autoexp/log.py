@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,27 @@ FORMATS = ("jsonl", "parquet", "obp")
 _PAGE = 10_000
 
 
-def _records(store: Store, experiment: str) -> Iterator[dict[str, Any]]:
+def _records(
+    store: Store, experiment: str, progress: Callable[[int], None] | None = None
+) -> Iterator[dict[str, Any]]:
     start = 0
     while True:
         page = store.records(experiment, start=start, limit=_PAGE)
         yield from page
+        if progress is not None:
+            progress(len(page))
         if len(page) < _PAGE:
             return
         start += len(page)
 
 
-def rows(store: Store, experiment: str) -> list[dict[str, Any]]:
-    """Decisions in log order, each with its reward joined (the first one that counted)."""
+def rows(
+    store: Store, experiment: str, progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Decisions in log order, each with its reward joined (the first one that counted);
+    ``progress`` is told how many log records each page read held."""
     decisions: dict[str, dict[str, Any]] = {}
-    for record in _records(store, experiment):
+    for record in _records(store, experiment, progress):
         kind = record.get("type")
         if kind == "decision":
             decisions[record["decision_id"]] = {
@@ -92,9 +99,17 @@ def parquet_schema() -> Any:
     return pa.schema([(c, types[c]) for c in (*COLUMNS, *EXTRA)])
 
 
-def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") -> int:
+def export(
+    store: Store,
+    experiment: str,
+    path: str | Path,
+    fmt: str = "jsonl",
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write the joined log of ``experiment`` to ``path``; the number of rows written.
-    ``obp`` keeps only rewarded decisions (its ``click`` column has no missing value)."""
+    ``obp`` keeps only rewarded decisions (its ``click`` column has no missing value).
+    ``progress`` is told how many log records each page read held (decisions, rewards
+    and transitions: a million decisions take minutes to read)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: unknown (got {fmt!r}); accepted: {', '.join(FORMATS)}")
     if experiment not in store.experiments():
@@ -110,7 +125,7 @@ def export(store: Store, experiment: str, path: str | Path, fmt: str = "jsonl") 
             raise ConfigError(
                 "format parquet: pyarrow is not installed; pip install 'autoexp[parquet]'"
             ) from None
-    data = rows(store, experiment)
+    data = rows(store, experiment, progress)
     try:
         return _write(data, out, fmt)
     except OSError as e:  # the disk full, say

@@ -104,7 +104,12 @@ def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     store.close()
     out = tmp_path / "e.jsonl"
     assert main(["log", "export", "exp", "--store", url, "--out", str(out)]) == 0
-    assert "50 decisions of 'exp' written" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "50 decisions of 'exp' written" in said.out
+    # the progress bar counts every record read: 50 decisions and 45 rewards
+    assert "reading exp's log: 95record" in said.err.replace("\r", "\n"), said.err
+    assert main(["log", "export", "exp", "--store", url, "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     first = json.loads(out.read_text().splitlines()[0])
     assert set(COLUMNS) <= set(first)
     assert main(["log", "export", "nope", "--store", url, "--out", str(out)]) == 2
