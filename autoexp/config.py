@@ -244,7 +244,8 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     store = os.environ.get("AUTOEXP_STORE") or raw.get("store")
     if store is not None and not isinstance(store, str):
         raise _fail("store", f"must be a URL string (got {store!r})")
-    secret = os.environ.get("AUTOEXP_SECRET") or raw.get("secret")
+    env = os.environ.get("AUTOEXP_SECRET")  # comma-separated for rotation, as keys_from
+    secret = env.split(",") if env else raw.get("secret")
     return Config(store=store, secret=secret, experiments=specs, proxy=proxy, routes=tuple(routes))
 
 

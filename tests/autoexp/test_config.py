@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from autoexp.config import load_config, parse_config
-from autoexp.errors import ConfigError
+from autoexp.errors import ConfigError, RewardError
 from policies import ConservativeBudget, OffPolicyCS, TrafficCap
 
 GOOD = """
@@ -63,6 +63,35 @@ def test_a_full_config_builds_engines(tmp_path: Path, monkeypatch: pytest.Monkey
     assert d.params["timeout_s"] in (1, 5)
     monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'env.db'}")
     assert load_config(path).store.endswith("env.db")
+
+
+def test_the_secret_from_the_environment_rotates_as_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AUTOEXP_SECRET="new,old": the new key signs, the old one still verifies. The
+    # config loader (so the proxy) took the whole value as one key, "new,old": after a
+    # rotation every token signed before it was refused, as a forgery.
+    new, old = "n" * 32, "o" * 32
+    path = tmp_path / "autoexp.toml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("AUTOEXP_STORE", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.setenv("AUTOEXP_SECRET", old)
+    before = load_config(path).engine(seed=1)
+    token = before.decide("ranker").token
+    before.close()
+    monkeypatch.setenv("AUTOEXP_SECRET", f"{new},{old}")
+    config = load_config(path)
+    assert config.secret == [new, old]
+    after = config.engine(seed=2)  # a replica restarted with the new keys
+    assert after.reward(token, 1.0) is True  # signed with the old key: verified
+    signed = after.decide("ranker").token  # by the new key
+    after.close()
+    monkeypatch.setenv("AUTOEXP_SECRET", new)
+    last = load_config(path).engine(seed=3)  # the old key dropped
+    assert last.reward(signed, 1.0) is True
+    with pytest.raises(RewardError, match="token"):
+        last.reward(token, 1.0)
+    last.close()
 
 
 @pytest.mark.parametrize(
