@@ -617,6 +617,8 @@ class Forwarder:
         if self._too_large(request):
             return self._client_fault(request, "too_large")
         path = request.path
+        if path.startswith("/_autoexp/"):  # the sidecar's own: never the application's
+            return await self._not_ours(request)
         route = next(
             (
                 r
@@ -673,6 +675,22 @@ class Forwarder:
             return await self._safe(
                 request, self.settings.upstream, {"X-Autoexp-Alternative": control}
             )
+
+    async def _not_ours(self, request: web.Request) -> _Own:
+        """A path under ``/_autoexp/`` the sidecar has no handler for: a 404, or a 405
+        naming the methods its path takes (``POST /_autoexp/healthz``). It was forwarded
+        to the application, whose own 404 said nothing of the typo."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if any(route.handler == self.handle for route in resource):
+                continue  # this catch-all
+            allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            methods = ", ".join(sorted(allowed))
+            answer = _Own(405, f"{request.method} {request.path}: not allowed; allowed: {methods}")
+            answer.headers["Allow"] = methods
+            return answer
+        return _Own(404, f"{request.path}: not one of the sidecar's paths under /_autoexp/")
 
     def _outcome(self, route: Route, decision: Decision, response: _Made, started: float) -> None:
         if response.client_fault:  # the request never reached the upstream whole

@@ -168,6 +168,32 @@ def test_unmatched_requests_pass_through_with_headers_and_streamed_bodies(
         side.close()
 
 
+def test_the_sidecars_own_paths_are_never_forwarded(servers: dict[str, Served]) -> None:
+    # Everything outside /_autoexp/ goes to the application; inside it, a path or method
+    # the sidecar has no handler for went there too (GET /_autoexp/rewards answered by
+    # the application's own 404). Now the sidecar's 405 naming its methods, or its 404.
+    side = sidecar(servers)
+    try:
+        with httpx.Client(base_url=side.url, timeout=10) as http:
+            for method, path, allowed in [
+                ("POST", "/_autoexp/healthz", "GET, HEAD"),
+                ("GET", "/_autoexp/rewards", "POST"),
+                ("DELETE", "/_autoexp/admin/experiments/ranker/pause", "POST"),
+            ]:
+                r = http.request(method, path)
+                assert r.status_code == 405 and r.headers["Allow"] == allowed, r.text
+                assert r.json()["error"] == f"{method} {path}: not allowed; allowed: {allowed}"
+            for path in ("/_autoexp/nope", "/_autoexp/", "/%5Fautoexp/metrics/x"):
+                r = http.get(path)
+                assert r.status_code == 404 and "not one of the sidecar's paths" in r.text
+                assert "X-Upstream" not in r.headers
+            assert http.get("/_autoexp/healthz").json()["ok"] is True
+            r = http.get("/_autoexp")  # not under /_autoexp/: the application's
+            assert r.status_code == 200 and r.json()["path_qs"] == "/_autoexp"
+    finally:
+        side.close()
+
+
 @pytest.mark.parametrize("path", ["/other", "/search"])  # unmatched; decided
 def test_forwarded_proto_and_host_pass_on_from_a_trusted_proxy_only(
     servers: dict[str, Served], path: str
