@@ -95,12 +95,19 @@ class Client:
     """
 
     def __init__(self, url: str, *, timeout_s: float = 2.0, connect_timeout_s: float = 1.0):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            _ = None if parts is None else parts.port  # read to check: in [0, 65535]
+        except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise ConfigError(
+                f"Client: url must be http(s)://host:port (got {url!r}: {e})"
+            ) from None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"Client: url must be http(s)://host:port (got {url!r})")
         for key, value in (("timeout_s", timeout_s), ("connect_timeout_s", connect_timeout_s)):
-            if not value > 0:
-                raise ConfigError(f"Client: {key} must be > 0 (got {value!r})")
+            seconds = None if isinstance(value, bool) else finite(value)
+            if seconds is None or not seconds > 0:  # "1" was a TypeError
+                raise ConfigError(f"Client: {key} must be a finite number > 0 (got {value!r})")
         self.url = url.rstrip("/")
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._http = httpx.Client(base_url=self.url, timeout=self._timeout)

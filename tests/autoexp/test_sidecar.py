@@ -322,8 +322,13 @@ def test_sdk_misuse_over_a_sidecar(sidecar: Sidecar) -> None:
     assert snapshot(sidecar.engine) == before
     with pytest.raises(ConfigError, match="url must be"):
         autoexp.Client("127.0.0.1:8700")
-    with pytest.raises(ConfigError, match="timeout_s must be > 0"):
-        autoexp.Client("http://127.0.0.1:1", timeout_s=0)
+    # urlsplit's ValueErrors, and a TypeError for a timeout given as text, were raised raw
+    for url in ("http://[::1", "http://h:99999", "http://:80", None):
+        with pytest.raises(ConfigError, match=r"Client: url must be http\(s\)://host:port"):
+            autoexp.Client(url)  # type: ignore[arg-type]
+    for timeout in (0, -1, float("nan"), "1", True):
+        with pytest.raises(ConfigError, match=r"timeout_s must be a finite number > 0"):
+            autoexp.Client("http://127.0.0.1:1", timeout_s=timeout)  # type: ignore[arg-type]
     client.close()
 
 
