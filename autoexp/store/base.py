@@ -478,7 +478,9 @@ def check_declared(
         if name in have and have[name] != shape:
             raise StoreError(
                 f"store.declare: {experiment!r}.{name} has shape {have[name]} "
-                f"(asked {shape}): a different policy or arm count on the same store"
+                f"(asked {shape}): a different policy or arm count on the same store; "
+                "a changed experiment starts afresh under a new name (its evidence so far "
+                "was gathered for the old alternatives), the old one's state kept"
             )
 
 

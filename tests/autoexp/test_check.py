@@ -191,7 +191,8 @@ def test_a_store_holding_an_experiment_with_other_shapes_is_refused_as_serving_w
     assert code == 2 and out == "", out
     assert re.search(
         r"experiments\.ranker: store\.declare: 'ranker'\.\S+ has shape \(1, 3\) "
-        r"\(asked \(1, 2\)\): a different policy or arm count on the same store",
+        r"\(asked \(1, 2\)\): a different policy or arm count on the same store; a changed "
+        r"experiment starts afresh under a new name",
         err,
     ), err
     store = open_store(url)  # nothing written
