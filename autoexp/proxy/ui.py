@@ -13,7 +13,10 @@ metrics.
     [...]}`` (``waiting``: the experiments not started because their store has not
     answered since the proxy started, each with its ``reason``); per experiment
     its :meth:`~autoexp.engine.Engine.status` without the raw ``state``, ``evidence``,
-    ``changes`` (``null`` while the store fails) and ``history``
+    ``changes`` (``null`` while the store fails) and ``history``; the control's
+    ``status`` reads ``control``, or ``replaced`` once an alternative is promoted (the
+    lifecycle's own word for it, as in the metrics, is ``exploring``: never changed, and
+    at 0% after a promotion the page would show it "exploring")
     (:meth:`~autoexp.engine.Engine.history`: every worker's and replica's allocations
     since the experiment began, restarts included, kept in the store; evenly thinned to
     at most :data:`MAX_POINTS`). Non-finite numbers are ``null``.
@@ -44,6 +47,8 @@ MAX_POINTS = 300  # allocation history points drawn per experiment
 # series colors (control first) and state colors; the screenshot test looks for them
 SERIES = ("#4e79a7", "#f28e2b", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7", "#bab0ac")
 BADGES = {
+    "control": "#475569",
+    "replaced": "#78716c",
     "exploring": "#2563eb",
     "promoted": "#15803d",
     "rolled_back": "#b91c1c",
@@ -90,6 +95,7 @@ def collect(engine: Engine) -> dict[str, Any]:
     for name in engine.experiments:
         st = engine.status(name)
         st.pop("state", None)
+        st["status"][0] = "replaced" if "promoted" in st["status"][1:] else "control"
         try:
             changes: list[dict[str, Any]] | None = engine.changes(name)
         except StoreError as e:
