@@ -35,17 +35,26 @@ def missing_file(url: str) -> Path | None:
     return None
 
 
+_WHERE = "--store, the config's store or AUTOEXP_STORE"  # where a command takes its URL
+
+
 def open_store(url: str | None = None, *, create: bool = True) -> Store:
     """The store at ``url`` (or ``$AUTOEXP_STORE``, or :data:`DEFAULT_URL`).
     ``create=False``: a SQLite file that does not exist is a :class:`ConfigError` rather
-    than created empty (for commands that only read what a store holds)."""
+    than created empty, and so is ``memory://``, empty in any new process (for commands
+    that only read what a store holds)."""
     url = store_url(url)
     if not create and (path := missing_file(url)) is not None:
         raise ConfigError(
             f"store: {redacted(url)}: no such file {path} (give the store that holds the "
-            "experiments: --store or AUTOEXP_STORE)"
+            f"experiments: {_WHERE})"
         )
     scheme = urlsplit(url).scheme
+    if not create and scheme == "memory":
+        raise ConfigError(
+            "store: memory:// lives inside one process, so this one's is empty (give the "
+            f"store that holds the experiments, sqlite:///path or redis://host:port/db: {_WHERE})"
+        )
     if scheme == "memory":
         from .memory import MemoryStore
 

@@ -122,6 +122,9 @@ def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["log", "export", "exp", "--store", f"sqlite:///{typo}", "--out", str(out)]) == 2
     assert f"store: sqlite:///{typo}: no such file {typo}" in capsys.readouterr().err
     assert not typo.exists()
+    # memory:// is empty in any new process: said, not "'exp' has nothing in memory://"
+    assert main(["log", "export", "exp", "--store", "memory://", "--out", str(out)]) == 2
+    assert "store: memory:// lives inside one process" in capsys.readouterr().err
     # where the file cannot be written: said (it was a FileNotFoundError's traceback)
     nowhere = tmp_path / "no" / "e.jsonl"
     assert main(["log", "export", "exp", "--store", url, "--out", str(nowhere)]) == 2
