@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -192,7 +192,8 @@ class Client:
 
     def definition(self, name: str) -> dict[str, Any]:
         """The experiment's alternatives, their parameters, its policy and reward range."""
-        return dict(self._call("GET", f"/_autoexp/experiments/{name}/definition"))
+        # quoted: a name may hold "/", "?", "#" or a space (the path had another meaning)
+        return dict(self._call("GET", f"/_autoexp/experiments/{quote(name, safe='')}/definition"))
 
     def experiment(self, name: str) -> Experiment:
         """An SDK :class:`~autoexp.Experiment` whose decisions come from this sidecar:

@@ -332,6 +332,31 @@ def test_sdk_misuse_over_a_sidecar(sidecar: Sidecar) -> None:
     client.close()
 
 
+def test_an_experiment_named_with_url_characters_is_reachable_through_the_client() -> None:
+    # "/", "?", "#" and spaces are allowed in a name; the client put it into the path as
+    # it was, so its definition (and Client.experiment) got a 404 for such a name
+    names = ["a/b", "c?d", "e f#g%20"]
+    engine = Engine(MemoryStore(), [spec(name=n) for n in names], secret=SECRET, seed=1)
+    side = Sidecar(engine)
+    try:
+        with autoexp.Client(side.url) as client:
+            for name in names:
+                assert client.definition(name)["experiment"] == name
+                exp = client.experiment(name)
+
+                @exp.control
+                def v1(q: int) -> int:
+                    return q
+
+                @exp.alternative
+                def v2(q: int) -> int:
+                    return q
+
+                assert exp(1, unit="u").decision.experiment == name
+    finally:
+        side.close()
+
+
 def test_async_alternatives_over_a_sidecar(sidecar: Sidecar) -> None:
     import asyncio
 
