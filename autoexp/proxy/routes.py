@@ -75,7 +75,21 @@ _ROUTE = (
 )
 _FLAGS = {"set_unit_cookie": False, "preserve_host": False, "rewrite_redirects": True}
 _REWARD_FROM = ("none", "status", "latency", "header")
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265's token
+# RFC 9110's token: what a header's name, and a cookie's (RFC 6265), is made of; a name
+# with a space or a ";" never reaches the proxy as one, so a route or a unit by it would
+# never match
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~ only"
+
+
+def _token(value: Any, where: str) -> str:
+    if not (isinstance(value, str) and _TOKEN.fullmatch(value)):
+        raise ConfigError(
+            f"{where}: must be a header or cookie name, {_TOKEN_CHARS} (got {value!r:.60})"
+        )
+    return value
+
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -168,9 +182,7 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
     names = {"unit_header": raw.get("unit_header", "X-User-Id"), "unit_cookie": None}
     for key in ("unit_header", "unit_cookie"):
         value = raw.get(key, names[key])
-        if value is not None and not (isinstance(value, str) and value.strip()):
-            raise ConfigError(f"{where}.{key}: must be a non-empty name (got {value!r})")
-        names[key] = value
+        names[key] = None if value is None else _token(value, f"{where}.{key}")
     flags = {key: raw.get(key, default) for key, default in _FLAGS.items()}
     for key, value in flags.items():
         if not isinstance(value, bool):
@@ -179,11 +191,6 @@ def parse_proxy(raw: Any, where: str = "proxy") -> ProxySettings:
     if set_cookie and names["unit_cookie"] is None:
         raise ConfigError(
             f"{where}.set_unit_cookie: needs unit_cookie, the name of the cookie to set"
-        )
-    if set_cookie and not _COOKIE_NAME.fullmatch(names["unit_cookie"]):
-        raise ConfigError(
-            f"{where}.unit_cookie: {names['unit_cookie']!r} cannot be a cookie's name to set "
-            "(letters, digits and !#$%&'*+-.^_`|~ only)"
         )
     age = raw.get("unit_cookie_max_age_s", 365 * 86_400)
     if isinstance(age, bool) or not isinstance(age, int) or age < 1:
@@ -263,7 +270,7 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
         if not isinstance(header, str) or ":" not in header:
             raise ConfigError(f"{where}.header: must be 'Name: value' (got {header!r})")
         key, _, value = header.partition(":")
-        pair = (key.strip(), value.strip())
+        pair = (_token(key.strip(), f"{where}.header"), value.strip())
     reward_from = raw.get("reward_from", "none")
     if reward_from not in _REWARD_FROM:
         raise ConfigError(
@@ -279,9 +286,7 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
         slo_ms = _positive(raw, "slo_ms", 0.0, where)
     elif slo_ms is not None:
         raise ConfigError(f'{where}.slo_ms: only with reward_from = "latency"')
-    reward_header = raw.get("reward_header", "X-Autoexp-Reward")
-    if not (isinstance(reward_header, str) and reward_header.strip()):
-        raise ConfigError(f"{where}.reward_header: must be a header name (got {reward_header!r})")
+    reward_header = _token(raw.get("reward_header", "X-Autoexp-Reward"), f"{where}.reward_header")
     alternative_timeout_s = None
     if "alternative_timeout_s" in raw:
         alternative_timeout_s = _positive(raw, "alternative_timeout_s", 0.0, where)

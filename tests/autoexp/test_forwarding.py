@@ -952,6 +952,11 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"route": {"path_prefix": "/_autoexp/x"}}, "the sidecar's own"),
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),
         ({"route": {"header": "no colon"}}, "experiments.ranker.route.header"),
+        ({"route": {"header": "X Beta: 1"}}, "route.header: must be a header or cookie name"),
+        (
+            {"route": {"reward_from": "header", "reward_header": "X Reward"}},
+            "route.reward_header: must be a header or cookie name",
+        ),
         ({"route": {"reward_from": "vibes"}}, "experiments.ranker.route.reward_from"),
         # said missing (it said "must be a finite number > 0 (got 0.0)", a value not given)
         ({"route": {"reward_from": "latency"}}, "experiments.ranker.route.slo_ms: missing; "),

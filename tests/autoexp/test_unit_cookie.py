@@ -211,8 +211,12 @@ def test_the_settings_are_checked() -> None:
     bad = [
         ({"set_unit_cookie": True}, "proxy.set_unit_cookie: needs unit_cookie"),
         ({"unit_cookie": "uid", "set_unit_cookie": "yes"}, "proxy.set_unit_cookie: must be"),
-        ({"unit_cookie": "my uid", "set_unit_cookie": True}, "proxy.unit_cookie: 'my uid'"),
-        ({"unit_cookie": "a;b", "set_unit_cookie": True}, "cannot be a cookie's name"),
+        ({"unit_cookie": "my uid", "set_unit_cookie": True}, "proxy.unit_cookie: must be a"),
+        ({"unit_cookie": "a;b", "set_unit_cookie": True}, "header or cookie name, letters,"),
+        # a name no request can carry was taken, and stickiness silently never worked
+        ({"unit_cookie": "a;b"}, "proxy.unit_cookie: must be a header or cookie name"),
+        ({"unit_header": "X User"}, "proxy.unit_header: must be a header or cookie name"),
+        ({"unit_header": ""}, "proxy.unit_header: must be a header or cookie name"),
         ({"unit_cookie_max_age_s": 0}, "proxy.unit_cookie_max_age_s: must be an integer"),
         ({"unit_cookie_max_age_s": 1.5}, "proxy.unit_cookie_max_age_s"),
         ({"unit_cookie_max_age_s": True}, "proxy.unit_cookie_max_age_s"),
