@@ -79,6 +79,7 @@ _REWARD_FROM = ("none", "status", "latency", "header")
 # with a space or a ";" never reaches the proxy as one, so a route or a unit by it would
 # never match
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 _TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~ only"
 
 
@@ -262,8 +263,13 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
     if method is not None and (not isinstance(method, str) or method.upper() not in _METHODS):
         raise ConfigError(f"{where}.method: one of {', '.join(_METHODS)} (got {method!r})")
     host = raw.get("host")
-    if host is not None and not (isinstance(host, str) and host):
-        raise ConfigError(f"{where}.host: must be a host name (got {host!r})")
+    if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
+        # matched against the request's Host without its port: "shop.example.com:8080" or
+        # "https://shop.example.com" never matched
+        raise ConfigError(
+            f"{where}.host: must be a host name without scheme, port or path, as "
+            f"shop.example.com (got {host!r:.60})"
+        )
     header = raw.get("header")
     pair = None
     if header is not None:

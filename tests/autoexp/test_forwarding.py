@@ -913,6 +913,12 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
     assert route.matches("GET", "h", "/searchx", {"X-Beta": "1"})
     folder = dataclasses.replace(route, path_prefix="/search/")
     assert folder.matches("GET", "h", "/search/x", {"X-Beta": "1"})
+    # a host route: any case, any port of the request's Host
+    hosted = json.loads(json.dumps(raw))
+    hosted["experiments"]["ranker"]["route"] = {"host": "Shop.Example.com"}
+    (by_host,) = parse_config(hosted).routes
+    assert by_host.matches("GET", "shop.example.COM:8443", "/", {})
+    assert not by_host.matches("GET", "example.com", "/", {})
     assert not folder.matches("GET", "h", "/searchx", {"X-Beta": "1"})
     assert not folder.matches("GET", "h", "/search", {"X-Beta": "1"})
     bad = [
@@ -953,6 +959,10 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),
         ({"route": {"header": "no colon"}}, "experiments.ranker.route.header"),
         ({"route": {"header": "X Beta: 1"}}, "route.header: must be a header or cookie name"),
+        # matched against the Host without its port: these never matched a request
+        ({"route": {"host": "shop.example.com:8080"}}, "route.host: must be a host name without"),
+        ({"route": {"host": "https://shop.example.com"}}, "route.host: must be a host name"),
+        ({"route": {"host": ""}}, "route.host: must be a host name"),
         (
             {"route": {"reward_from": "header", "reward_header": "X Reward"}},
             "route.reward_header: must be a header or cookie name",
