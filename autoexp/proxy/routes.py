@@ -257,6 +257,11 @@ def parse_route(name: str, raw: Any, alternatives: Any, where: str) -> Route:
     prefix = raw.get("path_prefix", "/")
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         raise ConfigError(f"{where}.path_prefix: must start with '/' (got {prefix!r})")
+    if "?" in prefix or "#" in prefix:  # matched against the path alone: never matched
+        raise ConfigError(
+            f"{where}.path_prefix: a path, without '?' or '#' (got {prefix!r:.60}): it "
+            "matches the request's path, not its query"
+        )
     if prefix.startswith("/_autoexp"):
         raise ConfigError(f"{where}.path_prefix: /_autoexp/ is the sidecar's own")
     method = raw.get("method")

@@ -959,6 +959,7 @@ def test_proxy_config_parses_and_errors_name_the_path() -> None:
         ({"route": {"method": "BREW"}}, "experiments.ranker.route.method"),
         ({"route": {"header": "no colon"}}, "experiments.ranker.route.header"),
         ({"route": {"header": "X Beta: 1"}}, "route.header: must be a header or cookie name"),
+        ({"route": {"path_prefix": "/search?q=shoes"}}, "route.path_prefix: a path, without"),
         # matched against the Host without its port: these never matched a request
         ({"route": {"host": "shop.example.com:8080"}}, "route.host: must be a host name without"),
         ({"route": {"host": "https://shop.example.com"}}, "route.host: must be a host name"),
