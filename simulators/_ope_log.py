@@ -187,8 +187,8 @@ def _parquet_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         table = pq.read_table(path)
     except pa.ArrowInvalid as e:  # a ValueError: not a Parquet file
         raise ValueError(f"{path}: not a Parquet file ({e})") from None
-    for batch in table.to_batches():
-        yield from enumerate(batch.to_pylist(), start=1)
+    rows = (row for batch in table.to_batches() for row in batch.to_pylist())
+    yield from enumerate(rows, start=1)  # numbered across the batches (row groups)
 
 
 def read_log(path: str | Path, *, n_arms: int | None = None) -> Log:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -72,6 +73,18 @@ def test_exports_read_back_by_the_simulators(tmp_path: Path) -> None:
     again = read_any(tmp_path / "log.parquet")
     for field in ("arm", "propensity", "reward", "context"):
         np.testing.assert_array_equal(getattr(again, field), getattr(log, field))
+    # a bad row is named by its number in the file, across its row groups (each group
+    # is read as a batch of its own; the numbering restarted at each)
+    bad = pq_table.slice(0, 30).to_pylist()
+    bad[24]["propensity"] = 0.0
+    pq.write_table(
+        pa.Table.from_pylist(bad, schema=parquet_schema()),
+        tmp_path / "bad.parquet",
+        row_group_size=10,
+    )
+    assert pq.ParquetFile(tmp_path / "bad.parquet").num_row_groups == 3
+    with pytest.raises(ValueError, match=r"bad\.parquet:25: propensity: must be in \(0, 1\]"):
+        read_any(tmp_path / "bad.parquet")
     (tmp_path / "not.parquet").write_text("{}\n")
     with pytest.raises(ValueError, match=r"not\.parquet: not a Parquet file \("):
         read_any(tmp_path / "not.parquet")
