@@ -18,14 +18,18 @@ def test_the_demo_rolls_back_the_harmful_and_promotes_the_better(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The default command (seed 3, 300 requests/s): the harmful version (reward 0.05
-    # against control's 0.30) is rolled back and the better one (0.45) promoted, in 3-7 s
+    # against control's 0.30) is rolled back and the better one (0.45) promoted, in 3-30 s
     # of load. The load is concurrent, so the seed fixes the draws but not how they
     # interleave with the proxy's refreshes: that the story concludes is a power statement,
-    # not a pinned trace. Measured while the demo was written, with this tuning: 187 of 188
-    # runs concluded (100 of 100 as fast as possible over 100 seeds; 87 of 88 at 300
-    # requests/s over 35 seeds; seed 3: 25 of 25). The one miss (seed 7): control's first
-    # 160 outcomes at 17% let the test promote before the guardrail had rolled harmful back,
-    # after which harmful gets no traffic; the demo says so and exits 1. A wrong change
+    # not a pinned trace. Its one way to miss: control's first outcomes running low let the
+    # test promote before the guardrail has rolled harmful back, after which harmful gets
+    # no traffic (the demo says so and exits 1). With a promotion margin of 0.05 that
+    # happened in 1 of 188 runs measured when the demo was written (seed 7), then in a CI
+    # run on 2026-11-30 (seed 3: promoted at request 432 on control's 20% of its first 170
+    # outcomes). With the margin at 0.08 (true difference 0.15) the promotion needs about
+    # twice the evidence: 34 of 34 runs concluded (seed 3 15 times, seeds 1-20), harmful
+    # rolled back at requests 149 to 642 (median 347), better promoted at 841 to 8,550
+    # (median 1,650), never closer than 199 requests after the rollback. A wrong change
     # (harmful promoted, better rolled back) needs a 95% confidence sequence to miss the
     # true difference: probability at most alpha = 5% per sequence (Howard et al. 2021),
     # far less with effects this large; it would fail here too.
@@ -47,7 +51,7 @@ def test_the_demo_rolls_back_the_harmful_and_promotes_the_better(
     moves = {(r["alternative"], r["new"]): r for r in records if r["type"] == "transition"}
     assert set(moves) == {("harmful", "rolled_back"), ("better", "promoted")}
     promoted, rolled = moves["better", "promoted"], moves["harmful", "rolled_back"]
-    assert promoted["source"] == "off-policy-cs" and promoted["lower"] > 0.05  # the margin
+    assert promoted["source"] == "off-policy-cs" and promoted["lower"] > 0.08  # the margin
     if rolled["source"] == "conversion":  # the guardrail: harm bounds, positive is worse
         assert rolled["lower"] > 0.0 and rolled["reason"].startswith("guardrail conversion")
     else:  # the test: the difference's sequence entirely below zero
@@ -62,7 +66,7 @@ def test_the_demo_rolls_back_the_harmful_and_promotes_the_better(
     assert "harmful  ROLLED BACK at request" in text and "better   PROMOTED at request" in text
     assert text.count("95% confidence sequence [") == 2
     assert "better minus control +" in text and "harmful minus control -" in text
-    assert "(margin 0.05)" in text and "outcomes of better and" in text
+    assert "(margin 0.08)" in text and "outcomes of better and" in text
     assert "requests that followed went to better" in text
     assert "of harmful's 503s retried on control" in text and "shoppers saw 0 errors" in text
     assert "DID NOT CONCLUDE" not in text

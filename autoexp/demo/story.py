@@ -68,7 +68,7 @@ safety = {{ explore_share = 0.6 }}
 # promotion and rollback: alternative minus control, an anytime-valid off-policy
 # confidence sequence; promoted only when better than control by more than the margin
 test = {{ name = "off-policy-cs", n_expected = 3_000 }}
-rule = {{ margin = 0.05 }}
+rule = {{ margin = 0.08 }}
 reward = {{ low = 0.0, high = 1.0 }}  # every visit's outcome is reported: 1 bought, 0 not
 refresh_every = 20
 
